@@ -1,0 +1,21 @@
+"""Errors a learner can act on: every message names the problem and the fix."""
+
+
+class ClipftError(Exception):
+    """Base class of the course's own errors."""
+
+
+class ConfigError(ClipftError, ValueError):
+    """A configuration value is invalid (raised before any work starts)."""
+
+
+class DatasetError(ClipftError, FileNotFoundError):
+    """A dataset folder is missing, incomplete or too small for the request."""
+
+
+class OfflineError(ClipftError, RuntimeError):
+    """Weights or data must be downloaded but the machine is offline."""
+
+
+class ResultsError(ClipftError, OSError):
+    """The results folder cannot be written."""

@@ -1,0 +1,143 @@
+"""One JSON per run (written atomically), its predictions beside it, and a loader that makes a table."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ResultsError
+from .paths import PROJECT_ROOT, atomic_path, atomic_write_text, ensure_writable, results_root
+
+REQUIRED_KEYS = (
+    "method", "model", "pretrained", "dataset", "profile", "seed", "test_acc", "test_top5", "val_acc",
+    "per_class_acc", "trainable_params", "total_params", "train_seconds", "eval_seconds",
+    "images_per_second", "peak_memory_mb", "config", "history", "env",
+)
+PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "scikit-learn", "peft")
+
+
+def results_dir(profile: str, root: str | Path | None = None) -> Path:
+    """``<results root>/<profile>``, created and checked writable."""
+    return ensure_writable(Path(root or results_root()) / profile)
+
+
+def run_name(method: str, seed: int, variant: str | None = None) -> str:
+    """File stem of a run: ``<method>[-<variant>]_seed<seed>``."""
+    return f"{method}{'-' + variant if variant else ''}_seed{seed}"
+
+
+def result_path(folder: str | Path, method: str, seed: int, variant: str | None = None) -> Path:
+    """Where a run's JSON lives."""
+    return Path(folder) / f"{run_name(method, seed, variant)}.json"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def env_info(device: Any = "cpu") -> dict[str, Any]:
+    """Package versions, device and git commit, for the result's ``env`` field."""
+    import torch
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    dev = str(device)
+    name = torch.cuda.get_device_name(torch.device(dev)) if dev.startswith("cuda") else platform.processor() or "cpu"
+    return {"python": platform.python_version(), "packages": versions, "device": dev, "device_name": name,
+            "cpu_threads": torch.get_num_threads(), "git_commit": _git_commit(), "platform": platform.platform()}
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: numpy → python, NaN/inf → None, tuples → lists."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def make_result(*, method: str, model: str, pretrained: str, dataset: str, profile: str, seed: int,
+                test, val_acc: float | None, trainable_params: int, total_params: int, train_seconds: float,
+                eval_seconds: float, images_per_second: float | None, peak_memory_mb: float | None,
+                config: dict, history: list, device: Any = "cpu", variant: str | None = None,
+                standin: bool = False, **extra: Any) -> dict[str, Any]:
+    """Assemble a result in the course's schema from an ``evaluate.EvalResult`` and run facts."""
+    result = {
+        "method": method, "variant": variant, "model": model, "pretrained": pretrained, "dataset": dataset,
+        "profile": profile, "seed": seed, "standin": standin,
+        "label": f"{model} / {pretrained} on {dataset}" + (" (STAND-IN, not CLIP on Flowers102)" if standin else ""),
+        "test_acc": test.top1, "test_top5": test.top5, "val_acc": val_acc,
+        "per_class_acc": test.per_class_acc, "trainable_params": trainable_params, "total_params": total_params,
+        "trainable_percent": 100.0 * trainable_params / total_params if total_params else None,
+        "train_seconds": train_seconds, "eval_seconds": eval_seconds, "images_per_second": images_per_second,
+        "peak_memory_mb": peak_memory_mb, "config": config, "history": history, "env": env_info(device),
+    }
+    result.update(extra)
+    return _clean(result)
+
+
+def save_result(result: dict[str, Any], folder: str | Path, predictions=None) -> Path:
+    """Write the run's predictions (``predictions/<run>.npz``) and then its JSON, each atomically."""
+    missing = [k for k in REQUIRED_KEYS if k not in result]
+    if missing:
+        raise ResultsError(f"Result is missing {missing}; build it with results.make_result().")
+    folder = ensure_writable(folder)
+    name = run_name(result["method"], result["seed"], result.get("variant"))
+    if predictions is not None:
+        pred_path = folder / "predictions" / f"{name}.npz"
+        with atomic_path(pred_path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, logits=np.asarray(predictions.logits, dtype=np.float32),
+                                labels=np.asarray(predictions.labels, dtype=np.int64))
+        result = {**result, "predictions": f"predictions/{name}.npz"}
+    return atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=1))
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    """One result JSON."""
+    return json.loads(Path(path).read_text())
+
+
+def load_predictions(folder: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(logits [N, C], labels [N]) saved with a run (``name`` = run_name(...))."""
+    with np.load(Path(folder) / "predictions" / f"{name}.npz") as z:
+        return z["logits"], z["labels"]
+
+
+def load_results(profile: str = "smoke", root: str | Path | None = None):
+    """All results of a profile as a pandas DataFrame, one row per run (empty if none)."""
+    import pandas as pd
+    folder = Path(root or results_root()) / profile
+    rows = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            res = read_result(path)
+        except (json.JSONDecodeError, OSError):
+            continue
+        if "method" not in res:
+            continue
+        res["run"] = path.stem
+        rows.append(res)
+    return pd.DataFrame(rows)

@@ -1,0 +1,56 @@
+"""The two pin lists (pyproject.toml, environment.yml) agree, and the repo stays lean."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject_pins() -> dict[str, str]:
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = meta["dependencies"] + meta["optional-dependencies"]["test"]
+    return dict(r.split("==") for r in reqs)
+
+
+def _conda_pins() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    return dict(r.split("==") for r in pip if "==" in r)
+
+
+def test_every_dependency_is_pinned_exactly():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for req in meta["dependencies"] + meta["optional-dependencies"]["test"]:
+        assert "==" in req, f"{req} is not pinned"
+
+
+def test_environment_yml_matches_pyproject():
+    assert _conda_pins() == _pyproject_pins()
+
+
+def test_core_pins_are_the_ones_the_course_depends_on():
+    pins = _pyproject_pins()
+    assert pins["torch"] == "2.14.1" and pins["torchvision"] == "0.29.1"
+    assert pins["open_clip_torch"] == "3.3.0"  # LoRA/prefix rely on its fused in_proj_weight layout
+
+
+def test_notebooks_are_stored_clean():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell.get("outputs"), f"{path.name} has outputs"
+                assert cell.get("execution_count") is None, f"{path.name} has execution counts"
+        tags = [t for c in nb["cells"] for t in c.get("metadata", {}).get("tags", [])]
+        assert "parameters" in tags, f"{path.name} has no 'parameters' cell"
+
+
+def test_no_tracked_file_over_10_mb():
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    big = [f for f in files if (ROOT / f).is_file() and (ROOT / f).stat().st_size > 10 * 2**20]
+    assert not big
