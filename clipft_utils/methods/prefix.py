@@ -1,0 +1,148 @@
+"""Prefix-tuning of the image tower: learned tokens prepended to the patch sequence, everything else frozen.
+
+Where the prefix goes. open_clip's ``VisionTransformer._embeds`` builds ``[CLS, patch_1..patch_N]``,
+adds the positional embedding, applies patch dropout and ``ln_pre``. The prefix tokens are inserted
+right *after* ``_embeds`` and right after the class token: ``[CLS, prefix_1..prefix_P, patches]``.
+After, not before, because (1) patch dropout only ever keeps token 0, so it would randomly drop
+prefix tokens; (2) prefix tokens have no position, so they get no positional embedding; (3) they then
+live in the residual stream exactly where the deep variant's fresh tokens live (every block input),
+so shallow and deep are the same operation at different depths; (4) ``_embeds`` is reused unchanged.
+Right after CLS, so ``_pool`` (``pool_type='tok'`` reads token 0) still reads the class token.
+
+Shallow vs deep. *Shallow*: one set of P tokens enters block 0 and flows through the network.
+*Deep*: VPT-deep (Jia et al., 2022): at the input of every block i > 0 the P prefix slots are
+overwritten with fresh tokens for that layer. We chose VPT-deep over Li & Liang's per-layer key/value
+prefixes because it works with the stock ``nn.MultiheadAttention`` (no attention re-implementation)
+and is the standard deep prompt for ViTs; the cost is that block i's prefix also passes through block
+i's MLP, which Li & Liang's formulation does not need.
+
+Reparameterisation. As in Li & Liang, the prefix is produced by an MLP during training
+(``PrefixEncoder``: embedding -> Linear(D, hidden) -> Tanh -> Linear(hidden, n_out * D)), which makes
+optimisation more stable. After training, ``fold`` runs the MLP once and keeps only its output, so
+inference costs only the P extra tokens (``measure_inference_slowdown``).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from . import freeze, param_groups
+
+
+class PrefixEncoder(nn.Module):
+    """MLP reparameterisation: ``n_out`` sets of ``length`` prefix tokens of width ``dim``."""
+
+    def __init__(self, length: int, dim: int, hidden: int = 512, n_out: int = 1):
+        super().__init__()
+        self.length, self.dim, self.n_out = length, dim, n_out
+        self.embedding = nn.Embedding(length, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, n_out * dim))
+
+    def forward(self) -> torch.Tensor:
+        """Prefix tokens, shape [n_out, length, dim]."""
+        out = self.mlp(self.embedding.weight)  # [length, n_out * dim]
+        return out.view(self.length, self.n_out, self.dim).transpose(0, 1)
+
+
+class PrefixVisual(nn.Module):
+    """An open_clip VisionTransformer with prefix tokens; replicates ``VisionTransformer.forward``."""
+
+    def __init__(self, visual: nn.Module, length: int, hidden: int = 512, deep: bool = False):
+        super().__init__()
+        if not getattr(visual.transformer, "batch_first", True):
+            raise ValueError("PrefixVisual needs a batch-first open_clip VisionTransformer.")
+        self.visual, self.length, self.deep = visual, length, deep
+        n_out = len(visual.transformer.resblocks) if deep else 1
+        width = visual.class_embedding.shape[-1]
+        self.encoder = PrefixEncoder(length, width, hidden, n_out) if length > 0 else None
+        self.folded: nn.Parameter | None = None
+        self.output_dim = getattr(visual, "output_dim", None)
+
+    def prefixes(self) -> torch.Tensor:
+        """Current prefix tokens [n_out, length, D] (from the MLP, or the folded copy)."""
+        return self.folded if self.folded is not None else self.encoder()
+
+    def _insert(self, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """[CLS, rest] -> [CLS, prefix, rest]."""
+        prefix = prefix.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        return torch.cat([x[:, :1], prefix, x[:, 1:]], dim=1)
+
+    def _replace(self, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Overwrite the prefix slots (tokens 1..P) with fresh tokens (VPT-deep)."""
+        return self._insert(torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1), prefix)
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run one block, with gradient checkpointing when the tower has it switched on."""
+        if self.visual.transformer.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, None, None, None, use_reentrant=False)
+        return block(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        v = self.visual
+        x = v._embeds(images)  # [B, 1 + N, D]: CLS + patches, + pos-emb, patch dropout, ln_pre
+        prefix = self.prefixes() if self.length > 0 else None
+        if prefix is not None:
+            x = self._insert(x, prefix[0])
+        for i, block in enumerate(v.transformer.resblocks):
+            if prefix is not None and self.deep and i > 0:
+                x = self._replace(x, prefix[i])
+            x = self._block(block, x)
+        x = torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1)  # drop the prefix slots
+        pooled, tokens = v._pool(x)
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        return (pooled, tokens) if v.output_tokens else pooled
+
+
+@torch.no_grad()
+def fold(pv: PrefixVisual) -> PrefixVisual:
+    """Run the prefix MLP once, keep its output as a frozen parameter and delete the MLP (in place)."""
+    if pv.encoder is not None:
+        pv.folded = nn.Parameter(pv.encoder().detach().clone(), requires_grad=False)
+        pv.encoder = None
+    return pv
+
+
+def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
+    """Freeze ``clf``, wrap its tower in a PrefixVisual (``clf.visual`` replaced) and train the encoder."""
+    freeze(clf)
+    visual = clf.visual.visual if isinstance(clf.visual, PrefixVisual) else clf.visual
+    clf.visual = PrefixVisual(visual, cfg.prefix_length, cfg.prefix_hidden, deep=cfg.depth == "deep")
+    return param_groups(clf.visual.encoder.parameters(), clf)
+
+
+def _time_ms(fn: Any, images: torch.Tensor) -> float:
+    """Wall time of one ``fn(images)`` call in milliseconds (synchronised on CUDA)."""
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(images)
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def measure_inference_slowdown(pv: PrefixVisual, images: torch.Tensor, repeats: int = 10) -> dict[str, Any]:
+    """Median ms/batch of the bare tower vs the prefixed one, measured interleaved in one run."""
+    was_training = pv.training
+    pv.eval()
+    for _ in range(2):  # warm-up
+        pv.visual(images), pv(images)
+    base, prefixed = [], []
+    for _ in range(repeats):
+        base.append(_time_ms(pv.visual, images))
+        prefixed.append(_time_ms(pv, images))
+    pv.train(was_training)
+    base_ms, prefix_ms = float(torch.tensor(base).median()), float(torch.tensor(prefixed).median())
+    n_tokens = 1 + pv.visual.grid_size[0] * pv.visual.grid_size[1]
+    return {
+        "base_ms": base_ms, "prefix_ms": prefix_ms, "ratio": prefix_ms / base_ms,
+        "tokens_base": n_tokens, "tokens_prefix": n_tokens + pv.length,
+        "batch_size": images.shape[0], "repeats": repeats, "device": str(images.device),
+        "folded": pv.folded is not None, "deep": pv.deep,
+    }
