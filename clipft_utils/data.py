@@ -106,7 +106,7 @@ class ImageSplit(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         row = self._row(i)
-        image = torch.from_numpy(np.ascontiguousarray(self.images[row])).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(self.images[row])).permute(2, 0, 1)  # copy out of the memmap
         return self._tf(v2.functional.to_image(image)).as_subclass(torch.Tensor), int(self.labels[row])
 
     @property

@@ -1,0 +1,53 @@
+"""Configs: the seed's defaults, and bad values rejected with the field's name before any work."""
+from __future__ import annotations
+
+import pytest
+
+from clipft_utils.config import METHODS, make_config
+from clipft_utils.errors import ConfigError
+
+
+def test_seed_defaults():
+    lp = make_config("linear_probe")
+    assert (lp.lr, lp.weight_decay, lp.epochs, lp.patience) == (1e-3, 1e-4, 50, 10)
+    ft = make_config("full_finetune")
+    assert (ft.lr, ft.head_lr, ft.warmup_epochs, ft.grad_clip, ft.epochs) == (1e-5, 1e-4, 5, 1.0, 30)
+    lora = make_config("lora")
+    assert (lora.rank, lora.alpha, lora.lr, lora.epochs, lora.targets) == (8, 16, 1e-4, 40, ("q", "v"))
+    bitfit = make_config("bitfit")
+    assert (bitfit.lr, bitfit.epochs) == (1e-3, 30)
+    prefix = make_config("prefix_tuning")
+    assert (prefix.prefix_length, prefix.prefix_hidden, prefix.lr, prefix.epochs) == (10, 512, 1e-4, 40)
+
+
+def test_smoke_profile_shortens_training_only():
+    smoke, full = make_config("lora", "smoke"), make_config("lora", "full")
+    assert smoke.epochs < full.epochs and smoke.rank == full.rank and smoke.lr == full.lr
+
+
+@pytest.mark.parametrize("method,field,value", [
+    ("bitfit", "lr", 0.0), ("bitfit", "lr", -1e-3), ("lora", "epochs", 0), ("full_finetune", "batch_size", -4),
+    ("lora", "rank", 0), ("lora", "rank", -2), ("prefix_tuning", "prefix_length", 0), ("linear_probe", "epochs", 2.5),
+    ("full_finetune", "head_lr", float("nan")),
+])
+def test_non_positive_values_name_the_field(method, field, value):
+    with pytest.raises(ConfigError, match=field):
+        make_config(method, **{field: value})
+
+
+def test_unknown_method_and_field():
+    with pytest.raises(ConfigError, match="Unknown method 'lorra'.*lora"):
+        make_config("lorra")
+    with pytest.raises(ConfigError, match="no field"):
+        make_config("bitfit", rank=4)
+
+
+def test_warmup_must_fit_in_training():
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        make_config("full_finetune", epochs=3)  # default warm-up is 5 epochs
+    assert make_config("full_finetune", epochs=3, warmup_epochs=1).warmup_epochs == 1
+
+
+def test_every_method_has_a_config():
+    for method in METHODS:
+        assert make_config(method, "smoke").to_dict()
