@@ -39,7 +39,7 @@ def feature_key(model_name: str, weights_id: str, split: ImageSplit, precision: 
 def encode_images(visual: nn.Module, split: ImageSplit, *, batch_size: int = 256, device="cpu",
                   precision: str = "fp32", progress: bool = True) -> torch.Tensor:
     """Run the image tower over a split (evaluation transform) and return float32 features on CPU."""
-    from .engine import autocast_context
+    from .evaluate import autocast_context
     was_training = visual.training
     visual.eval()
     out = []

@@ -1,0 +1,148 @@
+"""Speed and memory of every method on a real architecture with random weights (no download needed).
+
+    python -m clipft_utils bench --model ViT-B-32 --device cuda --batch-size 64 --steps 20
+    python -m clipft_utils bench --flowers-root /tmp/standin   # also time decode + cache + feature extraction
+
+Accuracy is meaningless here (random weights, random pixels); throughput and peak memory are not:
+they depend only on the architecture, the method, the batch and the device.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .config import METHODS, make_config
+from .engine import PeakMemory
+from .evaluate import autocast_context, resolve_precision
+from .models import CLIPClassifier, count_parameters, load_clip, resolve_device
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "linear_probe": ("linear_probe", {}),
+    "bitfit": ("bitfit", {}),
+    "prefix_tuning": ("prefix_tuning", {}),
+    "prefix_tuning-deep": ("prefix_tuning", {"depth": "deep"}),
+    "lora": ("lora", {}),
+    "full_finetune": ("full_finetune", {}),
+    "full_finetune-ckpt": ("full_finetune", {"grad_checkpointing": True}),
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per step, peak MB) of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        _sync(device)
+        seconds = (time.perf_counter() - start) / steps
+    return seconds, mem.peak_mb
+
+
+def bench_variant(name: str, visual, num_classes: int, device: torch.device, batch_size: int, steps: int,
+                  warmup: int, precision: str) -> dict[str, Any]:
+    """Training-step throughput and peak memory of one method variant (inference only for the probe)."""
+    from .methods import apply_method
+    method, overrides = VARIANTS[name]
+    cfg = make_config(method, **overrides)
+    head = 100 * F.normalize(torch.randn(num_classes, visual.output_dim), dim=-1)
+    clf = CLIPClassifier(copy.deepcopy(visual), head).to(device)
+    groups = apply_method(method, clf, cfg)
+    trainable, total = count_parameters(clf)
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    prec = resolve_precision(precision, device)
+    if method == "linear_probe":  # its cost is one frozen forward per image (feature extraction)
+        clf.eval()
+
+        def step():
+            with torch.inference_mode(), autocast_context(prec, device):
+                clf.visual(images)
+    else:
+        clf.train()
+        opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=1e-5)
+        scaler = torch.amp.GradScaler(device.type, enabled=prec == "fp16")
+
+        def step():
+            with autocast_context(prec, device):
+                loss = F.cross_entropy(clf(images), labels)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds, peak = _timed(step, steps, warmup, device)
+    return {"variant": name, "trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total,
+            "images_per_second": batch_size / seconds, "ms_per_step": 1000 * seconds, "peak_memory_mb": peak,
+            "precision": prec, "batch_size": batch_size, "kind": "inference" if method == "linear_probe" else "train"}
+
+
+def bench_pipeline(loaded, root: str, device: torch.device, batch_size: int) -> dict[str, Any]:
+    """Decode + cache + feature extraction of a Flowers102-shaped folder (the real pipeline, timed)."""
+    from .data import get_split
+    from .features import extract_features
+    out: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        start = time.perf_counter()
+        ds = get_split("flowers102", split, loaded.image_size, loaded.mean, loaded.std, root=root, verify=False)
+        out[f"decode_{split}_s"] = time.perf_counter() - start
+        feats = extract_features(loaded.model.visual, ds, model_name=loaded.name, weights_id="bench-random",
+                                 batch_size=batch_size, device=device, cache=False, progress=False)
+        out[f"features_{split}_s"] = feats.seconds
+        out[f"features_{split}_img_per_s"] = len(ds) / feats.seconds
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: print (and optionally save) a table of throughput and memory per method."""
+    p = argparse.ArgumentParser(prog="python -m clipft_utils bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="ViT-B-32")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--flowers-root", default=None, help="folder containing flowers-102/ to time the data pipeline")
+    p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    args = p.parse_args(argv)
+    device = resolve_device(args.device)
+    loaded = load_clip(args.model, "random", device=device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{args.model} (random weights) on {name}, batch {args.batch_size}, {args.steps} timed steps")
+    rows = []
+    for v in args.variants:
+        row = bench_variant(v, loaded.model.visual, 102, device, args.batch_size, args.steps, args.warmup,
+                            args.precision)
+        rows.append(row)
+        print(f"{v:<20} {row['kind']:<9} {row['trainable_percent']:8.4f}% trainable  "
+              f"{row['images_per_second']:9.1f} img/s  {row['peak_memory_mb']:9.1f} MB peak  ({row['precision']})")
+    report: dict[str, Any] = {"model": args.model, "device": name, "rows": rows, "pretrained": "random"}
+    if args.flowers_root:
+        report["pipeline"] = bench_pipeline(loaded, args.flowers_root, device, 256)
+        print(json.dumps(report["pipeline"], indent=1))
+    if args.json:
+        from .paths import atomic_write_text
+        atomic_write_text(args.json, json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
