@@ -20,10 +20,10 @@ with ``bias=False`` and the output projection ``proj`` is a bare matrix, so neit
 LayerNorm biases *are* trained: the original BitFit trains "all bias terms", LayerNorm's included
 (without them the count would be 82,944).
 
-The true fraction on ViT-B-32 is about 0.117 % of the image tower (88.0 M parameters with the head:
-0.177 % with the 52k-parameter head), and 0.068 % of the whole CLIP (151 M, text tower included),
-not the ~0.01 % sometimes quoted: a transformer has about one bias per 850 weights
-(one D-vector per D x D matrix), so BitFit always lands near 0.1 %, as in the paper (0.08 % of BERT).
+The true fraction on ViT-B-32 is 0.117 % of the image tower (102,912 of 87,849,216), 0.177 % with the
+52,326-parameter head counted on both sides, and 0.068 % of the whole CLIP (151.3 M, text tower
+included), not the ~0.01 % sometimes quoted: a transformer has about one bias per 850 weights (one
+D-vector per D x D matrix), so BitFit always lands near 0.1 %, as the paper reports for BERT (0.08 %).
 """
 from __future__ import annotations
 

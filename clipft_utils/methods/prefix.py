@@ -59,8 +59,13 @@ class PrefixVisual(nn.Module):
         n_out = len(visual.transformer.resblocks) if deep else 1
         width = visual.class_embedding.shape[-1]
         self.encoder = PrefixEncoder(length, width, hidden, n_out) if length > 0 else None
-        self.folded: nn.Parameter | None = None
-        self.output_dim = getattr(visual, "output_dim", None)
+        self.register_parameter("folded", None)
+        self.output_dim, self.image_size = visual.output_dim, visual.image_size
+        self.train(visual.training)  # new modules start in training mode; follow the tower's mode
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (open_clip's switch, honoured by ``forward``)."""
+        self.visual.set_grad_checkpointing(enable)
 
     def prefixes(self) -> torch.Tensor:
         """Current prefix tokens [n_out, length, D] (from the MLP, or the folded copy)."""
@@ -112,7 +117,7 @@ def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     freeze(clf)
     visual = clf.visual.visual if isinstance(clf.visual, PrefixVisual) else clf.visual
     clf.visual = PrefixVisual(visual, cfg.prefix_length, cfg.prefix_hidden, deep=cfg.depth == "deep")
-    return param_groups(clf.visual.encoder.parameters(), clf)
+    return param_groups(clf.visual.encoder.parameters() if clf.visual.encoder else [], clf)
 
 
 def _time_ms(fn: Any, images: torch.Tensor) -> float:

@@ -1,0 +1,106 @@
+"""Trainable vs total parameters of every method on the real architecture (random weights, no download).
+
+``python -m clipft_utils.methods.params --model ViT-B-32 [--json] [--variants]``
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..config import METHOD_TYPE, METHODS, make_config
+from ..models import CLIPClassifier
+from . import apply_method, trainable_parameters
+
+VARIANTS: list[tuple[str, dict[str, Any], str]] = [
+    ("prefix_tuning", {"depth": "deep"}, "deep (VPT-deep), length 10"),
+    ("lora", {"targets": ("q", "k", "v", "out")}, "r=8, q k v out"),
+    ("lora", {"targets": ("q", "k", "v", "out", "fc", "proj")}, "r=8, all linear layers"),
+]
+"""Non-default configs shown with ``variants=True``: (method, overrides, description)."""
+
+
+def build_clip(model_name: str = "ViT-B-32") -> nn.Module:
+    """The open_clip architecture with random weights (ToyCLIP through ``models.load_clip``)."""
+    import open_clip
+    if model_name in open_clip.list_models():
+        return open_clip.create_model(model_name, pretrained=None)
+    from ..models import load_clip
+    return load_clip(model_name, "random").model
+
+
+def _describe(method: str, cfg: Any) -> str:
+    """Short description of a method's default config."""
+    if method == "prefix_tuning":
+        return f"{cfg.depth}, length {cfg.prefix_length}, MLP {cfg.prefix_hidden}"
+    if method == "lora":
+        return f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}"
+    if method == "bitfit":
+        return "all biases incl. LayerNorm"
+    if method == "full_finetune":
+        return "image tower + head"
+    return {"zero_shot": "prompts only", "linear_probe": "head only"}.get(method, "")
+
+
+def _row(clip: nn.Module, num_classes: int, method: str, overrides: dict[str, Any], note: str) -> dict[str, Any]:
+    """Apply ``method`` to a fresh classifier over a copy of the tower and count its parameters."""
+    head = torch.nn.functional.normalize(torch.randn(num_classes, clip.visual.output_dim), dim=-1)
+    clf = CLIPClassifier(copy.deepcopy(clip.visual), head)
+    before = sum(p.numel() for p in clf.parameters())
+    cfg = make_config(method, **overrides)
+    groups = apply_method(method, clf, cfg)
+    trainable = sum(p.numel() for p in trainable_parameters(groups))
+    backbone = sum(p.numel() for g in groups if g["name"] != "head" for p in g["params"])
+    total = sum(p.numel() for p in clf.parameters())
+    clip_total = sum(p.numel() for p in clip.parameters())
+    return {"method": method, "type": METHOD_TYPE[method], "config": note or _describe(method, cfg),
+            "trainable": trainable, "trainable_without_head": backbone, "total": total,
+            "fraction_pct": 100 * trainable / total, "fraction_without_head_pct": 100 * backbone / total,
+            "added": total - before, "clip_total": clip_total, "fraction_of_clip_pct": 100 * trainable / clip_total}
+
+
+def parameter_table(model_name: str = "ViT-B-32", num_classes: int = 102, clip: nn.Module | None = None,
+                    variants: bool = False) -> list[dict[str, Any]]:
+    """One row per method (default configs): trainable, total (image tower + head + added) and fractions."""
+    clip = build_clip(model_name) if clip is None else clip
+    rows = [_row(clip, num_classes, m, {}, "") for m in METHODS]
+    if variants:
+        rows += [_row(clip, num_classes, m, o, note) for m, o, note in VARIANTS]
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Fixed-width text table of ``parameter_table`` rows."""
+    head = (f"{'method':<14} {'config':<28} {'trainable':>11} {'w/o head':>11} {'total':>11} {'%':>8} "
+            f"{'added':>10} {'% of CLIP':>9}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['method']:<14} {r['config'][:28]:<28} {r['trainable']:>11,} "
+                     f"{r['trainable_without_head']:>11,} {r['total']:>11,} {r['fraction_pct']:>8.4f} "
+                     f"{r['added']:>10,} {r['fraction_of_clip_pct']:>9.4f}")
+    lines.append("trainable includes the head; total = image tower + head + what the method adds; "
+                 "% = trainable / total;")
+    lines.append(f"% of CLIP = trainable / {rows[0]['clip_total']:,} (the whole CLIP, text tower included)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: print the parameter table (``--json`` for machine-readable rows)."""
+    parser = argparse.ArgumentParser(prog="clipft_utils params", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture name (random weights)")
+    parser.add_argument("--num-classes", type=int, default=102)
+    parser.add_argument("--variants", action="store_true", help="also show deep prefix and wider LoRA targets")
+    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    args = parser.parse_args(argv)
+    rows = parameter_table(args.model, args.num_classes, variants=args.variants)
+    print(json.dumps(rows, indent=2) if args.json else f"{args.model} (random weights)\n{format_table(rows)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
