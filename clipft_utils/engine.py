@@ -1,0 +1,628 @@
+"""The one training loop (`fit`) every trainable method uses, with its loader, schedule and memory helpers."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sized
+
+import numpy as np
+import psutil
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .errors import ConfigError
+from .evaluate import autocast_context, evaluate, resolve_precision, restore_modes, train_modes
+from .paths import atomic_path
+from .seeding import seed_everything
+
+__all__ = [
+    "fit", "TrainResult", "PeakMemory", "resolve_precision", "autocast_context", "make_loader",
+    "EpochSampler", "WarmupCosine", "CHECKPOINT_FORMAT",
+]
+
+CHECKPOINT_FORMAT = 1
+_MB = 2**20
+
+
+# ----------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Peak memory (MB) of a block: CUDA max-allocated on a GPU, else process RSS sampled every ``interval`` s."""
+
+    def __init__(self, device: str | torch.device = "cpu", interval: float = 0.02) -> None:
+        self.device = torch.device(device)
+        self.interval = interval
+        self.start_mb = 0.0
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._process = psutil.Process()
+
+    @property
+    def cuda(self) -> bool:
+        """Whether GPU memory (rather than process RSS) is measured."""
+        return self.device.type == "cuda"
+
+    @property
+    def delta_mb(self) -> float:
+        """Peak minus the amount in use when the block started."""
+        return self.peak_mb - self.start_mb
+
+    def sample(self) -> float:
+        """Read memory now (MB), fold it into the peak and return it."""
+        if self.cuda:
+            now = torch.cuda.max_memory_allocated(self.device) / _MB
+        else:
+            now = self._process.memory_info().rss / _MB
+        self.peak_mb = max(self.peak_mb, now)
+        return now
+
+    def _watch(self) -> None:
+        """Sample until asked to stop."""
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = self.peak_mb = torch.cuda.memory_allocated(self.device) / _MB
+            return self
+        self.start_mb = self.peak_mb = self.sample()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="PeakMemory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.sample()
+
+
+# ----------------------------------------------------------------------------- data order
+def _mix(seed: int, epoch: int) -> int:
+    """A second, independent seed per (seed, epoch) for the loader's worker seeds."""
+    return (seed * 1_000_003 + epoch * 7_919 + 0x5EED) % 2**63
+
+
+class EpochSampler(Sampler[int]):
+    """Dataset indices, shuffled by a generator seeded with ``seed + epoch``: each epoch's order is reproducible."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0) -> None:
+        self.size, self.shuffle, self.seed = int(size), bool(shuffle), int(seed)
+        self.worker_generator = torch.Generator()  # hand to DataLoader(generator=...): worker seeds per epoch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass use ``epoch``'s order (fit() calls this before every epoch)."""
+        self._use_epoch(epoch)
+
+    def _use_epoch(self, epoch: int) -> None:
+        """Set the epoch and re-seed the worker generator for it."""
+        self.epoch = int(epoch)
+        self.worker_generator.manual_seed(_mix(self.seed, self.epoch))
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            indices = order.tolist()
+        else:
+            indices = list(range(self.size))
+        self._use_epoch(self.epoch + 1)  # plain loops without set_epoch still get a new order next time
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_loader(
+    dataset: Sized, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False,
+    *, pin_memory: bool = False, collate_fn: Callable | None = None,
+) -> DataLoader:
+    """A DataLoader whose order and worker seeds depend only on (seed, epoch), so resumed runs replay exactly."""
+    sampler = EpochSampler(len(dataset), shuffle, seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+        generator=sampler.worker_generator, pin_memory=pin_memory, collate_fn=collate_fn,
+        persistent_workers=False,  # persistent workers would keep epoch-1 seeds forever
+    )
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch`` on the loader's sampler / batch sampler, where they have one."""
+    seen: set[int] = set()
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for obj in (getattr(loader, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None)):
+        if obj is not None and id(obj) not in seen and callable(getattr(obj, "set_epoch", None)):
+            seen.add(id(obj))
+            obj.set_epoch(epoch)
+
+
+# ----------------------------------------------------------------------------- schedule
+@dataclass
+class WarmupCosine:
+    """LR multiplier per optimizer step: linear warm-up over ``warmup_steps``, then cosine to 0 at ``total_steps``."""
+
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# ----------------------------------------------------------------------------- result
+@dataclass
+class TrainResult:
+    """What `fit` measured; the model itself now holds the best epoch's weights."""
+
+    history: list[dict[str, Any]]
+    best_epoch: int              # 1-based; 0 if no epoch ran
+    best_val_acc: float
+    epochs_run: int              # epochs in the history (all sessions, if resumed)
+    stopped_early: bool
+    train_seconds: float         # wall time of training + validation, all sessions, excluding checkpoint I/O
+    images_per_second: float     # training images / seconds spent in training passes (loading included)
+    peak_memory_mb: float        # this session: CUDA max allocated, or peak process RSS on CPU
+    precision: str               # the resolved precision: fp32 | bf16 | fp16
+    completed: bool = True       # False when stop_after_epochs paused the run
+    resumed_from_epoch: int = 0  # epochs already done in the checkpoint this call resumed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON view."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _State:
+    """Everything about the run's progress that a checkpoint must carry."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_acc: float = -math.inf
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+    step_seconds: float = 0.0
+    images: int = 0
+
+    def finished(self, epochs: int) -> bool:
+        """Whether no epoch is left to run."""
+        return self.stopped_early or self.epoch >= epochs
+
+
+@dataclass
+class _Run:
+    """The live objects of one fit() call."""
+
+    model: nn.Module
+    named: list[tuple[str, nn.Parameter]]
+    group_names: list[str]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    cfg: TrainConfig
+    device: torch.device
+    precision: str
+    steps_per_epoch: int
+    seed: int
+    best: dict[str, torch.Tensor] = field(default_factory=dict)
+    last_lrs: list[float] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        """The trained parameters, in group order."""
+        return [p for _, p in self.named]
+
+
+# ----------------------------------------------------------------------------- validation of inputs
+def _check_device(device: str | torch.device) -> torch.device:
+    """Parse ``device``; a CUDA request without a GPU is a ConfigError."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"Unknown device {device!r}. Fix: pass 'cpu' or 'cuda'.") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is visible. Fix: pass device='cpu'.")
+    return dev
+
+
+def _check_loader(loader: Any, what: str) -> int:
+    """Number of batches of ``loader``; none (or no length) is a ConfigError."""
+    try:
+        n = len(loader)
+    except TypeError as exc:
+        raise ConfigError(f"{what} has no length. Fix: pass a DataLoader over a map-style dataset.") from exc
+    if n == 0:
+        raise ConfigError(
+            f"{what} yields no batches (empty dataset, or fewer examples than batch_size with drop_last=True). "
+            "Fix: check the split, or lower batch_size / set drop_last=False."
+        )
+    return n
+
+
+def _group_names(param_groups: list[dict]) -> list[str]:
+    """Unique display names of the groups (repeats get '#i')."""
+    names: list[str] = []
+    for i, group in enumerate(param_groups):
+        name = str(group.get("name", f"group{i}"))
+        names.append(name if name not in names else f"{name}#{i}")
+    return names
+
+
+def _normalise_groups(param_groups: Any) -> list[dict]:
+    """Copy the groups with their params as lists (generators allowed), checking their shape."""
+    groups = list(param_groups or [])
+    if not groups:
+        raise ConfigError(
+            "fit() got no parameter groups, so nothing would train. "
+            "Fix: pass the groups returned by the method's apply(classifier, cfg)."
+        )
+    for i, group in enumerate(groups):
+        if not isinstance(group, dict) or "params" not in group:
+            raise ConfigError(
+                f"Parameter group {i} must be a dict with a 'params' list. Fix: {{'params': [...], 'name': ...}}."
+            )
+    return [{**g, "params": list(g["params"])} for g in groups]
+
+
+def _check_groups(model: nn.Module, param_groups: list[dict]) -> list[tuple[str, nn.Parameter]]:
+    """Return (model name, param) of every handed parameter, or raise a ConfigError saying what is wrong."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    named: list[tuple[str, nn.Parameter]] = []
+    seen: set[int] = set()
+    for i, group in enumerate(param_groups):
+        label = group.get("name", f"group{i}")
+        if len(group["params"]) == 0:
+            raise ConfigError(f"Parameter group '{label}' is empty. Fix: drop it or put the method's parameters in it.")
+        for p in group["params"]:
+            named.append(_check_param(p, label, names, seen))
+    return named
+
+
+def _check_param(p: Any, label: str, names: dict[int, str], seen: set[int]) -> tuple[str, nn.Parameter]:
+    """One handed parameter must be a trainable tensor of the model, handed only once."""
+    if not isinstance(p, torch.Tensor):
+        raise ConfigError(f"Group '{label}' holds a {type(p).__name__}, not a parameter. Fix: pass model parameters.")
+    name = names.get(id(p))
+    if name is None:
+        raise ConfigError(
+            f"A parameter of group '{label}' (shape {tuple(p.shape)}) is not part of the model, so it could "
+            "neither be checkpointed nor used. Fix: register it as a module attribute of the model."
+        )
+    if not p.requires_grad:
+        raise ConfigError(
+            f"Parameter '{name}' in group '{label}' does not require grad. "
+            "Fix: unfreeze it in the method's apply() (p.requires_grad_(True)) or leave it out of the group."
+        )
+    if id(p) in seen:
+        raise ConfigError(f"Parameter '{name}' appears in more than one group. Fix: put it in exactly one.")
+    seen.add(id(p))
+    return name, p
+
+
+def _warn_unhanded(model: nn.Module, named: list[tuple[str, nn.Parameter]]) -> None:
+    """Warn about parameters that require grad but that no group hands to the optimizer."""
+    handed = {id(p) for _, p in named}
+    extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in handed]
+    if extra:
+        warnings.warn(
+            f"{len(extra)} parameter(s) require grad but are in no group, so fit() will not train them "
+            f"(e.g. {extra[:3]}). Fix: freeze them with requires_grad_(False), or add them to a group.",
+            stacklevel=3,
+        )
+
+
+def _check_inputs(train_loader, val_loader, eval_fn, stop_after_epochs) -> int:
+    """Validate everything before any work; return the number of training batches per epoch."""
+    n = _check_loader(train_loader, "train_loader")
+    if eval_fn is None:
+        if val_loader is None:
+            raise ConfigError("fit() needs a val_loader (or an eval_fn) for validation. Fix: pass one.")
+        _check_loader(val_loader, "val_loader")
+    if stop_after_epochs is not None and (not isinstance(stop_after_epochs, int) or stop_after_epochs < 0):
+        raise ConfigError(f"stop_after_epochs must be None or an int >= 0, got {stop_after_epochs!r}.")
+    return n
+
+
+# ----------------------------------------------------------------------------- building
+def _optimizer_groups(param_groups: list[dict], names: list[str], cfg: TrainConfig) -> list[dict]:
+    """Copy the groups, filling in lr (x lr_scale) and weight decay from cfg where a group does not say."""
+    groups = []
+    for group, name in zip(param_groups, names):
+        default = cfg.effective_head_lr if group.get("name") == "head" else cfg.lr
+        lr = float(group.get("lr", default)) * float(group.get("lr_scale", 1.0))
+        wd = float(group.get("weight_decay", cfg.weight_decay))
+        groups.append({**group, "name": name, "lr": lr, "weight_decay": wd})
+    return groups
+
+
+def _build(model, named, param_groups, cfg, steps_per_epoch, precision, device, seed) -> _Run:
+    """AdamW over the groups, a per-step warm-up + cosine LambdaLR, and a grad scaler (active for fp16 only)."""
+    names = _group_names(param_groups)
+    optimizer = torch.optim.AdamW(_optimizer_groups(param_groups, names, cfg), lr=cfg.lr)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    return _Run(model, named, names, optimizer, scheduler, scaler, cfg, device, precision, steps_per_epoch, seed)
+
+
+# ----------------------------------------------------------------------------- one epoch
+def _step(run: _Run) -> torch.Tensor | None:
+    """Clip, step the optimizer (through the scaler), clear grads, advance the schedule; return the pre-clip norm."""
+    norm = None
+    if run.cfg.grad_clip is not None:
+        run.scaler.unscale_(run.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(run.params, run.cfg.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.last_lrs = [g["lr"] for g in run.optimizer.param_groups]
+    with warnings.catch_warnings():  # an fp16 step skipped by the scaler makes the scheduler complain
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+        run.scheduler.step()
+    return norm
+
+
+def _train_epoch(run: _Run, loader: Any, epoch: int, progress: bool) -> dict[str, Any]:
+    """One pass over the training data with gradient accumulation; returns the epoch's training stats."""
+    run.model.train()
+    run.optimizer.zero_grad(set_to_none=True)  # never add to gradients left over from before
+    n, k = len(loader), run.cfg.grad_accum_steps
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    seen, pending, norms = 0, 0, []
+    batches = tqdm(loader, total=n, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+    for i, (images, labels) in enumerate(batches):
+        images = images.to(run.device, non_blocking=True)
+        labels = torch.as_tensor(labels).to(run.device, non_blocking=True).long()
+        window = max(1, min(k, n - (i // k) * k))  # the last accumulation window may be shorter
+        with autocast_context(run.precision, run.device):
+            logits = run.model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing)
+        run.scaler.scale(loss / window).backward()
+        pending += 1
+        if pending >= window:
+            norms.append(_step(run))
+            pending = 0
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        seen += len(labels)
+    if pending:  # the loader yielded fewer batches than len(): still apply what was accumulated
+        norms.append(_step(run))
+    return _epoch_stats(run, loss_sum, correct, seen, norms, epoch)
+
+
+def _mean_finite(values: list[torch.Tensor | None]) -> float | None:
+    """Mean of the finite values (fp16 steps that the scaler skipped have inf norms); None if there are none."""
+    kept = [v.float() for v in values if v is not None]
+    if not kept:
+        return None
+    x = torch.stack(kept)
+    x = x[torch.isfinite(x)]
+    return x.mean().item() if len(x) else None
+
+
+def _epoch_stats(run: _Run, loss_sum, correct, seen: int, norms: list, epoch: int) -> dict[str, Any]:
+    """The epoch's history record (synchronises with the device once); a non-finite loss stops training."""
+    train_loss = loss_sum.item() / max(seen, 1)
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(
+            f"Training loss became {train_loss} in epoch {epoch + 1}. "
+            "Fix: lower lr, set grad_clip (e.g. 1.0), or use precision='fp32'."
+        )
+    return {
+        "epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
+        "lr": dict(zip(run.group_names, run.last_lrs)),
+        "grad_norm": _mean_finite(norms),
+        "images": seen,
+    }
+
+
+def _validate(run: _Run, val_loader: Any, eval_fn: Callable | None, epoch: int) -> dict[str, Any]:
+    """Validation top-1 (and loss when available) with the model in eval mode."""
+    run.model.eval()
+    if val_loader is not None:
+        _set_epoch(val_loader, epoch)  # evaluation order / worker seeds independent of how often it ran
+    if eval_fn is not None:
+        out = eval_fn(run.model)
+    else:
+        out = evaluate(run.model, val_loader, device=run.device, precision=run.precision)
+    loss = getattr(out, "loss", None)
+    return {"val_acc": float(getattr(out, "top1", out)), "val_loss": None if loss is None else float(loss)}
+
+
+def _track_best(run: _Run, state: _State, record: dict[str, Any]) -> None:
+    """Keep a CPU copy of the trained weights when validation improves; count epochs without improvement."""
+    if record["val_acc"] > state.best_val_acc:
+        state.best_val_acc, state.best_epoch, state.bad_epochs = record["val_acc"], record["epoch"], 0
+        _snapshot_best(run)
+    else:
+        state.bad_epochs += 1
+    patience = run.cfg.patience
+    state.stopped_early = patience is not None and state.bad_epochs >= patience and state.epoch < run.cfg.epochs
+
+
+def _snapshot_best(run: _Run) -> None:
+    """Copy the trained weights to CPU, reusing the previous snapshot's buffers when there is one."""
+    if set(run.best) != {name for name, _ in run.named}:
+        run.best = {name: p.detach().to("cpu", copy=True) for name, p in run.named}
+        return
+    with torch.no_grad():
+        for name, p in run.named:
+            run.best[name].copy_(p.detach())
+
+
+def _restore_best(run: _Run) -> None:
+    """Load the best epoch's snapshot back into the trained parameters."""
+    with torch.no_grad():
+        for name, p in run.named:
+            if name in run.best:
+                p.copy_(run.best[name].to(p.device))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _rng_state() -> dict[str, Any]:
+    """Torch (CPU, CUDA), NumPy and Python RNG states, in a form `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    """Restore the RNG states saved by `_rng_state`."""
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    kind, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(rng["python"])
+
+
+def _meta(run: _Run) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed by this run."""
+    return {
+        "params": [n for n, _ in run.named], "groups": run.group_names, "config_type": type(run.cfg).__name__,
+        "config": run.cfg.to_dict(), "steps_per_epoch": run.steps_per_epoch, "precision": run.precision,
+        "seed": run.seed,
+    }
+
+
+def _save_checkpoint(run: _Run, state: _State, path: Path) -> None:
+    """Write everything needed to continue bit-identically; atomic, so a kill never leaves half a file."""
+    payload = {
+        "format": CHECKPOINT_FORMAT, "meta": _meta(run),
+        "trainable": {name: p.detach().cpu() for name, p in run.named},
+        "best": run.best, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(), "state": dataclasses.asdict(state), "rng": _rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _check_meta(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint written for another config, parameter set, loader length or seed."""
+    fix = f"Fix: pass resume=False to start over (the file is overwritten), or delete '{path}'."
+    changed = sorted(k for k in set(saved["config"]) | set(current["config"])
+                     if saved["config"].get(k) != current["config"].get(k))
+    if changed or saved["config_type"] != current["config_type"]:
+        raise ConfigError(f"Checkpoint '{path}' was written with a different config ({', '.join(changed)}). {fix}")
+    for key in ("params", "groups", "steps_per_epoch", "seed"):
+        if saved[key] != current[key]:
+            raise ConfigError(f"Checkpoint '{path}' was written for different {key}. {fix}")
+    if saved["precision"] != current["precision"]:
+        warnings.warn(f"Resuming a {saved['precision']} checkpoint with {current['precision']}.", stacklevel=4)
+
+
+def _load_checkpoint(run: _Run, path: Path) -> _State:
+    """Restore weights, optimizer, schedule, scaler, progress and RNG from ``path``."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable or from another format: say how to recover
+        raise ConfigError(f"Cannot read checkpoint '{path}': {exc}. Fix: delete it or pass resume=False.") from exc
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"Checkpoint '{path}' has format {ckpt.get('format')}. Fix: delete it or pass resume=False.")
+    _check_meta(ckpt["meta"], _meta(run), path)
+    with torch.no_grad():
+        for name, p in run.named:
+            p.copy_(ckpt["trainable"][name].to(p.device))
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["scaler"] and run.scaler.is_enabled():
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.best = ckpt["best"]
+    _set_rng_state(ckpt["rng"])
+    return _State(**ckpt["state"])
+
+
+# ----------------------------------------------------------------------------- the loop
+def _run_epochs(run, state, train_loader, val_loader, eval_fn, checkpoint_path, stop_after, progress, desc) -> None:
+    """Train, validate, track the best epoch and checkpoint, epoch by epoch, under one progress bar."""
+    bar = tqdm(total=run.cfg.epochs, initial=state.epoch, desc=desc, unit="epoch", disable=not progress)
+    done_here = 0
+    with bar:
+        while not state.finished(run.cfg.epochs) and (stop_after is None or done_here < stop_after):
+            start = time.perf_counter()
+            _set_epoch(train_loader, state.epoch)
+            record = _train_epoch(run, train_loader, state.epoch, progress)
+            trained = time.perf_counter() - start
+            record.update(_validate(run, val_loader, eval_fn, state.epoch))
+            record["seconds"] = time.perf_counter() - start
+            state.epoch += 1
+            state.history.append(record)
+            state.train_seconds += record["seconds"]
+            state.step_seconds += trained
+            state.images += record.pop("images")
+            _track_best(run, state, record)
+            if checkpoint_path is not None:
+                _save_checkpoint(run, state, checkpoint_path)
+            done_here += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_acc']:.3f}",
+                            lr=f"{run.last_lrs[0]:.2e}")
+
+
+def fit(
+    model: nn.Module, param_groups: list[dict], train_loader: Any, val_loader: Any, cfg: TrainConfig, *,
+    device: str | torch.device = "cpu", seed: int = 0, checkpoint_path: str | Path | None = None,
+    resume: bool = True, progress: bool = True, desc: str = "train",
+    eval_fn: Callable[[nn.Module], Any] | None = None, stop_after_epochs: int | None = None,
+) -> TrainResult:
+    """Train exactly the parameters in ``param_groups`` (AdamW, warm-up + cosine); the model ends on its best epoch."""
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"cfg must be a TrainConfig (or a method's config), got {type(cfg).__name__}.")
+    cfg.validate()
+    dev = _check_device(device)
+    precision = resolve_precision(cfg.precision, dev)
+    steps = _check_inputs(train_loader, val_loader, eval_fn, stop_after_epochs)
+    param_groups = _normalise_groups(param_groups)
+    named = _check_groups(model, param_groups)
+    _warn_unhanded(model, named)
+    model.to(dev)
+    run = _build(model, named, param_groups, cfg, math.ceil(steps / cfg.grad_accum_steps), precision, dev, seed)
+    path = None if checkpoint_path is None else Path(checkpoint_path)
+    if resume and path is not None and path.exists():
+        state = _load_checkpoint(run, path)
+    else:
+        seed_everything(seed, deterministic=False)
+        state = _State()
+    first_epoch, modes = state.epoch, train_modes(model)
+    try:
+        with PeakMemory(dev) as memory:
+            _run_epochs(run, state, train_loader, val_loader, eval_fn, path, stop_after_epochs, progress, desc)
+    finally:
+        restore_modes(modes)
+        _restore_best(run)
+    return _result(state, cfg, precision, memory.peak_mb, first_epoch)
+
+
+def _result(state: _State, cfg: TrainConfig, precision: str, peak_mb: float, first_epoch: int) -> TrainResult:
+    """The run's `TrainResult`."""
+    return TrainResult(
+        history=state.history, best_epoch=state.best_epoch,
+        best_val_acc=state.best_val_acc if state.best_epoch else math.nan, epochs_run=state.epoch,
+        stopped_early=state.stopped_early, train_seconds=state.train_seconds,
+        images_per_second=state.images / state.step_seconds if state.step_seconds > 0 else 0.0,
+        peak_memory_mb=peak_mb, precision=precision, completed=state.finished(cfg.epochs),
+        resumed_from_epoch=first_epoch,
+    )
