@@ -1,0 +1,315 @@
+"""Combining methods: prediction ensembles, WiSE-FT weight interpolation, LP→FT heads, base-to-novel splits.
+
+* Ensembles average **probabilities** (softmax of each member's logits), not logits: a member that is
+  very confident (large logit gaps) then cannot outvote the others by its temperature alone.
+* WiSE-FT (Wortsman et al., 2022) evaluates ``θ(α) = (1 - α)·θ_zs + α·θ_ft`` for the whole classifier
+  (image tower *and* head; θ_zs's head is the zero-shot text head). The endpoints are exact copies.
+* LP→FT (Kumar et al., 2022) starts fine-tuning from a fitted linear-probe head instead of the
+  zero-shot one; ``set_head`` puts such a head (weight and bias) into a classifier.
+* Base-to-novel (CoCoOp's protocol): train on the first half of the classes, measure zero-shot accuracy
+  on the second half; ``class_subset`` restricts a split to some classes and re-indexes their labels.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field, replace
+from itertools import combinations
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ImageSplit
+from .errors import ConfigError
+
+__all__ = [
+    "SHORT_NAMES", "ensemble_probs", "ensemble_logits", "accuracy", "subset_table", "same_predictions",
+    "interpolate_state_dicts", "interpolated", "wise_ft", "WiseFT", "set_head", "base_novel_classes",
+    "class_subset", "restricted_eval", "Member", "collect_members", "ensemble_result", "combination_result",
+    "remove_rows",
+]
+
+SHORT_NAMES = {"zero_shot": "zs", "linear_probe": "lp", "bitfit": "bitfit", "prefix_tuning": "prefix",
+               "lora": "lora", "full_finetune": "ft"}
+"""Short method names for ensemble variants (``ensemble-zs+lp+ft``)."""
+
+
+# ----------------------------------------------------------------------------- prediction ensembles
+def _softmax(logits: Any) -> np.ndarray:
+    """Row-wise softmax in float64 (numerically stable)."""
+    x = np.asarray(logits.detach().cpu() if torch.is_tensor(logits) else logits, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def ensemble_probs(logits: Sequence[Any], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Weighted mean of the members' softmax probabilities [N, C] (weights are normalised to sum 1)."""
+    if len(logits) == 0:
+        raise ConfigError("ensemble_probs needs at least one member's logits.")
+    probs = [_softmax(x) for x in logits]
+    shapes = {p.shape for p in probs}
+    if len(shapes) != 1:
+        raise ConfigError(f"Ensemble members disagree in shape {sorted(shapes)}. Fix: use predictions of "
+                          "the same split (same images, same order, same classes).")
+    w = np.ones(len(probs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(probs),) or (w < 0).any() or w.sum() <= 0:
+        raise ConfigError(f"weights must be {len(probs)} non-negative numbers with a positive sum, got {weights!r}.")
+    w = w / w.sum()
+    return np.einsum("m,mnc->nc", w, np.stack(probs))
+
+
+def ensemble_logits(logits: Sequence[Any], weights: Sequence[float] | None = None) -> np.ndarray:
+    """``log`` of the ensemble's probabilities: logits whose softmax is the ensemble (for EvalResult)."""
+    return np.log(np.clip(ensemble_probs(logits, weights), 1e-30, None)).astype(np.float32)
+
+
+def accuracy(scores: Any, labels: Any) -> float:
+    """Top-1 accuracy of scores (logits or probabilities) [N, C] against labels [N]."""
+    scores, labels = np.asarray(scores), np.asarray(labels).reshape(-1)
+    if scores.shape[0] != labels.shape[0]:
+        raise ConfigError(f"{scores.shape[0]} score rows but {labels.shape[0]} labels.")
+    return float((scores.argmax(axis=1) == labels).mean())
+
+
+def subset_table(preds: Mapping[str, Any], labels: Any, *, val_preds: Mapping[str, Any] | None = None,
+                 val_labels: Any = None, min_size: int = 1) -> "pd.DataFrame":
+    """Accuracy of the probability-averaged ensemble of every subset of ``preds`` (test, and val if given)."""
+    import pandas as pd
+    names = list(preds)
+    if val_preds is not None and (val_labels is None or set(val_preds) != set(names)):
+        raise ConfigError("val_preds must hold the same members as preds, and val_labels must be given.")
+    rows = []
+    for size in range(max(1, min_size), len(names) + 1):
+        for members in combinations(names, size):
+            row = {"subset": "+".join(SHORT_NAMES.get(m, m) for m in members), "members": members, "size": size,
+                   "test_acc": accuracy(ensemble_probs([preds[m] for m in members]), labels)}
+            if val_preds is not None:
+                row["val_acc"] = accuracy(ensemble_probs([val_preds[m] for m in members]), val_labels)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def same_predictions(a: Any, b: Any, atol: float = 1e-3) -> bool:
+    """Whether two logit arrays are the same predictions (same shape, same argmax, values within ``atol``)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return a.shape == b.shape and bool((a.argmax(1) == b.argmax(1)).all()) and bool(np.allclose(a, b, atol=atol))
+
+
+@dataclass
+class Member:
+    """One ensemble member: its test logits and, when its model could be rebuilt exactly, its validation logits."""
+
+    name: str
+    test: np.ndarray
+    val: np.ndarray | None
+    test_source: str        # "saved" (the method's notebook wrote it) or "rebuilt here"
+    val_source: str
+
+
+def collect_members(folder: Any, seed: int, wanted: Sequence[str], rebuilt: Mapping[str, tuple[Any, Any]],
+                    test_labels: Any) -> tuple[dict[str, Member], "pd.DataFrame"]:
+    """Members from saved test predictions (or ``rebuilt[name] = (val, test)`` logits when none are saved).
+
+    Validation logits are only attached when the rebuilt model reproduces the saved test predictions, so that
+    validation and test describe the same model. Returns the members and a status table (missing ones too).
+    """
+    import pandas as pd
+    from pathlib import Path
+    from .results import load_predictions, run_name
+    members, rows = {}, []
+    for name in wanted:
+        run = run_name(name, seed)
+        saved = None
+        if (Path(folder) / "predictions" / f"{run}.npz").exists():
+            logits, labels = load_predictions(folder, run)
+            saved = logits if np.array_equal(labels, np.asarray(test_labels)) else None  # else: another test subset
+        if saved is None and name not in rebuilt:
+            rows.append({"member": name, "test predictions": "missing", "validation predictions": "-"})
+            continue
+        test = saved if saved is not None else np.asarray(rebuilt[name][1])
+        same = name in rebuilt and same_predictions(rebuilt[name][1], test)
+        member = Member(name, test, np.asarray(rebuilt[name][0]) if same else None,
+                        "saved" if saved is not None else "rebuilt here",
+                        "rebuilt here" if same else "none (model not rebuilt exactly)")
+        members[name] = member
+        rows.append({"member": name, "test predictions": member.test_source,
+                     "validation predictions": member.val_source})
+    return members, pd.DataFrame(rows).set_index("member")
+
+
+def ensemble_result(course: Any, members: Mapping[str, Member], names: Sequence[str], test_labels: Any,
+                    val_labels: Any = None, **extra: Any) -> tuple[dict[str, Any], Any]:
+    """The ``ensemble-<a>+<b>…`` result row of the equal-weight probability average of ``names`` (and its EvalResult)."""
+    from .evaluate import EvalResult
+    from .results import read_result, result_path
+    test = EvalResult.from_logits(ensemble_logits([members[m].test for m in names]), test_labels)
+    has_val = val_labels is not None and all(members[m].val is not None for m in names)
+    val_acc = accuracy(ensemble_probs([members[m].val for m in names]), val_labels) if has_val else None
+    paths = [result_path(course.results_dir, m, course.seed) for m in names]
+    parts = [read_result(p) for p in paths if p.exists()]
+    row = combination_result(
+        course, "ensemble", "+".join(SHORT_NAMES.get(m, m) for m in names), test, val_acc=val_acc,
+        trainable_params=sum(p["trainable_params"] for p in parts), total_params=sum(p["total_params"] for p in parts),
+        train_seconds=sum(p["train_seconds"] for p in parts), config={"members": list(names), "weights": "equal"},
+        members=list(names), member_sources={m: members[m].test_source for m in names},
+        params_are="sums over the members' result rows that exist (each member runs at inference)", **extra)
+    return row, test
+
+
+# ----------------------------------------------------------------------------- weight interpolation
+def interpolate_state_dicts(sd0: Mapping[str, torch.Tensor], sd1: Mapping[str, torch.Tensor],
+                            alpha: float) -> dict[str, torch.Tensor]:
+    """``(1 - alpha)·sd0 + alpha·sd1`` for float tensors (alpha 0/1 give exact copies); others copied from sd0."""
+    if set(sd0) != set(sd1):
+        diff = sorted(set(sd0) ^ set(sd1))
+        raise ConfigError(f"State dicts differ in keys {diff[:5]}. Fix: interpolate two copies of one architecture.")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigError(f"alpha must lie in [0, 1], got {alpha}.")
+    out = {}
+    for key, a in sd0.items():
+        b = sd1[key]
+        if a.shape != b.shape:
+            raise ConfigError(f"'{key}' has shape {tuple(a.shape)} vs {tuple(b.shape)}.")
+        if not a.is_floating_point() or alpha == 0:
+            out[key] = a.detach().clone()
+        elif alpha == 1:
+            out[key] = b.detach().clone()
+        else:
+            mixed = (1.0 - alpha) * a.detach().double() + alpha * b.detach().to(a.device).double()
+            out[key] = mixed.to(a.dtype)
+    return out
+
+
+def interpolated(clf_zs: nn.Module, clf_ft: nn.Module, alpha: float) -> nn.Module:
+    """A new model (copy of ``clf_ft``'s structure) holding the weights ``θ(alpha)``."""
+    model = copy.deepcopy(clf_ft)
+    model.load_state_dict(interpolate_state_dicts(clf_zs.state_dict(), clf_ft.state_dict(), alpha))
+    return model
+
+
+@dataclass
+class WiseFT:
+    """A WiSE-FT sweep: accuracy per alpha and split, and every evaluation (with logits)."""
+
+    curve: "pd.DataFrame"                                  # columns: alpha, <split>_acc
+    evals: dict[float, dict[str, Any]] = field(repr=False)  # alpha -> split -> EvalResult
+
+    def best_alpha(self, split: str = "val") -> float:
+        """The alpha with the highest accuracy on ``split`` (the smallest such alpha on ties)."""
+        col = f"{split}_acc"
+        if col not in self.curve:
+            raise ConfigError(f"The sweep has no '{split}' column. Fix: pass a '{split}' loader to wise_ft().")
+        best = self.curve[col].max()
+        return float(self.curve.loc[self.curve[col] == best, "alpha"].min())
+
+
+def wise_ft(clf_zs: nn.Module, clf_ft: nn.Module, alphas: Iterable[float], loaders: Mapping[str, Any], *,
+            device: Any = "cpu", precision: str = "auto",
+            known: Mapping[float, Mapping[str, Any]] | None = None) -> WiseFT:
+    """Evaluate ``θ(α)`` on each loader for each α; ``known[α][split]`` (e.g. the endpoints) is reused, not rerun."""
+    from .evaluate import evaluate
+    import pandas as pd
+    sd0 = {k: v.detach().cpu() for k, v in clf_zs.state_dict().items()}
+    sd1 = {k: v.detach().cpu() for k, v in clf_ft.state_dict().items()}
+    model = copy.deepcopy(clf_ft)
+    rows, evals = [], {}
+    for alpha in sorted(float(a) for a in alphas):
+        done = dict((known or {}).get(alpha, {}))
+        if set(loaders) - set(done):
+            model.load_state_dict(interpolate_state_dicts(sd0, sd1, alpha))
+        evals[alpha] = {s: done[s] if s in done else evaluate(model, ld, device=device, precision=precision)
+                        for s, ld in loaders.items()}
+        rows.append({"alpha": alpha, **{f"{s}_acc": e.top1 for s, e in evals[alpha].items()}})
+    return WiseFT(pd.DataFrame(rows), evals)
+
+
+# ----------------------------------------------------------------------------- LP→FT
+@torch.no_grad()
+def set_head(clf: nn.Module, weight: Any, bias: Any = None) -> nn.Module:
+    """Copy a head (weight [C, D], optional bias [C]; e.g. a fitted linear probe) into ``clf.head``."""
+    w = torch.as_tensor(np.asarray(weight), dtype=clf.head.weight.dtype)
+    if w.shape != clf.head.weight.shape:
+        raise ConfigError(f"Head weight has shape {tuple(w.shape)}, the classifier needs "
+                          f"{tuple(clf.head.weight.shape)}.")
+    clf.head.weight.copy_(w.to(clf.head.weight.device))
+    if clf.head.bias is not None:
+        b = torch.zeros(w.shape[0]) if bias is None else torch.as_tensor(np.asarray(bias), dtype=torch.float32)
+        clf.head.bias.copy_(b.reshape(-1).to(clf.head.bias))
+    return clf
+
+
+# ----------------------------------------------------------------------------- base-to-novel
+def base_novel_classes(num_classes: int) -> tuple[list[int], list[int]]:
+    """(base, novel): the first half of the labels and the second half (CoCoOp's split)."""
+    if num_classes < 2:
+        raise ConfigError(f"A base-to-novel split needs at least 2 classes, got {num_classes}.")
+    half = (num_classes + 1) // 2
+    return list(range(half)), list(range(half, num_classes))
+
+
+def class_subset(split: ImageSplit, classes: Sequence[int]) -> ImageSplit:
+    """The rows of ``split`` whose label is in ``classes``, labels re-indexed to 0..len(classes)-1 in that order."""
+    classes = [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or min(classes) < 0 or max(classes) >= split.num_classes:
+        raise ConfigError(f"classes must be distinct labels in [0, {split.num_classes}), got {classes[:10]}...")
+    lut = np.full(split.num_classes, -1, dtype=np.int64)
+    lut[classes] = np.arange(len(classes))
+    rows = np.flatnonzero(lut[split.targets] >= 0)
+    base_rows = rows if split.indices is None else np.asarray(split.indices)[rows]
+    tag = hashlib.sha1(np.asarray(classes, dtype=np.int64).tobytes()).hexdigest()[:8]
+    return replace(split, labels=lut[np.asarray(split.labels)], indices=base_rows.astype(np.int64),
+                   classnames=[split.classnames[c] for c in classes], split=f"{split.split}-cls{tag}")
+
+
+def restricted_eval(features: Any, labels: Any, classes: Sequence[int], weight: Any, bias: Any = None):
+    """EvalResult of the head ``W·normalize(f) + b`` on the examples of ``classes`` only (labels re-indexed).
+
+    ``weight`` / ``bias`` hold one row per entry of ``classes`` (e.g. ``zero_shot_head[classes]``).
+    """
+    from .evaluate import EvalResult
+    f = torch.as_tensor(features).float()
+    labels = np.asarray(labels).reshape(-1)
+    lut = np.full(int(max(labels.max(), max(classes))) + 1, -1, dtype=np.int64)
+    lut[list(classes)] = np.arange(len(classes))
+    rows = np.flatnonzero(lut[labels] >= 0)
+    logits = torch.nn.functional.normalize(f[rows], dim=-1) @ torch.as_tensor(weight).float().T
+    if bias is not None:
+        logits = logits + torch.as_tensor(bias).float()
+    return EvalResult.from_logits(logits, lut[labels[rows]], num_classes=len(classes))
+
+
+# ----------------------------------------------------------------------------- result rows
+def combination_result(course: Any, method: str, variant: str | None, test: Any, *, val_acc: float | None,
+                       trainable_params: int = 0, total_params: int = 0, train_seconds: float = 0.0,
+                       eval_seconds: float = 0.0, config: dict | None = None, history: list | None = None,
+                       **extra: Any) -> dict[str, Any]:
+    """A result row (``results.make_result``) for a combination that is not one training run."""
+    from .results import make_result
+    return make_result(method=method, variant=variant, model=course.loaded.name,
+                       pretrained=course.loaded.pretrained, dataset=course.dataset, profile=course.profile.name,
+                       seed=course.seed, test=test, val_acc=val_acc, trainable_params=trainable_params,
+                       total_params=total_params, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                       images_per_second=None, peak_memory_mb=None, config=config or {}, history=history or [],
+                       device=course.device, standin=course.standin, **extra)
+
+
+def remove_rows(folder: Any, method: str, seed: int, keep: Iterable[str | None] = ()) -> list[str]:
+    """Delete ``method``'s result rows (and predictions) for ``seed`` except the variants in ``keep``.
+
+    For combination rows whose variant names their members or alpha: a rerun that picks another subset
+    must not leave the previous pick behind as a second row. Returns the removed run names.
+    """
+    from pathlib import Path
+    from .results import run_name
+    folder = Path(folder)
+    keep_names = {run_name(method, seed, v) for v in keep}
+    removed = []
+    for path in [*folder.glob(f"{method}_seed{seed}.json"), *folder.glob(f"{method}-*_seed{seed}.json")]:
+        if path.stem not in keep_names:
+            path.unlink(missing_ok=True)
+            (folder / "predictions" / f"{path.stem}.npz").unlink(missing_ok=True)
+            removed.append(path.stem)
+    return sorted(removed)

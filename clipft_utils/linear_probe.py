@@ -1,0 +1,191 @@
+"""Linear probes on frozen, cached features: the seed's torch recipe and CLIP's L-BFGS logistic regression."""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from .zeroshot import head_path, load_head as _read_head, save_head
+
+RECIPES = ("torch", "sklearn")
+
+
+class LinearProbe(nn.Module):
+    """``head(normalize(f))`` on cached features: a CLIPClassifier whose image tower already ran."""
+
+    def __init__(self, dim: int, num_classes: int, init: torch.Tensor | None = None):
+        super().__init__()
+        self.head = nn.Linear(dim, num_classes)
+        if init is not None:  # start from a head such as the zero-shot one (bias 0)
+            with torch.no_grad():
+                self.head.weight.copy_(init)
+                self.head.bias.zero_()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(F.normalize(features, dim=-1))
+
+
+@contextlib.contextmanager
+def small_math(threads: int = 1):
+    """Run tiny CPU matrix work on ``threads`` threads: on small matrices, thread start-up costs more than it saves."""
+    from threadpoolctl import threadpool_limits
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class FeatureDataset(TensorDataset):
+    """(feature, label) pairs that a loader fetches one whole batch at a time (one indexing op, no per-item collate)."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[idx] for t in self.tensors)
+
+
+def _as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Collate function of FeatureDataset: the batch is already stacked."""
+    return batch
+
+
+def _normalized(x: Any) -> np.ndarray:
+    """L2-normalised float32 numpy rows."""
+    x = torch.as_tensor(x).float()
+    return F.normalize(x, dim=-1).numpy()
+
+
+@dataclass
+class SweepResult:
+    """Validation accuracy of L-BFGS logistic regression for each C tried, and the best head."""
+
+    c_values: list[float]      # the C values actually fitted (ascending)
+    val_acc: list[float]
+    n_iter: list[int]          # L-BFGS iterations per C (warm-started from the previous C)
+    best_c: float
+    best_val_acc: float
+    weight: torch.Tensor       # [C, D] for normalised features
+    bias: torch.Tensor         # [C]
+    seconds: float
+    skipped: list[float] = field(default_factory=list)  # C values not fitted (early stop of the sweep)
+
+
+def _fill_head(model: Any, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """coef_/intercept_ as a full [C, D] head (classes absent from training get a very low bias)."""
+    weight = torch.zeros(num_classes, model.coef_.shape[1])
+    bias = torch.full((num_classes,), -1e4)
+    coef, intercept = np.asarray(model.coef_), np.asarray(model.intercept_)
+    if len(model.classes_) == 2 and coef.shape[0] == 1:  # binary: one row scores class 1 against class 0
+        coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
+    idx = torch.as_tensor(model.classes_, dtype=torch.long)
+    weight[idx] = torch.as_tensor(coef, dtype=torch.float32)
+    bias[idx] = torch.as_tensor(intercept, dtype=torch.float32)
+    return weight, bias
+
+
+def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Sequence[float],
+                  max_iter: int = 1000, patience: int | None = None, num_classes: int | None = None) -> SweepResult:
+    """Fit ``LogisticRegression(lbfgs)`` for each C (ascending, warm-started); keep the best on validation."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    start = time.perf_counter()
+    xtr, xva = _normalized(train_f), _normalized(val_f)
+    ytr, yva = np.asarray(train_y), np.asarray(val_y)
+    num_classes = num_classes or int(max(ytr.max(), yva.max()) + 1)
+    grid = sorted(float(c) for c in c_grid)
+    model = LogisticRegression(solver="lbfgs", max_iter=max_iter, warm_start=True)
+    accs, iters, best, bad = [], [], (-1.0, grid[0], None), 0
+    for c in grid:
+        model.set_params(C=c)
+        with warnings.catch_warnings(), small_math():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(xtr, ytr)
+        accs.append(float((model.predict(xva) == yva).mean()))
+        iters.append(int(np.max(model.n_iter_)))
+        if accs[-1] > best[0]:
+            best, bad = (accs[-1], c, _fill_head(model, num_classes)), 0
+        else:
+            bad += 1
+        if patience is not None and bad >= patience:
+            break
+    fitted = grid[:len(accs)]
+    return SweepResult(fitted, accs, iters, best[1], best[0], best[2][0], best[2][1],
+                       time.perf_counter() - start, grid[len(accs):])
+
+
+def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+    """A loader over (features, label) pairs through the engine's reproducible ``make_loader``."""
+    from .engine import make_loader
+    return make_loader(FeatureDataset(features.float(), labels.long()), batch_size=batch_size, shuffle=shuffle,
+                       seed=seed, collate_fn=_as_batch)
+
+
+def train_torch_probe(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, val_y: torch.Tensor,
+                      cfg: Any, *, init: torch.Tensor | None = None, num_classes: int | None = None, seed: int = 0,
+                      device: str | torch.device = "cpu", progress: bool = False):
+    """The seed's recipe: a linear head on normalised features trained with ``engine.fit`` -> (probe, TrainResult)."""
+    from .engine import fit
+    from .methods import apply_method
+    num_classes = num_classes or (init.shape[0] if init is not None else int(train_y.max()) + 1)
+    with torch.random.fork_rng():  # the random init depends on the seed only, not on what ran before
+        torch.manual_seed(seed)
+        probe = LinearProbe(train_f.shape[1], num_classes, init=init)
+    groups = apply_method("linear_probe", probe, cfg)  # freeze all, then hand exactly the head to AdamW
+    train = fit(probe, groups, feature_loader(train_f, train_y, cfg.batch_size, True, seed),
+                feature_loader(val_f, val_y, max(len(val_y), 1), False, seed), cfg,
+                device=device, seed=seed, progress=progress, desc="linear probe")
+    return probe.cpu(), train
+
+
+def choose_recipe(torch_val: float, sklearn_val: float) -> tuple[str, str]:
+    """The recipe with the better validation accuracy (ties go to sklearn: convex, seed-independent) and why."""
+    if torch_val > sklearn_val:
+        return "torch", f"torch val acc {torch_val:.4f} > sklearn val acc {sklearn_val:.4f}"
+    relation = "=" if torch_val == sklearn_val else ">"
+    return "sklearn", f"sklearn val acc {sklearn_val:.4f} {relation} torch val acc {torch_val:.4f}"
+
+
+def fit_best_head(course: Any, cfg: Any, progress: bool = False) -> dict[str, Any]:
+    """Both recipes on the course's cached train/val features; the better head on validation, as a dict."""
+    tr, va = course.features("train", progress=progress), course.features("val", progress=progress)
+    num_classes = len(course.classnames)
+    sweep = sklearn_sweep(tr.features, tr.labels, va.features, va.labels, cfg.c_grid, cfg.max_iter,
+                          num_classes=num_classes)
+    init = course.zero_shot_head() if cfg.zero_shot_init else None
+    probe, train = train_torch_probe(tr.features, tr.labels, va.features, va.labels, cfg, init=init,
+                                     num_classes=num_classes, seed=course.seed, device=course.device)
+    recipe, why = choose_recipe(train.best_val_acc, sweep.best_val_acc)
+    if recipe == "torch":
+        weight, bias, val_acc = probe.head.weight.detach(), probe.head.bias.detach(), train.best_val_acc
+    else:
+        weight, bias, val_acc = sweep.weight, sweep.bias, sweep.best_val_acc
+    return {"weight": weight.float().cpu(), "bias": bias.float().cpu(), "recipe": recipe, "val_acc": float(val_acc),
+            "reason": why, "best_c": sweep.best_c}
+
+
+def head_file(results_dir: str | Path, seed: int) -> Path:
+    """``<results_dir>/heads/linear_probe_seed<seed>.pt``."""
+    return head_path(results_dir, f"linear_probe_seed{seed}")
+
+
+def save_probe_head(results_dir: str | Path, seed: int, head: dict[str, Any], **meta: Any) -> Path:
+    """Write the winning head (``{weight, bias, recipe, val_acc, ...}``) where notebook 06 looks for it."""
+    extra = {k: v for k, v in head.items() if k not in ("weight", "bias")}
+    return save_head(head_file(results_dir, seed), head["weight"], head["bias"], **extra, **meta)
+
+
+def load_head(results_dir: str | Path, seed: int) -> dict[str, Any] | None:
+    """The linear probe's saved head for ``seed``, or None when notebook 02 has not written it."""
+    path = head_file(results_dir, seed)
+    return _read_head(path) if path.exists() else None

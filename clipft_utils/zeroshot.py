@@ -1,0 +1,92 @@
+"""Zero-shot classification from cached image features, and classifier heads saved to disk."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ResultsError
+from .paths import atomic_path
+
+HEAD_KEYS = ("weight", "bias")
+
+
+def zero_shot_logits(features: torch.Tensor, weights: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale * cos(image, class text)``: [N, D] features x [C, D] text embeddings -> [N, C] logits."""
+    return scale * F.normalize(features.float(), dim=-1) @ F.normalize(weights.float(), dim=-1).T
+
+
+def head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The course's head convention on features: ``W · normalize(f) + b``."""
+    logits = F.normalize(features.float(), dim=-1) @ weight.float().T
+    return logits if bias is None else logits + bias.float()
+
+
+def template_sets(course: Any) -> dict[str, list[str]]:
+    """``{"single": [CLIP's template], "ensemble": [several templates]}`` for the course's dataset."""
+    return {"single": course.templates(), "ensemble": course.templates(ensemble=True)}
+
+
+def class_embeddings(loaded: Any, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Normalised [C, D] class embeddings: each template embedded, normalised, averaged, renormalised."""
+    from .models import zero_shot_weights
+    return zero_shot_weights(loaded, classnames, templates).float().cpu()
+
+
+def save_head(path: str | Path, weight: torch.Tensor, bias: torch.Tensor | None = None, **meta: Any) -> Path:
+    """Write ``{weight [C, D], bias [C], **meta}`` atomically (the course's head: ``W · normalize(f) + b``)."""
+    weight = weight.detach().float().cpu().clone()
+    bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float().cpu().clone()
+    if bias.shape != (weight.shape[0],):
+        raise ResultsError(f"Head bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},).")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"weight": weight, "bias": bias, **meta}, tmp)
+    return path
+
+
+def load_head(path: str | Path) -> dict[str, Any]:
+    """Read a head written by ``save_head`` (raises ResultsError if it is missing or malformed)."""
+    path = Path(path)
+    if not path.exists():
+        raise ResultsError(f"No classifier head at '{path}'. Fix: run the notebook that writes it first.")
+    head = torch.load(path, map_location="cpu", weights_only=True)
+    if not all(k in head for k in HEAD_KEYS):
+        raise ResultsError(f"'{path}' is not a classifier head (needs {HEAD_KEYS}). Fix: delete and rewrite it.")
+    return head
+
+
+def head_path(results_dir: str | Path, name: str) -> Path:
+    """``<results_dir>/heads/<name>.pt``."""
+    return Path(results_dir) / "heads" / f"{name}.pt"
+
+
+@dataclass
+class Timed:
+    """Features of one split plus an honest timing of one extraction pass over it."""
+
+    features: Any          # features.FeatureSet (from the cache when it was warm)
+    seconds: float         # one uncached pass of the image tower over the split
+    peak_memory_mb: float  # peak memory during that pass (CUDA allocated, or process RSS on CPU)
+    images: int
+    from_cache: bool
+
+
+def timed_features(course: Any, split: str, progress: bool = False) -> Timed:
+    """Cached features of ``split``; if they came from the cache, time one fresh pass so speed is always measured."""
+    from .engine import PeakMemory
+    from .features import encode_images
+    with PeakMemory(course.device) as memory:
+        fs = course.features(split, progress=progress)
+    seconds = fs.seconds
+    if fs.from_cache:
+        with PeakMemory(course.device) as memory:
+            start = time.perf_counter()
+            encode_images(course.loaded.model.visual, course.splits[split], batch_size=course.eval_batch_size,
+                          device=course.device, progress=progress)
+            seconds = time.perf_counter() - start
+    return Timed(fs, seconds, memory.peak_mb, len(fs.labels), fs.from_cache)

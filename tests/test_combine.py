@@ -1,0 +1,250 @@
+"""Combining methods: ensemble arithmetic, subset tables, exact weight interpolation, class subsets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clipft_utils import combine as C
+from clipft_utils.data import ImageSplit
+from clipft_utils.errors import ConfigError
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# One confident-but-wrong member (huge logit gap) and two milder ones agreeing on class 1.
+# Mean of logits: [3, 2, 0] -> class 0.  Mean of probabilities: [0.36, 0.61, 0.03] -> class 1.
+CONFIDENT = np.array([[9.0, 0.0, 0.0]])
+MILD = np.array([[0.0, 3.0, 0.0]])
+
+
+def test_ensemble_probs_is_mean_of_softmax():
+    a, b = np.array([[1.0, 2.0, 0.5]]), np.array([[0.0, -1.0, 3.0]])
+    np.testing.assert_allclose(C.ensemble_probs([a, b]), (softmax(a) + softmax(b)) / 2, rtol=1e-12)
+    np.testing.assert_allclose(C.ensemble_probs([a, b]).sum(axis=1), 1.0)
+    np.testing.assert_allclose(C.ensemble_probs([a, b], weights=[3, 1]), 0.75 * softmax(a) + 0.25 * softmax(b))
+    np.testing.assert_allclose(C.ensemble_probs([a, b], weights=[0, 1]), softmax(b))
+    np.testing.assert_allclose(C.ensemble_probs([torch.tensor(a)]), softmax(a))
+
+
+def test_averaging_probabilities_differs_from_averaging_logits():
+    members = [CONFIDENT, MILD, MILD]
+    mean_logits = np.mean(members, axis=0)
+    probs = C.ensemble_probs(members)
+    assert mean_logits.argmax() == 0          # the confident member's scale dominates the logit mean
+    assert probs.argmax() == 1                # the probability mean follows the two agreeing members
+    np.testing.assert_allclose(probs, np.mean([softmax(m) for m in members], axis=0))
+    assert C.accuracy(C.ensemble_logits(members), [1]) == 1.0  # log-probs keep the ensemble's argmax
+    np.testing.assert_allclose(softmax(C.ensemble_logits(members).astype(np.float64)), probs, rtol=1e-5)
+
+
+def test_averaging_probabilities_changes_argmax_vs_members():
+    # Each member alone is wrong on a different example; the average is right on both.
+    labels = np.array([0, 1])
+    m1 = np.log(np.array([[0.45, 0.55], [0.1, 0.9]]))   # wrong on 0
+    m2 = np.log(np.array([[0.9, 0.1], [0.6, 0.4]]))               # wrong on 1
+    assert C.accuracy(m1, labels) == 0.5 and C.accuracy(m2, labels) == 0.5
+    assert C.accuracy(C.ensemble_probs([m1, m2]), labels) == 1.0
+
+
+def test_ensemble_rejects_bad_input():
+    with pytest.raises(ConfigError):
+        C.ensemble_probs([])
+    with pytest.raises(ConfigError):
+        C.ensemble_probs([np.zeros((2, 3)), np.zeros((2, 4))])
+    with pytest.raises(ConfigError):
+        C.ensemble_probs([np.zeros((2, 3))], weights=[-1])
+
+
+def test_subset_table_lists_every_subset_with_its_accuracy():
+    labels = np.array([0, 1, 2, 1])
+    rng = np.random.default_rng(0)
+    preds = {n: rng.normal(size=(4, 3)) for n in ("a", "b", "c")}
+    val = {n: rng.normal(size=(4, 3)) for n in ("a", "b", "c")}
+    table = C.subset_table(preds, labels, val_preds=val, val_labels=labels)
+    assert len(table) == 7 and sorted(table["size"].tolist()) == [1, 1, 1, 2, 2, 2, 3]
+    for _, row in table.iterrows():
+        expected = np.mean([softmax(preds[m]) for m in row["members"]], axis=0)
+        assert row["test_acc"] == pytest.approx(np.mean(expected.argmax(1) == labels))
+        expected_val = np.mean([softmax(val[m]) for m in row["members"]], axis=0)
+        assert row["val_acc"] == pytest.approx(np.mean(expected_val.argmax(1) == labels))
+    single = table.set_index("subset").loc["b", "test_acc"]
+    assert single == C.accuracy(preds["b"], labels)
+    assert len(C.subset_table(preds, labels, min_size=2)) == 4
+    assert "val_acc" not in C.subset_table(preds, labels)
+
+
+def two_models():
+    torch.manual_seed(0)
+    m0 = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    torch.manual_seed(1)
+    m1 = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    m1[1].num_batches_tracked.fill_(7)
+    return m0, m1
+
+
+def test_interpolation_endpoints_are_bit_identical_and_midpoint_is_the_mean():
+    m0, m1 = two_models()
+    sd0, sd1 = m0.state_dict(), m1.state_dict()
+    at0, at1 = C.interpolate_state_dicts(sd0, sd1, 0.0), C.interpolate_state_dicts(sd0, sd1, 1.0)
+    for k in sd0:
+        assert torch.equal(at0[k], sd0[k]) and at0[k].dtype == sd0[k].dtype
+        if sd0[k].is_floating_point():
+            assert torch.equal(at1[k], sd1[k])
+        assert at0[k].data_ptr() != sd0[k].data_ptr()  # copies, not views
+    mid = C.interpolate_state_dicts(sd0, sd1, 0.5)
+    quarter = C.interpolate_state_dicts(sd0, sd1, 0.25)
+    for k in sd0:
+        if sd0[k].is_floating_point():
+            torch.testing.assert_close(mid[k], (sd0[k] + sd1[k]) / 2)
+            torch.testing.assert_close(quarter[k], 0.75 * sd0[k] + 0.25 * sd1[k])
+        else:  # integer buffers are copied from sd0, never averaged
+            assert torch.equal(mid[k], sd0[k])
+    assert mid["1.num_batches_tracked"].dtype == torch.long
+
+
+def test_interpolation_rejects_mismatched_models():
+    m0, _ = two_models()
+    with pytest.raises(ConfigError):
+        C.interpolate_state_dicts(m0.state_dict(), nn.Linear(3, 4).state_dict(), 0.5)
+    with pytest.raises(ConfigError):
+        C.interpolate_state_dicts(m0.state_dict(), m0.state_dict(), 1.5)
+
+
+def test_wise_ft_endpoints_reproduce_both_models():
+    torch.manual_seed(0)
+    zs, ft = nn.Linear(3, 2), nn.Linear(3, 2)
+    x, y = torch.randn(20, 3), torch.randint(0, 2, (20,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    sweep = C.wise_ft(zs, ft, [1.0, 0.0, 0.5], {"test": loader, "val": loader}, precision="fp32")
+    assert sweep.curve["alpha"].tolist() == [0.0, 0.5, 1.0]
+    with torch.no_grad():
+        np.testing.assert_array_equal(sweep.evals[0.0]["test"].logits, zs(x).numpy())
+        np.testing.assert_array_equal(sweep.evals[1.0]["test"].logits, ft(x).numpy())
+        np.testing.assert_allclose(sweep.evals[0.5]["test"].logits, ((zs(x) + ft(x)) / 2).numpy(), atol=1e-6)
+    assert sweep.best_alpha("val") in (0.0, 0.5, 1.0)
+    best = sweep.curve["val_acc"].max()
+    assert sweep.curve.set_index("alpha").loc[sweep.best_alpha("val"), "val_acc"] == best
+    assert C.interpolated(zs, ft, 1.0)(x).equal(ft(x))
+
+
+def test_set_head_copies_weight_and_bias():
+    clf = nn.Module()
+    clf.head = nn.Linear(3, 2)
+    w, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1.0, -1.0])
+    C.set_head(clf, w, b)
+    assert torch.equal(clf.head.weight, torch.from_numpy(w)) and clf.head.bias.tolist() == [1.0, -1.0]
+    C.set_head(clf, w)
+    assert clf.head.bias.tolist() == [0.0, 0.0]
+    with pytest.raises(ConfigError):
+        C.set_head(clf, np.zeros((3, 3)))
+
+
+def make_split(labels, indices=None) -> ImageSplit:
+    labels = np.asarray(labels)
+    images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    return ImageSplit(images=images, labels=labels, classnames=["a", "b", "c", "d"], dataset="synthflowers",
+                      split="train", mean=(0.0,) * 3, std=(1.0,) * 3, source_key="k", indices=indices)
+
+
+def test_base_novel_classes_halves():
+    assert C.base_novel_classes(102) == (list(range(51)), list(range(51, 102)))
+    base, novel = C.base_novel_classes(5)
+    assert base == [0, 1, 2] and novel == [3, 4]
+
+
+def test_class_subset_reindexes_labels_and_keeps_pixels():
+    split = make_split([0, 1, 2, 3, 2, 1, 3, 0])
+    sub = C.class_subset(split, [3, 1])
+    assert len(sub) == 4 and sub.classnames == ["d", "b"] and sub.num_classes == 2
+    assert sub.targets.tolist() == [1, 0, 1, 0]  # rows 1, 3, 5, 6 -> labels b, d, b, d -> 1, 0, 1, 0
+    pixels = [int(sub[i][0][0, 0, 0] * 255) for i in range(len(sub))]
+    assert pixels == [1, 3, 5, 6] and [sub[i][1] for i in range(len(sub))] == [1, 0, 1, 0]
+    assert sub.cache_key != split.subset(np.array([1, 3, 5, 6])).cache_key  # new labels, new feature-cache key
+    # A subset of a subset (k-shot view) maps to the right base rows.
+    view = split.subset(np.array([6, 7, 2]))  # labels 3, 0, 2
+    sub2 = C.class_subset(view, [0, 3])
+    assert sub2.targets.tolist() == [1, 0] and sub2.indices.tolist() == [6, 7]
+    with pytest.raises(ConfigError):
+        C.class_subset(split, [0, 0])
+    with pytest.raises(ConfigError):
+        C.class_subset(split, [4])
+
+
+def test_same_predictions():
+    a = np.array([[1.0, 2.0], [3.0, 0.0]])
+    assert C.same_predictions(a, a + 1e-5)
+    assert not C.same_predictions(a, a[:, ::-1])          # argmax differs
+    assert not C.same_predictions(a, a + 0.1)             # values differ
+    assert not C.same_predictions(a, a[:1])               # shapes differ
+
+
+def test_restricted_eval_uses_only_the_classes_rows_and_reindexes():
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = np.array([0, 1, 2, 2])
+    head = torch.tensor([[1.0, 0.0], [0.0, 1.0]])        # new class 0 <- old 2 (x axis), new class 1 <- old 1
+    ev = C.restricted_eval(feats, labels, [2, 1], head)
+    assert ev.labels.tolist() == [1, 0, 0] and ev.preds.tolist() == [1, 0, 1]
+    assert ev.top1 == pytest.approx(2 / 3) and ev.num_classes == 2
+    ev_b = C.restricted_eval(feats, labels, [2, 1], head, bias=torch.tensor([10.0, 0.0]))
+    assert ev_b.preds.tolist() == [0, 0, 0]
+
+
+def fake_course(folder):
+    from types import SimpleNamespace
+    return SimpleNamespace(loaded=SimpleNamespace(name="ToyCLIP", pretrained="synthflowers"), dataset="synthflowers",
+                           profile=SimpleNamespace(name="smoke"), seed=0, device="cpu", standin=True,
+                           results_dir=folder)
+
+
+def save_member(folder, method, logits, labels, trainable=10):
+    from clipft_utils import results as R
+    from clipft_utils.evaluate import EvalResult
+    test = EvalResult.from_logits(logits, labels)
+    row = C.combination_result(fake_course(folder), method, None, test, val_acc=0.5, trainable_params=trainable,
+                               total_params=100, train_seconds=2.0)
+    return R.save_result(row, folder, predictions=test)
+
+
+def test_collect_members_attaches_val_only_when_rebuilt_exactly(tmp_path):
+    labels = np.array([0, 1, 1])
+    zs, lora_saved = np.eye(2)[[0, 1, 0]] * 3, np.eye(2)[[0, 1, 1]] * 3
+    save_member(tmp_path, "zero_shot", zs, labels)
+    save_member(tmp_path, "lora", lora_saved, labels)
+    val = np.zeros((3, 2))
+    rebuilt = {"zero_shot": (val, zs + 1e-6), "lora": (val, lora_saved[:, ::-1]), "linear_probe": (val, zs)}
+    members, status = C.collect_members(tmp_path, 0, ["zero_shot", "lora", "linear_probe", "bitfit"], rebuilt, labels)
+    assert list(members) == ["zero_shot", "lora", "linear_probe"]
+    assert members["zero_shot"].val is not None and members["zero_shot"].test_source == "saved"
+    assert members["lora"].val is None                                  # rebuilt model differs from the saved one
+    np.testing.assert_array_equal(members["lora"].test, lora_saved)      # the saved predictions are used
+    assert members["linear_probe"].test_source == "rebuilt here" and members["linear_probe"].val is not None
+    assert status.loc["bitfit", "test predictions"] == "missing"
+    # saved predictions of another test subset are not used
+    members, _ = C.collect_members(tmp_path, 0, ["zero_shot"], {}, np.array([0, 1]))
+    assert members == {}
+
+
+def test_ensemble_result_and_remove_rows(tmp_path):
+    from clipft_utils import results as R
+    labels = np.array([0, 1, 1])
+    save_member(tmp_path, "zero_shot", np.eye(2)[[0, 1, 0]] * 3, labels, trainable=0)
+    save_member(tmp_path, "full_finetune", np.eye(2)[[0, 0, 1]] * 3, labels, trainable=7)
+    rebuilt = {"zero_shot": (np.eye(2)[[0, 1]], np.eye(2)[[0, 1, 0]] * 3)}
+    members, _ = C.collect_members(tmp_path, 0, ["zero_shot", "full_finetune"], rebuilt, labels)
+    row, test = C.ensemble_result(fake_course(tmp_path), members, ("zero_shot", "full_finetune"), labels,
+                                  np.array([0, 1]), selected_on="test")
+    assert row["method"] == "ensemble" and row["variant"] == "zs+ft" and row["val_acc"] is None  # ft has no val
+    probs = C.ensemble_probs([members["zero_shot"].test, members["full_finetune"].test])
+    assert row["test_acc"] == pytest.approx(C.accuracy(probs, labels)) and row["trainable_params"] == 7
+    R.save_result(row, tmp_path, predictions=test)
+    R.save_result({**row, "variant": "zs"}, tmp_path, predictions=test)
+    removed = C.remove_rows(tmp_path, "ensemble", 0, keep={"zs+ft"})
+    assert removed == ["ensemble-zs_seed0"]
+    assert (tmp_path / "ensemble-zs+ft_seed0.json").exists() and not (tmp_path / "predictions" / "ensemble-zs_seed0.npz").exists()
+    assert (tmp_path / "zero_shot_seed0.json").exists()          # other methods' rows are never touched

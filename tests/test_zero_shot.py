@@ -1,0 +1,68 @@
+"""Zero-shot from cached features equals the classifier with the zero-shot head; heads survive a round trip."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clipft_utils import zeroshot as Z
+from clipft_utils.errors import ResultsError
+from clipft_utils.models import CLIPClassifier, logit_scale, text_embeddings
+
+
+@pytest.fixture(scope="module")
+def course(session_data, tmp_path_factory):
+    """The real smoke course (ToyCLIP on SynthFlowers), 3 test images per class."""
+    from clipft_utils import setup
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPFT_DATA", session_data)
+        yield setup("smoke", test_per_class=3, results_dir=str(tmp_path_factory.mktemp("zs-results")))
+
+
+def test_zero_shot_logits_equal_classifier_with_zero_shot_head(course):
+    feats = course.features("test", progress=False)
+    text = Z.class_embeddings(course.loaded, course.classnames, course.templates())
+    ours = Z.zero_shot_logits(feats.features, text, logit_scale(course.loaded))
+    clf = course.classifier()  # head = course.zero_shot_head()
+    with torch.inference_mode():
+        images = torch.stack([course.splits["test"][i][0] for i in range(len(feats.labels))])
+        theirs = clf.eval()(images.to(course.device)).cpu()
+    torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=1e-4)
+    assert (ours.argmax(1) == theirs.argmax(1)).float().mean() > 0.99
+
+
+def test_zero_shot_logits_on_a_toy_tower():
+    torch.manual_seed(0)
+    visual = torch.nn.Linear(12, 6)
+    text = F.normalize(torch.randn(4, 6), dim=-1)
+    x = torch.randn(9, 12)
+    clf = CLIPClassifier(visual, 50.0 * text)
+    torch.testing.assert_close(Z.zero_shot_logits(visual(x), text, 50.0), clf(x))
+    torch.testing.assert_close(Z.head_logits(visual(x), 50.0 * text, torch.zeros(4)), clf(x))
+
+
+def test_ensemble_of_one_template_equals_single(course):
+    single = course.templates()
+    assert len(single) == 1 and len(course.templates(ensemble=True)) > 1
+    one = Z.class_embeddings(course.loaded, course.classnames, single)
+    direct = text_embeddings(course.loaded, [single[0].format(c) for c in course.classnames]).cpu()
+    torch.testing.assert_close(one, direct, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(Z.class_embeddings(course.loaded, course.classnames, single * 3), one,
+                               atol=1e-5, rtol=1e-5)
+    many = Z.class_embeddings(course.loaded, course.classnames, course.templates(ensemble=True))
+    assert not torch.allclose(many, one)
+    torch.testing.assert_close(many.norm(dim=-1), torch.ones(len(course.classnames)))
+
+
+def test_head_file_round_trip(tmp_path):
+    weight = torch.randn(5, 3)
+    path = Z.save_head(Z.head_path(tmp_path, "zero_shot"), 2 * weight, templates=["a {}."], model="ToyCLIP")
+    assert path == tmp_path / "heads" / "zero_shot.pt" and not list(path.parent.glob(".*tmp"))
+    head = Z.load_head(path)
+    torch.testing.assert_close(head["weight"], 2 * weight)
+    torch.testing.assert_close(head["bias"], torch.zeros(5))
+    assert head["templates"] == ["a {}."] and head["model"] == "ToyCLIP"
+    with pytest.raises(ResultsError, match="bias"):
+        Z.save_head(tmp_path / "bad.pt", weight, torch.zeros(4))
+    with pytest.raises(ResultsError, match="No classifier head"):
+        Z.load_head(tmp_path / "missing.pt")
