@@ -6,6 +6,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
@@ -81,22 +82,34 @@ class SweepResult:
     skipped: list[float] = field(default_factory=list)  # C values not fitted (early stop of the sweep)
 
 
-def _fill_head(model: Any, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """coef_/intercept_ as a full [C, D] head (classes absent from training get a very low bias)."""
-    weight = torch.zeros(num_classes, model.coef_.shape[1])
-    bias = torch.full((num_classes,), -1e4)
-    coef, intercept = np.asarray(model.coef_), np.asarray(model.intercept_)
-    if len(model.classes_) == 2 and coef.shape[0] == 1:  # binary: one row scores class 1 against class 0
+def _full_head(coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray,
+               num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn's coef_/intercept_ as a [C, D] head (classes absent from training get a very low bias)."""
+    if len(classes) == 2 and coef.shape[0] == 1:  # binary: one row scores class 1 against class 0
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
-    idx = torch.as_tensor(model.classes_, dtype=torch.long)
+    weight = torch.zeros(num_classes, coef.shape[1])
+    bias = torch.full((num_classes,), -1e4)
+    idx = torch.as_tensor(classes, dtype=torch.long)
     weight[idx] = torch.as_tensor(coef, dtype=torch.float32)
     bias[idx] = torch.as_tensor(intercept, dtype=torch.float32)
     return weight, bias
 
 
+def _rescale_start(model: Any, factor: float) -> None:
+    """Scale a fitted model's coefficients in place: the warm start for the next, larger C."""
+    model.coef_ = model.coef_ * factor
+    model.intercept_ = model.intercept_ * factor
+
+
 def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Sequence[float],
                   max_iter: int = 1000, patience: int | None = None, num_classes: int | None = None) -> SweepResult:
-    """Fit ``LogisticRegression(lbfgs)`` for each C (ascending, warm-started); keep the best on validation."""
+    """Fit ``LogisticRegression(lbfgs)`` for each C (ascending, warm-started); keep the best on validation.
+
+    Each fit starts from the previous solution scaled by ``sqrt(C / C_prev)``: sklearn's gradient tolerance is
+    absolute, and the previous optimum already meets it for a nearby C, so an *unscaled* warm start stops after
+    0 iterations and silently returns the smaller C's head. ``patience`` stops the sweep after that many C
+    values without a better validation accuracy (None: fit every C).
+    """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     start = time.perf_counter()
@@ -105,22 +118,23 @@ def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Se
     num_classes = num_classes or int(max(ytr.max(), yva.max()) + 1)
     grid = sorted(float(c) for c in c_grid)
     model = LogisticRegression(solver="lbfgs", max_iter=max_iter, warm_start=True)
-    accs, iters, best, bad = [], [], (-1.0, grid[0], None), 0
-    for c in grid:
-        model.set_params(C=c)
-        with warnings.catch_warnings(), small_math():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(xtr, ytr)
-        accs.append(float((model.predict(xva) == yva).mean()))
-        iters.append(int(np.max(model.n_iter_)))
-        if accs[-1] > best[0]:
-            best, bad = (accs[-1], c, _fill_head(model, num_classes)), 0
-        else:
-            bad += 1
-        if patience is not None and bad >= patience:
-            break
-    fitted = grid[:len(accs)]
-    return SweepResult(fitted, accs, iters, best[1], best[0], best[2][0], best[2][1],
+    accs, iters, best, bad = [], [], None, 0
+    with small_math(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for i, c in enumerate(grid):
+            if i:
+                _rescale_start(model, (c / grid[i - 1]) ** 0.5)
+            model.set_params(C=c).fit(xtr, ytr)
+            accs.append(float((model.predict(xva) == yva).mean()))
+            iters.append(int(np.max(model.n_iter_)))
+            if best is None or accs[-1] > best[0]:
+                best, bad = (accs[-1], c, model.coef_.copy(), model.intercept_.copy()), 0
+            else:
+                bad += 1
+            if patience is not None and bad >= patience:
+                break
+        weight, bias = _full_head(best[2], best[3], model.classes_, num_classes)
+    return SweepResult(grid[:len(accs)], accs, iters, best[1], best[0], weight, bias,
                        time.perf_counter() - start, grid[len(accs):])
 
 
@@ -129,6 +143,22 @@ def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int
     from .engine import make_loader
     return make_loader(FeatureDataset(features.float(), labels.long()), batch_size=batch_size, shuffle=shuffle,
                        seed=seed, collate_fn=_as_batch)
+
+
+def feature_eval(features: torch.Tensor, labels: torch.Tensor):
+    """An ``eval_fn`` for ``engine.fit``: validation top-1 and loss on cached features in one matrix product."""
+    moved: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def evaluate(model: nn.Module) -> SimpleNamespace:
+        device = next(model.parameters()).device
+        if device not in moved:
+            moved[device] = features.float().to(device), labels.long().to(device)
+        x, y = moved[device]
+        with torch.inference_mode():
+            logits = model(x).float()
+        return SimpleNamespace(top1=(logits.argmax(1) == y).sum().item() / len(y),
+                               loss=F.cross_entropy(logits, y).item())
+    return evaluate
 
 
 def train_torch_probe(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, val_y: torch.Tensor,
@@ -142,9 +172,10 @@ def train_torch_probe(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch
         torch.manual_seed(seed)
         probe = LinearProbe(train_f.shape[1], num_classes, init=init)
     groups = apply_method("linear_probe", probe, cfg)  # freeze all, then hand exactly the head to AdamW
-    train = fit(probe, groups, feature_loader(train_f, train_y, cfg.batch_size, True, seed),
-                feature_loader(val_f, val_y, max(len(val_y), 1), False, seed), cfg,
-                device=device, seed=seed, progress=progress, desc="linear probe")
+    with small_math():  # tiny matrices: one CPU thread is fastest
+        train = fit(probe, groups, feature_loader(train_f, train_y, cfg.batch_size, True, seed), None, cfg,
+                    eval_fn=feature_eval(val_f, val_y), device=device, seed=seed, progress=progress,
+                    desc="linear probe")
     return probe.cpu(), train
 
 

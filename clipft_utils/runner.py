@@ -37,6 +37,7 @@ class Step:
     seconds: float = 0.0
     output: str = ""
     error: str = ""
+    cpu_seconds: float | None = None  # CPU time of the notebook's kernel (tells load from work on a busy machine)
 
 
 @dataclass
@@ -52,7 +53,9 @@ class Report:
 
     def lines(self) -> list[str]:
         """Human-readable status lines."""
-        return [f"{s.status:>7}  {s.notebook:<18} seed {s.seed}  {s.seconds:6.1f} s  {s.error}" for s in self.steps]
+        cpu = lambda s: f"  (CPU {s.cpu_seconds:6.1f} s)" if s.cpu_seconds is not None else ""  # noqa: E731
+        return [f"{s.status:>7}  {s.notebook:<18} seed {s.seed}  {s.seconds:6.1f} s{cpu(s)}  {s.error}"
+                for s in self.steps]
 
 
 def plan(only: Sequence[str] | None = None) -> list[tuple[str, tuple[str, ...]]]:
@@ -107,6 +110,16 @@ def _error_line(exc: BaseException) -> str:
         return f"{ename}: {(evalue.strip().splitlines() or [''])[-1]}"[:300]
     msg = str(exc).strip().splitlines()
     return (msg[-1] if msg else type(exc).__name__)[:300]
+
+
+def _children_cpu() -> float | None:
+    """CPU seconds used so far by finished child processes (the notebook kernels); None where unknown."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _execute(notebook: str, out: Path, parameters: dict) -> None:
@@ -184,15 +197,16 @@ def _run_one(notebook: str, methods: tuple[str, ...], seed: int, seeds: Sequence
     params = _parameters(notebook, methods, {"profile": profile, "seed": int(seed), "device": device,
                                              "results_dir": str(folder)}, extra)
     echo(f"[run_all] run  {notebook} seed {seed} ...")
-    before = _outputs(folder)
-    start = time.perf_counter()
+    before, start, cpu = _outputs(folder), time.perf_counter(), _children_cpu()
+    used = lambda: None if cpu is None else _children_cpu() - cpu  # noqa: E731
     try:
         _execute(notebook, nb_dir / f"{name}.ipynb", params)
-        return Step(notebook, seed, "ok", time.perf_counter() - start, str(nb_dir / f"{name}.ipynb"))
+        return Step(notebook, seed, "ok", time.perf_counter() - start, str(nb_dir / f"{name}.ipynb"),
+                    cpu_seconds=used())
     except Exception as exc:  # noqa: BLE001 - one failing notebook must not stop the others
         moved = _quarantine(folder, before, name)
         step = Step(notebook, seed, "failed", time.perf_counter() - start,
-                    str(nb_dir / f"{name}.FAILED.ipynb"), _error_line(exc))
+                    str(nb_dir / f"{name}.FAILED.ipynb"), _error_line(exc), used())
         echo(f"[run_all] FAILED {notebook} seed {seed} after {step.seconds:.0f} s: {step.error}")
         echo(f"[run_all]   executed copy: {step.output}"
              + (f"; {len(moved)} file(s) it wrote moved to {folder / 'failed' / name}" if moved else ""))

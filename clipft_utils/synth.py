@@ -114,9 +114,9 @@ PRETRAIN_STYLE = Style(
     noise=2.0, occlusion=0.0, colour_jitter=12.0,
 )
 DOWNSTREAM_STYLE = Style(
-    name="downstream", textured=True, clutter=(3, 7), offset=0.2, radius=(0.2, 0.38), squash=(0.65, 1.0),
+    name="downstream", textured=True, clutter=(1, 4), offset=0.1, radius=(0.28, 0.4), squash=(0.7, 1.0),
     light=(1.12, 0.96, 0.78), light_jitter=0.07, brightness=(0.65, 1.1), desaturate=0.25, blur=(0.0, 1.0),
-    noise=7.0, occlusion=0.5, colour_jitter=22.0,
+    noise=7.0, occlusion=0.3, colour_jitter=22.0,
 )
 STYLES = {s.name: s for s in (PRETRAIN_STYLE, DOWNSTREAM_STYLE)}
 

@@ -248,3 +248,13 @@ def test_ensemble_result_and_remove_rows(tmp_path):
     assert removed == ["ensemble-zs_seed0"]
     assert (tmp_path / "ensemble-zs+ft_seed0.json").exists() and not (tmp_path / "predictions" / "ensemble-zs_seed0.npz").exists()
     assert (tmp_path / "zero_shot_seed0.json").exists()          # other methods' rows are never touched
+
+
+def test_wise_ft_reuses_known_evaluations():
+    torch.manual_seed(0)
+    zs, ft = nn.Linear(3, 2), nn.Linear(3, 2)
+    loader = DataLoader(TensorDataset(torch.randn(6, 3), torch.tensor([0, 1, 0, 1, 0, 1])), batch_size=3)
+    marker = type("E", (), {"top1": 0.123})()
+    sweep = C.wise_ft(zs, ft, [0.0, 1.0], {"val": loader}, precision="fp32", known={0.0: {"val": marker}})
+    assert sweep.evals[0.0]["val"] is marker and sweep.curve.loc[0, "val_acc"] == 0.123
+    assert sweep.evals[1.0]["val"] is not marker

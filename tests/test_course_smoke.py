@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 REDUCED = {
     "epochs": 1,
     "test_per_class": 5,
-    "lora": {"ranks": [1, 2]},                            # two sweep runs instead of five
-    "prefix_tuning": {"vit_timing": False},               # skip timing the ViT-B-32 architecture
+    "shots": 2,                                            # 2 training images per class
+    "lora": {"ranks": [1, 2]},                             # two sweep runs instead of five
+    "prefix_tuning": {"deep": False, "vit_timing": False},  # no deep-prefix run, no ViT-B-32 timing
     "full_finetune": {"wise_alphas": [0.0, 0.5, 1.0]},
 }
 FIGURES_07 = ("07_accuracy_vs_params", "07_accuracy_vs_time", "07_peak_memory", "07_learning_curves",

@@ -45,6 +45,16 @@ def test_sweep_head_reproduces_its_validation_accuracy():
     assert len(r.c_values) + len(r.skipped) == len(GRID)
 
 
+def test_warm_started_sweep_keeps_fitting_at_large_c():
+    # sklearn's tolerance is absolute: warm-starting C=1000 from the C=300 optimum without rescaling stops
+    # after 0 iterations here, silently reusing the C=300 head.
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(20), 50)
+    x = (rng.normal(size=(20, 32))[y] + 2.5 * rng.normal(size=(1000, 32))).astype(np.float32)
+    r = LP.sklearn_sweep(x, y, x, y, (300.0, 1000.0))
+    assert all(n > 0 for n in r.n_iter), r.n_iter
+
+
 def test_torch_probe_learns_a_separable_problem():
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(3, 8, generator=g) * 3
@@ -58,17 +68,27 @@ def test_torch_probe_learns_a_separable_problem():
     assert torch.equal(LP.LinearProbe(8, 3, init=start).head.weight, start)
 
 
-def test_second_run_reuses_the_feature_cache(session_data, tmp_path, monkeypatch):
+def _small_course(results_dir):
+    """The real smoke course, cut to 2 train and 2 validation images per class and 3 test images per class."""
     from clipft_utils import setup
+    from clipft_utils.data import few_shot_indices
+    course = setup("smoke", shots=2, test_per_class=3, results_dir=str(results_dir))
+    val = course.splits["val"]
+    course.splits["val"] = val.subset(few_shot_indices(val.targets, 2, 0))
+    return course
+
+
+def test_second_run_reuses_the_feature_cache(tmp_path, monkeypatch):
     cfg = make_config("linear_probe", "smoke", epochs=3, c_grid=(0.1, 1.0, 10.0), max_iter=100)
+
     def run(course) -> tuple[dict, float]:
         head = LP.fit_best_head(course, cfg)
         test = course.features("test", progress=False)
         logits = head_logits(test.features, head["weight"], head["bias"])
         return head, (logits.argmax(1) == test.labels).float().mean().item()
 
-    first, first_acc = run(setup("smoke", test_per_class=3, results_dir=str(tmp_path)))
-    course = setup("smoke", test_per_class=3, results_dir=str(tmp_path))
+    first, first_acc = run(_small_course(tmp_path))
+    course = _small_course(tmp_path)
 
     def no_forward(*args, **kwargs):
         raise AssertionError("the image encoder ran although its features are cached")

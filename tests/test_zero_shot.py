@@ -42,16 +42,15 @@ def test_zero_shot_logits_on_a_toy_tower():
 
 
 def test_ensemble_of_one_template_equals_single(course):
-    single = course.templates()
+    single, names = course.templates(), course.classnames[:8]  # a few classes keep the text tower cheap
     assert len(single) == 1 and len(course.templates(ensemble=True)) > 1
-    one = Z.class_embeddings(course.loaded, course.classnames, single)
-    direct = text_embeddings(course.loaded, [single[0].format(c) for c in course.classnames]).cpu()
+    one = Z.class_embeddings(course.loaded, names, single)
+    direct = text_embeddings(course.loaded, [single[0].format(c) for c in names]).cpu()
     torch.testing.assert_close(one, direct, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(Z.class_embeddings(course.loaded, course.classnames, single * 3), one,
-                               atol=1e-5, rtol=1e-5)
-    many = Z.class_embeddings(course.loaded, course.classnames, course.templates(ensemble=True))
+    torch.testing.assert_close(Z.class_embeddings(course.loaded, names, single * 2), one, atol=1e-5, rtol=1e-5)
+    many = Z.class_embeddings(course.loaded, names, course.templates(ensemble=True))
     assert not torch.allclose(many, one)
-    torch.testing.assert_close(many.norm(dim=-1), torch.ones(len(course.classnames)))
+    torch.testing.assert_close(many.norm(dim=-1), torch.ones(len(names)))
 
 
 def test_head_file_round_trip(tmp_path):
