@@ -17,9 +17,6 @@ from torch.utils.data import TensorDataset
 
 from .zeroshot import head_path, load_head as _read_head, save_head
 
-RECIPES = ("torch", "sklearn")
-
-
 class LinearProbe(nn.Module):
     """``head(normalize(f))`` on cached features: a CLIPClassifier whose image tower already ran."""
 
@@ -213,7 +210,7 @@ def head_file(results_dir: str | Path, seed: int) -> Path:
 def save_probe_head(results_dir: str | Path, seed: int, head: dict[str, Any], **meta: Any) -> Path:
     """Write the winning head (``{weight, bias, recipe, val_acc, ...}``) where notebook 06 looks for it."""
     extra = {k: v for k, v in head.items() if k not in ("weight", "bias")}
-    return save_head(head_file(results_dir, seed), head["weight"], head["bias"], **extra, **meta)
+    return save_head(head_file(results_dir, seed), head["weight"], head["bias"], **{**extra, **meta})
 
 
 def load_head(results_dir: str | Path, seed: int) -> dict[str, Any] | None:

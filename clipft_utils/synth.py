@@ -371,7 +371,7 @@ def _write_mats(base: Path, mat_dir: Path | None, n_images: int, seed: int) -> n
         for name in _MAT_FILES:
             shutil.copyfile(mat_dir / name, base / name)
         return np.asarray(loadmat(base / "imagelabels.mat", squeeze_me=True)["labels"]).astype(np.int64)
-    labels, splits = _self_made_mats(n_images, seed)
+    labels, splits = _self_made_mats(n_images, seed)  # stored with the official files' dtypes and shapes
     savemat(base / "imagelabels.mat", {"labels": labels[None].astype(np.uint8)})
     savemat(base / "setid.mat", {k: v[None].astype(np.uint16) for k, v in splits.items()})
     return labels

@@ -58,8 +58,9 @@ def model_config() -> dict:
     return json.loads(CONFIG_PATH.read_text())
 
 
+@functools.lru_cache(maxsize=1)
 def tokenizer():
-    """open_clip's standard CLIP tokenizer (vocab 49408) at ToyCLIP's context length (32)."""
+    """open_clip's standard CLIP tokenizer (vocab 49408) at ToyCLIP's context length (32); built once."""
     import open_clip
     register()
     return open_clip.get_tokenizer(MODEL_NAME)
@@ -101,11 +102,11 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- pretraining
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only; never the token embedding (its unused rows must stay at their init)."""
+    """Decay weight matrices only: not gains, biases, logit_scale, nor the token embedding (the rows of
+    tokens the corpus never uses then keep their seeded initial values, so the checkpoint can omit them)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        skip = p.ndim < 2 or "ln" in name or "bias" in name or "logit_scale" in name or name == TOKEN_KEY
-        (no_decay if skip else decay).append(p)
+        (no_decay if p.ndim < 2 or name == TOKEN_KEY else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

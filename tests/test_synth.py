@@ -106,7 +106,9 @@ def test_fullsize_standin_with_self_made_mats_round_trips(tmp_path):
 
 def test_fullsize_image_is_photo_sized(tmp_path):
     root = synth.write_fullsize_standin(tmp_path, n_images=400, ids=[1, 2], progress=False, workers=1)
-    for path in sorted((root / "flowers-102" / "jpg").glob("*.jpg")):
+    paths = sorted((root / "flowers-102" / "jpg").glob("*.jpg"))
+    assert [p.name for p in paths] == ["image_00001.jpg", "image_00002.jpg"]
+    for path in paths:
         with Image.open(path) as im:
             assert min(im.size) == 500 and 500 <= max(im.size) <= 700
         assert 20_000 < path.stat().st_size < 120_000  # realistic JPEG decode cost
