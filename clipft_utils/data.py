@@ -277,7 +277,8 @@ def get_split(dataset: str, split: str, image_size: int, mean: Sequence[float], 
         source = key.replace(f"_{split}_", "_")
     else:
         from . import synth
-        key = f"synthflowers-s{seed}_{split}_{image_size}px"
+        version = hashlib.sha1(Path(synth.__file__).read_bytes()).hexdigest()[:8]  # redraw when the code changes
+        key = f"synthflowers-s{seed}-{version}_{split}_{image_size}px"
         images, labels = _cached(key, lambda: synth.generate_split(split, seed=seed, image_size=image_size))
         source = key.replace(f"_{split}_", "_")
     return ImageSplit(images=images, labels=labels, classnames=classnames(dataset), dataset=dataset,

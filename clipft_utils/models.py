@@ -116,7 +116,8 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = N
     if pretrained.lower() in RANDOM_WEIGHTS:
         return None, "random"
     if name == toyclip.MODEL_NAME and pretrained == toyclip.TAG:
-        return str(toyclip.checkpoint_path()), toyclip.TAG
+        path = toyclip.checkpoint_path()
+        return str(path), f"{toyclip.TAG}-{_file_id(toyclip.ASSET_PATH)[5:13]}"  # new build, new cache keys
     path = Path(pretrained).expanduser()
     if path.is_file():
         return str(path), _file_id(path)

@@ -125,6 +125,9 @@ def _children_cpu() -> float | None:
 def _execute(notebook: str, out: Path, parameters: dict) -> None:
     """Run one notebook into ``out``; on failure keep the executed copy as ``*.FAILED.ipynb`` and re-raise."""
     import papermill as pm
+    # kernels start in notebooks/: make sure they import this checkout's clipft_utils, installed or not
+    paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     tmp = out.with_name(f".{out.stem}.running.ipynb")
     failed = out.with_name(f"{out.stem}.FAILED.ipynb")
     try:
