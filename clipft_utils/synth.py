@@ -141,7 +141,7 @@ def _background(rng: np.random.Generator, style: Style, width: int, height: int)
     blotches = palette[rng.integers(0, len(palette), (5, 5))] + rng.normal(0, 15, (5, 5, 3))
     img = Image.fromarray(np.clip(blotches, 0, 255).astype(np.uint8)).resize((w, h), Image.BICUBIC)
     draw = ImageDraw.Draw(img)
-    for _ in range(rng.integers(style.clutter[0], style.clutter[1] + 1)):  # clutter: leaves, stones, out-of-focus blossoms of other plants
+    for _ in range(rng.integers(style.clutter[0], style.clutter[1] + 1)):  # leaves, stones, other blossoms
         x, y, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.04, 0.14) * 32
         fill = tuple(int(v) for v in rng.integers(20, 220, 3))
         draw.ellipse([x - r, y - r * rng.uniform(0.4, 1.0), x + r, y + r * rng.uniform(0.4, 1.0)], fill=fill)

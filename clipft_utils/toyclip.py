@@ -250,11 +250,12 @@ def compact_state(model: nn.Module, seed: int) -> dict[str, Any]:
             "token_values": tokens[rows].half(), "token_init_seed": seed}
 
 
-def expand_state(compact: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The full fp32 open_clip state dict of a compact checkpoint."""
-    sd = {k: v.float() for k, v in compact["state"]["tensors"].items()}
-    tokens = token_embedding_init(compact["state"]["token_init_seed"])
-    tokens[compact["state"]["token_rows"]] = compact["state"]["token_values"].float()
+def expand_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The full fp32 open_clip state dict of a compact checkpoint (``ckpt["state"]`` from compact_state)."""
+    state = ckpt["state"]
+    sd = {k: v.float() for k, v in state["tensors"].items()}
+    tokens = token_embedding_init(state["token_init_seed"])
+    tokens[state["token_rows"]] = state["token_values"].float()
     sd[TOKEN_KEY] = tokens
     return sd
 

@@ -81,7 +81,8 @@ def test_loads_through_open_clip_offline_like_real_weights(monkeypatch, tmp_path
     model, _, preprocess = open_clip.create_model_and_transforms("ToyCLIP", pretrained=str(path))
     resize, crop, *_, normalize = preprocess.transforms
     assert resize.size == 64 and tuple(crop.size) == (64, 64)
-    assert tuple(normalize.mean) == open_clip.OPENAI_DATASET_MEAN and tuple(normalize.std) == open_clip.OPENAI_DATASET_STD
+    assert tuple(normalize.mean) == open_clip.OPENAI_DATASET_MEAN
+    assert tuple(normalize.std) == open_clip.OPENAI_DATASET_STD
     expanded = toyclip.expand_state(toyclip.load_compact())
     for name, value in model.state_dict().items():
         assert torch.equal(value, expanded[name]), name
