@@ -40,7 +40,7 @@ class Profile:
     dataset: str
     batch_size: int
     eval_batch_size: int
-    epochs: dict[str, int] = field(default_factory=dict)  # per-method epoch overrides
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config defaults
     note: str = ""
 
 
@@ -52,8 +52,14 @@ PROFILES: dict[str, Profile] = {
     ),
     "smoke": Profile(
         name="smoke", model="ToyCLIP", pretrained="synthflowers", dataset="synthflowers",
-        batch_size=64, eval_batch_size=512,
-        epochs={"linear_probe": 50, "bitfit": 8, "prefix_tuning": 8, "lora": 8, "full_finetune": 8},
+        batch_size=64, eval_batch_size=64,  # on this CPU a batch of 512 evaluates 1.75x slower than 64 (measured)
+        # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the seed's 30-40 epochs on
+        # ViT-B-32: at 5 epochs LoRA reaches 39.7 % with lr 1e-3 vs 26.0 % with the seed's 1e-4 (stand-in test).
+        overrides={"linear_probe": {"epochs": 50},
+                   "bitfit": {"epochs": 5},
+                   "prefix_tuning": {"epochs": 5, "lr": 1e-3},
+                   "lora": {"epochs": 5, "lr": 1e-3},
+                   "full_finetune": {"epochs": 5, "lr": 3e-5, "warmup_epochs": 1.0}},
         note="STAND-IN: ToyCLIP pretrained by this project on SynthFlowers (not CLIP, not Flowers102)",
     ),
 }
@@ -269,9 +275,7 @@ def make_config(method: str, profile: str | Profile = "full", **overrides: Any):
         raise ConfigError(
             f"{cls.__name__} has no field(s) {unknown}. Fix: use some of {sorted(known)}."
         )
-    values: dict[str, Any] = {}
-    if "epochs" in known and method in prof.epochs:
-        values["epochs"] = prof.epochs[method]
+    values: dict[str, Any] = dict(prof.overrides.get(method, {}))
     if "batch_size" in known and method not in ("zero_shot", "linear_probe"):
         values["batch_size"] = prof.batch_size
     values.update({k: v for k, v in overrides.items() if v is not None or k in ("head_lr", "patience", "grad_clip", "layer_decay")})

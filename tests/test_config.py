@@ -20,9 +20,19 @@ def test_seed_defaults():
     assert (prefix.prefix_length, prefix.prefix_hidden, prefix.lr, prefix.epochs) == (10, 512, 1e-4, 40)
 
 
-def test_smoke_profile_shortens_training_only():
-    smoke, full = make_config("lora", "smoke"), make_config("lora", "full")
-    assert smoke.epochs < full.epochs and smoke.rank == full.rank and smoke.lr == full.lr
+def test_smoke_profile_shortens_schedules_but_keeps_each_method_what_it_is():
+    """The stand-in trains fewer epochs (with larger steps), never a different method or architecture."""
+    for method in ("bitfit", "prefix_tuning", "lora", "full_finetune"):
+        smoke, full = make_config(method, "smoke"), make_config(method, "full")
+        assert smoke.epochs < full.epochs and smoke.lr >= full.lr
+        schedule = {"epochs", "lr", "warmup_epochs", "batch_size"}
+        same = {k: v for k, v in smoke.to_dict().items() if k not in schedule}
+        assert same == {k: v for k, v in full.to_dict().items() if k not in schedule}, method
+
+
+def test_explicit_arguments_beat_profile_defaults():
+    assert make_config("lora", "smoke", lr=5e-4, epochs=2).lr == 5e-4
+    assert make_config("lora", "smoke", epochs=2).epochs == 2
 
 
 @pytest.mark.parametrize("method,field,value", [

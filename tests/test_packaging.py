@@ -54,3 +54,53 @@ def test_no_tracked_file_over_10_mb():
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     big = [f for f in files if (ROOT / f).is_file() and (ROOT / f).stat().st_size > 10 * 2**20]
     assert not big
+
+
+def _imported_top_level_modules() -> set[str]:
+    """Top-level modules imported by the library and the notebooks (the code a course user runs)."""
+    import ast
+    sources = [p.read_text() for p in (ROOT / "clipft_utils").rglob("*.py")]
+    for path in (ROOT / "notebooks").glob("*.ipynb"):
+        sources += ["".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    names = set()
+    for src in sources:
+        lines = [ln for ln in src.splitlines() if not ln.lstrip().startswith(("%", "!"))]  # IPython magics
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_course_imports_need_no_test_extras():
+    """Everything the library and notebooks import comes from the main dependencies (or their dependencies)."""
+    import importlib.metadata as md
+    import sys
+    from packaging.requirements import Requirement
+
+    def closure(names: list[str]) -> set[str]:
+        seen, todo = set(), [n.lower().replace("_", "-") for n in names]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for req in md.requires(name) or []:
+                r = Requirement(req)
+                if r.marker is None or r.marker.evaluate({"extra": ""}):
+                    todo.append(r.name.lower().replace("_", "-"))
+        return seen
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = closure([r.split("==")[0] for r in meta["dependencies"]])
+    dists = md.packages_distributions()
+    missing = {}
+    for module in _imported_top_level_modules():
+        if module in sys.stdlib_module_names or module == "clipft_utils":
+            continue
+        owners = {d.lower().replace("_", "-") for d in dists.get(module, [])}
+        assert owners, f"'{module}' is imported by the course but no installed package provides it"
+        if not owners & installed:
+            missing[module] = sorted(owners)
+    assert not missing, f"imported by the course but only installed as test extras (or not at all): {missing}"
