@@ -199,7 +199,10 @@ def write_summary(profile: str, folder: str | Path) -> str:
                                                         axis=1).to_csv(index=False))
     warning = ("\n> **STAND-IN**: ToyCLIP pretrained by this project on synthetic flowers. These numbers say "
                "whether the code works, not how CLIP does on Flowers102.\n" if standin else "")
-    text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", warning,
+    sizes = sorted({int(n) for n in _col(df, "n_test").dropna()}) if len(df) else []
+    tested = f"Test split: {' / '.join(f'{n:,}' for n in sizes)} images" + (
+        " (runs differ: compare rows with care)." if len(sizes) > 1 else ".") if sizes else ""
+    text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", warning, tested, "",
                       to_markdown(format_table(table)), "",
                       f"{int((table['status'] == 'ok').sum())} of {len(METHODS)} methods have results; "
                       "accuracy is mean ± std over seeds when several seeds exist.", ""])

@@ -97,7 +97,11 @@ def setup(profile: str = "smoke", *, model: str | None = None, pretrained: str |
           dataset: str | None = None, data_root: str | None = None, seed: int = 0, device: str = "auto",
           batch_size: int | None = None, shots: int | None = None, results_dir: str | None = None,
           test_per_class: int | None = None, verify: bool = True, download: bool = False) -> Course:
-    """Validate everything, seed, load model and data: the one setup call of every notebook."""
+    """Validate everything, seed, load model and data: the one setup call of every notebook.
+
+    ``test_per_class``: None = the profile's choice (the whole split on ``full``, 20 per class on ``smoke``),
+    0 = the whole test split, k = a fixed, balanced subset of k test images per class (the same for every seed).
+    """
     prof = get_profile(profile)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
         raise ConfigError(f"batch_size must be a positive whole number, got {batch_size!r}.")
@@ -108,7 +112,8 @@ def setup(profile: str = "smoke", *, model: str | None = None, pretrained: str |
     loaded = load_clip(model or prof.model, pretrained if pretrained is not None else prof.pretrained, device=dev)
     splits = D.load_splits(dataset, loaded, root=data_root, shots=shots, seed=seed, download=download,
                            verify=verify)
-    if test_per_class:
+    test_per_class = prof.test_per_class if test_per_class is None else test_per_class
+    if test_per_class:  # 0 or None: the whole test split
         test = splits["test"]
         splits["test"] = test.subset(D.few_shot_indices(test.targets, min(test_per_class, int(np.bincount(test.targets).min())), 0))
     return Course(profile=prof, loaded=loaded, splits=splits, dataset=dataset, seed=seed, device=dev,

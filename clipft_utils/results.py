@@ -89,7 +89,7 @@ def make_result(*, method: str, model: str, pretrained: str, dataset: str, profi
         "method": method, "variant": variant, "model": model, "pretrained": pretrained, "dataset": dataset,
         "profile": profile, "seed": seed, "standin": standin,
         "label": f"{model} / {pretrained} on {dataset}" + (" (STAND-IN, not CLIP on Flowers102)" if standin else ""),
-        "test_acc": test.top1, "test_top5": test.top5, "val_acc": val_acc,
+        "test_acc": test.top1, "test_top5": test.top5, "n_test": int(len(test.labels)), "val_acc": val_acc,
         "per_class_acc": test.per_class_acc, "trainable_params": trainable_params, "total_params": total_params,
         "trainable_percent": 100.0 * trainable_params / total_params if total_params else None,
         "train_seconds": train_seconds, "eval_seconds": eval_seconds, "images_per_second": images_per_second,
