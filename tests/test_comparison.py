@@ -13,7 +13,7 @@ from clipft_utils import comparison as C  # noqa: E402
 from clipft_utils.config import METHODS  # noqa: E402
 from clipft_utils.errors import ConfigError  # noqa: E402
 from clipft_utils.evaluate import EvalResult  # noqa: E402
-from clipft_utils.results import load_results, make_result, save_result  # noqa: E402
+from clipft_utils.results import read_result, load_results, make_result, save_result  # noqa: E402
 
 # method: (test accuracy, trainable params, train seconds, peak memory MB)
 FAKE = {
@@ -119,6 +119,15 @@ def test_write_summary_reads_results_and_labels_real_runs_without_standin_warnin
     csv = pd.read_csv(folder / "summary.csv").set_index("method")
     assert csv.loc["lora", "test_acc"] == pytest.approx(0.80)
     assert csv.loc["lora", "label"] == "ToyCLIP / synthflowers on synthflowers"
+    assert "Test split: 100 images." in text  # every number says how many test images stand behind it
+
+
+def test_write_summary_flags_main_rows_tested_on_different_test_sets(tmp_path):
+    folder = tmp_path / "smoke"
+    write_fake(folder, "lora")
+    write_fake(folder, "bitfit")
+    save_result({**read_result(folder / "bitfit_seed0.json"), "n_test": 50}, folder)
+    assert "Test split: 50 / 100 images (runs differ" in C.write_summary("smoke", folder)
 
 
 def test_load_accepts_a_results_dir_or_a_root(run_folder):
