@@ -14,6 +14,8 @@ from clipft_utils.errors import ConfigError
 from clipft_utils.methods import lora, trainable_parameters
 from clipft_utils.models import CLIPClassifier
 
+from _helpers import changed_by_one_step
+
 ALL = ("q", "k", "v", "out", "fc", "proj")
 
 
@@ -80,12 +82,7 @@ def test_one_step_changes_only_lora_and_head(targets: tuple[str, ...]) -> None:
     assert all(".lora." in n or n.startswith("head.") for n in expected)
     assert len([n for n in expected if ".lora." in n]) == 2 * 2 * len(targets)  # (A, B) x 2 blocks x targets
 
-    before = {n: p.detach().clone() for n, p in clf.named_parameters()}
-    opt = torch.optim.AdamW([{"params": g["params"]} for g in groups], lr=1e-2)
-    F.cross_entropy(clf(images()), torch.tensor([0, 1, 2, 3])).backward()
-    opt.step()
-    changed = {n for n, p in clf.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == expected
+    assert changed_by_one_step(clf, groups, images(), torch.tensor([0, 1, 2, 3])) == expected
 
 
 def test_merge_unmerge() -> None:
