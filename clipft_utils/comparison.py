@@ -199,8 +199,7 @@ def write_summary(profile: str, folder: str | Path) -> str:
                                                         axis=1).to_csv(index=False))
     warning = ("\n> **STAND-IN**: ToyCLIP pretrained by this project on synthetic flowers. These numbers say "
                "whether the code works, not how CLIP does on Flowers102.\n" if standin else "")
-    main = main_rows(df) if len(df) else df
-    sizes = sorted({int(n) for n in _col(main, "n_test").dropna()}) if len(main) else []
+    sizes = sorted({int(n) for n in _col(main_rows(df), "n_test").dropna()})
     tested = f"Test split: {' / '.join(f'{n:,}' for n in sizes)} images" + (
         " (runs differ: compare rows with care)." if len(sizes) > 1 else ".") if sizes else ""
     text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", warning, tested, "",

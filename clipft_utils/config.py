@@ -42,6 +42,7 @@ class Profile:
     eval_batch_size: int
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config defaults
     test_per_class: int | None = None  # None: the whole test split; k: a balanced k-per-class subset of it
+    lora_ranks: tuple[int, ...] = (1, 2, 4, 8, 16)  # notebook 05's rank sweep
     note: str = ""
 
 
@@ -64,6 +65,7 @@ PROFILES: dict[str, Profile] = {
         # ~20 test evaluations per course run: 20 per class (2,040 of 6,149 images, same subset for every method)
         # keeps the course under 10 minutes; the standard error of a top-1 near 35 % is then about 1 point.
         test_per_class=20,
+        lora_ranks=(1, 8, 32),
         note="STAND-IN: ToyCLIP pretrained by this project on SynthFlowers (not CLIP, not Flowers102)",
     ),
 }

@@ -295,25 +295,25 @@ def delete_adapter(model: nn.Module, name: str) -> None:
 
 
 @torch.no_grad()
+def _move_updates(model: nn.Module, into_weights: bool) -> None:
+    """Add (``into_weights``) every active, unmerged update to its base weight, or subtract every merged one."""
+    for _, host in hosts(model):
+        for slot, weight in host.weight_slices().items():
+            update = host.lora[slot]
+            if update.enabled if into_weights else update.merged:  # enabled = active and not merged
+                delta = update.delta_weight().to(weight.dtype)
+                weight.add_(delta if into_weights else -delta)
+                update.merged = into_weights
+
+
 def merge(model: nn.Module) -> None:
     """Add every active update into its base weight (a slice of in_proj_weight for q/k/v)."""
-    for _, host in hosts(model):
-        for slot, weight in host.weight_slices().items():
-            update = host.lora[slot]
-            if update.enabled:
-                weight.add_(update.delta_weight().to(weight.dtype))
-                update.merged = True
+    _move_updates(model, into_weights=True)
 
 
-@torch.no_grad()
 def unmerge(model: nn.Module) -> None:
     """Subtract the merged updates again (restores the original weights up to float rounding)."""
-    for _, host in hosts(model):
-        for slot, weight in host.weight_slices().items():
-            update = host.lora[slot]
-            if update.merged:
-                weight.sub_(update.delta_weight().to(weight.dtype))
-                update.merged = False
+    _move_updates(model, into_weights=False)
 
 
 def unload(model: nn.Module) -> None:
