@@ -10,14 +10,35 @@ from .config import METHODS, PROFILES
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .errors import ClipftError
     from .runner import run_all
-    profile = "smoke" if args.smoke else args.profile
-    if not args.all and not args.only:
-        print("Nothing to do: pass --all, or --only METHOD [METHOD ...].", file=sys.stderr)
+    profile = "smoke" if args.smoke else "rehearse" if args.rehearse else args.profile
+    if not (args.all or args.only or args.compare):
+        print("Nothing to do: pass --all, --only METHOD [METHOD ...], or --compare.", file=sys.stderr)
         return 2
-    report = run_all(profile, only=args.only or None, force=args.force, device=args.device, seeds=args.seeds,
-                     extra=_params(args.param))
+    try:
+        report = run_all(profile, only=args.only or None, force=args.force, device=args.device, seeds=args.seeds,
+                         extra=_params(args.param), shots=args.shots, devices=args.devices, shard=args.shard,
+                         data=args.data, quick=args.quick, compare_only=args.compare, dry_run=args.dry_run)
+    except ClipftError as exc:  # a bad request: one clear message, nothing has run
+        print(f"[run_all] {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    if profile == "smoke":
+        print("[run_all] smoke profile: ToyCLIP on stand-in data checks the plumbing; its numbers are not CLIP's.")
     return 0 if report.ok else 1
+
+
+def _shots(value: str) -> int | None:
+    """``4`` -> 4; ``all`` -> None (every training image)."""
+    if value.lower() in ("all", "none"):
+        return None
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shots must be whole numbers >= 1 or 'all', got {value!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"shots must be >= 1, got {k}")
+    return k
 
 
 def _params(pairs: Sequence[str] | None) -> dict:
@@ -34,22 +55,35 @@ def _params(pairs: Sequence[str] | None) -> dict:
 
 
 def _prefetch(args: argparse.Namespace) -> int:
-    from .data import prefetch_flowers
+    from .datasets.flowers102 import prefetch
+    from .errors import ClipftError
     from .models import load_clip
-    if not args.data_only:
-        loaded = load_clip(args.model, args.pretrained)
-        print(f"weights ready: {loaded.name} / {loaded.pretrained}")
-    if not args.weights_only:
-        print(f"Flowers102 ready in {prefetch_flowers(args.data_root)}")
+    try:
+        if not args.data_only:
+            loaded = load_clip(args.model, args.pretrained)
+            print(f"weights ready: {loaded.name} / {loaded.pretrained}")
+        if not args.weights_only:
+            print(f"Flowers102 ready in {prefetch(args.data_root)}")
+    except ClipftError as err:  # offline, bad tag, ...: the message says what to do; a traceback adds nothing
+        print(f"prefetch failed: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
     print("This machine (or a copy of its data/ folder and ~/.cache/huggingface) can now run offline.")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from .data import report
+    options = {"seed": args.split_seed, "strict": args.strict} if args.dataset == "imagefolder" else {}
+    print(report(args.dataset, args.path, **options))
     return 0
 
 
 DELEGATED = {
     "params": ("clipft_utils.methods.params", "trainable vs total parameters of every method (no download)"),
-    "toyclip": ("clipft_utils.toyclip", "build or evaluate the offline ToyCLIP checkpoint"),
-    "synth": ("clipft_utils.synth", "SynthFlowers: sample grid, full-size Flowers102-shaped stand-in folder"),
+    "toyclip": ("clipft_utils.standin.toyclip", "build or evaluate the offline ToyCLIP checkpoint"),
+    "synth": ("clipft_utils.standin.synth", "SynthFlowers: sample grid, full-size Flowers102-shaped stand-in folder"),
     "bench": ("clipft_utils.bench", "throughput and peak memory per method (real architecture, random weights)"),
+    "train": ("clipft_utils.train", "train one method's main run outside the notebooks (what torchrun launches)"),
 }
 """Sub-commands that own their own argument parsing."""
 
@@ -66,14 +100,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = sub.add_parser("run", help="execute the notebooks (what run_all.sh does)")
     run.add_argument("--all", action="store_true", help="run every notebook, 01-07")
     run.add_argument("--only", nargs="+", choices=METHODS, metavar="METHOD", help=f"subset of {METHODS}")
+    run.add_argument("--compare", action="store_true", help="only 07_comparison (e.g. after every shard finished)")
     run.add_argument("--profile", default="full", choices=list(PROFILES))
     run.add_argument("--smoke", action="store_true", help="shorthand for --profile smoke (offline stand-in)")
-    run.add_argument("--force", action="store_true", help="recompute finished methods")
+    run.add_argument("--rehearse", action="store_true",
+                     help="shorthand for --profile rehearse: the real code and shapes, random weights, generated data")
+    run.add_argument("--data", default=None, metavar="PATH",
+                     help="a folder of your own images (ROOT/<class>/<images>), or a dataset name")
+    run.add_argument("--force", action="store_true", help="recompute even what is up to date")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    run.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
+                     help="run independent notebooks at once, one kernel per device (e.g. cuda:0 cuda:1)")
     run.add_argument("--seeds", nargs="+", type=int, default=[0])
+    run.add_argument("--shots", nargs="+", type=_shots, default=None, metavar="K",
+                     help="training images per class, a grid with --seeds (e.g. 1 2 4 8 all)")
+    run.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N of the grid (cluster arrays)")
+    run.add_argument("--quick", action="store_true", help="every training 1 epoch, 5 test images per class, "
+                                                          "smallest sweeps")
+    run.add_argument("--dry-run", action="store_true", help="check everything and print the plan; run nothing")
     run.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
-                     help="extra notebook parameter (repeatable), e.g. -p epochs=1 -p test_per_class=5 "
-                          "-p lora.ranks=[1,2] (a METHOD. prefix scopes it to that method's notebook)")
+                     help="notebook parameter (repeatable), e.g. -p epochs=1 -p test_per_class=5; a METHOD. prefix "
+                          "scopes it to that method's notebook and also reaches its config: -p lora.ranks=[1,2] "
+                          "-p lora.rank=4 -p lora.lr=1e-3")
     run.set_defaults(func=_run)
 
     pre = sub.add_parser("prefetch", help="download weights and Flowers102 once, for offline classrooms")
@@ -83,6 +131,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre.add_argument("--weights-only", action="store_true")
     pre.add_argument("--data-only", action="store_true")
     pre.set_defaults(func=_prefetch)
+
+    data = sub.add_parser("data", help="what the course sees of a dataset (before any work)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="classes, images per class and split, skipped files, prompts")
+    check.add_argument("path", help="the dataset's folder (for imagefolder: ROOT with one sub-folder per class)")
+    check.add_argument("--dataset", default="imagefolder", help="dataset name (default: imagefolder)")
+    check.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (imagefolder)")
+    check.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
+    check.set_defaults(func=_data_check)
 
     for name, (_, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)

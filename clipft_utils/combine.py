@@ -100,63 +100,60 @@ def same_predictions(a: Any, b: Any, atol: float = 1e-3) -> bool:
 
 @dataclass
 class Member:
-    """One ensemble member: its test logits and, when its model could be rebuilt exactly, its validation logits."""
+    """One ensemble member: its validation and test logits, and where they came from."""
 
     name: str
     test: np.ndarray
-    val: np.ndarray | None
-    test_source: str        # "saved" (the method's notebook wrote it) or "rebuilt here"
-    val_source: str
+    val: np.ndarray
+    source: str             # "saved" (its notebook wrote both) or "rebuilt here" (an exact rebuild)
 
 
 def collect_members(folder: Any, seed: int, wanted: Sequence[str], rebuilt: Mapping[str, tuple[Any, Any]],
-                    test_labels: Any) -> tuple[dict[str, Member], "pd.DataFrame"]:
-    """Members from saved test predictions (or ``rebuilt[name] = (val, test)`` logits when none are saved).
+                    test_labels: Any, val_labels: Any, shots: int | None = None) -> tuple[dict[str, Member], "pd.DataFrame"]:
+    """Members with validation AND test predictions: saved by their notebook, else ``rebuilt[name] = (val, test)``
+    (only exact rebuilds belong there); anything else is left out, so that every choice is made on validation.
 
-    Validation logits are only attached when the rebuilt model reproduces the saved test predictions, so that
-    validation and test describe the same model. Returns the members and a status table (missing ones too).
-    """
+    Saved predictions count only when they are of these very images (same labels in the same order)."""
     import pandas as pd
     from pathlib import Path
     from .results import load_predictions, run_name
     members, rows = {}, []
     for name in wanted:
-        run = run_name(name, seed)
-        saved = None
+        run, member = run_name(name, seed, None, shots), None
         if (Path(folder) / "predictions" / f"{run}.npz").exists():
-            logits, labels = load_predictions(folder, run)
-            saved = logits if np.array_equal(labels, np.asarray(test_labels)) else None  # else: another test subset
-        if saved is None and name not in rebuilt:
-            rows.append({"member": name, "test predictions": "missing", "validation predictions": "-"})
+            try:
+                (test, tl), (val, vl) = load_predictions(folder, run), load_predictions(folder, run, "val")
+                if np.array_equal(tl, np.asarray(test_labels)) and np.array_equal(vl, np.asarray(val_labels)):
+                    member = Member(name, test, val, "saved")
+            except KeyError:  # saved before validation predictions were kept
+                pass
+        if member is None and name in rebuilt:
+            member = Member(name, np.asarray(rebuilt[name][1]), np.asarray(rebuilt[name][0]), "rebuilt here")
+        if member is None:
+            rows.append({"member": name, "predictions": "left out: no validation and test predictions of these images"})
             continue
-        test = saved if saved is not None else np.asarray(rebuilt[name][1])
-        same = name in rebuilt and same_predictions(rebuilt[name][1], test)
-        member = Member(name, test, np.asarray(rebuilt[name][0]) if same else None,
-                        "saved" if saved is not None else "rebuilt here",
-                        "rebuilt here" if same else "none (model not rebuilt exactly)")
         members[name] = member
-        rows.append({"member": name, "test predictions": member.test_source,
-                     "validation predictions": member.val_source})
+        rows.append({"member": name, "predictions": member.source})
     return members, pd.DataFrame(rows).set_index("member")
 
 
 def ensemble_result(course: Any, members: Mapping[str, Member], names: Sequence[str], test_labels: Any,
-                    val_labels: Any = None, **extra: Any) -> tuple[dict[str, Any], Any]:
-    """The ``ensemble-<a>+<b>…`` result row of the equal-weight probability average of ``names`` (and its EvalResult)."""
+                    val_labels: Any, **extra: Any) -> tuple[dict[str, Any], Any, Any]:
+    """The ``ensemble-<a>+<b>…`` result row of the equal-weight probability average of ``names``, with its test and
+    validation EvalResults (the row is chosen on validation; the test numbers only report)."""
     from .evaluate import EvalResult
     from .results import read_result, result_path
     test = EvalResult.from_logits(ensemble_logits([members[m].test for m in names]), test_labels)
-    has_val = val_labels is not None and all(members[m].val is not None for m in names)
-    val_acc = accuracy(ensemble_probs([members[m].val for m in names]), val_labels) if has_val else None
-    paths = [result_path(course.results_dir, m, course.seed) for m in names]
+    val = EvalResult.from_logits(ensemble_logits([members[m].val for m in names]), val_labels)
+    paths = [result_path(course.results_dir, m, course.seed, None, course.shots) for m in names]
     parts = [read_result(p) for p in paths if p.exists()]
     row = combination_result(
-        course, "ensemble", "+".join(SHORT_NAMES.get(m, m) for m in names), test, val_acc=val_acc,
+        course, "ensemble", "+".join(SHORT_NAMES.get(m, m) for m in names), test, val_acc=val.top1,
         trainable_params=sum(p["trainable_params"] for p in parts), total_params=sum(p["total_params"] for p in parts),
         train_seconds=sum(p["train_seconds"] for p in parts), config={"members": list(names), "weights": "equal"},
-        members=list(names), member_sources={m: members[m].test_source for m in names},
+        members=list(names), member_sources={m: members[m].source for m in names}, selected_on="val",
         params_are="sums over the members' result rows that exist (each member runs at inference)", **extra)
-    return row, test
+    return row, test, val
 
 
 # ----------------------------------------------------------------------------- weight interpolation
@@ -288,27 +285,29 @@ def combination_result(course: Any, method: str, variant: str | None, test: Any,
                        **extra: Any) -> dict[str, Any]:
     """A result row (``results.make_result``) for a combination that is not one training run."""
     from .results import make_result
-    return make_result(method=method, variant=variant, model=course.loaded.name,
-                       pretrained=course.loaded.pretrained, dataset=course.dataset, profile=course.profile.name,
-                       seed=course.seed, test=test, val_acc=val_acc, trainable_params=trainable_params,
-                       total_params=total_params, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                       images_per_second=None, peak_memory_mb=None, config=config or {}, history=history or [],
-                       device=course.device, standin=course.standin, **extra)
+    return make_result(method=method, variant=variant, test=test, val_acc=val_acc,
+                       trainable_params=trainable_params, total_params=total_params, train_seconds=train_seconds,
+                       eval_seconds=eval_seconds, images_per_second=None, peak_memory_mb=None,
+                       config=config or {}, history=history or [], **{**course.identity(), **extra})
 
 
-def remove_rows(folder: Any, method: str, seed: int, keep: Iterable[str | None] = ()) -> list[str]:
-    """Delete ``method``'s result rows (and predictions) for ``seed`` except the variants in ``keep``.
+def remove_rows(folder: Any, method: str, seed: int, keep: Iterable[str | None] = (), shots: int | None = None) -> list[str]:
+    """Delete ``method``'s result rows (and predictions) for ``seed`` and ``shots`` except the variants in ``keep``.
 
     For combination rows whose variant names their members or alpha: a rerun that picks another subset
     must not leave the previous pick behind as a second row. Returns the removed run names.
     """
+    import re
     from pathlib import Path
     from .results import run_name
     folder = Path(folder)
-    keep_names = {run_name(method, seed, v) for v in keep}
+    keep_names = {run_name(method, seed, v, shots) for v in keep}
+    tail = ("" if shots is None else f"_shots{shots}") + f"_seed{seed}"
+    pattern = re.compile(rf"{re.escape(method)}(-.+?)?{re.escape(tail)}")
     removed = []
-    for path in [*folder.glob(f"{method}_seed{seed}.json"), *folder.glob(f"{method}-*_seed{seed}.json")]:
-        if path.stem not in keep_names:
+    for path in folder.glob(f"{method}*{tail}.json"):
+        if pattern.fullmatch(path.stem) and (shots is not None or "_shots" not in path.stem) \
+                and path.stem not in keep_names:
             path.unlink(missing_ok=True)
             (folder / "predictions" / f"{path.stem}.npz").unlink(missing_ok=True)
             removed.append(path.stem)

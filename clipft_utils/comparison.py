@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .config import METHOD_TYPE, METHODS, get_profile
+from .labels import STANDIN, run_label, warnings_for
 from .paths import atomic_write_text, results_root
 from .results import REQUIRED_KEYS, load_predictions, load_results
 
@@ -22,10 +23,7 @@ NEEDS = ("best", "good", "cheap")
 SMALL_GPU_MB = 8 * 1024          # the course's rule of thumb: "GPU memory < 8 GB -> BitFit or linear probe"
 GOOD_ENOUGH_POINTS = 2.0         # need="good": within this many accuracy points of the best that fits
 SHARED_BACKBONE_PERCENT = 5.0    # tasks > 1: a method "shares the backbone" if it trains <= this % per task
-STANDIN_TAG = " — STAND-IN (ToyCLIP on SynthFlowers), not CLIP on Flowers102"
 
-DISPLAY_COLUMNS = ("method", "type", "trainable params", "trainable %", "train time (s)", "peak memory (MB)",
-                   "test acc (%)", "seeds", "test top-5 (%)", "images / s")
 
 
 # ----------------------------------------------------------------------------- loading and labels
@@ -45,30 +43,33 @@ def _col(df: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
     return df[name] if name in df.columns else pd.Series([default] * len(df), index=df.index, dtype=object)
 
 
+def profile_warnings(profile: str) -> list[str]:
+    """The warnings a profile's results carry (used when nothing ran yet)."""
+    from . import plugins
+    from .datasets.base import REGISTRY
+    from .models import RANDOM_WEIGHTS, STANDIN_MODELS
+    plugins.load()
+    prof = get_profile(profile)
+    ds = REGISTRY.get(prof.dataset)
+    notes = [STANDIN_MODELS.get(prof.model, ""), ds.standin_note if ds is not None and ds.standin else ""]
+    return warnings_for(standin_notes=notes, random_weights=prof.pretrained.lower() in RANDOM_WEIGHTS,
+                        rehearsal=prof.rehearsal)
+
+
 def is_standin(df: pd.DataFrame, profile: str | None = None) -> bool:
     """True if any result (or, with no results, the profile) is the offline stand-in."""
     if len(df) and "standin" in df.columns:
         return bool(_col(df, "standin", False).fillna(False).astype(bool).any())
-    if profile is None:
-        return False
-    prof = get_profile(profile)
-    return prof.dataset != "flowers102" or prof.model == "ToyCLIP"
-
-
-def make_label(model: str, pretrained: str, dataset: str, standin: bool) -> str:
-    """The model / weights / dataset line (same wording as ``Course.label``)."""
-    return f"{model} / {pretrained} on {dataset}{STANDIN_TAG if standin else ''}"
+    return profile is not None and any(w.startswith(STANDIN) for w in profile_warnings(profile))
 
 
 def label_of(df: pd.DataFrame, profile: str) -> str:
     """The label of the results (or of the profile when nothing ran); several setups are all named."""
-    standin = is_standin(df, profile)
-    if not len(df) or not {"model", "pretrained", "dataset"} <= set(df.columns):
-        prof = get_profile(profile)
-        return make_label(prof.model, prof.pretrained, prof.dataset, standin)
-    setups = df[["model", "pretrained", "dataset"]].astype(str).drop_duplicates().itertuples(index=False)
-    labels = [make_label(m, p, d, standin) for m, p, d in setups]
-    return labels[0] if len(labels) == 1 else "MIXED SETUPS: " + " | ".join(labels)
+    if len(df) and "label" in df.columns and _col(df, "label").notna().any():
+        labels = list(dict.fromkeys(str(v) for v in _col(df, "label").dropna()))
+        return labels[0] if len(labels) == 1 else "MIXED SETUPS: " + " || ".join(labels)
+    prof = get_profile(profile)
+    return run_label(prof.model, prof.pretrained, prof.dataset, profile_warnings(profile))
 
 
 def title(text: str, label: str, width: int = 75) -> str:
@@ -82,19 +83,68 @@ def _is_main(df: pd.DataFrame) -> pd.Series:
     return _col(df, "method").isin(METHODS) & _col(df, "variant").isna()
 
 
-def main_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The main rows (an empty frame with the usual columns when there are no results)."""
+def _shots(df: pd.DataFrame) -> pd.Series:
+    """Training images per class of each row (NaN: every image)."""
+    return pd.to_numeric(_col(df, "shots"), errors="coerce")
+
+
+def default_shots(df: pd.DataFrame) -> float | None:
+    """The shots value the overview shows: every image when such rows exist, else the largest k (NaN = every)."""
+    main = df[_is_main(df)] if len(df) and "method" in df.columns else df
+    if not len(main):
+        return None
+    k = _shots(main)
+    return None if k.isna().any() else float(k.max())
+
+
+def _at_shots(df: pd.DataFrame, shots: Any) -> pd.DataFrame:
+    if not len(df):
+        return df
+    k = _shots(df)
+    if shots == "auto":
+        shots = default_shots(df)
+    return df[k.isna()] if shots is None or pd.isna(shots) else df[k == float(shots)]
+
+
+def main_rows(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:
+    """The main rows at one shots value ("auto": every training image, or the largest k of a grid)."""
     if not len(df) or "method" not in df.columns:
-        return pd.DataFrame(columns=["run", "variant", "standin", *REQUIRED_KEYS])
-    return df[_is_main(df)]
+        return pd.DataFrame(columns=["run", "variant", "standin", "shots", *REQUIRED_KEYS])
+    return _at_shots(df[_is_main(df)], shots)
+
+
+def check_one_dataset(df: pd.DataFrame) -> None:
+    """Refuse to compare runs of different datasets (or models and weights): their numbers do not mix."""
+    from .errors import ResultsError
+    if not len(df) or "dataset" not in df.columns:
+        return
+    keys = [c for c in ("dataset", "dataset_id", "model", "weights_id") if c in df.columns]
+    setups = df[keys].astype(str).drop_duplicates()
+    if len(setups) > 1:
+        listed = "; ".join(" / ".join(r) for r in setups.itertuples(index=False))
+        raise ResultsError(f"This results folder mixes runs of different setups ({listed}); they cannot be compared. "
+                           "Fix: give each dataset or model its own results folder (the runner does), or delete the "
+                           "runs that do not belong.")
+
+
+def _measured(rows: pd.DataFrame) -> str:
+    """What the accuracy column measures for these rows."""
+    what = [str(v) for v in _col(rows, "test_acc_is").dropna().unique()]
+    return what[0] if len(what) == 1 else "test top-1"
 
 
 def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
     """Mean over seeds of one method's (or variant's) runs; accuracy also gets its std."""
     num = lambda c: pd.to_numeric(_col(rows, c), errors="coerce")  # noqa: E731
     acc = num("test_acc")
+    from_history = pd.Series([len(h) if isinstance(h, list) and h else np.nan for h in _col(rows, "history")],
+                             index=rows.index, dtype=float)
+    epochs = num("epochs_run").fillna(from_history)  # trained epochs (rows written before epochs_run: the history)
+    sizes = sorted({int(n) for n in num("n_test").dropna()})
     return {
         "status": "ok", "n_seeds": int(_col(rows, "seed").nunique()),
+        "measured": _measured(rows), "n_test": sizes[0] if len(sizes) == 1 else (np.nan if not sizes else -1),
+        "epochs": epochs.mean(), "shots": num("shots").max(),
         "trainable_params": num("trainable_params").max(), "total_params": num("total_params").max(),
         "trainable_percent": num("trainable_percent").max(), "train_seconds": num("train_seconds").mean(),
         "peak_memory_mb": num("peak_memory_mb").mean(), "test_acc": acc.mean(),
@@ -103,9 +153,14 @@ def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def summary_table(df: pd.DataFrame, include_missing: bool = True) -> pd.DataFrame:
-    """One numeric row per method (main runs, mean over seeds); methods not run are "not run" rows."""
-    main = main_rows(df)
+TABLE_COLUMNS = ["method", "type", "status", "n_seeds", "measured", "n_test", "epochs", "shots", "trainable_params",
+                 "total_params", "trainable_percent", "train_seconds", "peak_memory_mb", "test_acc", "test_acc_std",
+                 "test_top5", "val_acc", "images_per_second"]
+
+
+def summary_table(df: pd.DataFrame, include_missing: bool = True, shots: Any = "auto") -> pd.DataFrame:
+    """One numeric row per method (main runs at one shots value, mean over seeds); missing ones are "not run"."""
+    main = main_rows(df, shots)
     rows = []
     for method in METHODS:
         runs = main[main["method"] == method]
@@ -113,26 +168,99 @@ def summary_table(df: pd.DataFrame, include_missing: bool = True) -> pd.DataFram
             rows.append({"method": method, "type": METHOD_TYPE[method], **_aggregate(runs)})
         elif include_missing:
             rows.append({"method": method, "type": METHOD_TYPE[method], "status": "not run", "n_seeds": 0})
-    columns = ["method", "type", "status", "n_seeds", "trainable_params", "total_params", "trainable_percent",
-               "train_seconds", "peak_memory_mb", "test_acc", "test_acc_std", "test_top5", "val_acc",
-               "images_per_second"]
-    return pd.DataFrame(rows).reindex(columns=columns)
+    return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
 
-def combination_table(df: pd.DataFrame) -> pd.DataFrame:
+def combination_table(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:
     """Ensembles, LP-FT, WiSE-FT, adapter fusion and every variant row (sweeps), mean over seeds."""
-    if not len(df):
-        return pd.DataFrame(columns=["method", "variant", "status", "n_seeds", "test_acc", "test_acc_std"])
-    rest = df[~_is_main(df)].copy()
+    empty = pd.DataFrame(columns=["variant", *TABLE_COLUMNS])
+    if not len(df) or "method" not in df.columns:
+        return empty
+    rest = _at_shots(df[~_is_main(df)], default_shots(df) if shots == "auto" else shots).copy()
+    rest = rest[~_col(rest, "selected_on").astype(str).str.contains("test")]  # never a row chosen on test
     rest["variant"] = _col(rest, "variant").fillna("")
     order = {m: i for i, m in enumerate(METHODS + COMBINATION_METHODS)}
-    rows = [{"method": m, "variant": v or None, **_aggregate(g)} for (m, v), g in rest.groupby(["method", "variant"])]
+    rows = [{"method": m, "variant": v or None, "type": METHOD_TYPE.get(m, "combination"), **_aggregate(g)}
+            for (m, v), g in rest.groupby(["method", "variant"])]
     table = pd.DataFrame(rows)
     if not len(table):
-        return pd.DataFrame(columns=["method", "variant", "status", "n_seeds", "test_acc", "test_acc_std"])
+        return empty
     key = table["method"].map(lambda m: order.get(m, len(order)))
     return table.assign(_k=key).sort_values(["_k", "method", "trainable_params", "variant"], na_position="first") \
         .drop(columns="_k").reset_index(drop=True)
+
+
+def shots_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Main rows by method and shots: mean and std of test accuracy over seeds, and how many seeds."""
+    main = df[_is_main(df)] if len(df) and "method" in df.columns else pd.DataFrame()
+    if not len(main):
+        return pd.DataFrame(columns=["method", "shots", "mean", "std", "n_seeds"])
+    main = main.assign(_k=_shots(main), _acc=pd.to_numeric(main["test_acc"], errors="coerce"))
+    out = main.groupby(["method", "_k"], dropna=False)["_acc"].agg(["mean", "std", "count"]).reset_index()
+    out = out.rename(columns={"_k": "shots", "count": "n_seeds"})
+    order = {m: i for i, m in enumerate(METHODS)}
+    return out.assign(_o=out["method"].map(order)).sort_values(["_o", "shots"]).drop(columns="_o").reset_index(drop=True)
+
+
+def shots_display(table: pd.DataFrame) -> pd.DataFrame:
+    """``shots_table`` as methods x shots cells "mean ± std (n)" in percent."""
+    if not len(table):
+        return pd.DataFrame()
+    cell = lambda r: _acc(r["mean"], r["std"], int(r["n_seeds"])) + f" ({int(r['n_seeds'])})"  # noqa: E731
+    t = table.assign(cell=table.apply(cell, axis=1), col=table["shots"].map(lambda k: "all" if pd.isna(k) else int(k)))
+    wide = t.pivot(index="method", columns="col", values="cell")
+    cols = sorted([c for c in wide.columns if c != "all"]) + (["all"] if "all" in wide.columns else [])
+    return wide.reindex(index=[m for m in METHODS if m in wide.index], columns=cols).fillna("—")
+
+
+def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):
+    """Test accuracy against training images per class: one line per method, mean ± std band over seeds,
+    zero-shot (which trains nothing) as a horizontal line."""
+    import matplotlib.pyplot as plt
+    table = shots_table(df)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    curves = table[table["shots"].notna() & (table["method"] != "zero_shot")]
+    for i, (method, rows) in enumerate(curves.groupby("method", sort=False)):
+        rows = rows.sort_values("shots")
+        x, y, sd = rows["shots"].to_numpy(), 100 * rows["mean"].to_numpy(), 100 * rows["std"].fillna(0).to_numpy()
+        ax.plot(x, y, marker="o", color=f"C{i}", label=f"{method} ({int(rows['n_seeds'].min())} seed(s))")
+        ax.fill_between(x, y - sd, y + sd, color=f"C{i}", alpha=0.15)
+    zs = table[table["method"] == "zero_shot"]
+    if len(zs):
+        ax.axhline(100 * zs["mean"].mean(), color="grey", ls="--", label="zero_shot (no training)")
+    if not len(curves):
+        ax.text(0.5, 0.5, "no runs with shots set: run ./run_all.sh --shots 1 2 4 ...", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+    else:
+        ax.set_xscale("log", base=2)
+        ticks = sorted(curves["shots"].unique())
+        ax.set_xticks(ticks, [f"{int(k)}" for k in ticks])
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set(xlabel="training images per class (log scale)", ylabel="test accuracy (%)",
+           title=title("Accuracy vs labelled images per class (mean ± std over seeds)", label))
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def ordering(table: pd.DataFrame, shots: Any) -> list[str]:
+    """At one shots value: which method is ahead of which, stated only where the gap exceeds the seed spread."""
+    rows = table[(table["shots"].isna()) if shots is None or pd.isna(shots) else (table["shots"] == float(shots))]
+    rows = rows.sort_values("mean", ascending=False)
+    out = []
+    for a, b in zip(rows.itertuples(), rows.iloc[1:].itertuples()):
+        gap = a.mean - b.mean
+        spread = np.nanmax([a.std, b.std]) if a.n_seeds > 1 and b.n_seeds > 1 else np.nan
+        if np.isnan(spread):
+            out.append(f"{a.method} vs {b.method}: not ordered (one seed: no spread to compare the "
+                       f"{100 * gap:.1f}-point gap with)")
+        elif gap > spread:
+            out.append(f"{a.method} > {b.method}: {100 * gap:.1f} points apart, more than the seed spread "
+                       f"({100 * spread:.1f})")
+        else:
+            out.append(f"{a.method} ≈ {b.method}: {100 * gap:.1f} points apart, within the seed spread "
+                       f"({100 * spread:.1f})")
+    return out
 
 
 def _count(n: Any) -> str:
@@ -158,25 +286,34 @@ def _acc(mean: Any, std: Any, n: int) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 and not pd.isna(std) else f"{100 * mean:.1f}"
 
 
+DISPLAY_COLUMNS = ("method", "type", "measured", "on images", "epochs", "shots", "trainable params", "trainable %",
+                   "train time (s)", "training memory (MB)", "accuracy (%)", "seeds", "top-5 (%)", "images / s")
+
+
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as display strings (percentages, ± std, human parameter counts, "not run")."""
+    """The table as display strings: what each accuracy measures, on how many images, after how many epochs."""
     out = []
     for r in table.to_dict("records"):
         if r.get("status") == "not run":
-            out.append({"method": r["method"], "type": r.get("type", ""), "trainable params": "—",
-                        "trainable %": "—", "train time (s)": "—", "peak memory (MB)": "—",
-                        "test acc (%)": "not run", "seeds": "0", "test top-5 (%)": "—", "images / s": "—"})
+            out.append({**dict.fromkeys(DISPLAY_COLUMNS, "—"), "method": r["method"], "type": r.get("type", ""),
+                        "accuracy (%)": "not run", "seeds": "0"})
             continue
         n = int(r.get("n_seeds") or 0)
         variant = r.get("variant")
-        name = r["method"] + (f" [{variant}]" if isinstance(variant, str) and variant else "")
+        n_test = r.get("n_test")
         out.append({
-            "method": name, "type": r.get("type") or METHOD_TYPE.get(r["method"], "combination"),
+            "method": r["method"] + (f" [{variant}]" if isinstance(variant, str) and variant else ""),
+            "type": r.get("type") or METHOD_TYPE.get(r["method"], "combination"),
+            "measured": r.get("measured") or "test top-1",
+            "on images": "mixed" if n_test == -1 else _num(n_test, "{:,.0f}"),
+            "epochs": _num(r.get("epochs"), "{:g}") if r.get("type") != "no training" else "0",
+            "shots": "all" if pd.isna(r.get("shots", np.nan)) else _num(r.get("shots"), "{:.0f}"),
             "trainable params": _count(r.get("trainable_params")),
             "trainable %": _num(r.get("trainable_percent"), "{:.2f}"),
-            "train time (s)": _num(r.get("train_seconds")), "peak memory (MB)": _num(r.get("peak_memory_mb"), "{:.0f}"),
-            "test acc (%)": _acc(r.get("test_acc"), r.get("test_acc_std"), n), "seeds": str(n),
-            "test top-5 (%)": _acc(r.get("test_top5"), np.nan, 1), "images / s": _num(r.get("images_per_second"), "{:.0f}"),
+            "train time (s)": _num(r.get("train_seconds")),
+            "training memory (MB)": _num(r.get("peak_memory_mb"), "{:.0f}"),
+            "accuracy (%)": _acc(r.get("test_acc"), r.get("test_acc_std"), n), "seeds": str(n),
+            "top-5 (%)": _acc(r.get("test_top5"), np.nan, 1), "images / s": _num(r.get("images_per_second"), "{:.0f}"),
         })
     return pd.DataFrame(out, columns=list(DISPLAY_COLUMNS))
 
@@ -189,26 +326,47 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join([line(cells[0]), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, cells[1:])])
 
 
+def memory_note(df: pd.DataFrame) -> str:
+    """What the training-memory column measured (on CPU it is not GPU memory)."""
+    how = {str(v).split(":")[0] for v in _col(df, "memory_measure").dropna() if str(v)}
+    by = " and ".join(sorted("the CUDA allocator" if h.startswith("CUDA") else "the process's resident memory (RSS)"
+                             for h in how)) or "the process"
+    cpu = any(h.startswith("CPU") for h in how)
+    return (f"Training memory (MB): the model plus the peak increase while it trained, measured by {by}."
+            + (" On a CPU that is process memory, not GPU memory." if cpu else ""))
+
+
 def write_summary(profile: str, folder: str | Path) -> str:
     """Write ``summary.csv`` and ``summary.md`` (atomically) in ``folder``; return the markdown for the terminal."""
     folder = Path(folder)
     df = load_results(folder.name, folder.parent)
-    label, standin = label_of(df, profile), is_standin(df, profile)
+    check_one_dataset(df)
+    label, warnings = label_of(df, profile), [w for w in profile_warnings(profile)] if not len(df) else []
     table = summary_table(df)
     atomic_write_text(folder / "summary.csv", pd.concat([pd.Series(label, index=table.index, name="label"), table],
                                                         axis=1).to_csv(index=False))
-    warning = ("\n> **STAND-IN**: ToyCLIP pretrained by this project on synthetic flowers. These numbers say "
-               "whether the code works, not how CLIP does on Flowers102.\n" if standin else "")
-    sizes = sorted({int(n) for n in _col(main_rows(df), "n_test").dropna()})
+    alarm = [f"\n> **{w.split(':')[0]}**: {w.split(':', 1)[1].strip()}" for w in
+             ({w for ws in _col(df, "warnings").dropna() for w in (ws if isinstance(ws, list) else [])} or warnings)]
+    if alarm:
+        alarm.append("\n> These numbers say whether the code works, not how CLIP does on real data.")
+    k = default_shots(df)
+    sizes = sorted({int(n) for n in pd.to_numeric(_col(main_rows(df), "n_test"), errors="coerce").dropna()})
     tested = f"Test split: {' / '.join(f'{n:,}' for n in sizes)} images" + (
         " (runs differ: compare rows with care)." if len(sizes) > 1 else ".") if sizes else ""
-    text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", warning, tested, "",
+    text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", *alarm, "",
+                      f"Main rows: {'every training image' if k is None else f'{int(k)} training image(s) per class'}; "
+                      "accuracy is mean ± std over seeds when several seeds exist. " + tested + " " + memory_note(df), "",
                       to_markdown(format_table(table)), "",
-                      f"{int((table['status'] == 'ok').sum())} of {len(METHODS)} methods have results; "
-                      "accuracy is mean ± std over seeds when several seeds exist.", ""])
+                      f"{int((table['status'] == 'ok').sum())} of {len(METHODS)} methods have results.", ""])
     combo = combination_table(df)
     if len(combo):
-        text += "\n## Combinations and variants\n\n" + to_markdown(format_table(combo)) + "\n"
+        text += ("\n## Combinations and variants\n\n"
+                 "Each row says what it measured and on how many images; all choices were made on validation.\n\n"
+                 + to_markdown(format_table(combo)) + "\n")
+    by_shots = shots_table(df)
+    if by_shots["shots"].nunique(dropna=False) > 1:
+        text += "\n## Accuracy by training images per class (mean ± std (seeds))\n\n" + \
+                to_markdown(shots_display(by_shots).reset_index()) + "\n"
     atomic_write_text(folder / "summary.md", text)
     return text
 
@@ -319,11 +477,28 @@ def _caveats(df: pd.DataFrame) -> list[str]:
     return notes
 
 
+def curve_point(df: pd.DataFrame, labelled_per_class: int | None) -> tuple[Any, str]:
+    """The measured shots value to decide at: the largest k <= the user's labelled images per class."""
+    measured = sorted({float(k) for k in _shots(df[_is_main(df)]).dropna()}) if len(df) and "method" in df else []
+    if labelled_per_class is None or not measured:
+        return "auto", ""
+    below = [k for k in measured if k <= labelled_per_class]
+    if not below:
+        return measured[0], (f"You have {labelled_per_class} labelled image(s) per class, fewer than any measured point; "
+                             f"deciding at the smallest, {int(measured[0])}.")
+    return below[-1], (f"You have {labelled_per_class} labelled image(s) per class: deciding at the measured point "
+                       f"{int(below[-1])} per class (the largest not above yours).")
+
+
 def recommend(df: pd.DataFrame, memory_budget_mb: float, need: str = "best", tasks: int = 1,
-              have_data: bool = True) -> Recommendation:
-    """The course's decision tree applied to this run's measured memory, accuracy and trainable parameters."""
+              have_data: bool = True, labelled_per_class: int | None = None) -> Recommendation:
+    """The course's decision tree applied to this run's measured memory, accuracy and trainable parameters.
+
+    With a shots grid in the results, ``labelled_per_class`` picks the point of the curve to decide at, and the
+    reasons say which method wins there and whether the gap is larger than the spread over seeds."""
     _check_request(memory_budget_mb, need, tasks)
-    table = summary_table(df, include_missing=False)
+    point, where = curve_point(df, labelled_per_class)
+    table = summary_table(df, include_missing=False, shots=point)
     table = table[table["test_acc"].notna()] if len(table) else table
     if not len(table):
         return _rule_of_thumb(memory_budget_mb, need, tasks, have_data)
@@ -346,17 +521,31 @@ def recommend(df: pd.DataFrame, memory_budget_mb: float, need: str = "best", tas
         cand, more = _share_backbone(cand, tasks)
         reasons += more
     pick, why = _pick(cand, need)
+    if where:
+        ranked = [o for o in ordering(shots_table(df), point) if o.startswith(str(pick["method"]))][:1]
+        why = [where, *why, *ranked]
     return Recommendation(str(pick["method"]), reasons + why + caveats, list(cand["method"]))
 
 
 # ----------------------------------------------------------------------------- figures
+# Every figure uses constrained layout (no tight-layout warnings), keeps legends outside the axes and survives
+# empty or non-numeric results with a "no results" note; bar positions are numeric (equal names never merge).
 def _plt():
     import matplotlib.pyplot as plt
     return plt
 
 
 def _ok(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table["status"] == "ok"]
+    return table[_col(table, "status") == "ok"] if len(table) else table
+
+
+def _numeric(table: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """A copy whose ``columns`` are floats (None, strings, pd.NA and missing columns become NaN)."""
+    from .plots import _floats
+    out = table.copy()
+    for c in columns:
+        out[c] = _floats(list(_col(table, c))) if len(table) else pd.Series(dtype=float)
+    return out
 
 
 def _empty(ax, text: str = "no results yet") -> None:
@@ -365,22 +554,23 @@ def _empty(ax, text: str = "no results yet") -> None:
 
 def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool):
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = _ok(table)
-    if not len(rows):
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    rows = _numeric(_ok(table), x, "test_acc", "test_acc_std")
+    shown = rows[rows[x].notna() & rows["test_acc"].notna()] if len(rows) else rows
+    if not len(shown):
         _empty(ax)
-    for r in rows.itertuples():
-        xv = getattr(r, x)
-        xv = max(float(xv), 1.0) if logx and not pd.isna(xv) else xv
-        err = 100 * r.test_acc_std if not pd.isna(r.test_acc_std) else None
-        ax.errorbar([xv], [100 * r.test_acc], yerr=err, fmt="o", ms=8, capsize=3)
-        ax.annotate(r.method + (" (0 trained)" if logx and getattr(r, x) == 0 else ""), (xv, 100 * r.test_acc),
+    for r in shown.to_dict("records"):
+        xv = max(r[x], 1.0) if logx else r[x]
+        err = 100 * r["test_acc_std"] if not pd.isna(r["test_acc_std"]) else None
+        ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt="o", ms=8, capsize=3)
+        ax.annotate(r["method"] + (" (0 trained)" if logx and r[x] == 0 else ""), (xv, 100 * r["test_acc"]),
                     textcoords="offset points", xytext=(6, 4), fontsize=9)
-    if logx:
+    missing = [str(m) for m in _col(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
+    if logx and len(shown):
         ax.set_xscale("log")
-    ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=title(heading, label))
+    ax.set(xlabel=xlabel + (f"\n(not measured: {', '.join(missing)})" if missing else ""),
+           ylabel="test accuracy (%)", title=title(heading, label))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
@@ -398,15 +588,20 @@ def plot_accuracy_vs_time(table: pd.DataFrame, label: str):
 def plot_peak_memory(table: pd.DataFrame, label: str):
     """Measured peak memory per method (bars; "not run" methods are left empty)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    mem = table["peak_memory_mb"].astype(float)
-    bars = ax.bar(table["method"], mem.fillna(0), color="tab:blue")
-    for bar, v, status in zip(bars, mem, table["status"]):
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    rows = _numeric(table, "peak_memory_mb")
+    mem = rows["peak_memory_mb"].to_numpy(dtype=float) if len(rows) else np.array([])
+    pos = np.arange(len(mem))
+    bars = ax.bar(pos, np.nan_to_num(mem), color="tab:blue")
+    for bar, v, status in zip(bars, mem, _col(rows, "status")):
         ax.annotate("not run" if status != "ok" else _num(v, "{:.0f}"), (bar.get_x() + bar.get_width() / 2,
                     bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(pos, [str(m) for m in _col(rows, "method")], rotation=30, ha="right")
+    if not np.isfinite(mem).any():
+        _empty(ax)
+    else:
+        ax.set_ylim(0, 1.12 * np.nanmax(mem))   # room for the value labels
     ax.set(ylabel="peak memory (MB)", title=title("Peak memory while training", label))
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
     return fig
 
 
@@ -415,67 +610,81 @@ def _curves(df: pd.DataFrame) -> dict[str, pd.Series]:
     out = {}
     main = main_rows(df)
     for method in METHODS:
-        points = [(h["epoch"], h["val_acc"]) for hist in main[main["method"] == method]["history"]
-                  for h in (hist if isinstance(hist, list) else []) if isinstance(h, dict)
-                  and h.get("epoch") is not None and h.get("val_acc") is not None]
-        if points:
-            out[method] = pd.DataFrame(points, columns=["epoch", "val"]).groupby("epoch")["val"].mean()
+        points = [(h.get("epoch"), h.get("val_acc")) for hist in _col(main, "history")[_col(main, "method") == method]
+                  for h in (hist if isinstance(hist, list) else []) if isinstance(h, dict)]
+        pts = pd.DataFrame(points, columns=["epoch", "val"]).apply(pd.to_numeric, errors="coerce").dropna()
+        if len(pts):
+            out[method] = pts.groupby("epoch")["val"].mean()
     return out
 
 
 def plot_learning_curves(df: pd.DataFrame, label: str):
-    """Validation accuracy per epoch, every trained method overlaid; zero-shot as a dashed line."""
+    """Validation accuracy of every trained method (best epoch starred); zero-shot as a dashed line.
+
+    Runs of different lengths (a 50-epoch linear probe, 5-epoch fine-tuning) share a fraction-of-training axis.
+    """
+    from .plots import FRACTION_LABEL, best_marker_handle, legend_outside, mark_best, progress_axis
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), layout="constrained")
     curves = _curves(df)
-    for method, curve in curves.items():
-        ax.plot(curve.index, 100 * curve.values, marker="o", ms=3, label=method)
-    zs = main_rows(df)
-    zs = zs[zs["method"] == "zero_shot"]
-    if len(zs) and pd.to_numeric(zs["val_acc"], errors="coerce").notna().any():
-        ax.axhline(100 * pd.to_numeric(zs["val_acc"], errors="coerce").mean(), ls="--", color="grey",
-                   label="zero_shot (no training)")
+    lengths = {m: float(c.index.max()) for m, c in curves.items()}
+    fraction = progress_axis(list(lengths.values()))
+    for i, (method, curve) in enumerate(curves.items()):
+        x = curve.index.to_numpy(dtype=float)
+        x = x / lengths[method] if fraction and lengths[method] else x
+        y = 100 * curve.to_numpy(dtype=float)
+        ax.plot(x, y, marker="o", ms=3, color=f"C{i}",
+                label=f"{method} ({lengths[method]:.0f} epochs)" if fraction else method)
+        mark_best(ax, x, y, f"C{i}")
+    zs = _numeric(main_rows(df), "val_acc")
+    zs = zs[_col(zs, "method") == "zero_shot"] if len(zs) else zs
+    if len(zs) and zs["val_acc"].notna().any():
+        ax.axhline(100 * zs["val_acc"].mean(), ls="--", color="grey", label="zero_shot (no training)")
     if not curves:
         _empty(ax, "no learning curves yet")
-    else:
-        ax.legend(fontsize=8)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title=title("Learning curves", label))
+    elif not fraction:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(xlabel=FRACTION_LABEL if fraction else "epoch", ylabel="validation accuracy (%)",
+           title=title("Learning curves", label))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    legend_outside(ax, extra=[best_marker_handle()] if curves else [])
     return fig
 
 
 def per_class_matrix(df: pd.DataFrame, classnames: Sequence[str] | None = None) -> pd.DataFrame:
     """Methods × classes test accuracy (mean over seeds); many classes are sorted by mean accuracy."""
+    from .plots import _floats, unique_labels
     main = main_rows(df)
     rows = {}
     for method in METHODS:
-        accs = [np.asarray([np.nan if a is None else a for a in v], dtype=float)
-                for v in main[main["method"] == method]["per_class_acc"] if isinstance(v, list)]
+        accs = [pd.Series(_floats(list(v))) for v in _col(main, "per_class_acc")[_col(main, "method") == method]
+                if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
         if accs:
-            rows[method] = np.nanmean(np.stack(accs), axis=0)
-    mat = pd.DataFrame(rows).T
+            rows[method] = pd.concat(accs, axis=1).mean(axis=1)
+    mat = pd.DataFrame(rows).T.astype(float)
     if len(mat) and classnames is not None and len(classnames) == mat.shape[1]:
-        mat.columns = list(classnames)
+        mat.columns = unique_labels(list(classnames), 10 ** 6)   # equal names stay separate columns
     if mat.shape[1] > 30:
-        mat = mat[mat.mean(axis=0).sort_values(ascending=False).index]
+        mat = mat.iloc[:, np.argsort(-mat.mean(axis=0).to_numpy(dtype=float), kind="stable")]
     return mat
 
 
 def plot_per_class_heatmap(df: pd.DataFrame, label: str, classnames: Sequence[str] | None = None):
     """Per-class test accuracy, methods × classes (classes sorted by mean accuracy when there are many)."""
+    from .plots import unique_labels
     plt = _plt()
     mat = per_class_matrix(df, classnames)
     many = mat.shape[1] > 30
-    fig, ax = plt.subplots(figsize=(14 if many else max(6, 0.45 * mat.shape[1] + 2), 0.5 * max(len(mat), 2) + 2.5))
-    if not len(mat):
+    fig, ax = plt.subplots(figsize=(14 if many else max(6, 0.45 * mat.shape[1] + 2), 0.4 * max(len(mat), 2) + 3.6),
+                           layout="constrained")
+    values = mat.to_numpy(dtype=float)
+    if not values.size or not np.isfinite(values).any():
         _empty(ax)
     else:
-        im = ax.imshow(100 * mat.values.astype(float), aspect="auto", cmap="viridis", vmin=0, vmax=100)
+        im = ax.imshow(100 * values, aspect="auto", cmap="viridis", vmin=0, vmax=100)
         fig.colorbar(im, ax=ax, label="test accuracy (%)", fraction=0.03)
-        ax.set_yticks(range(len(mat)), mat.index)
-        names = [str(c) for c in mat.columns]
+        ax.set_yticks(range(len(mat)), [str(m) for m in mat.index])
+        names = unique_labels([str(c) for c in mat.columns], 30)
         if many:
             step = max(1, len(names) // 25)
             ax.set_xticks(range(0, len(names), step), [names[i] for i in range(0, len(names), step)],
@@ -485,7 +694,6 @@ def plot_per_class_heatmap(df: pd.DataFrame, label: str, classnames: Sequence[st
             ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
             ax.set_xlabel("class")
     ax.set_title(title("Per-class test accuracy", label))
-    fig.tight_layout()
     return fig
 
 
@@ -503,46 +711,68 @@ def curve_points(curve: Any, ykeys: Sequence[str] = ("test_acc", "acc", "top1", 
         xs, ys = [], []
     if xs is None or ys is None or any(v is None for v in list(xs) + list(ys)):
         return np.array([]), np.array([])
-    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    try:
+        return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    except (TypeError, ValueError):
+        return np.array([]), np.array([])
+
+
+def _wise_panel(ax, df: pd.DataFrame) -> None:
+    """WiSE-FT accuracy along the interpolation (test, validation, chosen α)."""
+    from .plots import legend_outside
+    wise = df[_col(df, "method") == "wise_ft"] if len(df) else df
+    rows = [r for r in wise.to_dict("records") if isinstance(r.get("curve"), (list, dict))]
+    xs, ys = curve_points(rows[0]["curve"]) if rows else (np.array([]), np.array([]))
+    if len(xs):
+        ax.plot(xs, 100 * ys, marker="o", label="test")
+        vx, vy = curve_points(rows[0]["curve"], ("val_acc",))
+        if len(vx):
+            ax.plot(vx, 100 * vy, marker=".", ls="--", label="validation")
+        alpha = rows[0].get("alpha")
+        if isinstance(alpha, (int, float)) and np.isfinite(alpha):
+            ax.axvline(alpha, color="grey", ls=":", label=f"chosen α = {alpha:g}")
+        legend_outside(ax)
+        ax.set(xlabel="α (0 = zero-shot weights, 1 = fine-tuned weights)", ylabel="accuracy (%)")
+        ax.grid(alpha=0.3)
+    else:
+        _empty(ax, "no WiSE-FT curve in the results")
+    ax.set_title("WiSE-FT interpolation", fontsize=10)
+
+
+def _combination_panel(ax, df: pd.DataFrame) -> None:
+    """Ensembles and combinations (orange) next to the single methods (grey), each bar labelled."""
+    from .plots import _floats
+    combo = combination_table(df)
+    combo = combo[combo["method"].isin(COMBINATION_METHODS)] if len(combo) else combo
+    main = _ok(summary_table(df, include_missing=False))
+    names = [f"{m} [{v}]" if isinstance(v, str) and v else str(m)
+             for m, v in zip(combo.get("method", []), combo.get("variant", []))]
+    singles = [str(m) for m in _col(main, "method")] if len(main) else []
+    accs = 100 * np.concatenate([_floats(list(_col(combo, "test_acc"))) if len(combo) else [],
+                                 _floats(list(_col(main, "test_acc"))) if len(main) else []])
+    if len(accs):
+        pos = np.arange(len(accs))
+        ax.barh(pos, np.nan_to_num(accs), color=["tab:orange"] * len(names) + ["tab:grey"] * len(singles))
+        for p, a in zip(pos, accs):
+            ax.annotate(f"{a:.1f}" if np.isfinite(a) else "n/a", (np.nan_to_num(a), p), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+        ax.set_yticks(pos, names + singles)
+        ax.invert_yaxis()
+        top = np.nanmax(accs) if np.isfinite(accs).any() else 100.0
+        ax.set_xlim(0, 1.15 * top or 100)
+        ax.set_xlabel("test accuracy (%) — orange: combinations, grey: single methods")
+    else:
+        _empty(ax, "no ensemble rows in the results")
+    ax.set_title("Ensembles and combinations", fontsize=10)
 
 
 def plot_combinations(df: pd.DataFrame, label: str):
     """Left: WiSE-FT accuracy along the interpolation; right: ensembles vs their best member."""
     plt = _plt()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    wise = df[_col(df, "method") == "wise_ft"] if len(df) else df
-    rows = [r for r in wise.to_dict("records") if isinstance(r.get("curve"), (list, dict))]
-    xs, ys = curve_points(rows[0]["curve"]) if rows else (np.array([]), np.array([]))
-    if len(xs):
-        left.plot(xs, 100 * ys, marker="o", label="test")
-        vx, vy = curve_points(rows[0]["curve"], ("val_acc",))
-        if len(vx):
-            left.plot(vx, 100 * vy, marker=".", ls="--", label="validation")
-        if isinstance(rows[0].get("alpha"), (int, float)):
-            left.axvline(rows[0]["alpha"], color="grey", ls=":", label=f"chosen α = {rows[0]['alpha']:g}")
-        left.legend(fontsize=8)
-        left.set(xlabel="α (0 = zero-shot weights, 1 = fine-tuned weights)", ylabel="test accuracy (%)")
-        left.grid(alpha=0.3)
-    else:
-        _empty(left, "no WiSE-FT curve in the results")
-    left.set_title("WiSE-FT interpolation", fontsize=10)
-    combo = combination_table(df)
-    combo = combo[combo["method"].isin(COMBINATION_METHODS)] if len(combo) else combo
-    main = summary_table(df, include_missing=False)
-    names = [f"{m} [{v}]" if isinstance(v, str) and v else m
-             for m, v in zip(combo.get("method", []), combo.get("variant", []))]
-    singles = list(_ok(main)["method"]) if len(main) else []
-    if names or singles:
-        accs = list(100 * combo["test_acc"]) + list(100 * _ok(main)["test_acc"])
-        colors = ["tab:orange"] * len(names) + ["tab:grey"] * len(singles)
-        right.barh(names + singles, accs, color=colors)
-        right.invert_yaxis()
-        right.set_xlabel("test accuracy (%) — orange: combinations, grey: single methods")
-    else:
-        _empty(right, "no ensemble rows in the results")
-    right.set_title("Ensembles and combinations", fontsize=10)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    _wise_panel(left, df)
+    _combination_panel(right, df)
     fig.suptitle(title("Combining methods", label))
-    fig.tight_layout()
     return fig
 
 
@@ -570,7 +800,7 @@ def aligned_runs(folder: str | Path, runs: Iterable[str], targets: np.ndarray) -
 def main_runs(df: pd.DataFrame, seed: int = 0) -> list[str]:
     """Run names of the main rows of one seed, in course order."""
     main = main_rows(df)
-    main = main[main["seed"] == seed]
+    main = main[_col(main, "seed") == seed]
     order = {m: i for i, m in enumerate(METHODS)}
     return list(main.assign(_k=main["method"].map(order)).sort_values("_k")["run"])
 
@@ -588,37 +818,48 @@ def top5(probs: dict[str, np.ndarray], index: int, classnames: Sequence[str]) ->
     """Each run's five most likely classes for one image: columns = runs, cells = "name (p%)"."""
     cols = {}
     for run, p in probs.items():
-        best = np.argsort(-p[index])[:5]
+        best = np.argsort(-p[index], kind="stable")[:5]
         cols[run] = [f"{classnames[c]} ({100 * p[index, c]:.0f}%)" for c in best]
     return pd.DataFrame(cols, index=[f"#{i + 1}" for i in range(5)])
 
 
+def _top5_panel(ax, p: np.ndarray, classnames: Sequence[str], true_ids: set[int], run: str) -> None:
+    """One run's five most likely classes, most likely on top, full names, each bar labelled."""
+    from .plots import unique_labels
+    best = np.argsort(-p, kind="stable")[:5]
+    pos = np.arange(len(best))[::-1]          # numeric positions: classes with equal labels never merge
+    pct = 100 * p[best]
+    ax.barh(pos, pct, color=["tab:green" if int(c) in true_ids else "tab:grey" for c in best])
+    for v, y in zip(pct, pos):
+        ax.annotate(f"{v:.0f}%", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(pos, unique_labels([classnames[c] for c in best], 28, ids=best), fontsize=6.5)
+    ax.set_xlim(0, 118)
+    ax.set_xticks([0, 25, 50, 75, 100])
+    ax.set_title(run, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+
+
 def plot_top5(image: np.ndarray, true_name: str, probs: dict[str, np.ndarray], index: int,
-              classnames: Sequence[str], label: str):
+              classnames: Sequence[str], label: str, true_class: int | None = None):
     """The image and every run's top-5 probabilities side by side (true class in green)."""
     plt = _plt()
     n = max(len(probs), 1)
     cols, rows = min(3, n), math.ceil(n / 3)
-    fig = plt.figure(figsize=(3.4 * cols + 2.6, 2.4 * rows + 1.2))
+    fig = plt.figure(figsize=(4.2 * cols + 2.6, 3.2 * rows + 1.4), layout="constrained")
     grid = fig.add_gridspec(rows, cols + 1, width_ratios=[0.8] + [1] * cols)
     ax = fig.add_subplot(grid[:, 0])
     ax.imshow(image)
     ax.set_title(f"test image {index}\ntrue: " + "\n".join(textwrap.wrap(true_name, 26)), fontsize=8)
     ax.axis("off")
+    true_ids = {int(true_class)} if true_class is not None else {i for i, c in enumerate(classnames) if c == true_name}
     for k, (run, p) in enumerate(probs.items()):
-        ax = fig.add_subplot(grid[k // cols, 1 + k % cols])
-        best = np.argsort(-p[index])[:5][::-1]
-        colors = ["tab:green" if classnames[c] == true_name else "tab:grey" for c in best]
-        ax.barh(["\n".join(textwrap.wrap(classnames[c], 24)[:2]) for c in best], 100 * p[index, best], color=colors)
-        ax.set_xlim(0, 100)
-        ax.set_title(run, fontsize=8)
-        ax.tick_params(labelsize=6)
+        _top5_panel(fig.add_subplot(grid[k // cols, 1 + k % cols]), np.asarray(p[index], dtype=float),
+                    classnames, true_ids, run)
     if not probs:
         ax = fig.add_subplot(grid[0, 1])
         ax.axis("off")
         _empty(ax, "no saved predictions match these test images")
     fig.suptitle(title("Top-5 of each method (probability %, true class in green)", label), fontsize=9)
-    fig.tight_layout()
     return fig
 
 

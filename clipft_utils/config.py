@@ -44,6 +44,9 @@ class Profile:
     test_per_class: int | None = None  # None: the whole test split; k: a balanced k-per-class subset of it
     lora_ranks: tuple[int, ...] = (1, 2, 4, 8, 16)  # notebook 05's rank sweep
     note: str = ""
+    rehearsal: bool = False  # the real code at the real shapes on generated data: never a result
+    shots: int | None = None  # default k training images per class (None: the whole split)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-notebook parameter defaults
 
 
 PROFILES: dict[str, Profile] = {
@@ -68,7 +71,50 @@ PROFILES: dict[str, Profile] = {
         lora_ranks=(1, 8, 32),
         note="STAND-IN: ToyCLIP pretrained by this project on SynthFlowers (not CLIP, not Flowers102)",
     ),
+    # The real profile's code at the real shapes (ViT-B-32 at 224 px, torchvision's Flowers102 on the official
+    # layout, the full profile's batch sizes) with random weights on generated images, sized to run the whole
+    # course in about 15 minutes on 2 CPU cores: 1 training image per class (validation then uses 1 per class),
+    # 1 test image per class, 1 epoch, the smallest sweeps. Its numbers are never results.
+    "rehearse": Profile(
+        name="rehearse", model="ViT-B-32", pretrained="random", dataset="flowers102",
+        batch_size=32, eval_batch_size=256, rehearsal=True, shots=1, test_per_class=1,
+        overrides={m: {"epochs": 1} for m in ("bitfit", "prefix_tuning", "lora")} | {
+            "linear_probe": {"epochs": 10}, "full_finetune": {"epochs": 1, "warmup_epochs": 0.0}},
+        lora_ranks=(1, 8),
+        extra={"04_prefix_tuning": {"vit_timing": False, "timing_repeats": 3},
+               "06_full_finetune": {"memory_steps": 1, "wise_alphas": [0.0, 0.5, 1.0]}},
+        note="REHEARSAL: ViT-B-32 with random weights on generated Flowers102-shaped images",
+    ),
 }
+
+QUICK: dict[str, Any] = {
+    "epochs": 1, "test_per_class": 5,
+    "lora": {"ranks": [1, 2]}, "prefix_tuning": {"deep": False, "vit_timing": False},
+    "full_finetune": {"wise_alphas": [0.0, 0.5, 1.0], "memory_steps": 1},
+}
+"""``--quick``: every training 1 epoch, 5 test images per class, the smallest sweeps (for trying things out)."""
+
+
+PREPARE_DATA: dict[str, Any] = {}
+"""Profile name -> a function that makes the profile's own data (once) and returns its root (plug-ins fill it)."""
+
+
+def profile_data_root(profile: "Profile", echo=print) -> str | None:
+    """The data root a profile brings with it (the rehearsal's generated folder), or None: the usual data/."""
+    from . import plugins
+    plugins.load()
+    prepare = PREPARE_DATA.get(profile.name)
+    return None if prepare is None else str(prepare(echo))
+
+
+def extra_epochs(profile: "Profile", epochs: int | None, extra: int | None) -> int | None:
+    """Epochs of notebook 06's extra trainings (base-to-novel, LP→FT, adapter B): ``extra`` if given, else
+    ``epochs`` if given (one knob reaches every training), else each method's own on ``full`` and 1 elsewhere."""
+    if extra is not None:
+        return extra
+    if epochs is not None:
+        return epochs
+    return None if profile.name == "full" else 1
 
 
 def get_profile(name: str) -> Profile:
@@ -119,14 +165,16 @@ class TrainConfig:
     precision: str = "auto"        # auto: bf16 (or fp16 + grad scaler) on CUDA, fp32 on CPU
     patience: int | None = 10      # early stopping on validation top-1; None = never stop early
     label_smoothing: float = 0.0
+    checkpoint_every: int = 1      # epochs between training checkpoints (resume points)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first bad field."""
-        _integer(self, "epochs", "batch_size", "grad_accum_steps", "patience")
-        _positive(self, "epochs", "batch_size", "lr", "head_lr", "grad_accum_steps", "grad_clip", "patience")
+        _integer(self, "epochs", "batch_size", "grad_accum_steps", "patience", "checkpoint_every")
+        _positive(self, "epochs", "batch_size", "lr", "head_lr", "grad_accum_steps", "grad_clip", "patience",
+                  "checkpoint_every")
         _non_negative(self, "weight_decay", "warmup_epochs", "label_smoothing")
         if self.precision not in PRECISIONS:
             raise ConfigError(

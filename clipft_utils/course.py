@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,11 +15,14 @@ import numpy as np
 import torch
 
 from . import data as D
-from .config import Profile, get_profile, check_method
-from .errors import ConfigError
-from .models import CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device, zero_shot_head
-from .paths import cache_dir, ensure_writable, results_root
-from .results import make_result, result_path, save_result
+from .config import Profile, check_method, get_profile, profile_data_root
+from .datasets import Dataset, get_dataset
+from .errors import ConfigError, DatasetError, DatasetWarning, OfflineError
+from .labels import run_label, warnings_for
+from .models import (STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device,
+                     zero_shot_head)
+from .paths import atomic_path, cache_dir, ensure_writable, results_root
+from .results import make_result, result_path, run_name, save_result
 from .seeding import seed_everything
 
 
@@ -26,32 +33,44 @@ class Course:
     profile: Profile
     loaded: LoadedCLIP
     splits: dict[str, D.ImageSplit]
-    dataset: str
+    data: Dataset
     seed: int
     device: torch.device
     results_dir: Path
     batch_size: int
     eval_batch_size: int
+    sampling: dict = field(default_factory=dict)   # shots, val_per_class, test_per_class as used
     _heads: dict = field(default_factory=dict, repr=False)
 
     @property
+    def dataset(self) -> str:
+        """The dataset's display name (as every result and figure names it)."""
+        return self.data.display
+
+    @property
     def standin(self) -> bool:
-        """True when the numbers come from the offline stand-in, not from CLIP on Flowers102."""
-        return self.loaded.is_standin or self.dataset != "flowers102"
+        """True when the numbers come from the offline stand-in (its model or its data), not from real data."""
+        return self.loaded.is_standin or self.data.standin
+
+    @property
+    def warnings(self) -> list[str]:
+        """What every number of this course must be labelled with (stand-in, random weights, rehearsal)."""
+        notes = [STANDIN_MODELS.get(self.loaded.name, ""), self.data.standin_note if self.data.standin else ""]
+        return warnings_for(standin_notes=notes, random_weights=self.loaded.random_weights,
+                            rehearsal=self.profile.rehearsal)
 
     @property
     def label(self) -> str:
         """Model / weights / dataset line that every table and figure carries."""
-        tag = " — STAND-IN (ToyCLIP on SynthFlowers), not CLIP on Flowers102" if self.standin else ""
-        return f"{self.loaded.name} / {self.loaded.pretrained} on {self.dataset}{tag}"
+        return run_label(self.loaded.name, self.loaded.pretrained, self.dataset, self.warnings)
 
     @property
     def classnames(self) -> list[str]:
-        return D.classnames(self.dataset)
+        return self.data.classnames
 
     def templates(self, ensemble: bool = False) -> list[str]:
         """The dataset's prompt template (or template ensemble)."""
-        return D.templates(self.dataset, ensemble)
+        return self.data.templates(ensemble)
 
     def zero_shot_head(self, ensemble: bool = False) -> torch.Tensor:
         """``logit_scale * text embeddings`` of the class prompts (computed once per course)."""
@@ -59,17 +78,52 @@ class Course:
             self._heads[ensemble] = zero_shot_head(self.loaded, self.classnames, self.templates(ensemble)).cpu()
         return self._heads[ensemble]
 
+    def describe(self) -> str:
+        """Images per split, how they were sampled, and the device: the facts every notebook prints."""
+        def part(split: str, key: str, what: str) -> str:
+            k = self.sampling.get(key)
+            return f"{split} {len(self.splits[split]):,}" + (f" ({k} {what} per class)" if k else "")
+        parts = [part("train", "shots", "shot(s)"), part("val", "val_per_class", "image(s)"),
+                 part("test", "test_per_class", "image(s)")]
+        return " · ".join(p for p, s in zip(parts, ("train", "val", "test")) if s in self.splits) + \
+            f" images on {self.device}"
+
+    def identity(self) -> dict[str, Any]:
+        """The fields every result row of this course carries (what produced it, and its label)."""
+        return dict(model=self.loaded.name, pretrained=self.loaded.pretrained, weights_id=self.loaded.weights_id,
+                    dataset=self.dataset, dataset_id=self.data.identity, profile=self.profile.name, seed=self.seed,
+                    standin=self.standin, warnings=self.warnings, device=self.device,
+                    shots=self.shots, val_per_class=self.sampling.get("val_per_class"),
+                    n_train=len(self.splits["train"]) if "train" in self.splits else None,
+                    n_val=len(self.splits["val"]) if "val" in self.splits else None)
+
+    @property
+    def shots(self) -> int | None:
+        """Training images per class when the train split is a k-shot sample (None: the whole split)."""
+        return self.sampling.get("shots")
+
     def classifier(self, head: torch.Tensor | None = None) -> CLIPClassifier:
         """A fresh classifier: a *copy* of the pretrained image tower + a head (zero-shot by default)."""
         head = self.zero_shot_head() if head is None else head
         visual = copy.deepcopy(self.loaded.model.visual)
         return CLIPClassifier(visual, head.detach().clone()).to(self.device)
 
-    def loader(self, split: str, train: bool = False, batch_size: int | None = None):
-        """Loader of a split: shuffled + augmented for training, plain for evaluation."""
-        ds = self.splits[split].with_augmentation(train)
+    def loader(self, split: str, train: bool = False, batch_size: int | None = None, sharded: bool = False):
+        """Batches of a split on the course's device: shuffled and augmented for training, plain for evaluation.
+
+        ``sharded``: under torchrun each rank gets its part of every (global) batch."""
+        from . import distributed
+        from .loader import CachedLoader
         bs = batch_size or (self.batch_size if train else self.eval_batch_size)
-        return ds.loader(batch_size=bs, shuffle=train, seed=self.seed)
+        rank, world = (distributed.rank(), distributed.world()) if sharded else (0, 1)
+        return CachedLoader(self.splits[split], bs, shuffle=train, augment=train, seed=self.seed, device=self.device,
+                            rank=rank, world=world)
+
+    def run_id(self, method: str, variant: str | None = None) -> str:
+        """What a training checkpoint must match besides its config: model, weights, data, images, seed."""
+        parts = [method, variant, self.loaded.name, self.loaded.weights_id, self.data.identity, self.seed,
+                 *(self.splits[s].cache_key for s in ("train", "val") if s in self.splits)]
+        return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
     def features(self, split: str, progress: bool = True):
         """Cached frozen features of a split (see features.extract_features)."""
@@ -78,8 +132,12 @@ class Course:
                                 weights_id=self.loaded.weights_id, batch_size=self.eval_batch_size,
                                 device=self.device, progress=progress)
 
+    def run_name(self, method: str, variant: str | None = None) -> str:
+        """``<method>[-<variant>][_shots<k>]_seed<seed>``: the stem of this course's files for a run."""
+        return run_name(method, self.seed, variant, self.shots)
+
     def result_path(self, method: str, variant: str | None = None) -> Path:
-        return result_path(self.results_dir, method, self.seed, variant)
+        return result_path(self.results_dir, method, self.seed, variant, self.shots)
 
     def title(self, text: str) -> str:
         """Figure title with the model / data line underneath."""
@@ -89,36 +147,92 @@ class Course:
         """Save a figure under ``<results>/figures/`` (and leave it for inline display)."""
         folder = ensure_writable(self.results_dir / "figures")
         path = folder / f"{name}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         return path
 
 
-def setup(profile: str = "smoke", *, model: str | None = None, pretrained: str | None = None,
+def results_folder(prof: Profile, data: Dataset) -> Path:
+    """``results/<profile>`` for the profile's own dataset, ``results/<profile>-<dataset>`` for any other."""
+    name = prof.name if data.name == prof.dataset else f"{prof.name}-{data.slug}"
+    return results_root() / name
+
+
+FEW_SHOT_VAL_CAP = 4
+"""CoOp's convention: with k training images per class, validation uses min(k, 4) per class."""
+NOTEBOOK_HINT = ('In a notebook: the parameters cell (the first code cell), line 1, set profile = "smoke" for the '
+                 "offline stand-in; or start the course with ./lab.sh --smoke, which sets CLIPFT_PROFILE=smoke.")
+
+
+def _display_defaults() -> None:
+    """Show tables whole: class names are long and two of them may differ only in their last words."""
+    import pandas as pd
+    pd.set_option("display.max_colwidth", None)
+    pd.set_option("display.width", 200)
+
+
+def resolve_profile(profile: str | None) -> Profile:
+    """``profile``, else ``$CLIPFT_PROFILE`` (``./lab.sh --smoke`` sets it), else ``full``."""
+    return get_profile(profile or os.environ.get("CLIPFT_PROFILE") or "full")
+
+
+def val_per_class(shots: int | None, val_shots: int | None) -> int | None:
+    """Validation images per class: ``val_shots`` if given (0 = all), else min(shots, 4) with k shots, else all."""
+    if val_shots is not None:
+        return val_shots or None
+    return None if shots is None else min(shots, FEW_SHOT_VAL_CAP)
+
+
+def setup(profile: str | None = None, *, model: str | None = None, pretrained: str | None = None,
           dataset: str | None = None, data_root: str | None = None, seed: int = 0, device: str = "auto",
-          batch_size: int | None = None, shots: int | None = None, results_dir: str | None = None,
-          test_per_class: int | None = None, verify: bool = True, download: bool = False) -> Course:
+          batch_size: int | None = None, shots: int | None = None, val_shots: int | None = None,
+          results_dir: str | None = None, test_per_class: int | None = None,
+          dataset_options: dict | None = None) -> Course:
     """Validate everything, seed, load model and data: the one setup call of every notebook.
 
-    ``test_per_class``: None = the profile's choice (the whole split on ``full``, 20 per class on ``smoke``),
-    0 = the whole test split, k = a fixed, balanced subset of k test images per class (the same for every seed).
+    ``profile``: None = ``$CLIPFT_PROFILE`` or ``full``. ``dataset``: a name (``flowers102``, ``synthflowers``,
+    ``imagefolder``) or the path of a folder of images; ``data_root``: where its files are. ``shots``: k training
+    images per class (None = all, or the profile's default); ``val_shots``: validation images per class (None =
+    min(shots, 4) with shots, else all; 0 = all). ``test_per_class``: None = the profile's choice, 0 = the whole
+    test split, k = a fixed, balanced subset of k test images per class (the same for every seed).
     """
-    prof = get_profile(profile)
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-        raise ConfigError(f"batch_size must be a positive whole number, got {batch_size!r}.")
-    folder = ensure_writable(Path(results_dir) if results_dir else results_root() / prof.name)
-    dataset = D.check_dataset(dataset or prof.dataset)
-    dev = resolve_device(device)
-    seed_everything(seed)
-    loaded = load_clip(model or prof.model, pretrained if pretrained is not None else prof.pretrained, device=dev)
-    splits = D.load_splits(dataset, loaded, root=data_root, shots=shots, seed=seed, download=download,
-                           verify=verify)
+    from .notebook_params import check_value
+    prof = resolve_profile(profile)
+    for name, value in dict(seed=seed, device=device, batch_size=batch_size, shots=shots, val_shots=val_shots,
+                            test_per_class=test_per_class, model=model, pretrained=pretrained,
+                            data_root=data_root, results_dir=results_dir).items():
+        check_value(name, value)
+    shots = prof.shots if shots is None else shots
+    if dataset is None and data_root is None:
+        data_root = profile_data_root(prof)  # a profile that brings its own data (the rehearsal)
+    try:
+        data = get_dataset(dataset or prof.dataset, data_root, **(dataset_options or {}))
+        with warnings.catch_warnings(record=True) as caught:  # the data's warnings are part of the output, once
+            warnings.simplefilter("always", DatasetWarning)
+            data.check()
+        for w in caught:
+            if issubclass(w.category, DatasetWarning):
+                print(f"NOTE: {w.message}")
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        folder = ensure_writable(Path(results_dir) if results_dir else results_folder(prof, data))
+        dev = resolve_device(device)
+        seed_everything(seed)
+        loaded = load_clip(model or prof.model, pretrained if pretrained is not None else prof.pretrained, device=dev)
+    except (OfflineError, DatasetError) as exc:
+        if prof.name == "full":
+            raise type(exc)(f"{exc}\n{NOTEBOOK_HINT}") from exc
+        raise
     test_per_class = prof.test_per_class if test_per_class is None else test_per_class
-    if test_per_class:  # 0 or None: the whole test split
-        test = splits["test"]
-        splits["test"] = test.subset(D.few_shot_indices(test.targets, min(test_per_class, int(np.bincount(test.targets).min())), 0))
-    return Course(profile=prof, loaded=loaded, splits=splits, dataset=dataset, seed=seed, device=dev,
+    val_k = val_per_class(shots, val_shots)
+    _display_defaults()
+    from .magics import register
+    register()  # %%when extras: the notebooks' optional cells
+    splits = D.load_splits(data, loaded, shots=shots, seed=seed, test_per_class=test_per_class, val_per_class=val_k)
+    return Course(profile=prof, loaded=loaded, splits=splits, data=data, seed=seed, device=dev,
                   results_dir=folder, batch_size=batch_size or prof.batch_size,
-                  eval_batch_size=prof.eval_batch_size)
+                  eval_batch_size=prof.eval_batch_size,
+                  sampling={"shots": shots, "val_per_class": val_k, "test_per_class": test_per_class or None})
 
 
 @dataclass
@@ -130,33 +244,50 @@ class RunOutput:
     test: Any
     result: dict
     path: Path
+    val: Any = None
 
 
 def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: list[dict], *,
                  variant: str | None = None, save: bool = True, progress: bool = True,
-                 checkpoint: bool = True, **extra: Any) -> RunOutput:
-    """Train ``clf`` on the course's train split with the one engine, evaluate on test, write the result."""
+                 checkpoint: bool = True, resume: bool | str = "auto", stop_after_epochs: int | None = None,
+                 **extra: Any) -> RunOutput:
+    """Train ``clf`` with the one engine, evaluate it on validation and test, write its result, predictions and head.
+
+    A checkpoint (``<results>/checkpoints/<run>.pt``) lets a killed run resume; ``resume="auto"`` starts over,
+    and says so, when the checkpoint belongs to another run; True refuses it; False ignores it. Under torchrun
+    every rank trains and rank 0 evaluates and writes.
+    """
+    from . import distributed
     from .engine import fit
     from .evaluate import evaluate
+    from .zeroshot import head_path, save_head
     check_method(method)
-    ckpt = cache_dir("checkpoints", course.profile.name) / f"{method}-{variant or 'main'}_seed{course.seed}.pt" \
-        if checkpoint else None
-    train = fit(clf, groups, course.loader("train", train=True), course.loader("val"), cfg,
-                device=course.device, seed=course.seed, checkpoint_path=ckpt, progress=progress,
-                desc=f"{method}{'-' + variant if variant else ''}")
+    name = course.run_name(method, variant)
+    ckpt = course.results_dir / "checkpoints" / f"{name}.pt" if checkpoint else None
+    train = fit(clf, groups, course.loader("train", train=True, sharded=True), course.loader("val", sharded=True),
+                cfg, device=course.device, seed=course.seed, checkpoint_path=ckpt, resume=resume, progress=progress,
+                desc=name, run_id=course.run_id(method, variant), stop_after_epochs=stop_after_epochs)
+    if not distributed.is_writer() or not train.completed:  # other ranks, or paused: the checkpoint stays
+        return RunOutput(clf, train, None, {}, course.result_path(method, variant))
     start = time.perf_counter()
     test = evaluate(clf, course.loader("test"), device=course.device, precision=cfg.precision)
     eval_seconds = time.perf_counter() - start
+    val = evaluate(clf, course.loader("val"), device=course.device, precision=cfg.precision)
     trainable, total = count_parameters(clf)
     result = make_result(
-        method=method, variant=variant, model=course.loaded.name, pretrained=course.loaded.pretrained,
-        dataset=course.dataset, profile=course.profile.name, seed=course.seed, test=test,
+        method=method, variant=variant, test=test,
         val_acc=train.best_val_acc, trainable_params=trainable, total_params=total,
         train_seconds=train.train_seconds, eval_seconds=eval_seconds,
         images_per_second=train.images_per_second, peak_memory_mb=train.peak_memory_mb,
-        config=cfg.to_dict(), history=train.history, device=course.device, standin=course.standin,
-        best_epoch=train.best_epoch, precision=train.precision, **extra)
-    path = save_result(result, course.results_dir, predictions=test) if save else course.result_path(method, variant)
+        config=cfg.to_dict(), history=train.history, **course.identity(),
+        best_epoch=train.best_epoch, epochs_run=train.epochs_run, precision=train.precision,
+        memory_measure=train.memory_measure, world_size=train.world_size,
+        resumed_from_epoch=train.resumed_from_epoch, **extra)
+    path = course.result_path(method, variant)
+    if save:
+        path = save_result(result, course.results_dir, predictions=test, val_predictions=val)
+        save_head(head_path(course.results_dir, name), clf.head.weight, clf.head.bias, method=method,
+                  variant=variant or "", model=course.loaded.name, dataset=course.dataset)
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)  # the run finished: its resume point is no longer needed
-    return RunOutput(clf, train, test, result, path)
+    return RunOutput(clf, train, test, result, path, val)

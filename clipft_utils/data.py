@@ -1,95 +1,66 @@
-"""Datasets behind one interface: Flowers102 (torchvision) and the SynthFlowers stand-in.
+"""The shared data layer: decoded-image cache, splits, k-shot sampling and transforms, the same for every dataset.
 
-Every split is decoded once into a uint8 cache after open_clip's deterministic evaluation geometry
-(shorter side resized to the model's size with bicubic interpolation, centre crop). Evaluation is then
-only ``/255`` and normalisation; training augmentation runs on the cached tensors.
+Each dataset (``clipft_utils.datasets``) says what its splits hold and how to decode rows of them. Here every
+split is decoded once into a uint8 cache after open_clip's deterministic evaluation geometry (shorter side
+resized to the model's size with bicubic interpolation, centre crop, then RGB). Only the rows a notebook uses
+are decoded: a k-shot training set or a k-per-class test subset is its own (small) cache entry. Evaluation
+is then only ``/255`` and normalisation; training augmentation runs on the cached tensors.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-from torchvision.transforms import v2
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset as TorchDataset
 
-from .errors import ConfigError, DatasetError, OfflineError
-from .paths import PROJECT_ROOT, atomic_path, cache_dir, data_dir
+from .datasets import SPLITS, Dataset, get_dataset
+from .datasets.base import default_workers
+from .errors import ConfigError, DatasetError
+from .paths import atomic_path, cache_dir, file_lock
 
-DATASETS = ("flowers102", "synthflowers")
-SPLITS = ("train", "val", "test")
-ASSETS = Path(__file__).resolve().parent / "assets"
-FLOWERS_SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
-FLOWERS_ENSEMBLE_TEMPLATES = (
-    "a photo of a {}, a type of flower.",
-    "a photo of a {}.",
-    "a close-up photo of a {}, a type of flower.",
-    "a cropped photo of a {}, a type of flower.",
-    "a bright photo of a {}, a type of flower.",
-    "a photo of the small {}, a type of flower.",
-    "a photo of the large {}, a type of flower.",
-    "itap of a {}.",
-)
-
-
-def check_dataset(name: str) -> str:
-    """Return ``name`` if it is a known dataset, else raise a ConfigError listing them."""
-    if name not in DATASETS:
-        raise ConfigError(f"Unknown dataset '{name}'. Fix: use one of {', '.join(DATASETS)}.")
-    return name
-
-
-def classnames(name: str) -> list[str]:
-    """The dataset's class names in label order (Flowers102: the names CLIP used)."""
-    if check_dataset(name) == "flowers102":
-        return (ASSETS / "flowers102_classnames.txt").read_text().strip().splitlines()
-    from . import synth
-    return list(synth.CLASSNAMES)
-
-
-def templates(name: str, ensemble: bool = False) -> list[str]:
-    """The dataset's prompt template(s): CLIP's single flower template, or an ensemble."""
-    if check_dataset(name) == "flowers102":
-        single = (ASSETS / "flowers102_templates.txt").read_text().strip().splitlines()
-        return list(FLOWERS_ENSEMBLE_TEMPLATES) if ensemble else single
-    from . import synth
-    return list(synth.ENSEMBLE_TEMPLATES if ensemble else synth.TEMPLATES)
+__all__ = ["SPLITS", "ImageSplit", "eval_transform", "train_transform", "few_shot_indices", "split_rows",
+           "get_split", "load_splits", "save_npy"]
 
 
 # --------------------------------------------------------------------------- transforms
-def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """open_clip's evaluation preprocessing applied to a cached (already resized and cropped) image."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+def eval_transform(mean: Sequence[float], std: Sequence[float]):
+    """open_clip's evaluation preprocessing of a cached (already resized and cropped) uint8 image [3, S, S]:
+    ``/255`` then normalisation, op for op as its ``ToTensor`` and ``Normalize`` (bit-identical results)."""
+    from .loader import normalise
+    return lambda image: normalise(image.unsqueeze(0), mean, std)[0]
 
 
-def train_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """open_clip's training augmentation (random resized crop, scale 0.9-1) plus a horizontal flip."""
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.9, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(mean), list(std)),
-    ])
+def train_transform(size: int, mean: Sequence[float], std: Sequence[float]):
+    """The loader's training augmentation for one image [3, S, S] (random resized crop, scale 0.9-1, and a
+    horizontal flip; see ``loader.augment``), drawn from torch's global generator."""
+    from .loader import augment, crop_params, normalise
+
+    def apply(image: torch.Tensor) -> torch.Tensor:
+        x = augment(image.unsqueeze(0).to(torch.float32), crop_params(1, size, None))
+        return normalise(x, mean, std)[0]
+    return apply
 
 
 # --------------------------------------------------------------------------- the split object
 @dataclass
-class ImageSplit(Dataset):
+class ImageSplit(TorchDataset):
     """One split as cached uint8 images [N, S, S, 3] + labels, served through a transform."""
 
     images: np.ndarray
     labels: np.ndarray
     classnames: list[str]
-    dataset: str
+    dataset: str                         # the dataset's display name (tables, figures)
     split: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    source_key: str                      # identifies the cached pixels (dataset, root, size)
-    indices: np.ndarray | None = None    # subset of the cached rows (k-shot); None = all
+    source_key: str                      # identifies the cached pixels (dataset content, split, rows, size)
+    indices: np.ndarray | None = None    # subset of the cached rows (k-shot, class subsets); None = all
     augment: bool = False
     _tf: object = field(default=None, repr=False)
 
@@ -107,7 +78,7 @@ class ImageSplit(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         row = self._row(i)
         image = torch.from_numpy(np.array(self.images[row])).permute(2, 0, 1)  # copy out of the memmap
-        return self._tf(v2.functional.to_image(image)).as_subclass(torch.Tensor), int(self.labels[row])
+        return self._tf(image), int(self.labels[row])
 
     @property
     def targets(self) -> np.ndarray:
@@ -128,6 +99,11 @@ class ImageSplit(Dataset):
         rows = "all" if self.indices is None else hashlib.sha1(np.asarray(self.indices).tobytes()).hexdigest()[:10]
         return f"{self.source_key}_{self.split}_{rows}"
 
+    @property
+    def key_prefix(self) -> str:
+        """The dataset part of the cache key (safe in file names)."""
+        return self.source_key.split("_", 1)[0]
+
     def with_augmentation(self, augment: bool = True) -> "ImageSplit":
         """The same rows with training augmentation switched on (or off)."""
         return replace(self, augment=augment)
@@ -138,10 +114,10 @@ class ImageSplit(Dataset):
         base = rows if self.indices is None else self.indices[rows]
         return replace(self, indices=base)
 
-    def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0):
-        """A DataLoader whose shuffling is reproducible per epoch (see engine.make_loader)."""
-        from .engine import make_loader
-        return make_loader(self, batch_size=batch_size, shuffle=shuffle, seed=seed, num_workers=num_workers)
+    def loader(self, batch_size: int, shuffle: bool = False, seed: int = 0, device: str | torch.device = "cpu"):
+        """Batches of this split on ``device`` (augmented when ``augment``), reproducible per epoch (loader.CachedLoader)."""
+        from .loader import CachedLoader
+        return CachedLoader(self, batch_size, shuffle=shuffle, augment=self.augment, seed=seed, device=device)
 
 
 # --------------------------------------------------------------------------- k-shot
@@ -165,78 +141,14 @@ def few_shot_indices(labels: np.ndarray, shots: int, seed: int = 0,
     return np.concatenate(picked)
 
 
-# --------------------------------------------------------------------------- Flowers102
-def flowers_folder(root: str | Path | None = None) -> Path:
-    """The ``flowers-102`` folder under ``root`` (default: the course's data folder)."""
-    return Path(root or data_dir()).expanduser() / "flowers-102"
-
-
-def _flowers_index(folder: Path, split: str) -> tuple[list[Path], np.ndarray]:
-    from scipy.io import loadmat
-    ids = loadmat(folder / "setid.mat", squeeze_me=True)[FLOWERS_SPLIT_KEYS[split]].tolist()
-    labels = loadmat(folder / "imagelabels.mat", squeeze_me=True)["labels"] - 1
-    files = [folder / "jpg" / f"image_{i:05d}.jpg" for i in ids]
-    return files, np.asarray([labels[i - 1] for i in ids], dtype=np.int64)
-
-
-def check_flowers_folder(root: str | Path | None, split: str) -> tuple[list[Path], np.ndarray]:
-    """Verify the official layout (jpg/, imagelabels.mat, setid.mat, every image of ``split``)."""
-    folder = flowers_folder(root)
-    fix = ("Fix: run `python -m clipft_utils prefetch` on a machine with internet (downloads ~330 MB into "
-           f"'{folder.parent}'), or set the notebook parameter `data_root` to the folder that contains "
-           "flowers-102/, or use profile='smoke' for the offline stand-in.")
-    missing = [p for p in ("jpg", "imagelabels.mat", "setid.mat") if not (folder / p).exists()]
-    if missing:
-        raise DatasetError(f"Flowers102 is not at '{folder}': missing {', '.join(missing)}. {fix}")
-    files, labels = _flowers_index(folder, split)
-    absent = [f for f in files if not f.exists()]
-    if absent:
-        raise DatasetError(
-            f"Flowers102 at '{folder}' is incomplete: {len(absent)} of the {len(files)} '{split}' images are "
-            f"missing (first: {absent[0].name}). {fix}")
-    return files, labels
-
-
-def _verified_torchvision(root: Path, split: str, transform) -> Dataset:
-    """torchvision's own Flowers102 (checks the md5 of the official .mat files)."""
-    from torchvision.datasets import Flowers102
-    try:
-        return Flowers102(str(root), split=split, transform=transform, download=False)
-    except RuntimeError as exc:
-        raise DatasetError(
-            f"torchvision rejected '{flowers_folder(root)}' ({exc}): its .mat files are not the official ones. "
-            "Fix: re-download with `python -m clipft_utils prefetch`, or pass verify=False for a "
-            "self-made stand-in.") from exc
-
-
-class _FileDataset(Dataset):
-    def __init__(self, files: list[Path], labels: np.ndarray, transform):
-        self.files, self.labels, self.transform = files, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-        with Image.open(self.files[i]) as im:
-            return self.transform(im.convert("RGB")), int(self.labels[i])
-
-
-def _decode_flowers(root: Path, split: str, size: int, verify: bool, workers: int) -> tuple[np.ndarray, np.ndarray]:
-    from torchvision import transforms as T
-    files, labels = check_flowers_folder(root, split)
-    geometry = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
-                          T.PILToTensor()])
-    ds = _verified_torchvision(root, split, geometry) if verify else _FileDataset(files, labels, geometry)
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers)
-    out = np.empty((len(files), size, size, 3), dtype=np.uint8)
-    got = np.empty(len(files), dtype=np.int64)
-    i = 0
-    for x, y in tqdm(loader, desc=f"decode flowers102/{split} @{size}px", leave=False):
-        out[i:i + len(x)] = x.permute(0, 2, 3, 1).numpy()
-        got[i:i + len(x)] = y.numpy()
-        i += len(x)
-    return out, got
+def split_rows(labels: np.ndarray, per_class: int | None, seed: int,
+               classnames: Sequence[str] | None = None, cap: bool = False) -> np.ndarray | None:
+    """Rows of a k-per-class subset (None: every row). ``cap`` lowers k to the smallest class's count."""
+    if per_class is None or per_class == 0:
+        return None
+    if cap:
+        per_class = min(int(per_class), int(np.bincount(np.asarray(labels)).min()))
+    return few_shot_indices(labels, per_class, seed, classnames)
 
 
 # --------------------------------------------------------------------------- the cache
@@ -246,74 +158,114 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+def _sample_hash(path: Path, chunk: int = 1 << 20) -> str:
+    """sha1 of a file's size and of its first, middle and last MiB (cheap on GB-sized caches)."""
+    size = path.stat().st_size
+    h = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as f:
+        for start in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+            f.seek(start)
+            h.update(f.read(chunk))
+    return h.hexdigest()
+
+
+def _problem(img_path: Path, lab_path: Path, meta_path: Path) -> str | None:
+    """Why a cache entry cannot be served (None: it can)."""
+    if not meta_path.exists():
+        return "incomplete (no record of a finished write)" if img_path.exists() else None
+    try:
+        meta = json.loads(meta_path.read_text())
+        images = np.load(img_path, mmap_mode="r")
+        labels = np.load(lab_path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if list(images.shape) != meta["shape"] or len(labels) != meta["shape"][0]:
+        return f"shape {list(images.shape)} does not match the recorded {meta['shape']}"
+    if _sample_hash(img_path) != meta["images_hash"] or _sample_hash(lab_path) != meta["labels_hash"]:
+        return "content does not match the recorded hash"
+    return None
+
+
 def _cached(key: str, build) -> tuple[np.ndarray, np.ndarray]:
+    """The cache entry ``key`` (uint8 images, labels); built once, checked on every read, rebuilt if damaged."""
     folder = cache_dir("decoded")
-    img_path, lab_path = folder / f"{key}_images.npy", folder / f"{key}_labels.npy"
-    if not (img_path.exists() and lab_path.exists()):
-        images, labels = build()
-        save_npy(lab_path, labels)
-        save_npy(img_path, images)  # written last: its presence marks a complete entry
+    img_path, lab_path, meta_path = (folder / f"{key}_{part}" for part in ("images.npy", "labels.npy", "meta.json"))
+    with file_lock(folder / f".{key}.lock"):  # two processes never build (or read half of) one entry
+        problem = _problem(img_path, lab_path, meta_path) if img_path.exists() or meta_path.exists() else "missing"
+        if problem is not None:
+            if problem != "missing":
+                warnings.warn(f"The decoded-image cache '{img_path}' is {problem}: rebuilding it.", stacklevel=3)
+            meta_path.unlink(missing_ok=True)
+            images, labels = build()
+            save_npy(lab_path, labels)
+            save_npy(img_path, images)
+            meta = {"shape": list(images.shape), "images_hash": _sample_hash(img_path),
+                    "labels_hash": _sample_hash(lab_path)}
+            with atomic_path(meta_path) as tmp:  # written last: it marks a complete entry
+                tmp.write_text(json.dumps(meta))
     return np.load(img_path, mmap_mode="r"), np.load(lab_path)
 
 
-def _root_id(root: Path) -> str:
-    return hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]
+def _rows_tag(rows: np.ndarray | None) -> str:
+    return "all" if rows is None else "r" + hashlib.sha1(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:10]
 
 
-def get_split(dataset: str, split: str, image_size: int, mean: Sequence[float], std: Sequence[float], *,
-              root: str | Path | None = None, seed: int = 0, download: bool = False, verify: bool = True,
-              workers: int = 2) -> ImageSplit:
-    """One split of ``dataset`` at ``image_size`` px, decoded once and cached under data/cache/decoded."""
-    check_dataset(dataset)
-    if split not in SPLITS:
-        raise ConfigError(f"Unknown split '{split}'. Fix: use one of {', '.join(SPLITS)}.")
-    if dataset == "flowers102":
-        root = Path(root or data_dir()).expanduser()
-        if download:
-            prefetch_flowers(root)
-        check_flowers_folder(root, split)  # fail fast, before any decoding
-        key = f"flowers102-{_root_id(root)}-{'v' if verify else 'u'}_{split}_{image_size}px"
-        images, labels = _cached(key, lambda: _decode_flowers(root, split, image_size, verify, workers))
-        source = key.replace(f"_{split}_", "_")
-    else:
-        from . import synth
-        version = hashlib.sha1(Path(synth.__file__).read_bytes()).hexdigest()[:8]  # redraw when the code changes
-        key = f"synthflowers-s{seed}-{version}_{split}_{image_size}px"
-        images, labels = _cached(key, lambda: synth.generate_split(split, seed=seed, image_size=image_size))
-        source = key.replace(f"_{split}_", "_")
-    return ImageSplit(images=images, labels=labels, classnames=classnames(dataset), dataset=dataset,
-                      split=split, mean=tuple(mean), std=tuple(std), source_key=source)
+def get_split(dataset: str | Dataset, split: str, image_size: int, mean: Sequence[float], std: Sequence[float], *,
+              root: str | Path | None = None, rows: np.ndarray | None = None, workers: int | None = None,
+              **options: Any) -> ImageSplit:
+    """Rows ``rows`` (None: all) of one split of ``dataset`` at ``image_size`` px, decoded once and cached."""
+    ds = get_dataset(dataset, root, **options)
+    ds.check_split(split)
+    ds.check()  # fail fast, before any decoding
+    all_labels = ds.labels(split)
+    picked = np.arange(len(all_labels)) if rows is None else np.asarray(rows, dtype=np.int64)
+    key = f"{ds.slug}-{ds.identity}_{split}_{image_size}px_{_rows_tag(rows)}"
+    images, labels = _cached(key, lambda: (ds.decode(split, picked, image_size, workers or default_workers()),
+                                           all_labels[picked]))
+    return ImageSplit(images=images, labels=labels, classnames=ds.classnames, dataset=ds.display, split=split,
+                      mean=tuple(mean), std=tuple(std), source_key=key)
 
 
-def load_splits(dataset: str, loaded, *, root: str | Path | None = None, shots: int | None = None,
-                seed: int = 0, data_seed: int = 0, splits: Sequence[str] = SPLITS,
-                download: bool = False, verify: bool = True) -> dict[str, ImageSplit]:
-    """The splits a notebook needs, sized and normalised for ``loaded`` (a models.LoadedCLIP)."""
-    out = {s: get_split(dataset, s, loaded.image_size, loaded.mean, loaded.std, root=root, seed=data_seed,
-                        download=download, verify=verify) for s in splits}
-    if shots is not None and "train" in out:
-        tr = out["train"]
-        out["train"] = tr.subset(few_shot_indices(tr.targets, shots, seed, tr.classnames))
+def load_splits(dataset: str | Dataset, loaded, *, root: str | Path | None = None, shots: int | None = None,
+                seed: int = 0, test_per_class: int | None = None, val_per_class: int | None = None,
+                splits: Sequence[str] = SPLITS, **options: Any) -> dict[str, ImageSplit]:
+    """The splits a notebook needs, sized and normalised for ``loaded`` (a models.LoadedCLIP).
+
+    ``shots``: k training images per class drawn with ``seed``; ``val_per_class``: k validation images per
+    class drawn with ``seed``; ``test_per_class``: a fixed k-per-class test subset (drawn with seed 0, the same
+    for every seed and method; lowered to the smallest class's count). Only those rows are decoded.
+    """
+    ds = get_dataset(dataset, root, **options)
+    ds.check()
+    plan = {"train": (shots, seed, False), "val": (val_per_class, seed, False), "test": (test_per_class, 0, True)}
+    out = {}
+    for s in splits:
+        per_class, draw_seed, cap = plan[s]
+        rows = split_rows(ds.labels(s), per_class, draw_seed, ds.classnames, cap=cap)
+        out[s] = get_split(ds, s, loaded.image_size, loaded.mean, loaded.std, rows=rows)
     return out
 
 
-def prefetch_flowers(root: str | Path | None = None) -> Path:
-    """Download Flowers102 (images and official split files) into ``root`` with torchvision."""
-    from torchvision.datasets import Flowers102
-    from .models import _online
-    root = Path(root or data_dir()).expanduser()
-    folder = flowers_folder(root)
-    if not (folder / "jpg").exists() and not _online("www.robots.ox.ac.uk"):
-        raise OfflineError(
-            f"Flowers102 is not in '{folder}' and this machine is offline. Fix: run "
-            "`python -m clipft_utils prefetch` on a machine with internet and copy the data/ folder over, "
-            "or use profile='smoke' for the offline stand-in.")
-    for split in SPLITS:
-        Flowers102(str(root), split=split, download=True)
-    return folder
-
-
-def project_shared_mats() -> Path | None:
-    """The official .mat files shipped beside the project (``../shared/data/flowers102``), if present."""
-    folder = PROJECT_ROOT.parent / "shared" / "data" / "flowers102"
-    return folder if (folder / "setid.mat").exists() and (folder / "imagelabels.mat").exists() else None
+def report(dataset: str | Dataset, root: str | Path | None = None, **options: Any) -> str:
+    """What the course will see of a dataset, before any work: classes, images per class and split, skipped
+    files and why, and the prompts (``python -m clipft_utils data check PATH``)."""
+    import pandas as pd
+    ds = get_dataset(dataset, root, **options)
+    ds.check()
+    counts = pd.DataFrame({s: np.bincount(ds.labels(s), minlength=len(ds.classnames)) for s in SPLITS},
+                          index=pd.Index(ds.classnames, name="class"))
+    lines = [f"dataset: {ds.describe()}", f"shown as: {ds.display}   (content id {ds.identity})",
+             f"{len(ds.classnames)} classes; images per split: "
+             + ", ".join(f"{s} {int(counts[s].sum())}" for s in SPLITS), "", counts.to_string(), ""]
+    skipped, ignored = getattr(ds, "skipped", []), getattr(ds, "ignored", [])
+    lines.append(f"skipped (unreadable) files: {len(skipped)}")
+    lines += [f"  {name}: {why}" for name, why in skipped]
+    if ignored:
+        lines.append(f"ignored (not an image by extension): {len(ignored)}: " + ", ".join(ignored[:10])
+                     + (" ..." if len(ignored) > 10 else ""))
+    if getattr(ds, "split_file", None) is not None:
+        lines.append(f"split file (edit it to move images between splits): {ds.split_file}")
+    prompts = ds.templates()
+    lines += ["", f"prompt template: {prompts[0]!r}, e.g. {prompts[0].format(ds.classnames[0])!r}",
+              f"ensemble ({len(ds.templates(True))} templates): " + " | ".join(ds.templates(True))]
+    return "\n".join(lines)

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import ConfigError
 from .evaluate import autocast_context, evaluate, resolve_precision, restore_modes, train_modes
 from .paths import atomic_path
+from .progress import bar
 from .seeding import seed_everything
 
 __all__ = [
@@ -30,7 +30,9 @@ __all__ = [
     "EpochSampler", "WarmupCosine", "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+RESUME_NEUTRAL = ("checkpoint_every",)
+"""Config fields that may change between a checkpoint and its resumption."""
 _MB = 2**20
 
 
@@ -76,6 +78,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start_mb = self.peak_mb = torch.cuda.memory_allocated(self.device) / _MB
             return self
+        release_free_memory()  # so that memory freed earlier cannot hide this block's own growth
         self.start_mb = self.peak_mb = self.sample()
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="PeakMemory", daemon=True)
@@ -88,6 +91,22 @@ class PeakMemory:
             self._thread.join()
             self._thread = None
         self.sample()
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so RSS measures what is in use."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: RSS is then a coarser measure
+        pass
+
+
+def module_mb(module: nn.Module) -> float:
+    """MB of a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) / _MB
 
 
 # ----------------------------------------------------------------------------- data order
@@ -177,10 +196,12 @@ class TrainResult:
     stopped_early: bool
     train_seconds: float         # wall time of training + validation, all sessions, excluding checkpoint I/O
     images_per_second: float     # training images / seconds spent in training passes (loading included)
-    peak_memory_mb: float        # this session: CUDA max allocated, or peak process RSS on CPU
+    peak_memory_mb: float        # training memory: the model + the peak increase while training (see fit)
     precision: str               # the resolved precision: fp32 | bf16 | fp16
     completed: bool = True       # False when stop_after_epochs paused the run
     resumed_from_epoch: int = 0  # epochs already done in the checkpoint this call resumed
+    memory_measure: str = ""     # what peak_memory_mb measured, in words
+    world_size: int = 1          # processes that trained together (DistributedDataParallel)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view."""
@@ -223,6 +244,8 @@ class _Run:
     seed: int
     best: dict[str, torch.Tensor] = field(default_factory=dict)
     last_lrs: list[float] = field(default_factory=list)
+    forward: nn.Module | None = None  # the model, or DistributedDataParallel(model) when several ranks train
+    run_id: str = ""
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -380,33 +403,53 @@ def _step(run: _Run) -> torch.Tensor | None:
     return norm
 
 
+def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+    """(images, labels, weights or None, items in the global batch) of a loader's batch (tuple or loader.Batch)."""
+    images = batch[0].to(device, non_blocking=True)
+    labels = torch.as_tensor(batch[1]).to(device, non_blocking=True).long()
+    weights = getattr(batch, "weights", None)
+    if weights is not None:
+        return images, labels, weights.to(device), int(batch.total)
+    return images, labels, None, len(labels)
+
+
 def _train_epoch(run: _Run, loader: Any, epoch: int, progress: bool) -> dict[str, Any]:
-    """One pass over the training data with gradient accumulation; returns the epoch's training stats."""
+    """One pass over the training data with gradient accumulation; returns the epoch's training stats.
+
+    Each micro-batch's loss is ``world * sum(w_i * CE_i) / n``, n the items of the whole (global) micro-batch:
+    after DDP averages the gradients over the ranks this is exactly the single-process mean over n, whatever
+    the split of the batch between ranks (padding items have weight 0).
+    """
+    from . import distributed
     run.model.train()
     run.optimizer.zero_grad(set_to_none=True)  # never add to gradients left over from before
-    n, k = len(loader), run.cfg.grad_accum_steps
+    n, k, world = len(loader), run.cfg.grad_accum_steps, distributed.world()
     loss_sum = torch.zeros((), device=run.device)
-    correct = torch.zeros((), device=run.device, dtype=torch.long)
-    seen, pending, norms = 0, 0, []
-    batches = tqdm(loader, total=n, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-    for i, (images, labels) in enumerate(batches):
-        images = images.to(run.device, non_blocking=True)
-        labels = torch.as_tensor(labels).to(run.device, non_blocking=True).long()
+    correct = torch.zeros((), device=run.device, dtype=torch.float64)
+    seen, pending, norms = 0.0, 0, []
+    batches = bar(loader, total=n, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+    for i, raw in enumerate(batches):
+        images, labels, weights, total = _batch(raw, run.device)
+        w = torch.ones(len(labels), device=run.device) if weights is None else weights.float()
         window = max(1, min(k, n - (i // k) * k))  # the last accumulation window may be shorter
-        with autocast_context(run.precision, run.device):
-            logits = run.model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing)
-        run.scaler.scale(loss / window).backward()
+        with distributed.no_sync(run.forward, skip=pending + 1 < window):
+            with autocast_context(run.precision, run.device):
+                logits = run.forward(images)
+            per_item = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing,
+                                       reduction="none")
+            loss = (per_item * w).sum() / total
+            run.scaler.scale(loss * world / window).backward()
         pending += 1
         if pending >= window:
             norms.append(_step(run))
             pending = 0
-        loss_sum += loss.detach() * len(labels)
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
-        seen += len(labels)
+        loss_sum += (per_item.detach() * w).sum()
+        correct += ((logits.detach().argmax(dim=1) == labels).double() * w).sum()
+        seen += float(w.sum())
     if pending:  # the loader yielded fewer batches than len(): still apply what was accumulated
         norms.append(_step(run))
-    return _epoch_stats(run, loss_sum, correct, seen, norms, epoch)
+    loss_total, correct_total, seen_total = distributed.sum_(loss_sum.item(), correct.item(), seen, device=run.device)
+    return _epoch_stats(run, loss_total, correct_total, int(round(seen_total)), norms, epoch)
 
 
 def _mean_finite(values: list[torch.Tensor | None]) -> float | None:
@@ -419,16 +462,16 @@ def _mean_finite(values: list[torch.Tensor | None]) -> float | None:
     return x.mean().item() if len(x) else None
 
 
-def _epoch_stats(run: _Run, loss_sum, correct, seen: int, norms: list, epoch: int) -> dict[str, Any]:
-    """The epoch's history record (synchronises with the device once); a non-finite loss stops training."""
-    train_loss = loss_sum.item() / max(seen, 1)
+def _epoch_stats(run: _Run, loss_sum: float, correct: float, seen: int, norms: list, epoch: int) -> dict[str, Any]:
+    """The epoch's history record (sums over every rank); a non-finite loss stops training."""
+    train_loss = loss_sum / max(seen, 1)
     if not math.isfinite(train_loss):
         raise FloatingPointError(
             f"Training loss became {train_loss} in epoch {epoch + 1}. "
             "Fix: lower lr, set grad_clip (e.g. 1.0), or use precision='fp32'."
         )
     return {
-        "epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct.item() / max(seen, 1),
+        "epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / max(seen, 1),
         "lr": dict(zip(run.group_names, run.last_lrs)),
         "grad_norm": _mean_finite(norms),
         "images": seen,
@@ -442,10 +485,29 @@ def _validate(run: _Run, val_loader: Any, eval_fn: Callable | None, epoch: int) 
         _set_epoch(val_loader, epoch)  # evaluation order / worker seeds independent of how often it ran
     if eval_fn is not None:
         out = eval_fn(run.model)
+    elif getattr(val_loader, "world", 1) > 1:
+        return _sharded_validation(run, val_loader)
     else:
         out = evaluate(run.model, val_loader, device=run.device, precision=run.precision)
     loss = getattr(out, "loss", None)
     return {"val_acc": float(getattr(out, "top1", out)), "val_loss": None if loss is None else float(loss)}
+
+
+@torch.inference_mode()
+def _sharded_validation(run: _Run, loader: Any) -> dict[str, Any]:
+    """Validation over a loader split between ranks: correct, loss and count summed over every rank."""
+    from . import distributed
+    correct = loss = count = 0.0
+    for raw in loader:
+        images, labels, weights, _ = _batch(raw, run.device)
+        w = torch.ones(len(labels), device=run.device) if weights is None else weights.float()
+        with autocast_context(run.precision, run.device):
+            logits = run.model(images).float()
+        correct += float(((logits.argmax(1) == labels).float() * w).sum())
+        loss += float((F.cross_entropy(logits, labels, reduction="none") * w).sum())
+        count += float(w.sum())
+    correct, loss, count = distributed.sum_(correct, loss, count, device=run.device)
+    return {"val_acc": correct / max(count, 1), "val_loss": loss / max(count, 1)}
 
 
 def _track_best(run: _Run, state: _State, record: dict[str, Any]) -> None:
@@ -501,35 +563,49 @@ def _set_rng_state(rng: dict[str, Any]) -> None:
 
 def _meta(run: _Run) -> dict[str, Any]:
     """What a checkpoint must match to be resumed by this run."""
+    config = {k: v for k, v in run.cfg.to_dict().items() if k not in RESUME_NEUTRAL}
     return {
         "params": [n for n, _ in run.named], "groups": run.group_names, "config_type": type(run.cfg).__name__,
-        "config": run.cfg.to_dict(), "steps_per_epoch": run.steps_per_epoch, "precision": run.precision,
-        "seed": run.seed,
+        "config": config, "steps_per_epoch": run.steps_per_epoch, "precision": run.precision,
+        "seed": run.seed, "run_id": run.run_id,
     }
 
 
 def _save_checkpoint(run: _Run, state: _State, path: Path) -> None:
-    """Write everything needed to continue bit-identically; atomic, so a kill never leaves half a file."""
-    payload = {
-        "format": CHECKPOINT_FORMAT, "meta": _meta(run),
-        "trainable": {name: p.detach().cpu() for name, p in run.named},
-        "best": run.best, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(), "state": dataclasses.asdict(state), "rng": _rng_state(),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """Write the trainable parameters, optimizer, schedule and progress (one rolling file, atomic, rank 0 only).
+
+    The best epoch's snapshot is stored only when it differs from the current weights."""
+    from . import distributed
+    if distributed.is_writer():
+        current_is_best = state.best_epoch == state.epoch
+        payload = {
+            "format": CHECKPOINT_FORMAT, "meta": _meta(run),
+            "trainable": {name: p.detach().cpu() for name, p in run.named},
+            "best": None if current_is_best else run.best, "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+            "state": dataclasses.asdict(state), "rng": _rng_state(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    distributed.barrier()
+
+
+class CheckpointMismatch(ConfigError):
+    """A checkpoint that belongs to another run (another config, model, data or seed)."""
 
 
 def _check_meta(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint written for another config, parameter set, loader length or seed."""
-    fix = f"Fix: pass resume=False to start over (the file is overwritten), or delete '{path}'."
+    """Refuse to resume a checkpoint written for another run (config, parameters, data, model or seed)."""
+    fix = (f"Fix: pass resume=False to start over (train_method(..., resume=False) or fit(..., resume=False); the "
+           f"file is overwritten), or delete '{path}'.")
     changed = sorted(k for k in set(saved["config"]) | set(current["config"])
                      if saved["config"].get(k) != current["config"].get(k))
     if changed or saved["config_type"] != current["config_type"]:
-        raise ConfigError(f"Checkpoint '{path}' was written with a different config ({', '.join(changed)}). {fix}")
-    for key in ("params", "groups", "steps_per_epoch", "seed"):
-        if saved[key] != current[key]:
-            raise ConfigError(f"Checkpoint '{path}' was written for different {key}. {fix}")
+        raise CheckpointMismatch(f"Checkpoint '{path}' was written with a different config ({', '.join(changed)}). {fix}")
+    for key in ("params", "groups", "steps_per_epoch", "seed", "run_id"):
+        if saved.get(key) != current.get(key):
+            what = "run (model, weights, data or training images)" if key == "run_id" else key
+            raise CheckpointMismatch(f"Checkpoint '{path}' was written for a different {what}. {fix}")
     if saved["precision"] != current["precision"]:
         warnings.warn(f"Resuming a {saved['precision']} checkpoint with {current['precision']}.", stacklevel=4)
 
@@ -538,10 +614,11 @@ def _load_checkpoint(run: _Run, path: Path) -> _State:
     """Restore weights, optimizer, schedule, scaler, progress and RNG from ``path``."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unreadable or from another format: say how to recover
-        raise ConfigError(f"Cannot read checkpoint '{path}': {exc}. Fix: delete it or pass resume=False.") from exc
+    except Exception as exc:  # unreadable (a damaged file) or from another format: say how to recover
+        raise CheckpointMismatch(f"Cannot read checkpoint '{path}': {exc}. Fix: delete it or pass resume=False.") from exc
     if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"Checkpoint '{path}' has format {ckpt.get('format')}. Fix: delete it or pass resume=False.")
+        raise CheckpointMismatch(f"Checkpoint '{path}' has format {ckpt.get('format')}. Fix: delete it or pass "
+                                 "resume=False.")
     _check_meta(ckpt["meta"], _meta(run), path)
     with torch.no_grad():
         for name, p in run.named:
@@ -550,7 +627,7 @@ def _load_checkpoint(run: _Run, path: Path) -> _State:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["scaler"] and run.scaler.is_enabled():
         run.scaler.load_state_dict(ckpt["scaler"])
-    run.best = ckpt["best"]
+    run.best = ckpt["best"] if ckpt["best"] is not None else {k: v.clone() for k, v in ckpt["trainable"].items()}
     _set_rng_state(ckpt["rng"])
     return _State(**ckpt["state"])
 
@@ -558,9 +635,10 @@ def _load_checkpoint(run: _Run, path: Path) -> _State:
 # ----------------------------------------------------------------------------- the loop
 def _run_epochs(run, state, train_loader, val_loader, eval_fn, checkpoint_path, stop_after, progress, desc) -> None:
     """Train, validate, track the best epoch and checkpoint, epoch by epoch, under one progress bar."""
-    bar = tqdm(total=run.cfg.epochs, initial=state.epoch, desc=desc, unit="epoch", disable=not progress)
+    epochs_bar = bar(total=run.cfg.epochs, initial=state.epoch, desc=desc, unit="epoch", disable=not progress)
     done_here = 0
-    with bar:
+    every = run.cfg.checkpoint_every
+    with epochs_bar:
         while not state.finished(run.cfg.epochs) and (stop_after is None or done_here < stop_after):
             start = time.perf_counter()
             _set_epoch(train_loader, state.epoch)
@@ -574,21 +652,31 @@ def _run_epochs(run, state, train_loader, val_loader, eval_fn, checkpoint_path, 
             state.step_seconds += trained
             state.images += record.pop("images")
             _track_best(run, state, record)
-            if checkpoint_path is not None:
-                _save_checkpoint(run, state, checkpoint_path)
             done_here += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_acc']:.3f}",
-                            lr=f"{run.last_lrs[0]:.2e}")
+            pausing = stop_after is not None and done_here >= stop_after
+            if checkpoint_path is not None and (state.epoch % every == 0 or pausing or state.finished(run.cfg.epochs)):
+                _save_checkpoint(run, state, checkpoint_path)
+            epochs_bar.update(1)
+            epochs_bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_acc']:.3f}",
+                                   lr=f"{run.last_lrs[0]:.2e}")
 
 
 def fit(
     model: nn.Module, param_groups: list[dict], train_loader: Any, val_loader: Any, cfg: TrainConfig, *,
     device: str | torch.device = "cpu", seed: int = 0, checkpoint_path: str | Path | None = None,
-    resume: bool = True, progress: bool = True, desc: str = "train",
+    resume: bool | str = True, progress: bool = True, desc: str = "train",
     eval_fn: Callable[[nn.Module], Any] | None = None, stop_after_epochs: int | None = None,
+    run_id: str = "", echo: Callable[[str], Any] | None = print,
 ) -> TrainResult:
-    """Train exactly the parameters in ``param_groups`` (AdamW, warm-up + cosine); the model ends on its best epoch."""
+    """Train exactly the parameters in ``param_groups`` (AdamW, warm-up + cosine); the model ends on its best epoch.
+
+    ``checkpoint_path``: resume from it and write it every ``cfg.checkpoint_every`` epochs. ``resume``: True
+    resumes a matching checkpoint and refuses one of another run; "auto" starts over (and says so) instead of
+    refusing; False ignores it. ``run_id`` names what else must match (model, weights, data). Under torchrun
+    (an initialised process group) the model trains as DistributedDataParallel; every rank agrees on every step.
+    The peak memory reported is the model's parameters and buffers plus the peak increase while training.
+    """
+    from . import distributed
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"cfg must be a TrainConfig (or a method's config), got {type(cfg).__name__}.")
     cfg.validate()
@@ -600,10 +688,20 @@ def fit(
     _warn_unhanded(model, named)
     model.to(dev)
     run = _build(model, named, param_groups, cfg, math.ceil(steps / cfg.grad_accum_steps), precision, dev, seed)
+    run.run_id, run.forward = run_id, distributed.wrap(model, dev)
     path = None if checkpoint_path is None else Path(checkpoint_path)
+    state = None
     if resume and path is not None and path.exists():
-        state = _load_checkpoint(run, path)
-    else:
+        try:
+            state = _load_checkpoint(run, path)
+            if echo:
+                echo(f"{desc}: resuming from checkpoint '{path}' after epoch {state.epoch} of {cfg.epochs}")
+        except CheckpointMismatch as exc:
+            if resume != "auto":
+                raise
+            if echo:
+                echo(f"{desc}: not resuming: {str(exc).split(' Fix:')[0]} Starting over.")
+    if state is None:
         seed_everything(seed, deterministic=False)
         state = _State()
     first_epoch, modes = state.epoch, train_modes(model)
@@ -613,10 +711,13 @@ def fit(
     finally:
         restore_modes(modes)
         _restore_best(run)
-    return _result(state, cfg, precision, memory.peak_mb, first_epoch)
+    peak = distributed.max_(module_mb(model) + max(0.0, memory.delta_mb), device=dev)
+    how = ("CUDA allocator" if memory.cuda else "CPU: process RSS") + ": model + peak increase while training"
+    return _result(state, cfg, precision, peak, first_epoch, how, distributed.world())
 
 
-def _result(state: _State, cfg: TrainConfig, precision: str, peak_mb: float, first_epoch: int) -> TrainResult:
+def _result(state: _State, cfg: TrainConfig, precision: str, peak_mb: float, first_epoch: int, how: str = "",
+            world: int = 1) -> TrainResult:
     """The run's `TrainResult`."""
     return TrainResult(
         history=state.history, best_epoch=state.best_epoch,
@@ -624,5 +725,5 @@ def _result(state: _State, cfg: TrainConfig, precision: str, peak_mb: float, fir
         stopped_early=state.stopped_early, train_seconds=state.train_seconds,
         images_per_second=state.images / state.step_seconds if state.step_seconds > 0 else 0.0,
         peak_memory_mb=peak_mb, precision=precision, completed=state.finished(cfg.epochs),
-        resumed_from_epoch=first_epoch,
+        resumed_from_epoch=first_epoch, memory_measure=how, world_size=world,
     )

@@ -19,3 +19,11 @@ class OfflineError(ClipftError, RuntimeError):
 
 class ResultsError(ClipftError, OSError):
     """The results folder cannot be written."""
+
+
+class WeightsError(ClipftError, ValueError):
+    """A local weights file is unreadable, not a state dict, or made for another architecture."""
+
+
+class DatasetWarning(UserWarning):
+    """Something about the data a user must know (e.g. unreadable files left out); ``setup`` prints it."""

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .config import PRECISIONS
 from .errors import ConfigError
+from .progress import bar
 
 __all__ = ["EvalResult", "evaluate", "probabilities", "resolve_precision", "autocast_context"]
 
@@ -156,7 +156,7 @@ class EvalResult:
 def _batches(loader: Iterable, progress: bool) -> Iterable:
     """Iterate a loader, with a progress bar if asked."""
     total = len(loader) if hasattr(loader, "__len__") else None
-    return tqdm(loader, total=total, desc="eval", leave=False, disable=not progress)
+    return bar(loader, total=total, desc="eval", leave=False, disable=not progress)
 
 
 def evaluate(
@@ -171,10 +171,15 @@ def evaluate(
     all_logits, all_labels = [], []
     try:
         with torch.inference_mode(), autocast_context(precision, device):
-            for images, labels in _batches(loader, progress):
-                out = model(images.to(device, non_blocking=True))
-                all_logits.append(out.float().cpu())
-                all_labels.append(torch.as_tensor(labels).cpu())
+            for batch in _batches(loader, progress):
+                images, labels = batch[0], torch.as_tensor(batch[1])
+                out = model(images.to(device, non_blocking=True)).float().cpu()
+                weights = getattr(batch, "weights", None)
+                if weights is not None:  # a loader.Batch: leave out weightless padding items
+                    keep = weights.cpu() > 0
+                    out, labels = out[keep], labels.cpu()[keep]
+                all_logits.append(out)
+                all_labels.append(labels.cpu())
     finally:
         restore_modes(modes)
     if not all_logits:

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .data import ImageSplit
-from .paths import atomic_path, cache_dir
+from .paths import atomic_path, cache_dir, file_lock
+from .progress import bar
 
 
 @dataclass
@@ -20,19 +21,45 @@ class FeatureSet:
 
     features: torch.Tensor   # float32 [N, D]
     labels: torch.Tensor     # int64 [N]
-    seconds: float           # time spent extracting (0 when read from the cache)
+    seconds: float           # the extraction pass that made these features (also when read from the cache)
     from_cache: bool
     path: str
+    peak_memory_mb: float | None = None  # of that pass (CUDA allocated, or process RSS on CPU)
+    device: str = ""                     # where that pass ran
 
     def normalized(self) -> torch.Tensor:
         """L2-normalised features."""
         return torch.nn.functional.normalize(self.features, dim=-1)
 
+    @property
+    def images_per_second(self) -> float:
+        return len(self.labels) / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.numpy().tobytes()).hexdigest()
+
+
+def _read(path, labels: torch.Tensor) -> dict | None:
+    """A cached entry that is whole and matches ``labels``; a damaged one is reported and None returned."""
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        ok = (stored["features"].shape[0] == len(stored["labels"])
+              and stored.get("sha1") == _digest(stored["features"]))
+    except Exception as exc:  # noqa: BLE001 - truncated or garbage file
+        warnings.warn(f"The feature cache '{path}' is damaged ({type(exc).__name__}: {exc}): rebuilding it.",
+                      stacklevel=3)
+        return None
+    if not ok:
+        warnings.warn(f"The feature cache '{path}' does not match its recorded hash: rebuilding it.", stacklevel=3)
+        return None
+    return stored if torch.equal(stored["labels"], labels) else None
+
 
 def feature_key(model_name: str, weights_id: str, split: ImageSplit, precision: str) -> str:
     """Cache key: model, weights, dataset pixels and rows, split, transform, numeric precision."""
     raw = f"{model_name}|{weights_id}|{split.cache_key}|eval|{precision}"
-    return f"{model_name}_{weights_id}_{split.dataset}_{split.split}_{hashlib.sha1(raw.encode()).hexdigest()[:16]}"
+    return f"{model_name}_{weights_id}_{split.key_prefix}_{split.split}_{hashlib.sha1(raw.encode()).hexdigest()[:16]}"
 
 
 @torch.inference_mode()
@@ -43,12 +70,12 @@ def encode_images(visual: nn.Module, split: ImageSplit, *, batch_size: int = 256
     was_training = visual.training
     visual.eval()
     out = []
-    loader = split.with_augmentation(False).loader(batch_size=batch_size)
+    from .loader import CachedLoader
+    loader = CachedLoader(split, batch_size, device=device)
     try:
-        for images, _ in tqdm(loader, desc=f"features {split.dataset}/{split.split}", disable=not progress,
-                              leave=False):
+        for batch in bar(loader, desc=f"features {split.dataset}/{split.split}", disable=not progress, leave=False):
             with autocast_context(precision, device):
-                out.append(visual(images.to(device, non_blocking=True)).float().cpu())
+                out.append(visual(batch[0]).float().cpu())
     finally:
         visual.train(was_training)
     return torch.cat(out)
@@ -57,18 +84,23 @@ def encode_images(visual: nn.Module, split: ImageSplit, *, batch_size: int = 256
 def extract_features(visual: nn.Module, split: ImageSplit, *, model_name: str, weights_id: str,
                      batch_size: int = 256, device="cpu", precision: str = "fp32", cache: bool = True,
                      progress: bool = True) -> FeatureSet:
-    """Features of ``split`` from the cache, or computed once and cached."""
+    """Features of ``split`` from the cache, or computed once and cached (with the timing of that pass)."""
+    from .engine import PeakMemory, module_mb
     path = cache_dir("features") / f"{feature_key(model_name, weights_id, split, precision)}.pt"
     labels = torch.as_tensor(np.asarray(split.targets), dtype=torch.long)
-    if cache and path.exists():
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        if torch.equal(stored["labels"], labels):
-            return FeatureSet(stored["features"], labels, 0.0, True, str(path))
-    start = time.perf_counter()
-    feats = encode_images(visual, split, batch_size=batch_size, device=device, precision=precision,
-                          progress=progress)
-    seconds = time.perf_counter() - start
-    if cache:
-        with atomic_path(path) as tmp:
-            torch.save({"features": feats, "labels": labels}, tmp)
-    return FeatureSet(feats, labels, seconds, False, str(path))
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        stored = _read(path, labels) if cache and path.exists() else None
+        if stored is not None:
+            return FeatureSet(stored["features"], labels, float(stored.get("seconds", 0.0)), True, str(path),
+                              stored.get("peak_memory_mb"), str(stored.get("device", "")))
+        with PeakMemory(device) as memory:
+            start = time.perf_counter()
+            feats = encode_images(visual, split, batch_size=batch_size, device=device, precision=precision,
+                                  progress=progress)
+            seconds = time.perf_counter() - start
+        peak = module_mb(visual) + max(0.0, memory.delta_mb)  # the tower + what the pass added, as fit() measures
+        if cache:
+            with atomic_path(path) as tmp:
+                torch.save({"features": feats, "labels": labels, "sha1": _digest(feats), "seconds": seconds,
+                            "peak_memory_mb": peak, "device": str(device)}, tmp)
+    return FeatureSet(feats, labels, seconds, False, str(path), peak, str(device))

@@ -202,18 +202,20 @@ def fit_best_head(course: Any, cfg: Any, progress: bool = False) -> dict[str, An
             "reason": why, "best_c": sweep.best_c}
 
 
-def head_file(results_dir: str | Path, seed: int) -> Path:
-    """``<results_dir>/heads/linear_probe_seed<seed>.pt``."""
-    return head_path(results_dir, f"linear_probe_seed{seed}")
+def head_file(results_dir: str | Path, seed: int, shots: int | None = None) -> Path:
+    """``<results_dir>/heads/linear_probe[_shots<k>]_seed<seed>.pt``."""
+    from .results import run_name
+    return head_path(results_dir, run_name("linear_probe", seed, None, shots))
 
 
-def save_probe_head(results_dir: str | Path, seed: int, head: dict[str, Any], **meta: Any) -> Path:
+def save_probe_head(results_dir: str | Path, seed: int, head: dict[str, Any], shots: int | None = None,
+                    **meta: Any) -> Path:
     """Write the winning head (``{weight, bias, recipe, val_acc, ...}``) where notebook 06 looks for it."""
     extra = {k: v for k, v in head.items() if k not in ("weight", "bias")}
-    return save_head(head_file(results_dir, seed), head["weight"], head["bias"], **{**extra, **meta})
+    return save_head(head_file(results_dir, seed, shots), head["weight"], head["bias"], **{**extra, **meta})
 
 
-def load_head(results_dir: str | Path, seed: int) -> dict[str, Any] | None:
-    """The linear probe's saved head for ``seed``, or None when notebook 02 has not written it."""
-    path = head_file(results_dir, seed)
+def load_head(results_dir: str | Path, seed: int, shots: int | None = None) -> dict[str, Any] | None:
+    """The linear probe's saved head for ``seed`` (and ``shots``), or None when notebook 02 has not written it."""
+    path = head_file(results_dir, seed, shots)
     return _read_head(path) if path.exists() else None

@@ -7,7 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,20 +44,42 @@ class LoadedCLIP:
 
     @property
     def is_standin(self) -> bool:
-        """True for the project's ToyCLIP (never to be reported as CLIP)."""
-        from . import toyclip
-        return self.name == toyclip.MODEL_NAME
+        """True for a model the project made itself (ToyCLIP): never to be reported as CLIP."""
+        return self.name in STANDIN_MODELS
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the weights are random: accuracies then mean nothing."""
+        return self.weights_id == "random"
 
 
-def _register_toyclip() -> None:
-    from . import toyclip
-    toyclip.register()
+@dataclass(frozen=True)
+class LocalWeights:
+    """Weights a plug-in provides as a local file (no download), e.g. ToyCLIP's ``synthflowers``."""
+
+    model: str
+    tag: str
+    path: Callable[[], Path]      # the open_clip state dict to load (may be built on first use)
+    weights_id: Callable[[], str]  # a stable id for cache keys; changes when the weights do
+
+
+LOCAL_WEIGHTS: dict[tuple[str, str], LocalWeights] = {}
+STANDIN_MODELS: dict[str, str] = {}
+"""Model name -> how its results are labelled (a model the project made itself, never CLIP)."""
+
+
+def register_local_weights(weights: LocalWeights, standin_note: str | None = None) -> None:
+    """Make ``pretrained=weights.tag`` of ``weights.model`` load a local file; a ``standin_note`` marks the model."""
+    LOCAL_WEIGHTS[(weights.model, weights.tag)] = weights
+    if standin_note:
+        STANDIN_MODELS[weights.model] = standin_note
 
 
 def check_model_name(name: str) -> str:
     """Return ``name`` if open_clip knows the architecture, else raise with close matches."""
     import open_clip
-    _register_toyclip()
+    from . import plugins
+    plugins.load()  # plug-ins add their model configs to open_clip
     known = open_clip.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
@@ -69,7 +91,8 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def _file_id(path: Path) -> str:
+def file_id(path: Path) -> str:
+    """``file-<sha1 prefix>`` of a file's bytes: the id of weights loaded from a local file."""
     h = hashlib.sha1()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -77,7 +100,8 @@ def _file_id(path: Path) -> str:
     return f"file-{h.hexdigest()[:12]}"
 
 
-def _online(host: str = "huggingface.co", timeout: float = 1.0) -> bool:
+def online(host: str = "huggingface.co", timeout: float = 1.0) -> bool:
+    """Whether ``host`` answers on port 443 within ``timeout`` (False at once with HF_HUB_OFFLINE=1)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
     try:
@@ -111,16 +135,17 @@ def cached_weights(name: str, tag: str, cache_dir: str | None = None) -> str | N
 def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = None) -> tuple[str | None, str]:
     """Turn a tag / path / 'random' into (what to pass open_clip, weights id); fail fast when offline."""
     import open_clip
-    from . import toyclip
+    from . import plugins
+    plugins.load()
     pretrained = (pretrained or "").strip()
     if pretrained.lower() in RANDOM_WEIGHTS:
         return None, "random"
-    if name == toyclip.MODEL_NAME and pretrained == toyclip.TAG:
-        path = toyclip.checkpoint_path()
-        return str(path), f"{toyclip.TAG}-{_file_id(toyclip.ASSET_PATH)[5:13]}"  # new build, new cache keys
+    local = LOCAL_WEIGHTS.get((name, pretrained))
+    if local is not None:
+        return str(local.path()), local.weights_id()
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return str(path), _file_id(path)
+        return str(path), file_id(path)
     if any(sep in pretrained for sep in ("/", "\\")) or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
         raise ConfigError(f"Weights file '{pretrained}' does not exist. Fix: check the path, or pass a tag "
                           f"such as '{DEFAULT_PRETRAINED}'.")
@@ -130,7 +155,7 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = N
             f"Model '{name}' has no weights tagged '{pretrained}'. Fix: use one of {tags or ['random']}, "
             "a local checkpoint path, or 'random'."
         )
-    if cached_weights(name, pretrained, cache_dir) is None and not _online():
+    if cached_weights(name, pretrained, cache_dir) is None and not online():
         raise OfflineError(
             f"The weights '{name}' / '{pretrained}' are not in the local cache and this machine is offline "
             f"(or HF_HUB_OFFLINE=1). Fix: on a machine with internet run "
@@ -140,14 +165,147 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = N
     return pretrained, pretrained
 
 
+def _short(text: object, limit: int = 90) -> str:
+    """First line of ``text``, cut to ``limit`` characters (for one-line 'found' descriptions)."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _read_weights_file(path: Path) -> tuple[Any, str | None]:
+    """(object in the file, None), or (None, what the file is instead). Only safe loads (weights_only)."""
+    import pickle
+    import re
+    import zipfile
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        return None, f"a file that cannot be read ({err.strerror or type(err).__name__})"
+    looks_safetensors = len(head) > 8 and head[8:9] == b"{"
+    if path.suffix == ".safetensors" or looks_safetensors:
+        try:
+            from safetensors.torch import load_file
+            return load_file(str(path), device="cpu"), None
+        except Exception as err:  # noqa: BLE001 - any failure means "not a readable safetensors file"
+            if path.suffix == ".safetensors":
+                return None, f"not a valid safetensors file ({_short(err)})"
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        return None, "not a PyTorch or safetensors file"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:
+            return None, (f"a pickle of Python objects ({found.group(1)}), not a plain state dict of tensors "
+                          "(e.g. a whole model or a training state)")
+        return None, "a damaged PyTorch file (it cannot be unpickled)"
+    except Exception as err:  # noqa: BLE001 - truncated zip, bad records, ...
+        detail = "" if "weights_only" in str(err) else f": {_short(err)}"
+        return None, f"a damaged or truncated PyTorch file ({type(err).__name__}{detail})"
+
+
+def _shape(t: Any) -> str:
+    return str(list(getattr(t, "shape", ())))
+
+
+def _state_dict_mismatch(name: str, obj: Any) -> str | None:
+    """What keeps ``obj`` (a loaded checkpoint) from being ``name``'s weights, or None if it would fit."""
+    import logging
+    import open_clip
+    if isinstance(obj, torch.jit.ScriptModule):
+        obj = obj.state_dict()
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        return f"a file holding a {type(obj).__name__}, not a state dict"
+    if not obj:
+        return "an empty state dict"
+    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = ", ".join(f"'{k}'" for k in list(obj)[:4])
+        return f"a dict without tensors (keys {keys}), not a state dict"
+    if all(str(k).startswith("module.") for k in obj):
+        obj = {k[7:]: v for k, v in obj.items()}
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": true but beside the point here
+    try:
+        with torch.device("meta"):  # the architecture's keys and shapes, without allocating or initialising
+            expected = open_clip.create_model(name, device="meta").state_dict()
+    finally:
+        logging.disable(previous)
+    lenient = {"logit_bias", "text.transformer.embeddings.position_ids"}  # open_clip fills in / drops these
+    unexpected = [k for k in obj if k not in expected and k not in lenient]
+    missing = [k for k in expected if k not in obj and k not in lenient]
+    shapes = []
+    for k, want in expected.items():
+        got = obj.get(k)
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) == tuple(want.shape):
+            continue
+        if k.startswith("logit_") and got.numel() == want.numel():
+            continue  # scalar vs 1-d: open_clip reshapes it
+        if k.endswith("positional_embedding") and got.shape[-1:] == want.shape[-1:]:
+            continue  # same width, other length: open_clip interpolates it
+        shapes.append(k)
+    if not (unexpected or missing or shapes):
+        return None
+    parts = []
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} such as '{unexpected[0]}'")
+    if missing:
+        parts.append(f"{len(missing)} missing such as '{missing[0]}'")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatch{'es' * (len(shapes) > 1)}, e.g. '{k}' "
+                     f"{_shape(obj[k])} in the file vs {_shape(expected[k])} expected")
+    what = "a state dict for another architecture" if unexpected or missing else f"a state dict that does not fit '{name}'"
+    return f"{what}: {', '.join(parts)}"
+
+
+def _weights_problem(name: str, path: Path) -> str | None:
+    """One line saying what is wrong with the local weights file ``path`` for ``name``, or None if nothing is."""
+    obj, found = _read_weights_file(path)
+    return found if found is not None else _state_dict_mismatch(name, obj)
+
+
+def _weights_error(name: str, path: Path, found: str):
+    """The ``WeightsError`` for a local file that cannot be ``name``'s weights."""
+    import open_clip
+    from .errors import WeightsError
+    tags = list(open_clip.list_pretrained_tags_by_model(name)) + [t for (m, t) in LOCAL_WEIGHTS if m == name]
+    tag = DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in tags or not tags else tags[0]
+    return WeightsError(
+        f"Cannot load the weights file '{path}' into model '{name}'. Expected: an open_clip state dict (or "
+        f"checkpoint with a 'state_dict') for the architecture '{name}'. Found: {found}. Fix: check the path; "
+        f"pass the weights of a {name} model (a file saved with torch.save(model.state_dict(), path)); or use "
+        f"pretrained='random' / a tag such as '{tag}'."
+    )
+
+
 def load_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
               device: str | torch.device = "cpu", cache_dir: str | None = None) -> LoadedCLIP:
-    """Load an open_clip model by name and weights tag, local checkpoint path, or 'random'."""
+    """Load an open_clip model by name and weights tag, local checkpoint path, or 'random'.
+
+    A local file that is not a state dict of ``name`` raises ``WeightsError`` saying what it is instead.
+    """
     import open_clip
     check_model_name(name)
     weights, weights_id = resolve_weights(name, pretrained, cache_dir)
-    model, pre_train, pre_val = open_clip.create_model_and_transforms(
-        name, pretrained=weights, device=device, cache_dir=cache_dir)
+    local_file = Path(weights) if weights is not None and Path(weights).is_file() else None
+    import logging
+    if weights is None:  # open_clip warns "No pretrained weights loaded": the label says RANDOM WEIGHTS instead
+        logging.disable(logging.WARNING)
+    try:
+        model, pre_train, pre_val = open_clip.create_model_and_transforms(
+            name, pretrained=weights, device=device, cache_dir=cache_dir)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception:
+        found = _weights_problem(name, local_file) if local_file is not None else None
+        if found is None:  # not the file's fault (or not a file at all): the original error is the right one
+            raise
+        # `from None`: the raw loader error (pickle opcodes, key dumps, "weights_only" advice) helps nobody here
+        raise _weights_error(name, local_file, found) from None
+    finally:
+        logging.disable(logging.NOTSET)
     model.eval()
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = cfg.get("size", model.visual.image_size)

@@ -9,12 +9,22 @@ from typing import Iterator
 
 from .errors import ResultsError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; atomic renames still keep every file whole
+    fcntl = None
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_dir() -> Path:
-    """Root of datasets and caches (``$CLIPFT_DATA`` or ``<project>/data``)."""
-    return Path(os.environ.get("CLIPFT_DATA", PROJECT_ROOT / "data")).expanduser()
+    """Root of datasets and caches (``$CLIPFT_DATA`` or ``<project>/data``); a file there is a clear error."""
+    path = Path(os.environ.get("CLIPFT_DATA", PROJECT_ROOT / "data")).expanduser()
+    if path.exists() and not path.is_dir():
+        from .errors import DatasetError
+        raise DatasetError(f"The data folder '{path}' (CLIPFT_DATA) is a file, not a folder. Fix: point "
+                           "CLIPFT_DATA at a folder (it is created if missing), or unset it to use <project>/data.")
+    return path
 
 
 def cache_dir(*parts: str) -> Path:
@@ -57,9 +67,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the result the usual permissions
+        journal(path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def journal(path: str | os.PathLike) -> None:
+    """Note ``path`` in the runner's journal (``$CLIPFT_JOURNAL``): what a notebook wrote, so that the runner
+    can record it as done, or set it aside when the notebook fails."""
+    target = os.environ.get("CLIPFT_JOURNAL")
+    if target:
+        with open(target, "a") as f:
+            f.write(f"{Path(path).resolve()}\n")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -67,3 +87,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, blocking: bool = True, shared: bool = False) -> Iterator[bool]:
+    """Hold an advisory lock on ``path`` (created if missing) for the block; yields False if ``blocking``
+    is off and another process holds it. The lock ends with the process, so a killed run never leaves one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        if fcntl is None:
+            yield True
+            return
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle, mode)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

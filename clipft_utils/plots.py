@@ -1,109 +1,212 @@
-"""Figure helpers shared by the notebooks; every one takes a ``title`` (use ``course.title(...)``) and returns the Figure."""
+"""Figure helpers shared by the notebooks; every one takes a ``title`` (use ``course.title(...)``) and returns the Figure.
+
+Every figure uses matplotlib's constrained layout (no ``tight_layout`` warnings), puts its legend outside the
+axes (it never covers data) and uses numeric bar positions with :func:`unique_labels` (equal names never merge).
+"""
 from __future__ import annotations
 
 import textwrap
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import PercentFormatter
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"
+FRACTION_LABEL = "fraction of training (epoch / epochs run)"
 
 
 def _wrap(name: str, width: int = 24) -> str:
-    """A class name wrapped onto lines of ``width`` characters."""
-    return "\n".join(textwrap.wrap(name, width)) or name
+    """A class name wrapped onto lines of ``width`` characters (never truncated)."""
+    return "\n".join(textwrap.wrap(str(name), width)) or str(name)
 
 
+def unique_labels(names: Sequence[str], width: int = 24, ids: Sequence[int] | None = None) -> list[str]:
+    """Full names wrapped to ``width``; labels that are still equal get their class index (``ids``) appended."""
+    labels = [_wrap(n, width) for n in names]
+    ids = list(range(len(labels))) if ids is None else [int(i) for i in ids]
+    counts = Counter(labels)
+    return [f"{lab} (#{i})" if counts[lab] > 1 else lab for lab, i in zip(labels, ids)]
+
+
+def _floats(values: Any) -> np.ndarray:
+    """Any sequence of numbers / None / NaN / objects as a float array (non-numbers become NaN)."""
+    out = []
+    for v in np.atleast_1d(np.asarray(values if values is not None else [], dtype=object)).ravel():
+        try:
+            out.append(float(v) if v is not None else np.nan)
+        except (TypeError, ValueError):
+            out.append(np.nan)
+    return np.asarray(out, dtype=float)
+
+
+def _empty(ax: Axes, text: str = "no results") -> None:
+    """A grey note in the middle of an axes that has nothing to show."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
+def legend_outside(ax: Axes, fontsize: float = 8, extra: Sequence[Any] = (), **kw: Any) -> None:
+    """The axes' legend (plus ``extra`` handles) to the right of it, where it cannot cover data."""
+    handles, labels = ax.get_legend_handles_labels()
+    handles, labels = handles + list(extra), labels + [h.get_label() for h in extra]
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  fontsize=fontsize, **kw)
+
+
+def _fmt(percent: bool):
+    """Value formatter for labels: ``41.2%`` for fractions, else three significant digits."""
+    return (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3g}")
+
+
+def zoom_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float, bool]:
+    """Axis limits around the data range (``lows`` = values - errors, ``highs`` = values + errors); True if > 0."""
+    lo, hi = _floats(lows), _floats(highs)
+    lo, hi = lo[np.isfinite(lo)], hi[np.isfinite(hi)]
+    if not len(lo) or not len(hi):
+        return 0.0, 1.0, False
+    lo_v, hi_v = float(lo.min()), float(hi.max())
+    span = hi_v - lo_v or abs(hi_v) * 0.05 or 1e-3
+    low = lo_v - 0.5 * span
+    return (max(low, 0.0), hi_v + 0.3 * span, low > 0)
+
+
+def _zoom_note(low: float, percent: bool) -> str:
+    """The visible note on a zoomed axis."""
+    return f"axis starts at {_fmt(percent)(low)}, not at 0"
+
+
+# ----------------------------------------------------------------------------- images and classes
 def prediction_grid(images: np.ndarray, labels: Sequence[int], preds: Sequence[int], classnames: Sequence[str],
-                    n: int = 16, cols: int = 8, title: str = "") -> Figure:
-    """Images [N, H, W, 3] (uint8) with true and predicted names; green = right, red = wrong."""
+                    n: int = 16, cols: int = 4, title: str = "", fontsize: float = 8.5) -> Figure:
+    """Images [N, H, W, 3] (uint8) with full true and predicted names; green = right, red = wrong."""
     n = min(n, len(images))
+    cols = max(1, min(cols, n or 1))
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.0 * cols, 2.9 * rows + 0.6), squeeze=False)
+    names = unique_labels(classnames, 30)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.9 * rows + 0.7), squeeze=False, layout="constrained")
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
             continue
         ax.imshow(np.asarray(images[i]))
         ok = int(labels[i]) == int(preds[i])
-        ax.set_title(f"true: {_wrap(classnames[labels[i]])}\npred: {_wrap(classnames[preds[i]])}",
-                     fontsize=6.5, color=CORRECT if ok else WRONG)
+        ax.set_title(f"true: {names[int(labels[i])]}\npred: {names[int(preds[i])]}", fontsize=fontsize,
+                     color=CORRECT if ok else WRONG, loc="left")
+    if not n:
+        _empty(axes.flat[0], "no images")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
+
+
+def _tie_note(acc: np.ndarray, value: float) -> str:
+    """`` (23 classes at 0%)`` when several classes share the value shown at the end of a panel."""
+    tied = int(np.sum(np.isclose(acc[np.isfinite(acc)], value)))
+    return f" ({tied} classes at {100 * value:.0f}%)" if tied > 1 else ""
 
 
 def per_class_bars(per_class_acc: Sequence[float], classnames: Sequence[str], k: int = 10, title: str = "") -> Figure:
-    """The ``k`` best and ``k`` worst classes by accuracy, as two horizontal bar charts."""
-    acc = np.asarray(per_class_acc, dtype=float)
-    order = [i for i in np.argsort(acc, kind="stable") if np.isfinite(acc[i])]
+    """The ``k`` best and ``k`` worst classes by accuracy, as two horizontal bar charts (ties are counted)."""
+    acc = _floats(per_class_acc)
+    order = [int(i) for i in np.argsort(acc, kind="stable") if np.isfinite(acc[i])]
     k = max(1, min(k, len(order) // 2 or 1))
     worst, best = order[:k], order[::-1][:k]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.42 * k + 1.6), sharex=True)
-    for ax, idx, name, color in ((axes[0], best, "best", CORRECT), (axes[1], worst, "worst", WRONG)):
-        pos = np.arange(len(idx))[::-1]  # numeric positions: equal names must not merge into one bar
-        ax.barh(pos, acc[idx], color=color)
-        ax.set_yticks(pos, [_wrap(classnames[i], 34) for i in idx], fontsize=6.5)
-        ax.bar_label(ax.containers[0], labels=[f"{100 * a:.0f}%" for a in acc[idx]], fontsize=7, padding=2)
-        ax.set_title(f"{k} {name} classes", fontsize=9)
-        ax.set_xlim(0, 1.1)
+    names = unique_labels(classnames, 34)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * k + 1.8), sharex=True, layout="constrained")
+    panels = ((axes[0], best, "best", CORRECT, max), (axes[1], worst, "worst", WRONG, min))
+    for ax, idx, name, color, extreme in panels:
+        ax.set_xlim(0, 1.12)
         ax.set_xlabel("accuracy")
+        if not idx:
+            _empty(ax, "no per-class accuracy")
+            ax.set_title(f"{name} classes", fontsize=9)
+            continue
+        pos = np.arange(len(idx))[::-1]  # numeric positions: equal names must not merge into one bar
+        vals = acc[idx]
+        ax.barh(pos, vals, color=color)
+        zero = vals <= 0
+        if zero.any():
+            ax.plot(vals[zero], pos[zero], ls="none", marker="o", ms=7, color=color, clip_on=False)  # 0 stays visible
+        ax.set_yticks(pos, [names[i] for i in idx], fontsize=7.5)
+        for v, y in zip(vals, pos):
+            ax.annotate(f"{100 * v:.0f}%", (v, y), xytext=(7, 0), textcoords="offset points", va="center", fontsize=7.5)
+        ax.set_title(f"{len(idx)} {name} classes{_tie_note(acc, extreme(vals))}", fontsize=9)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
+# ----------------------------------------------------------------------------- curves
 def _histories(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]) -> dict[str, Sequence[Mapping]]:
     """One history (list of epoch records) or ``{name: history}`` -> ``{name: history}``."""
     return dict(history) if isinstance(history, Mapping) else {"": history}
 
 
-def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]], title: str = "") -> Figure:
-    """Training loss and validation top-1 per epoch (``engine.fit`` histories), one line per run."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, hist in _histories(history).items():
-        epochs = [r["epoch"] for r in hist]
-        ax_loss.plot(epochs, [r["train_loss"] for r in hist], marker=".", label=f"{name} train".strip())
+def progress_axis(lengths: Sequence[float]) -> bool:
+    """True when runs of different lengths are compared: plot against the fraction of training, not epochs."""
+    return len({float(n) for n in lengths if n}) > 1
+
+
+def mark_best(ax: Axes, x: Sequence[float], y: Sequence[float], color: Any) -> None:
+    """A star on the highest point of one curve (its best epoch)."""
+    ys = _floats(y)
+    if np.isfinite(ys).any():
+        i = int(np.nanargmax(ys))
+        ax.plot([_floats(x)[i]], [ys[i]], marker="*", ms=12, color=color, mec="k", mew=0.6, ls="none", zorder=4,
+                clip_on=False)
+
+
+def best_marker_handle() -> Line2D:
+    """The legend entry for :func:`mark_best`."""
+    return Line2D([], [], marker="*", ms=10, color="w", mfc="grey", mec="k", mew=0.6, ls="none", label="best epoch")
+
+
+def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]], title: str = "",
+                    baselines: Mapping[str, float] | None = None) -> Figure:
+    """Training loss and validation top-1 (``engine.fit`` histories), one colour per run, best epoch starred.
+
+    Runs of different lengths are drawn against the fraction of training (epoch / epochs run);
+    ``baselines`` (``{"zero-shot head": 0.21}``) become dotted horizontal lines on the accuracy panel.
+    """
+    runs = {name: list(hist or []) for name, hist in _histories(history).items()}
+    epochs = {name: _floats([r.get("epoch") for r in hist]) for name, hist in runs.items()}
+    lengths = {name: float(np.nanmax(e)) if np.isfinite(e).any() else 0.0 for name, e in epochs.items()}
+    fraction = progress_axis(list(lengths.values()))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for i, (name, hist) in enumerate(runs.items()):
+        x = epochs[name] / lengths[name] if fraction and lengths[name] else epochs[name]
+        tag = f"{name} ({lengths[name]:.0f} ep)" if fraction else name
+        color = f"C{i}"
+        ax_loss.plot(x, _floats([r.get("train_loss") for r in hist]), marker=".", color=color, label=tag or "train")
         if any(r.get("val_loss") is not None for r in hist):
-            ax_loss.plot(epochs, [r.get("val_loss") for r in hist], ls="--", label=f"{name} val".strip())
-        ax_acc.plot(epochs, [r["val_acc"] for r in hist], marker=".", label=name or "val")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="top-1", title="validation accuracy")
+            ax_loss.plot(x, _floats([r.get("val_loss") for r in hist]), ls="--", color=color,
+                         label=None if tag else "val")
+        val = _floats([r.get("val_acc") for r in hist])
+        ax_acc.plot(x, val, marker=".", color=color, label=tag or "val")
+        mark_best(ax_acc, x, val, color)
+    for j, (name, value) in enumerate((baselines or {}).items()):
+        if np.isfinite(_floats([value])[0]):
+            color = "grey" if len(baselines) == 1 else f"C{len(runs) + j}"
+            ax_acc.axhline(float(value), ls=":", color=color, label=name)
+    xlabel = FRACTION_LABEL if fraction else "epoch"
+    ax_loss.set(xlabel=xlabel, ylabel="cross-entropy", title="loss")
+    ax_acc.set(xlabel=xlabel, ylabel="top-1", title="validation accuracy")
+    if not fraction:
+        for ax in (ax_loss, ax_acc):
+            ax.xaxis.get_major_locator().set_params(integer=True)
+    trained = any(len(h) for h in runs.values())
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if not trained:
+            _empty(ax, "no training history")
+    styles = [Line2D([], [], color="grey", marker=".", label="train"),
+              Line2D([], [], color="grey", ls="--", label="val")]
+    legend_outside(ax_loss, extra=styles if any(runs) and trained else [])
+    legend_outside(ax_acc, extra=[best_marker_handle()] if trained else [])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], title: str = "",
-                ylabel: str = "test top-1", errors: Mapping[str, float] | None = None,
-                percent: bool = True, series: Sequence[str] | None = None) -> Figure:
-    """Bars of ``name -> value`` (or ``name -> [one value per series]``, grouped), each labelled with its value."""
-    names = list(values)
-    grouped = any(isinstance(v, (list, tuple, np.ndarray)) for v in values.values())
-    data = np.array([np.atleast_1d(values[n]) for n in names], dtype=float)
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(names) * data.shape[1]), 3.6))
-    width = 0.8 / data.shape[1]
-    for j in range(data.shape[1]):
-        x = np.arange(len(names)) + (j - (data.shape[1] - 1) / 2) * width
-        err = [errors.get(n, 0) for n in names] if errors and not grouped else None
-        label = series[j] if series is not None and j < len(series) else None
-        bars = ax.bar(x, data[:, j], width, yerr=err, capsize=3, label=label,
-                      color=f"C{j}" if grouped else [f"C{i}" for i in range(len(names))])
-        fmt = (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3g}")
-        ax.bar_label(bars, labels=[fmt(v) for v in data[:, j]], fontsize=8)
-    ax.set_xticks(np.arange(len(names)), names, fontsize=8)
-    ax.set_ylabel(ylabel)
-    if series is not None:
-        ax.legend(fontsize=8)
-    if percent:
-        ax.set_ylim(0, min(1.08, max(0.05, float(np.nanmax(data))) * 1.15))
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -112,29 +215,168 @@ def metric_curve(x: Sequence[float], y: Mapping[str, Sequence[float]] | Sequence
                  mark: float | None = None) -> Figure:
     """One or more ``y(x)`` lines (e.g. validation accuracy against C), with an optional vertical marker."""
     series = dict(y) if isinstance(y, Mapping) else {"": y}
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+    xs = _floats(list(x))
     for name, ys in series.items():
-        ax.plot(list(x)[:len(ys)], ys, marker="o", label=name or None)
+        ys = _floats(list(ys))
+        ax.plot(xs[:len(ys)], ys[:len(xs)], marker="o", label=name or None)
     if mark is not None:
         ax.axvline(mark, color="grey", ls=":", label=f"chosen: {mark:g}")
-    if logx:
+    if logx and (xs[np.isfinite(xs)] > 0).any():
         ax.set_xscale("log")
+    if not np.isfinite(xs).any():
+        _empty(ax)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
-    if any(series) or mark is not None:
-        ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- bars
+def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], title: str = "",
+                ylabel: str = "test top-1", errors: Mapping[str, float] | None = None,
+                percent: bool = True, series: Sequence[str] | None = None, zoom: bool = False) -> Figure:
+    """Bars of ``name -> value`` (or ``name -> [one value per series]``, grouped), each labelled with its value.
+
+    ``zoom=True`` zooms the value axis to the data range (with a note that it does not start at 0).
+    """
+    names = list(values)
+    grouped = any(isinstance(v, (list, tuple, np.ndarray)) for v in values.values())
+    width_n = max((len(np.atleast_1d(values[n])) for n in names), default=1)
+    data = np.full((len(names), width_n), np.nan)
+    for i, n in enumerate(names):
+        row = _floats(values[n])
+        data[i, :len(row)] = row
+    err = np.array([_floats([(errors or {}).get(n, 0)])[0] for n in names]) if errors and not grouped else None
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) * width_n + 1.5), 3.8), layout="constrained")
+    if not names or not np.isfinite(data).any():
+        _empty(ax)
+    fmt = _fmt(percent)
+    width = 0.8 / width_n
+    for j in range(width_n):
+        x = np.arange(len(names)) + (j - (width_n - 1) / 2) * width
+        label = series[j] if series is not None and j < len(series) else None
+        bars = ax.bar(x, np.nan_to_num(data[:, j]), width, yerr=err, capsize=3, label=label,
+                      color=f"C{j}" if grouped else [f"C{i}" for i in range(len(names))])
+        ax.bar_label(bars, labels=[fmt(v) if np.isfinite(v) else "n/a" for v in data[:, j]], fontsize=8)
+    ax.set_xticks(np.arange(len(names)), names, fontsize=8)
+    e = np.nan_to_num(err) if err is not None else 0
+    low, high, zoomed = zoom_limits((data - np.atleast_2d(e).T).ravel() if err is not None else data.ravel(),
+                                    (data + np.atleast_2d(e).T).ravel() if err is not None else data.ravel())
+    if zoom and zoomed:
+        ax.set_ylim(low, high)
+        ylabel = f"{ylabel}\n({_zoom_note(low, percent)})"
+    elif percent and np.isfinite(data).any():
+        ax.set_ylim(0, min(1.08, max(0.05, float(np.nanmax(data))) * 1.15))
+    ax.set_ylabel(ylabel)
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    legend_outside(ax)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def _series(values: Sequence[float] | Mapping[str, Sequence[float]],
+            errors: Sequence[float] | Mapping[str, Sequence[float]] | None) -> tuple[dict, dict]:
+    """``{series: float array}`` and matching error arrays (0 where none) from one sequence or a mapping."""
+    series = ({str(k): _floats(list(v)) for k, v in values.items()} if isinstance(values, Mapping)
+              else {"": _floats(list(values))})
+    if not isinstance(errors, Mapping):
+        errors = {next(iter(series)): errors} if errors is not None else {}
+    errs = {k: np.nan_to_num(_floats(list(errors[k]))) if errors.get(k) is not None else np.zeros(len(v))
+            for k, v in series.items()}
+    return series, errs
+
+
+def ranked_bars(names: Sequence[str], values: Sequence[float] | Mapping[str, Sequence[float]],
+                errors: Sequence[float] | Mapping[str, Sequence[float]] | None = None, title: str = "",
+                xlabel: str = "top-1", percent: bool = True, sort: bool = True, zoom: bool = True) -> Figure:
+    """Horizontal bars, one row per name (best of the first series on top), every bar labelled with its value.
+
+    ``values`` is one sequence or ``{series: sequence}`` (e.g. ``{"validation": ..., "test": ...}``: the first
+    series is drawn first in each row and ranks the rows). The value axis is zoomed to the data range, with a
+    note saying that it does not start at 0.
+    """
+    series, errs = _series(values, errors)
+    names = [str(n) for n in names]
+    first = next(iter(series.values()))
+    order = np.argsort(-first, kind="stable") if sort else np.arange(len(names))
+    s = len(series)
+    fig, ax = plt.subplots(figsize=(7.5, 0.15 * len(names) * s + 0.1 * len(names) + 1.8), layout="constrained")
+    lows = np.concatenate([v - errs[k] for k, v in series.items()])
+    highs = np.concatenate([v + errs[k] for k, v in series.items()])
+    low, high, zoomed = zoom_limits(lows, highs) if zoom else (0.0, 0.0, False)
+    low = low if zoomed else 0.0
+    fmt, height = _fmt(percent), 0.8 / s
+    y0 = np.arange(len(names))[::-1].astype(float)
+    for j, (name, v) in enumerate(series.items()):
+        y = y0 + 0.4 - height * (j + 0.5)
+        vals, e = v[order], errs[name][order]
+        ax.barh(y, np.nan_to_num(vals), height, xerr=e if e.any() else None, capsize=2, color=f"C{j}",
+                label=name or None)
+        for val, ee, yy in zip(vals, e, y):
+            ok = np.isfinite(val)
+            ax.annotate(fmt(val) if ok else "n/a", (val + ee if ok else low, yy), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(y0, unique_labels([names[i] for i in order], 40), fontsize=8)
+    if not len(names) or not np.isfinite(lows).any():
+        _empty(ax)
+    elif zoomed:
+        ax.set_xlim(low, high)
+    else:
+        ax.set_xlim(0, float(np.nanmax(highs)) * 1.15 or 1.0)
+    ax.set_xlabel(f"{xlabel} ({_zoom_note(low, percent)})" if zoomed else xlabel)
+    if percent:
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.grid(axis="x", alpha=0.3)
+    legend_outside(ax)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def slowdown_bars(table: Any, title: str = "", xlabel: str = "inference time with prefix / without") -> Figure:
+    """Measured inference-time ratio per model (bars) with the token ratio (black tick) and 1.0 (no slowdown).
+
+    ``table``: a DataFrame indexed by model name with columns ``ratio``, ``token ratio`` and ``measured``.
+    """
+    rows = list(table.iterrows()) if table is not None else []
+    fig, ax = plt.subplots(figsize=(8, 0.75 * max(len(rows), 1) + 1.6), layout="constrained")
+    get = lambda row, key: row[key] if key in row.index else None  # noqa: E731
+    names = [f"{name} ({get(row, 'measured')})" if get(row, "measured") is not None else str(name)
+             for name, row in rows]
+    ratio = _floats([get(row, "ratio") for _, row in rows])
+    tokens = _floats([get(row, "token ratio") for _, row in rows])
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, np.nan_to_num(ratio), 0.6, color="C0", label="measured time ratio")
+    if np.isfinite(tokens).any():
+        ax.plot(tokens, y, ls="none", marker="|", ms=24, mew=2.5, color="k", label="token ratio (prefix / base)")
+    ax.axvline(1.0, color="grey", lw=1, ls="--", label="1.0 = no slowdown")
+    for r, t, yy in zip(ratio, tokens, y):   # inside the bar, so labels never run into the legend
+        text = f"measured {r:.2f}×" if np.isfinite(r) else "not measured"
+        text += f" · tokens {t:.2f}×" if np.isfinite(t) else ""
+        ax.annotate(text, (0, yy), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8,
+                    color="white" if np.isfinite(r) and r > 0 else "black")
+    ax.set_yticks(y, unique_labels(names, 40), fontsize=8)
+    top = np.nanmax(np.concatenate([ratio, tokens, [1.0]]))
+    ax.set_xlim(0, 1.15 * top)
+    ax.set_xlabel(xlabel)
+    if not rows:
+        _empty(ax)
+    legend_outside(ax, markerscale=0.5)
+    ax.set_title(title, fontsize=9)
     return fig
 
 
 def table_figure(rows: Sequence[Sequence[Any]], columns: Sequence[str], title: str = "") -> Figure:
     """A small table drawn as a figure (for saving next to the plots)."""
-    fig, ax = plt.subplots(figsize=(1.8 * len(columns) + 1, 0.3 * len(rows) + 1.0))
+    fig, ax = plt.subplots(figsize=(1.8 * len(columns) + 1, 0.3 * len(rows) + 1.0), layout="constrained")
     ax.axis("off")
-    tab = ax.table(cellText=[[str(c) for c in r] for r in rows], colLabels=list(columns), loc="center")
-    tab.auto_set_font_size(False)
-    tab.set_fontsize(8)
+    if rows and columns:
+        tab = ax.table(cellText=[[str(c) for c in r] for r in rows], colLabels=list(columns), loc="center")
+        tab.auto_set_font_size(False)
+        tab.set_fontsize(8)
+    else:
+        _empty(ax)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return fig

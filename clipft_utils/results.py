@@ -27,14 +27,15 @@ def results_dir(profile: str, root: str | Path | None = None) -> Path:
     return ensure_writable(Path(root or results_root()) / profile)
 
 
-def run_name(method: str, seed: int, variant: str | None = None) -> str:
-    """File stem of a run: ``<method>[-<variant>]_seed<seed>``."""
-    return f"{method}{'-' + variant if variant else ''}_seed{seed}"
+def run_name(method: str, seed: int, variant: str | None = None, shots: int | None = None) -> str:
+    """File stem of a run: ``<method>[-<variant>][_shots<k>]_seed<seed>``."""
+    return f"{method}{'-' + variant if variant else ''}{'' if shots is None else f'_shots{shots}'}_seed{seed}"
 
 
-def result_path(folder: str | Path, method: str, seed: int, variant: str | None = None) -> Path:
+def result_path(folder: str | Path, method: str, seed: int, variant: str | None = None,
+                shots: int | None = None) -> Path:
     """Where a run's JSON lives."""
-    return Path(folder) / f"{run_name(method, seed, variant)}.json"
+    return Path(folder) / f"{run_name(method, seed, variant, shots)}.json"
 
 
 def _git_commit() -> str | None:
@@ -83,12 +84,18 @@ def make_result(*, method: str, model: str, pretrained: str, dataset: str, profi
                 test, val_acc: float | None, trainable_params: int, total_params: int, train_seconds: float,
                 eval_seconds: float, images_per_second: float | None, peak_memory_mb: float | None,
                 config: dict, history: list, device: Any = "cpu", variant: str | None = None,
-                standin: bool = False, **extra: Any) -> dict[str, Any]:
-    """Assemble a result in the course's schema from an ``evaluate.EvalResult`` and run facts."""
+                standin: bool = False, warnings: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """Assemble a result in the course's schema from an ``evaluate.EvalResult`` and run facts.
+
+    ``warnings`` (``Course.warnings``) go into the label; without them a stand-in is still labelled STAND-IN.
+    """
+    from .labels import run_label, warnings_for
+    warnings = list(warnings) if warnings is not None else warnings_for(
+        standin_notes=["the offline stand-in, not CLIP on Flowers102"] if standin else [])
     result = {
         "method": method, "variant": variant, "model": model, "pretrained": pretrained, "dataset": dataset,
-        "profile": profile, "seed": seed, "standin": standin,
-        "label": f"{model} / {pretrained} on {dataset}" + (" (STAND-IN, not CLIP on Flowers102)" if standin else ""),
+        "profile": profile, "seed": seed, "standin": standin, "warnings": warnings,
+        "label": run_label(model, pretrained, dataset, warnings),
         "test_acc": test.top1, "test_top5": test.top5, "n_test": int(len(test.labels)), "val_acc": val_acc,
         "per_class_acc": test.per_class_acc, "trainable_params": trainable_params, "total_params": total_params,
         "trainable_percent": 100.0 * trainable_params / total_params if total_params else None,
@@ -99,19 +106,28 @@ def make_result(*, method: str, model: str, pretrained: str, dataset: str, profi
     return _clean(result)
 
 
-def save_result(result: dict[str, Any], folder: str | Path, predictions=None) -> Path:
-    """Write the run's predictions (``predictions/<run>.npz``) and then its JSON, each atomically."""
+def save_result(result: dict[str, Any], folder: str | Path, predictions=None, val_predictions=None) -> Path:
+    """Write the run's test (and validation) predictions (``predictions/<run>.npz``), then its JSON, atomically.
+
+    Only rank 0 of a distributed run writes (the others return the path)."""
+    from . import distributed
     missing = [k for k in REQUIRED_KEYS if k not in result]
     if missing:
         raise ResultsError(f"Result is missing {missing}; build it with results.make_result().")
+    name = run_name(result["method"], result["seed"], result.get("variant"), result.get("shots"))
+    if not distributed.is_writer():
+        return Path(folder) / f"{name}.json"
     folder = ensure_writable(folder)
-    name = run_name(result["method"], result["seed"], result.get("variant"))
     if predictions is not None:
         pred_path = folder / "predictions" / f"{name}.npz"
+        arrays = {"logits": np.asarray(predictions.logits, dtype=np.float32),
+                  "labels": np.asarray(predictions.labels, dtype=np.int64)}
+        if val_predictions is not None:
+            arrays |= {"val_logits": np.asarray(val_predictions.logits, dtype=np.float32),
+                       "val_labels": np.asarray(val_predictions.labels, dtype=np.int64)}
         with atomic_path(pred_path) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, logits=np.asarray(predictions.logits, dtype=np.float32),
-                                labels=np.asarray(predictions.labels, dtype=np.int64))
-        result = {**result, "predictions": f"predictions/{name}.npz"}
+            np.savez_compressed(f, **arrays)
+        result = {**result, "predictions": f"predictions/{name}.npz", "val_predictions": val_predictions is not None}
     return atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=1))
 
 
@@ -120,10 +136,13 @@ def read_result(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-def load_predictions(folder: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, C], labels [N]) saved with a run (``name`` = run_name(...))."""
+def load_predictions(folder: str | Path, name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """(logits [N, C], labels [N]) of ``split`` ("test" or "val") saved with a run (``name`` = run_name(...)).
+
+    Raises KeyError when the run saved no predictions of that split."""
+    prefix = "" if split == "test" else "val_"
     with np.load(Path(folder) / "predictions" / f"{name}.npz") as z:
-        return z["logits"], z["labels"]
+        return z[f"{prefix}logits"], z[f"{prefix}labels"]
 
 
 def load_results(profile: str = "smoke", root: str | Path | None = None):

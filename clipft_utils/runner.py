@@ -1,21 +1,35 @@
-"""Run the course's notebooks headlessly with papermill (behind both ``run_all.sh`` and ``python -m clipft_utils run``)."""
+"""Run the course's notebooks headlessly with papermill (behind both ``run_all.sh`` and ``python -m clipft_utils run``).
+
+A run is a plan of jobs — one notebook for one (shots, seed) — checked completely before the first one starts:
+every ``-p`` parameter must be declared by a planned notebook (or be a field of a method's config, scoped as
+``lora.rank=4``) and valid; the data, the weights and the devices must be there. A job is skipped only when its
+completion record matches: same parameters, code, notebook, model weights and data, and every file it wrote
+still there unchanged; otherwise it runs and the runner says why. Jobs can be spread over several devices (one
+kernel each) or split into deterministic shards for a cluster; they all write atomically into one results folder.
+"""
 from __future__ import annotations
 
-import contextlib
+import datetime as _dt
+import functools
+import hashlib
+import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from .config import METHODS, check_method, get_profile
-from .errors import ConfigError
-from .paths import PROJECT_ROOT, ensure_writable, results_root
-from .results import result_path
+from .config import METHODS, CONFIGS, PROFILES, check_method, get_profile, make_config
+from .errors import ConfigError, ResultsError
+from .paths import PROJECT_ROOT, atomic_write_text, ensure_writable, file_lock, results_root
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-# notebook -> the result files (methods) it must leave behind; 07 only reads results.
 NOTEBOOKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("01_zero_shot", ("zero_shot",)),
     ("02_linear_probe", ("linear_probe",)),
@@ -25,11 +39,42 @@ NOTEBOOKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("06_full_finetune", ("full_finetune",)),
     ("07_comparison", ()),
 )
+DEPENDS = {"06_full_finetune": ("01_zero_shot", "02_linear_probe", "05_lora")}
+"""Jobs that read what other jobs of the same (shots, seed) wrote (06 combines 01, 02 and 05); 07 reads all."""
+NOT_FINGERPRINTED = ("device", "results_dir")  # where a job runs, not what it computes
+NOISE = ("Kernel is running over TCP without encryption",)
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class Job:
+    """One notebook for one (shots, seed), with the parameters it will get."""
+
+    notebook: str
+    methods: tuple[str, ...]
+    seed: int
+    shots: int | None
+    params: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Its name in file names: ``05_lora``, ``05_lora_shots4_seed1``, ..."""
+        shots = "" if self.shots is None else f"_shots{self.shots}"
+        return f"{self.notebook}{shots}{'' if self.seed == 0 else f'_seed{self.seed}'}"
+
+    @property
+    def group(self) -> tuple[int, int]:
+        """Jobs of one group depend on each other; groups are independent (shards split by group)."""
+        return (-1 if self.shots is None else self.shots, self.seed)
+
+    def describe(self) -> str:
+        return self.notebook + ("" if self.shots is None else f" shots {self.shots}") + f" seed {self.seed}"
 
 
 @dataclass
 class Step:
-    """One notebook execution and how it ended."""
+    """One job and how it ended."""
 
     notebook: str
     seed: int
@@ -37,7 +82,9 @@ class Step:
     seconds: float = 0.0
     output: str = ""
     error: str = ""
-    cpu_seconds: float | None = None  # CPU time of the notebook's kernel (tells load from work on a busy machine)
+    cpu_seconds: float | None = None
+    shots: int | None = None
+    reason: str = ""     # why it ran (or why it was skipped)
 
 
 @dataclass
@@ -46,6 +93,7 @@ class Report:
 
     profile: str
     steps: list[Step] = field(default_factory=list)
+    folder: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -53,9 +101,11 @@ class Report:
 
     def lines(self) -> list[str]:
         """Human-readable status lines."""
-        cpu = lambda s: f"  (CPU {s.cpu_seconds:6.1f} s)" if s.cpu_seconds is not None else ""  # noqa: E731
-        return [f"{s.status:>7}  {s.notebook:<18} seed {s.seed}  {s.seconds:6.1f} s{cpu(s)}  {s.error}"
-                for s in self.steps]
+        def line(s: Step) -> str:
+            cpu = f"  (CPU {s.cpu_seconds:6.1f} s)" if s.cpu_seconds is not None else ""
+            shots = "" if s.shots is None else f" shots {s.shots:<3}"
+            return f"{s.status:>7}  {s.notebook:<18}{shots} seed {s.seed}  {s.seconds:6.1f} s{cpu}  {s.error}"
+        return [line(s) for s in self.steps]
 
 
 def plan(only: Sequence[str] | None = None) -> list[tuple[str, tuple[str, ...]]]:
@@ -64,43 +114,339 @@ def plan(only: Sequence[str] | None = None) -> list[tuple[str, tuple[str, ...]]]
     return [(nb, methods) for nb, methods in NOTEBOOKS if not methods or wanted & set(methods)]
 
 
-@contextlib.contextmanager
-def _kernel_env(scratch: Path) -> Iterator[None]:
-    """The environment notebook kernels inherit: private IPython/Jupyter dirs, inline figures, headless flag."""
-    keys = ("IPYTHONDIR", "JUPYTER_RUNTIME_DIR", "CLIPFT_HEADLESS", "MPLBACKEND", "PYTHONPATH")
-    saved = {k: os.environ.get(k) for k in keys}
-    # the kernels import this checkout's clipft_utils, whatever is (or was once) installed in the environment
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [saved["PYTHONPATH"]])])
-    os.environ.setdefault("IPYTHONDIR", str(scratch / "ipython"))
-    os.environ.setdefault("JUPYTER_RUNTIME_DIR", str(scratch / "runtime"))
-    os.environ["CLIPFT_HEADLESS"] = "1"   # notebooks show static figures instead of widgets
-    os.environ.pop("MPLBACKEND", None)    # Agg would keep every figure out of the executed notebooks
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"i/N"`` (1-based) -> (i, N)."""
+    if shard is None:
+        return None
     try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        i, n = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        i = n = 0
+    if not 1 <= i <= n:
+        raise ConfigError(f"--shard must be i/N with 1 <= i <= N (e.g. 2/4), got {shard!r}.")
+    return i, n
 
 
-def _outputs(folder: Path) -> dict[Path, int]:
-    """Result JSONs and predictions in a run folder, with their modification times."""
-    files = [*folder.glob("*.json"), *folder.glob("predictions/*.npz")]
-    return {p: p.stat().st_mtime_ns for p in files if p.is_file()}
+def make_jobs(only: Sequence[str] | None, seeds: Sequence[int], shots: Sequence[int | None],
+              compare: bool = True) -> list[Job]:
+    """Every (notebook, shots, seed); zero-shot trains nothing, so it runs per seed at shots=None only."""
+    jobs = []
+    for notebook, methods in plan(only):
+        if not methods:
+            if compare:
+                jobs.append(Job(notebook, methods, seeds[0], None))
+            continue
+        grid = [None] if methods == ("zero_shot",) else shots
+        jobs += [Job(notebook, methods, seed, k) for k in grid for seed in seeds]
+    return jobs
 
 
-def _quarantine(folder: Path, before: dict[Path, int], notebook: str) -> list[Path]:
-    """Move what a failed notebook wrote to ``failed/<notebook>/``, so no result of a failed run counts as done."""
-    moved = []
-    for path, mtime in _outputs(folder).items():
-        if before.get(path) != mtime:
-            dest = folder / "failed" / notebook / path.relative_to(folder)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dest)
-            moved.append(dest)
-    return moved
+# ----------------------------------------------------------------------------- parameters, checked first
+@functools.lru_cache(maxsize=None)
+def _declared(path: str, mtime: int) -> dict[str, dict[str, Any]]:
+    import papermill as pm
+    return pm.inspect_notebook(path)
+
+
+def declared(notebook: str) -> dict[str, dict[str, Any]]:
+    """The parameters a notebook's ``parameters`` cell declares (papermill's reading of it)."""
+    path = NOTEBOOK_DIR / f"{notebook}.ipynb"
+    return _declared(str(path), path.stat().st_mtime_ns)
+
+
+def _scoped_notebook(scope: str, notebooks: Sequence[str]) -> str | None:
+    """The planned notebook a scope names (a method or a notebook name)."""
+    for nb, methods in NOTEBOOKS:
+        if (scope == nb or scope in methods) and nb in notebooks:
+            return nb
+    return None
+
+
+def split_extra(extra: dict | None, notebooks: Sequence[str], profile: str) -> dict[str, dict[str, Any]]:
+    """Per-notebook parameters from ``extra``; unknown names and bad values are ConfigErrors naming the fix."""
+    from .notebook_params import check_value
+    specs = {nb: declared(nb) for nb in notebooks}
+    per_nb: dict[str, dict[str, Any]] = {nb: {} for nb in notebooks}
+    scopes = set(METHODS) | {nb for nb, _ in NOTEBOOKS}
+    for key, value in (extra or {}).items():
+        if key in scopes:
+            nb = _scoped_notebook(key, notebooks)
+            if nb is None:
+                raise ConfigError(f"-p {key}.… scopes to '{key}', which is not in this run's plan ({', '.join(notebooks)}).")
+            if not isinstance(value, dict):
+                raise ConfigError(f"extra[{key!r}] must be a dict of notebook parameters, got {value!r}.")
+            for name, v in value.items():
+                _place(per_nb[nb], nb, specs[nb], name, v, key, profile)
+            continue
+        users = [nb for nb in notebooks if key in specs[nb]]
+        if not users:
+            raise ConfigError(_unknown(key, specs))
+        for nb in users:
+            check_value(key, value, specs[nb][key]["default"])
+            per_nb[nb][key] = value
+    return per_nb
+
+
+def _place(params: dict, nb: str, spec: dict, name: str, value: Any, scope: str, profile: str) -> None:
+    """A scoped ``scope.name=value``: a notebook parameter, or a field of the notebook's method config."""
+    from .notebook_params import check_value
+    if name in spec:
+        check_value(name, value, spec[name]["default"])
+        params[name] = value
+        return
+    method = next((m for m in dict(NOTEBOOKS)[nb] if m in CONFIGS), None)
+    fields = {f for f in CONFIGS[method].__dataclass_fields__} if method else set()
+    if name not in fields:
+        raise ConfigError(f"'{scope}.{name}' is neither a parameter of {nb} ({', '.join(spec)}) nor a field of "
+                          f"its config ({', '.join(sorted(fields)) or 'none'}).")
+    params.setdefault("config", {})[name] = value
+
+
+def _unknown(key: str, specs: dict[str, dict]) -> str:
+    """The error for a ``-p`` that no planned notebook declares."""
+    names = sorted({n for s in specs.values() for n in s})
+    fields = sorted(m for m, cls in CONFIGS.items() if key in cls.__dataclass_fields__)
+    hint = (f" '{key}' is a field of the config of {', '.join(fields)}: scope it, e.g. -p {fields[-1]}.{key}=…"
+            if fields else "")
+    return (f"-p {key}=… is not a parameter of any notebook in this run.{hint} The notebooks' parameters are: "
+            f"{', '.join(names)} (scope one to a notebook as METHOD.NAME, e.g. lora.ranks=[1,2]).")
+
+
+def check_configs(jobs: Sequence[Job], profile: str) -> None:
+    """Each job's method config must build from its parameters (epochs, batch size, scoped fields)."""
+    for job in jobs:
+        for method in job.methods:
+            p = job.params
+            values = {k: p[k] for k in ("epochs", "batch_size") if p.get(k) is not None}
+            values.update(p.get("config") or {})
+            if method == "full_finetune" and "warmup_epochs" not in values:
+                values["warmup_epochs"] = 0.0  # notebook 06 derives its warm-up from the epochs
+            values = {k: v for k, v in values.items() if k in CONFIGS[method].__dataclass_fields__}
+            try:
+                make_config(method, profile, **values)
+            except ConfigError as exc:
+                raise ConfigError(f"{job.notebook}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- fingerprints and records
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def code_version() -> str:
+    """A hash of the library's code and assets: a result made by other code is not reused."""
+    h = hashlib.sha256()
+    pkg = PROJECT_ROOT / "clipft_utils"
+    for path in sorted(p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(path.relative_to(pkg).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Context:
+    """What a run's fingerprints share, computed once: the code, and per (model, weights) and (dataset, root)."""
+
+    def __init__(self, profile: str) -> None:
+        self.profile, self.code = get_profile(profile), code_version()
+        self._weights: dict[tuple, str] = {}
+        self._data: dict[tuple, Any] = {}
+
+    def weights_id(self, model: str | None, pretrained: str | None) -> str:
+        from .models import check_model_name, resolve_weights
+        key = (model or self.profile.model, self.profile.pretrained if pretrained is None else pretrained)
+        if key not in self._weights:
+            check_model_name(key[0])
+            self._weights[key] = resolve_weights(*key)[1]  # fails fast offline, before any notebook
+        return self._weights[key]
+
+    def dataset(self, name: str | None, root: str | None):
+        from .datasets import get_dataset
+        key = (name or self.profile.dataset, root)
+        if key not in self._data:
+            ds = get_dataset(*key)
+            ds.check()  # a missing or broken dataset is an error now, not after minutes of work
+            self._data[key] = ds
+        return self._data[key]
+
+
+def fingerprint(job: Job, ctx: Context) -> dict[str, Any]:
+    """What defines a job's results: its parameters, notebook, code, weights and data."""
+    p = job.params
+    params = {k: v for k, v in sorted(p.items()) if k not in NOT_FINGERPRINTED}
+    return {"params": params, "notebook": _sha((NOTEBOOK_DIR / f"{job.notebook}.ipynb").read_bytes())[:16],
+            "code": ctx.code, "weights": ctx.weights_id(p.get("model"), p.get("pretrained")),
+            "data": ctx.dataset(p.get("dataset"), p.get("data_root")).identity}
+
+
+def _record_path(folder: Path, job: Job) -> Path:
+    return folder / "runs" / f"{job.key}.json"
+
+
+def _diff(old: dict, new: dict) -> str:
+    """What changed between two fingerprints, in words."""
+    out = []
+    for part in ("params", "notebook", "code", "weights", "data"):
+        if old.get(part) == new.get(part):
+            continue
+        if part == "params":
+            a, b = old.get("params", {}), new.get("params", {})
+            changes = [f"{k} {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            out.append("parameters changed: " + ", ".join(changes))
+        else:
+            out.append({"notebook": "the notebook changed", "code": "the library code changed",
+                        "weights": "the model weights changed", "data": "the data changed"}[part])
+    return "; ".join(out)
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def why_run(job: Job, folder: Path, executed: Path) -> str | None:
+    """None when the job's completion record matches what is asked (skip it), else the reason to run it."""
+    path = _record_path(folder, job)
+    if not path.exists():
+        return "no completion record" + (" (an earlier run did not finish)" if executed.exists() else "")
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return "its completion record is unreadable"
+    change = _diff(record.get("fingerprint", {}), job.fingerprint)
+    if change:
+        return change
+    if not executed.exists():
+        return f"its executed notebook {executed.name} is missing"
+    for rel, digest in record.get("files", {}).items():
+        f = folder / rel
+        if not f.exists():
+            return f"{rel} is missing"
+        if _hash_file(f) != digest:
+            return f"{rel} changed since it was written"
+    return None
+
+
+def write_record(folder: Path, job: Job, written: Iterable[Path], executed: Path, seconds: float, device: str) -> Path:
+    """The completion record, written last: the job's fingerprint and every file it wrote, with hashes."""
+    files = {}
+    for f in sorted({Path(p) for p in written}):
+        try:
+            rel = f.resolve().relative_to(folder.resolve()).as_posix()
+        except ValueError:
+            continue  # caches and data outside the results folder
+        if rel.startswith(("checkpoints/", "runs/", "failed/")) or not f.exists():
+            continue
+        files[rel] = _hash_file(f)
+    record = {"job": job.key, "notebook": job.notebook, "seed": job.seed, "shots": job.shots,
+              "fingerprint": job.fingerprint, "files": files, "executed": executed.name,
+              "seconds": round(seconds, 1), "device": device,
+              "finished": _dt.datetime.now().isoformat(timespec="seconds")}
+    return atomic_write_text(_record_path(folder, job), json.dumps(record, indent=1))
+
+
+# ----------------------------------------------------------------------------- locks and leftovers
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+class FolderLock:
+    """One run at a time per results folder (shards of one grid share it; a job is never run twice at once)."""
+
+    def __init__(self, folder: Path, shared: bool) -> None:
+        self.path, self.shared, self._cm = folder / ".clipft-run.lock", shared, None
+
+    def __enter__(self) -> "FolderLock":
+        self._cm = file_lock(self.path, blocking=False, shared=self.shared)
+        if not self._cm.__enter__():
+            raise ResultsError(f"Another run holds the results folder '{self.path.parent}' ({_holder(self.path.with_suffix('.info'))}). "
+                               "Fix: wait for it to finish, or give this run another folder (CLIPFT_RESULTS=...).")
+        if not self.shared:
+            atomic_write_text(self.path.with_suffix(".info"), json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
+                 "started": _dt.datetime.now().isoformat(timespec="seconds")}))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cm.__exit__(*exc)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(nb_dir: Path) -> list[Path]:
+    """Remove hidden ``.<job>.running-<pid>.ipynb`` copies whose process is gone (a killed run's)."""
+    removed = []
+    for path in nb_dir.glob(".*.running-*.ipynb"):
+        try:
+            pid = int(path.stem.rsplit("-", 1)[1].split(".")[0])
+        except (IndexError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------- executing one notebook
+def _kernel_env(job: Job, journal: Path) -> dict[str, str]:
+    """The environment a notebook's kernel gets: this checkout first on the path, headless, its journal."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))
+    env["CLIPFT_HEADLESS"] = "1"       # static figures, no progress bars in the executed copy
+    env["CLIPFT_JOURNAL"] = str(journal)
+    env.pop("MPLBACKEND", None)         # Agg would keep every figure out of the executed notebooks
+    scratch = Path(tempfile.gettempdir()) / f"clipft-kernel-{os.getpid()}"
+    env.setdefault("IPYTHONDIR", str(scratch / "ipython"))
+    env.setdefault("JUPYTER_RUNTIME_DIR", str(scratch / "runtime"))
+    return env
+
+
+def _execute(job: Job, out: Path, parameters: dict, env: dict[str, str]) -> None:
+    """Run one notebook into ``out`` in a worker process (its own environment); raise with the error line."""
+    tmp = out.with_name(f".{out.stem}.running-{os.getpid()}.ipynb")
+    cmd = [sys.executable, "-m", "clipft_utils.runner", str(NOTEBOOK_DIR / f"{job.notebook}.ipynb"), str(tmp),
+           json.dumps(parameters)]
+    proc = subprocess.Popen(cmd, env=env, cwd=str(NOTEBOOK_DIR), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    for line in proc.stdout:
+        if not any(n in line for n in NOISE):
+            lines.append(line)
+    code = proc.wait()
+    if code != 0:
+        if tmp.exists():
+            os.replace(tmp, out.with_name(f"{out.stem}.FAILED.ipynb"))
+        out.unlink(missing_ok=True)
+        tail = [l.strip() for l in lines if l.strip()]
+        raise RuntimeError(tail[-1] if tail else f"the notebook's process ended with status {code}")
+    os.replace(tmp, out)
+    out.with_name(f"{out.stem}.FAILED.ipynb").unlink(missing_ok=True)
+
+
+def _worker(source: str, target: str, parameters: str) -> int:
+    """``python -m clipft_utils.runner SRC DST PARAMS``: papermill in this process; one error line on failure."""
+    import papermill as pm
+    try:
+        pm.execute_notebook(source, target, parameters=json.loads(parameters), cwd=str(NOTEBOOK_DIR),
+                            kernel_name="python3", progress_bar=False)
+    except Exception as exc:  # noqa: BLE001 - the runner reports the last line
+        print(_error_line(exc), flush=True)
+        return 1
+    return 0
 
 
 def _error_line(exc: BaseException) -> str:
@@ -113,7 +459,6 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _children_cpu() -> float | None:
-    """CPU seconds used so far by finished child processes (the notebook kernels); None where unknown."""
     try:
         import resource
     except ImportError:  # Windows
@@ -122,95 +467,264 @@ def _children_cpu() -> float | None:
     return usage.ru_utime + usage.ru_stime
 
 
-def _execute(notebook: str, out: Path, parameters: dict) -> None:
-    """Run one notebook into ``out``; on failure keep the executed copy as ``*.FAILED.ipynb`` and re-raise."""
-    import papermill as pm
-    # kernels start in notebooks/: make sure they import this checkout's clipft_utils, installed or not
-    paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    tmp = out.with_name(f".{out.stem}.running.ipynb")
-    failed = out.with_name(f"{out.stem}.FAILED.ipynb")
+def _written(journal: Path) -> list[Path]:
+    if not journal.exists():
+        return []
+    return [Path(line) for line in journal.read_text().splitlines() if line.strip()]
+
+
+def _quarantine(folder: Path, written: Iterable[Path], name: str) -> list[Path]:
+    """Move everything a failed notebook wrote into ``failed/<name>/`` (its checkpoints stay: they resume it)."""
+    moved = []
+    for path in sorted(set(written)):
+        try:
+            rel = path.resolve().relative_to(folder.resolve())
+        except ValueError:
+            continue
+        if rel.parts[0] in ("checkpoints", "runs", "failed", "notebooks") or not path.exists():
+            continue
+        dest = folder / "failed" / name / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+        moved.append(dest)
+    return moved
+
+
+def run_job(job: Job, folder: Path, nb_dir: Path, device: str, echo) -> Step:
+    """Execute one job; record it as done, or set aside everything it wrote."""
+    out = nb_dir / f"{job.key}.ipynb"
+    journal = folder / "runs" / f".{job.key}.{os.getpid()}.journal"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.unlink(missing_ok=True)
+    _record_path(folder, job).unlink(missing_ok=True)  # a killed rerun must not look finished
+    params = {**job.params, "device": device}
+    start, cpu = time.perf_counter(), _children_cpu()
+    used = lambda: None if cpu is None else _children_cpu() - cpu  # noqa: E731
     try:
-        pm.execute_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(tmp), parameters=parameters,
-                            cwd=str(NOTEBOOK_DIR), kernel_name="python3", progress_bar=False)
-        os.replace(tmp, out)
-        failed.unlink(missing_ok=True)
-    except BaseException:
-        if tmp.exists():
-            os.replace(tmp, failed)
-        out.unlink(missing_ok=True)  # an older successful copy would pretend this run worked
-        raise
+        _execute(job, out, params, _kernel_env(job, journal))
+        seconds = time.perf_counter() - start
+        write_record(folder, job, _written(journal), out, seconds, device)
+        return Step(job.notebook, job.seed, "ok", seconds, str(out), cpu_seconds=used(), shots=job.shots)
+    except Exception as exc:  # noqa: BLE001 - one failing notebook must not stop the others
+        moved = _quarantine(folder, _written(journal), job.key)
+        step = Step(job.notebook, job.seed, "failed", time.perf_counter() - start,
+                    str(nb_dir / f"{job.key}.FAILED.ipynb"), _error_line(exc), used(), shots=job.shots)
+        echo(f"[run_all] FAILED {job.describe()} after {step.seconds:.0f} s: {step.error}")
+        echo(f"[run_all]   executed copy: {step.output}"
+             + (f"; {len(moved)} file(s) it wrote moved to {folder / 'failed' / job.key}" if moved else ""))
+        return step
+    finally:
+        journal.unlink(missing_ok=True)
 
 
-def _parameters(notebook: str, methods: tuple[str, ...], base: dict, extra: dict | None) -> dict:
-    """``base`` + ``extra``; an ``extra`` entry keyed by a method or notebook name (a dict) applies to that notebook only."""
-    scoped = set(METHODS) | {nb for nb, _ in NOTEBOOKS}
-    params = dict(base)
-    for key, value in (extra or {}).items():
-        if key not in scoped:
-            params[key] = value
-        elif key == notebook or key in methods:
-            if not isinstance(value, dict):
-                raise ConfigError(f"extra[{key!r}] must be a dict of notebook parameters, got {value!r}.")
-            params.update(value)
+# ----------------------------------------------------------------------------- scheduling
+def _reads(job: Job, other: Job) -> bool:
+    """Whether ``job`` reads what ``other`` writes (same seed; zero-shot runs at shots=None serve every k)."""
+    if not job.methods:
+        return other is not job
+    return (other.notebook in DEPENDS.get(job.notebook, ()) and other.seed == job.seed
+            and other.shots in (job.shots, None))
+
+
+def _ready(job: Job, done: dict[str, str], jobs: list[Job]) -> bool:
+    """A job may start when every job it reads from has ended (ok, failed or skipped)."""
+    return not any(_reads(job, j) and j.key not in done for j in jobs)
+
+
+def shard_of(jobs: list[Job], i: int, n: int) -> list[Job]:
+    """Shard ``i`` of ``n`` (1-based): whole (shots, seed) groups, so a job and what it reads stay together.
+    A zero-shot job (shots=None) goes with its seed's first group."""
+    firsts = {}
+    for j in jobs:
+        if j.shots is not None or j.notebook != "01_zero_shot":
+            firsts.setdefault(j.seed, j.group)
+    unit = lambda j: firsts.get(j.seed, j.group) if j.notebook == "01_zero_shot" else j.group  # noqa: E731
+    groups = sorted({unit(j) for j in jobs})
+    mine = {g for k, g in enumerate(groups) if k % n == i - 1}
+    return [j for j in jobs if unit(j) in mine]
+
+
+def execute_all(jobs: list[Job], folder: Path, nb_dir: Path, devices: Sequence[str], force: bool, echo) -> list[Step]:
+    """Run (or skip) the jobs in order, on ``devices`` in parallel (one kernel each), respecting DEPENDS."""
+    steps: dict[str, Step] = {}
+    done: dict[str, str] = {}
+    lock = threading.Lock()
+    free = list(devices)
+    running: dict[str, threading.Thread] = {}
+    queue = list(jobs)
+
+    def start(job: Job, device: str) -> None:
+        def work() -> None:
+            step = run_job(job, folder, nb_dir, device, echo)
+            with lock:
+                steps[job.key], done[job.key] = step, step.status
+                free.append(device)
+                running.pop(job.key, None)
+        thread = threading.Thread(target=work, name=f"clipft-{job.key}", daemon=True)
+        running[job.key] = thread
+        thread.start()
+
+    while queue or running:
+        with lock:
+            launched = False
+            for job in list(queue):
+                if not free:
+                    break
+                if not _ready(job, done, jobs):
+                    continue
+                queue.remove(job)
+                reason = ("forced (--force)" if force else "it reads every result, so it always runs" if not job.methods
+                          else why_run(job, folder, nb_dir / f"{job.key}.ipynb"))
+                if reason is None:
+                    echo(f"[run_all] skip {job.describe()}: finished with the same parameters, code and data")
+                    steps[job.key] = Step(job.notebook, job.seed, "skipped", shots=job.shots, reason="up to date")
+                    done[job.key] = "skipped"
+                    launched = True
+                    continue
+                device = free.pop(0)
+                echo(f"[run_all] run  {job.describe()} on {device} ({reason}) ...")
+                start(job, device)
+                launched = True
+        if not launched:
+            time.sleep(0.05)
+    return [steps[j.key] for j in jobs]
+
+
+# ----------------------------------------------------------------------------- the run
+def _base_params(prof, job: Job, folder: Path, data: str | None, data_root: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"profile": prof.name, "seed": int(job.seed), "results_dir": str(folder)}
+    if job.shots is not None:
+        params["shots"] = job.shots
+    if data is not None:
+        params["dataset"] = data
+    if data_root is not None:
+        params["data_root"] = data_root
     return params
+
+
+def merge_extra(a: dict, b: dict) -> dict:
+    """``b`` over ``a``, merging the dicts of scoped keys (``{"lora": {...}}``) one level deep."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _merge(base: dict, *layers: dict) -> dict:
+    out = dict(base)
+    for layer in layers:
+        for k, v in layer.items():
+            out[k] = {**out.get(k, {}), **v} if k == "config" and isinstance(v, dict) else v
+    return out
 
 
 def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force: bool = False,
             device: str = "auto", seeds: Sequence[int] = (0,), root: str | Path | None = None,
-            extra: dict | None = None, echo=print) -> Report:
-    """Execute the notebooks in order; skip finished ones unless ``force``; go on after a failure.
+            extra: dict | None = None, echo=print, shots: Sequence[int | None] | None = None,
+            devices: Sequence[str] | None = None, shard: str | None = None, data: str | None = None,
+            data_root: str | None = None, quick: bool = False, compare_only: bool = False,
+            dry_run: bool = False) -> Report:
+    """Check the whole plan, then execute its notebooks in order; skip those that are up to date; go on after a failure.
 
-    ``extra`` adds notebook parameters (e.g. ``{"epochs": 1, "test_per_class": 5}``); a key naming a method or
-    notebook holds parameters for that notebook only (e.g. ``{"lora": {"ranks": [1, 2]}}``).
+    ``extra`` adds notebook parameters (``{"epochs": 1, "lora": {"ranks": [1, 2], "rank": 4}}``: a key naming a
+    method or notebook holds that notebook's parameters or method-config fields). ``shots``: a list of k (None =
+    every training image) run as a grid with ``seeds``. ``data``: a dataset name or a folder of images.
     """
+    from .config import QUICK
+    from .notebook_params import check_value
     prof = get_profile(profile)
-    seeds = list(seeds)
+    seeds = [int(s) for s in seeds] if seeds else []
+    for s in seeds:
+        check_value("seed", s)
     if not seeds:
         raise ConfigError("seeds is empty. Fix: pass at least one seed, e.g. --seeds 0.")
-    folder = ensure_writable(Path(root or results_root()) / prof.name)
+    shots = list(shots) if shots else [prof.shots]
+    for k in shots:
+        check_value("shots", k)
+    devices = list(devices or [device])
+    for d in devices:
+        check_value("device", d)
+    shard_spec = parse_shard(shard)
+    if data is not None and data not in ("flowers102", "synthflowers", "imagefolder") and data_root is None:
+        data, data_root = "imagefolder", str(Path(data).expanduser().resolve())
+    if data is None and data_root is None:
+        from .config import profile_data_root
+        data_root = profile_data_root(prof, echo)  # the rehearsal writes its Flowers102-shaped folder once
+    ctx = Context(prof.name)
+    ds = ctx.dataset(data, data_root)  # fail fast on the data
+    from .course import results_folder
+    folder = Path(root) / results_folder(prof, ds).name if root else results_folder(prof, ds)
+    folder = ensure_writable(folder)
+    jobs = make_jobs(only if not compare_only else [], seeds, shots, compare=shard_spec is None)
+    if compare_only:
+        jobs = [j for j in jobs if not j.methods]
+    if shard_spec is not None:
+        jobs = shard_of(jobs, *shard_spec)
+    notebooks = list(dict.fromkeys(j.notebook for j in jobs))
+    layers = split_extra(merge_extra(QUICK, extra or {}) if quick else extra, notebooks, prof.name) if notebooks else {}
+    first_group = jobs[0].group if jobs else None
+    for job in jobs:
+        defaults = dict(prof.extra.get(job.notebook, {}))
+        if job.group != first_group and job.methods and "extras" in declared(job.notebook):
+            defaults.setdefault("extras", False)  # a grid's other points: the method's main row only
+        job.params = _merge(_base_params(prof, job, folder, data, data_root), defaults, layers.get(job.notebook, {}))
+    check_configs(jobs, prof.name)
+    for job in jobs:
+        job.fingerprint = fingerprint(job, ctx)
+    report = Report(prof.name, folder=folder)
+    echo(f"[run_all] profile {prof.name} on {ds.display}: {len(jobs)} notebook run(s) into {folder}")
+    if dry_run:
+        for job in jobs:
+            echo(f"  {job.describe()}: {describe_training(job, prof)}")
+        return report
     nb_dir = ensure_writable(folder / "notebooks")
-    report = Report(prof.name)
-    steps = plan(only)
-    with tempfile.TemporaryDirectory(prefix="clipft-nb-") as scratch, _kernel_env(Path(scratch)):
-        for notebook, methods in steps:
-            for seed in (seeds if methods else seeds[:1]):
-                report.steps.append(_run_one(notebook, methods, seed, seeds, folder, nb_dir, prof.name, device,
-                                             force, extra, echo))
-    from .comparison import write_summary
-    try:
-        table = write_summary(prof.name, folder)
-        echo(f"\n{table}")
-    except Exception as exc:  # noqa: BLE001
-        echo(f"[run_all] could not write the summary: {exc}")
-        report.steps.append(Step("summary", seeds[0], "failed", error=str(exc)[:300]))
+    with FolderLock(folder, shared=shard_spec is not None):
+        clean_leftovers(nb_dir)
+        for job in jobs:
+            echo(f"[run_all] plan {job.describe()}: {describe_training(job, prof)}")
+        report.steps = execute_all(jobs, folder, nb_dir, devices, force, echo)
+        if not any(not j.methods for j in jobs):
+            if shard_spec is not None:
+                echo(f"[run_all] shard {shard_spec[0]}/{shard_spec[1]} done; when every shard has finished, run "
+                     "the comparison once: ./run_all.sh --compare (same profile, data and results folder)")
+        from .comparison import write_summary
+        try:
+            echo("\n" + write_summary(prof.name, folder))
+        except Exception as exc:  # noqa: BLE001
+            echo(f"[run_all] could not write the summary: {exc}")
+            report.steps.append(Step("summary", seeds[0], "failed", error=str(exc)[:300]))
     echo("\n".join(["", f"[run_all] profile {prof.name}: {'all succeeded' if report.ok else 'SOME FAILED'}",
                     *report.lines()]))
     return report
 
 
-def _run_one(notebook: str, methods: tuple[str, ...], seed: int, seeds: Sequence[int], folder: Path,
-             nb_dir: Path, profile: str, device: str, force: bool, extra: dict | None, echo) -> Step:
-    """Run (or skip) one notebook for one seed and say how it ended."""
-    done = methods and all(result_path(folder, m, seed).exists() for m in methods)
-    if done and not force:
-        echo(f"[run_all] skip {notebook} seed {seed}: results exist (use --force to recompute)")
-        return Step(notebook, seed, "skipped", output="results exist (use --force)")
-    name = notebook if len(seeds) == 1 or not methods else f"{notebook}_seed{seed}"
-    params = _parameters(notebook, methods, {"profile": profile, "seed": int(seed), "device": device,
-                                             "results_dir": str(folder)}, extra)
-    echo(f"[run_all] run  {notebook} seed {seed} ...")
-    before, start, cpu = _outputs(folder), time.perf_counter(), _children_cpu()
-    used = lambda: None if cpu is None else _children_cpu() - cpu  # noqa: E731
-    try:
-        _execute(notebook, nb_dir / f"{name}.ipynb", params)
-        return Step(notebook, seed, "ok", time.perf_counter() - start, str(nb_dir / f"{name}.ipynb"),
-                    cpu_seconds=used())
-    except Exception as exc:  # noqa: BLE001 - one failing notebook must not stop the others
-        moved = _quarantine(folder, before, name)
-        step = Step(notebook, seed, "failed", time.perf_counter() - start,
-                    str(nb_dir / f"{name}.FAILED.ipynb"), _error_line(exc), used())
-        echo(f"[run_all] FAILED {notebook} seed {seed} after {step.seconds:.0f} s: {step.error}")
-        echo(f"[run_all]   executed copy: {step.output}"
-             + (f"; {len(moved)} file(s) it wrote moved to {folder / 'failed' / name}" if moved else ""))
-        return step
+def describe_training(job: Job, prof) -> str:
+    """What a job will train, in one line (from its parameters and the profile)."""
+    from .config import extra_epochs
+    p = job.params
+    if not job.methods:
+        return "reads the results, trains nothing"
+    method = job.methods[0]
+    if method == "zero_shot":
+        return "zero-shot: trains nothing"
+    fields = {k: p[k] for k in ("epochs",) if p.get(k) is not None} | (p.get("config") or {})
+    if method == "full_finetune":
+        fields.setdefault("warmup_epochs", 0.0)
+    cfg = make_config(method, prof, **{k: v for k, v in fields.items() if k in CONFIGS[method].__dataclass_fields__})
+    shots = f"{p['shots']} image(s) per class" if p.get("shots") else "every training image"
+    text = f"{method} {cfg.epochs} epoch(s) on {shots}"
+    if p.get("extras", True) is False:
+        return text + " (main row only)"
+    if method == "prefix_tuning" and p.get("deep", True):
+        text += " + the deep variant"
+    if method == "lora":
+        text += f" + rank sweep {list(p.get('ranks') or prof.lora_ranks)}"
+    if method == "full_finetune":
+        e = extra_epochs(prof, p.get("epochs"), p.get("extra_epochs"))
+        text += (" + base-to-novel, LP→FT (full, LoRA), LoRA adapter B: "
+                 + (f"{e} epoch(s) each" if e is not None else "each method's own epochs"))
+    return text
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker(*sys.argv[1:4]))

@@ -197,51 +197,49 @@ def test_restricted_eval_uses_only_the_classes_rows_and_reindexes():
 
 def fake_course(folder):
     from types import SimpleNamespace
-    return SimpleNamespace(loaded=SimpleNamespace(name="ToyCLIP", pretrained="synthflowers"), dataset="synthflowers",
-                           profile=SimpleNamespace(name="smoke"), seed=0, device="cpu", standin=True,
-                           results_dir=folder)
+    identity = dict(model="ToyCLIP", pretrained="synthflowers", dataset="synthflowers", profile="smoke", seed=0,
+                    device="cpu", standin=True)
+    return SimpleNamespace(seed=0, shots=None, results_dir=folder, identity=lambda: identity)
 
 
-def save_member(folder, method, logits, labels, trainable=10):
+def save_member(folder, method, logits, labels, trainable=10, val=None):
     from clipft_utils import results as R
     from clipft_utils.evaluate import EvalResult
     test = EvalResult.from_logits(logits, labels)
     row = C.combination_result(fake_course(folder), method, None, test, val_acc=0.5, trainable_params=trainable,
                                total_params=100, train_seconds=2.0)
-    return R.save_result(row, folder, predictions=test)
+    return R.save_result(row, folder, predictions=test, val_predictions=None if val is None else EvalResult.from_logits(*val))
 
 
-def test_collect_members_attaches_val_only_when_rebuilt_exactly(tmp_path):
-    labels = np.array([0, 1, 1])
-    zs, lora_saved = np.eye(2)[[0, 1, 0]] * 3, np.eye(2)[[0, 1, 1]] * 3
-    save_member(tmp_path, "zero_shot", zs, labels)
-    save_member(tmp_path, "lora", lora_saved, labels)
-    val = np.zeros((3, 2))
-    rebuilt = {"zero_shot": (val, zs + 1e-6), "lora": (val, lora_saved[:, ::-1]), "linear_probe": (val, zs)}
-    members, status = C.collect_members(tmp_path, 0, ["zero_shot", "lora", "linear_probe", "bitfit"], rebuilt, labels)
-    assert list(members) == ["zero_shot", "lora", "linear_probe"]
-    assert members["zero_shot"].val is not None and members["zero_shot"].test_source == "saved"
-    assert members["lora"].val is None                                  # rebuilt model differs from the saved one
-    np.testing.assert_array_equal(members["lora"].test, lora_saved)      # the saved predictions are used
-    assert members["linear_probe"].test_source == "rebuilt here" and members["linear_probe"].val is not None
-    assert status.loc["bitfit", "test predictions"] == "missing"
-    # saved predictions of another test subset are not used
-    members, _ = C.collect_members(tmp_path, 0, ["zero_shot"], {}, np.array([0, 1]))
+def test_collect_members_needs_validation_and_test_predictions_of_these_images(tmp_path):
+    labels, val_labels = np.array([0, 1, 1]), np.array([1, 0])
+    zs, lora_saved, val = np.eye(2)[[0, 1, 0]] * 3, np.eye(2)[[0, 1, 1]] * 3, np.eye(2)[[1, 0]] * 2
+    save_member(tmp_path, "zero_shot", zs, labels, val=(val, val_labels))
+    save_member(tmp_path, "lora", lora_saved, labels)                    # saved without validation predictions
+    rebuilt = {"linear_probe": (val, zs)}
+    members, status = C.collect_members(tmp_path, 0, ["zero_shot", "lora", "linear_probe", "bitfit"], rebuilt, labels,
+                                        val_labels)
+    assert list(members) == ["zero_shot", "linear_probe"]
+    assert members["zero_shot"].source == "saved" and np.array_equal(members["zero_shot"].val, val)
+    assert members["linear_probe"].source == "rebuilt here"
+    assert status.loc["lora", "predictions"].startswith("left out") and status.loc["bitfit", "predictions"].startswith("left out")
+    # saved predictions of other images (another test subset) are not used
+    members, _ = C.collect_members(tmp_path, 0, ["zero_shot"], {}, np.array([0, 1]), val_labels)
     assert members == {}
 
 
-def test_ensemble_result_and_remove_rows(tmp_path):
+def test_ensemble_result_is_chosen_on_validation_and_remove_rows(tmp_path):
     from clipft_utils import results as R
-    labels = np.array([0, 1, 1])
-    save_member(tmp_path, "zero_shot", np.eye(2)[[0, 1, 0]] * 3, labels, trainable=0)
-    save_member(tmp_path, "full_finetune", np.eye(2)[[0, 0, 1]] * 3, labels, trainable=7)
-    rebuilt = {"zero_shot": (np.eye(2)[[0, 1]], np.eye(2)[[0, 1, 0]] * 3)}
-    members, _ = C.collect_members(tmp_path, 0, ["zero_shot", "full_finetune"], rebuilt, labels)
-    row, test = C.ensemble_result(fake_course(tmp_path), members, ("zero_shot", "full_finetune"), labels,
-                                  np.array([0, 1]), selected_on="test")
-    assert row["method"] == "ensemble" and row["variant"] == "zs+ft" and row["val_acc"] is None  # ft has no val
+    labels, val_labels = np.array([0, 1, 1]), np.array([0, 1])
+    save_member(tmp_path, "zero_shot", np.eye(2)[[0, 1, 0]] * 3, labels, trainable=0, val=(np.eye(2) * 3, val_labels))
+    save_member(tmp_path, "full_finetune", np.eye(2)[[0, 0, 1]] * 3, labels, trainable=7,
+                val=(np.eye(2)[[1, 1]] * 3, val_labels))
+    members, _ = C.collect_members(tmp_path, 0, ["zero_shot", "full_finetune"], {}, labels, val_labels)
+    row, test, val = C.ensemble_result(fake_course(tmp_path), members, ("zero_shot", "full_finetune"), labels, val_labels)
+    assert row["method"] == "ensemble" and row["variant"] == "zs+ft" and row["selected_on"] == "val"
     probs = C.ensemble_probs([members["zero_shot"].test, members["full_finetune"].test])
     assert row["test_acc"] == pytest.approx(C.accuracy(probs, labels)) and row["trainable_params"] == 7
+    assert row["val_acc"] == pytest.approx(val.top1)
     R.save_result(row, tmp_path, predictions=test)
     R.save_result({**row, "variant": "zs"}, tmp_path, predictions=test)
     removed = C.remove_rows(tmp_path, "ensemble", 0, keep={"zs+ft"})

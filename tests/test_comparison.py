@@ -83,8 +83,8 @@ def test_seeds_are_reported_as_mean_and_std(tmp_path):
     assert row["test_acc"] == pytest.approx(0.80)
     assert row["test_acc_std"] == pytest.approx(0.10)
     shown = C.format_table(C.summary_table(load_results("smoke", tmp_path))).set_index("method")
-    assert shown.loc["bitfit", "test acc (%)"] == "80.0 ± 10.0"
-    assert shown.loc["lora", "test acc (%)"] == "not run"
+    assert shown.loc["bitfit", "accuracy (%)"] == "80.0 ± 10.0"
+    assert shown.loc["lora", "accuracy (%)"] == "not run"
 
 
 def test_combination_table_holds_combinations_and_variants_only(tmp_path):

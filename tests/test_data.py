@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 from clipft_utils import data as D
+from clipft_utils.datasets import get_dataset
+from clipft_utils.datasets.flowers102 import shared_mats
 from clipft_utils.errors import ConfigError, DatasetError
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
@@ -76,13 +78,14 @@ def test_cached_pixels_equal_open_clips_preprocessing(small_flowers):
     preprocess = open_clip.image_transform(32, is_train=False, mean=MEAN, std=STD)
     with Image.open(root / "flowers-102" / "jpg" / f"image_{splits['train'][0]:05d}.jpg") as im:
         expected = preprocess(im.convert("RGB"))
-    torch.testing.assert_close(split[0][0], expected, atol=1e-6, rtol=0)
+    assert torch.equal(split[0][0], expected)  # bit-identical: same ops in the same order
 
 
 def test_decoded_cache_is_reused(small_flowers, monkeypatch):
     root, _, _ = small_flowers
     first = D.get_split("flowers102", "val", 32, MEAN, STD, root=root, verify=False)
-    monkeypatch.setattr(D, "_decode_flowers", lambda *a, **k: pytest.fail("decoded twice"))
+    from clipft_utils.datasets.flowers102 import Flowers102
+    monkeypatch.setattr(Flowers102, "decode", lambda *a, **k: pytest.fail("decoded twice"))
     second = D.get_split("flowers102", "val", 32, MEAN, STD, root=root, verify=False)
     np.testing.assert_array_equal(np.asarray(first.images), np.asarray(second.images))
 
@@ -96,9 +99,9 @@ def test_training_augmentation_changes_pixels_but_not_shape(small_flowers):
     assert a.shape == b.shape == (3, 32, 32) and not torch.equal(a, b)
 
 
-@pytest.mark.skipif(D.project_shared_mats() is None, reason="official .mat files not beside the project")
+@pytest.mark.skipif(shared_mats() is None, reason="official .mat files not beside the project")
 def test_official_layout_loads_through_unmodified_torchvision(tmp_path):
-    mats = D.project_shared_mats()
+    mats = shared_mats()
     setid = scipy.io.loadmat(mats / "setid.mat", squeeze_me=True)
     labels = scipy.io.loadmat(mats / "imagelabels.mat", squeeze_me=True)["labels"] - 1
     _write_flowers(tmp_path, labels, {}, mats=mats, write=setid["valid"])
@@ -132,10 +135,11 @@ def test_unknown_dataset_and_split():
 
 
 def test_class_names_and_template_in_label_order():
-    names = D.classnames("flowers102")
+    flowers = get_dataset("flowers102")
+    names = flowers.classnames
     assert len(names) == 102 and names[0] == "pink primrose" and names[-1] == "blackberry lily"
-    assert D.templates("flowers102") == ["a photo of a {}, a type of flower."]
-    assert len(D.templates("flowers102", ensemble=True)) > 1
+    assert flowers.templates() == ["a photo of a {}, a type of flower."]
+    assert len(flowers.templates(ensemble=True)) > 1
 
 
 def test_synthflowers_has_flowers102_shape():
@@ -144,4 +148,66 @@ def test_synthflowers_has_flowers102_shape():
     test = D.get_split("synthflowers", "test", 64, MEAN, STD)
     assert len(train) == len(val) == 1020 and np.bincount(train.targets).tolist() == [10] * 102
     assert np.bincount(test.targets).min() >= 20
-    assert train.classnames == D.classnames("synthflowers") and len(set(train.classnames)) == 102
+    assert train.classnames == get_dataset("synthflowers").classnames and len(set(train.classnames)) == 102
+
+
+def test_only_the_rows_used_are_decoded(small_flowers, monkeypatch):
+    root, labels, splits = small_flowers
+    ds = get_dataset("flowers102", root, verify=False)
+    calls = []
+    decode = type(ds).decode
+    monkeypatch.setattr(type(ds), "decode", lambda self, split, rows, size, workers: calls.append(list(rows))
+                        or decode(self, split, rows, size, workers))
+    subset = D.get_split(ds, "test", 32, MEAN, STD, rows=np.array([0, 3]))
+    assert calls == [[0, 3]] and len(subset) == 2
+    np.testing.assert_array_equal(subset.targets, labels[splits["test"] - 1][[0, 3]])
+    full = D.get_split(ds, "test", 32, MEAN, STD)
+    np.testing.assert_array_equal(np.asarray(full.images)[[0, 3]], np.asarray(subset.images))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "meta"])
+def test_a_damaged_cache_file_is_detected_and_rebuilt(small_flowers, damage):
+    import glob
+    import json
+    import os
+    root, _, _ = small_flowers
+    first = D.get_split("flowers102", "val", 32, MEAN, STD, root=root, verify=False)
+    expected = np.array(first.images)
+    path = next(p for p in glob.glob(os.path.join(os.environ["CLIPFT_DATA"], "cache", "decoded", "*_images.npy"))
+                if first.source_key in p)
+    if damage == "truncate":
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    elif damage == "flip":
+        with open(path, "r+b") as f:
+            f.seek(os.path.getsize(path) - 10)
+            f.write(bytes([255 - b for b in f.read(5)]))
+    else:
+        meta = path.replace("_images.npy", "_meta.json")
+        json.dump({**json.load(open(meta)), "shape": [1, 2, 3, 4]}, open(meta, "w"))
+    with pytest.warns(UserWarning, match="rebuilding it"):
+        again = D.get_split("flowers102", "val", 32, MEAN, STD, root=root, verify=False)
+    np.testing.assert_array_equal(np.asarray(again.images), expected)
+
+
+def test_a_corrupt_jpeg_is_named_not_a_worker_crash(small_flowers):
+    root, _, splits = small_flowers
+    bad = root / "flowers-102" / "jpg" / f"image_{splits['train'][1]:05d}.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(DatasetError, match=f"{bad.name}.*truncated|{bad.name}.*cannot|cannot be read.*{bad.name}"):
+        D.get_split("flowers102", "train", 32, MEAN, STD, root=root, verify=False, workers=2)
+
+
+def test_the_real_layer_never_imports_the_stand_in_and_datasets_are_small():
+    """No import circle: the data, model and course layers name no plug-in; each dataset is one small module."""
+    import ast
+    from pathlib import Path
+    pkg = Path(D.__file__).parent
+    for path in [*pkg.glob("*.py"), *(pkg / "datasets").glob("*.py"), *(pkg / "methods").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        names = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        names += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [n for n in names if "standin" in n or n in ("synth", "toyclip")], path.name
+    for path in [*(pkg / "datasets").glob("*.py"), pkg / "standin" / "synthflowers.py"]:
+        if path.name not in ("__init__.py", "base.py"):
+            assert len(path.read_text().splitlines()) < 200, f"{path.name} is a dataset module over 200 lines"

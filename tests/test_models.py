@@ -88,3 +88,100 @@ def test_parameter_count_and_trainable_line():
     layer.bias.requires_grad_(False)
     assert M.count_parameters(layer) == (8, 10)
     assert "trainable%: 80.0000" in M.format_trainable(layer)
+
+
+# --- local weights files that are garbage or made for another model: one clear WeightsError ---------------
+
+def _assert_clear_weights_error(err, path, found):
+    from clipft_utils.errors import ClipftError, WeightsError
+    msg = str(err.value)
+    assert isinstance(err.value, WeightsError) and isinstance(err.value, (ClipftError, ValueError))
+    assert path.name in msg and "Fix" in msg and found in msg, msg
+    assert "weights_only=False" not in msg and "Expected: an open_clip state dict" in msg
+    assert err.value.__suppress_context__  # no raw loader error chained above it in the traceback
+
+
+def _shaped_like(name):
+    """A state dict with ``name``'s keys and shapes whose tensors share one zero (a ~100 kB file, built in ms)."""
+    import open_clip
+    from clipft_utils import plugins
+    plugins.load()
+    with torch.device("meta"):
+        meta = open_clip.create_model(name, device="meta")
+    return {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in meta.state_dict().items()}
+
+
+def test_text_file_renamed_pt_is_not_a_pytorch_file(tmp_path):
+    from clipft_utils.errors import WeightsError
+    path = tmp_path / "notes.pt"
+    path.write_text("these are my lecture notes, not a checkpoint\n")
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ToyCLIP", str(path))
+    _assert_clear_weights_error(err, path, "not a PyTorch or safetensors file")
+
+
+def test_random_bytes_renamed_safetensors(tmp_path):
+    from clipft_utils.errors import WeightsError
+    path = tmp_path / "noise.safetensors"
+    path.write_bytes(bytes(range(256)) * 16)
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ToyCLIP", str(path))
+    _assert_clear_weights_error(err, path, "not a valid safetensors file")
+
+
+def test_torch_file_holding_a_list_is_not_a_state_dict(tmp_path):
+    from clipft_utils.errors import WeightsError
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(2), 3], path)
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ToyCLIP", str(path))
+    _assert_clear_weights_error(err, path, "a file holding a list, not a state dict")
+
+
+def test_pickled_objects_are_refused_safely_without_suggesting_weights_only_false(tmp_path):
+    import argparse
+    from clipft_utils.errors import WeightsError
+    path = tmp_path / "train_state.pt"
+    torch.save({"args": argparse.Namespace(lr=1.0), "epoch": 3}, path)
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ToyCLIP", str(path))
+    _assert_clear_weights_error(err, path, "argparse.Namespace")
+
+
+def test_toyclip_state_dict_passed_to_vit_b_32_names_the_mismatch(tmp_path):
+    import open_clip
+    from clipft_utils import plugins
+    from clipft_utils.errors import WeightsError
+    plugins.load()
+    path = tmp_path / "toyclip_random.pt"
+    torch.save(open_clip.create_model("ToyCLIP").state_dict(), path)
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ViT-B-32", str(path))
+    _assert_clear_weights_error(err, path, "a state dict for another architecture")
+    msg = str(err.value)
+    assert "'ViT-B-32'" in msg and "missing such as 'visual.transformer.resblocks." in msg
+    assert "shape mismatches, e.g." in msg and "pretrained='random'" in msg and "'openai'" in msg
+
+
+def test_vit_b_32_state_dict_with_one_changed_shape(tmp_path):
+    from clipft_utils.errors import WeightsError
+    sd = _shaped_like("ViT-B-32")
+    good = tmp_path / "vit_b_32.pt"
+    torch.save({"state_dict": sd, "epoch": 1}, good)  # a checkpoint wrapping the state dict loads fine
+    assert M.load_clip("ViT-B-32", str(good)).weights_id.startswith("file-")
+    sd["visual.proj"] = torch.zeros(768, 256)
+    path = tmp_path / "vit_b_32_narrow.pt"
+    torch.save(sd, path)
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ViT-B-32", str(path))
+    _assert_clear_weights_error(err, path, "1 shape mismatch, e.g. 'visual.proj' [768, 256] in the file vs [768, 512]")
+    assert "unexpected" not in str(err.value) and "missing" not in str(err.value)
+
+
+def test_prefetch_offline_prints_one_line_and_returns_1(empty_hf_cache, monkeypatch, capsys):
+    from clipft_utils.__main__ import main
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["prefetch", "--weights-only"]) == 1
+    err = capsys.readouterr().err
+    assert "offline" in err and "prefetch" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err

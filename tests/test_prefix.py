@@ -136,7 +136,11 @@ def test_grad_checkpointing_gives_same_gradients() -> None:
 def test_measure_inference_slowdown() -> None:
     clf = tiny_classifier()
     prefix.apply(clf, config("shallow"))
-    stats = prefix.measure_inference_slowdown(prefix.fold(clf.visual), images(2), repeats=2)
+    stats = prefix.measure_inference_slowdown(prefix.fold(clf.visual), images(2), repeats=5)
     assert stats["tokens_prefix"] == stats["tokens_base"] + LENGTH == 1 + 16 + LENGTH
-    assert stats["base_ms"] > 0 and stats["prefix_ms"] > 0 and stats["ratio"] == stats["prefix_ms"] / stats["base_ms"]
+    assert stats["base_ms"] > 0 and stats["prefix_ms"] > 0
+    assert stats["ratio"] == pytest.approx(stats["prefix_ms"] / stats["base_ms"])
     assert stats["folded"] and not clf.visual.training
+    assert stats["spread"] >= 0 and stats["noisy"] == (stats["spread"] > prefix.NOISY)
+    with pytest.raises(ValueError, match="repeats"):
+        prefix.measure_inference_slowdown(clf.visual, images(2), repeats=2)

@@ -1,7 +1,14 @@
-"""The runner behind run_all.sh: planning, skipping, failures, exit status, summary — on fake notebooks."""
+"""The runner behind run_all.sh: the plan, checks before anything runs, reuse only of what matches, failures,
+locks, parallel devices and shards — on fake notebooks, and on tiny real ones through papermill."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import nbformat
@@ -11,32 +18,43 @@ import pytest
 from clipft_utils import __main__ as cli
 from clipft_utils import runner
 from clipft_utils.config import METHODS
-from clipft_utils.errors import ConfigError
+from clipft_utils.errors import ConfigError, ResultsError
+from clipft_utils.paths import atomic_write_text, file_lock
 
 
-def fake_result(folder: Path, method: str, seed: int, acc: float = 0.5) -> None:
-    """A result JSON just complete enough for the runner and the summary."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{method}_seed{seed}.json").write_text(json.dumps({
-        "method": method, "variant": None, "seed": seed, "model": "ToyCLIP", "pretrained": "synthflowers",
-        "dataset": "synthflowers", "standin": True, "test_acc": acc, "test_top5": 1.0, "trainable_params": 10,
-        "total_params": 100, "trainable_percent": 10.0, "train_seconds": 1.0, "peak_memory_mb": 50.0}))
+def fake_result(folder: Path, method: str, seed: int, acc: float = 0.5, shots=None) -> Path:
+    """A result JSON just complete enough for the runner and the summary (written like the notebooks write)."""
+    stem = f"{method}{'' if shots is None else f'_shots{shots}'}_seed{seed}"
+    return atomic_write_text(folder / f"{stem}.json", json.dumps({
+        "method": method, "variant": None, "seed": seed, "shots": shots, "model": "ToyCLIP",
+        "pretrained": "synthflowers", "dataset": "synthflowers", "standin": True, "test_acc": acc, "test_top5": 1.0,
+        "trainable_params": 10, "total_params": 100, "trainable_percent": 10.0, "train_seconds": 1.0,
+        "peak_memory_mb": 50.0}))
 
 
 class FakeExecute:
-    """Stands in for papermill: records each call, writes the notebook's results, fails where told."""
+    """Stands in for the papermill worker: records each call, writes the notebook's results (through the journal,
+    as the real kernels do), fails where told."""
 
     def __init__(self, fail: tuple[str, ...] = ()):
         self.calls: list[tuple[str, dict]] = []
         self.fail = fail
 
-    def __call__(self, notebook: str, out: Path, parameters: dict) -> None:
-        self.calls.append((notebook, parameters))
-        if notebook in self.fail:
-            raise RuntimeError(f"boom in {notebook}")
-        methods = dict(runner.NOTEBOOKS)[notebook]
-        for m in methods:
-            fake_result(Path(parameters["results_dir"]), m, parameters["seed"])
+    def __call__(self, job, out: Path, parameters: dict, env: dict) -> None:
+        self.calls.append((job.notebook, parameters))
+        old = os.environ.get("CLIPFT_JOURNAL")
+        os.environ["CLIPFT_JOURNAL"] = env["CLIPFT_JOURNAL"]
+        try:
+            for m in job.methods:
+                fake_result(Path(parameters["results_dir"]), m, parameters["seed"], shots=parameters.get("shots"))
+            if job.notebook in self.fail:
+                atomic_write_text(Path(parameters["results_dir"]) / "figures" / f"{job.notebook}.png", "png")
+                raise RuntimeError(f"boom in {job.notebook}")
+        finally:
+            if old is None:
+                os.environ.pop("CLIPFT_JOURNAL", None)
+            else:
+                os.environ["CLIPFT_JOURNAL"] = old
         out.write_text("{}")
 
     @property
@@ -51,10 +69,15 @@ def fake(monkeypatch) -> FakeExecute:
     return fake
 
 
+def quiet(*args, **kwargs) -> None:
+    return None
+
+
 def statuses(report) -> dict[str, str]:
     return {s.notebook: s.status for s in report.steps}
 
 
+# ----------------------------------------------------------------------------- the plan
 def test_plan_runs_the_chosen_methods_then_the_comparison():
     assert [nb for nb, _ in runner.plan()] == [nb for nb, _ in runner.NOTEBOOKS]
     assert [nb for nb, _ in runner.plan(["lora", "zero_shot"])] == ["01_zero_shot", "05_lora", "07_comparison"]
@@ -63,50 +86,133 @@ def test_plan_runs_the_chosen_methods_then_the_comparison():
 
 
 def test_only_runs_the_subset(fake, tmp_path):
-    report = runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=lambda *a: None)
+    report = runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=quiet)
     assert fake.notebooks == ["03_bitfit", "07_comparison"] and report.ok
 
 
-def test_finished_methods_are_skipped_unless_forced(fake, tmp_path):
-    runner.run_all("smoke", root=tmp_path, echo=lambda *a: None)
+def test_finished_notebooks_are_skipped_only_while_everything_matches(fake, tmp_path, monkeypatch):
+    runner.run_all("smoke", root=tmp_path, echo=quiet)
     assert len(fake.calls) == 7
-    again = runner.run_all("smoke", root=tmp_path, echo=lambda *a: None)
+    again = runner.run_all("smoke", root=tmp_path, echo=quiet)
     assert fake.notebooks[7:] == ["07_comparison"]
     assert statuses(again) == {**{nb: "skipped" for nb, _ in runner.NOTEBOOKS[:-1]}, "07_comparison": "ok"}
-    runner.run_all("smoke", root=tmp_path, force=True, echo=lambda *a: None)
+    runner.run_all("smoke", root=tmp_path, force=True, echo=quiet)
     assert len(fake.calls) == 7 + 1 + 7
 
 
-def test_every_seed_runs_each_method_once_and_the_comparison_once(fake, tmp_path):
-    report = runner.run_all("smoke", only=["lora"], seeds=[0, 1], root=tmp_path, echo=lambda *a: None)
-    assert [(nb, p["seed"]) for nb, p in fake.calls] == [("05_lora", 0), ("05_lora", 1), ("07_comparison", 0)]
-    assert report.ok and (tmp_path / "smoke" / "lora_seed1.json").exists()
+@pytest.mark.parametrize("change, reason", [
+    ({"extra": {"epochs": 1}}, "parameters changed: epochs None → 1"),
+    ({"extra": {"test_per_class": 5}}, "parameters changed: test_per_class None → 5"),
+    ({"extra": {"pretrained": "random"}}, "the model weights changed"),
+    ({"extra": {"bitfit": {"lr": 0.01}}}, "parameters changed: config None → {'lr': 0.01}"),
+])
+def test_a_result_is_recomputed_when_what_is_asked_changes(fake, tmp_path, change, reason):
+    lines: list[str] = []
+    runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=quiet)
+    runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=lines.append, **change)
+    assert fake.notebooks == ["03_bitfit", "07_comparison"] * 2
+    assert any("run  03_bitfit" in line and reason in line for line in lines), lines
 
 
-def test_parameters_reach_the_notebooks_and_scoped_extras_only_their_notebook(fake, tmp_path):
-    runner.run_all("smoke", root=tmp_path, device="cpu", echo=lambda *a: None,
-                   extra={"epochs": 1, "lora": {"ranks": [1, 2]}, "07_comparison": {"need": "good"}})
+def test_a_missing_or_changed_result_file_or_new_code_reruns(fake, tmp_path, monkeypatch):
+    runner.run_all("smoke", only=["lora"], root=tmp_path, echo=quiet)
+    folder = tmp_path / "smoke"
+    (folder / "lora_seed0.json").unlink()
+    lines: list[str] = []
+    runner.run_all("smoke", only=["lora"], root=tmp_path, echo=lines.append)
+    assert any("lora_seed0.json is missing" in line for line in lines)
+    (folder / "lora_seed0.json").write_text((folder / "lora_seed0.json").read_text().replace("0.5", "0.9"))
+    lines.clear()
+    runner.run_all("smoke", only=["lora"], root=tmp_path, echo=lines.append)
+    assert any("lora_seed0.json changed since it was written" in line for line in lines)
+    monkeypatch.setattr(runner, "code_version", lambda: "another-version")
+    lines.clear()
+    runner.run_all("smoke", only=["lora"], root=tmp_path, echo=lines.append)
+    assert any("the library code changed" in line for line in lines)
+
+
+def test_a_result_without_a_completion_record_is_not_done(fake, tmp_path):
+    fake_result(tmp_path / "smoke", "bitfit", 0)                  # e.g. written by a run that was killed later
+    report = runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=quiet)
+    assert statuses(report)["03_bitfit"] == "ok" and fake.notebooks[0] == "03_bitfit"
+
+
+def test_every_seed_and_shot_runs_once_and_zero_shot_once_per_seed(fake, tmp_path):
+    report = runner.run_all("smoke", only=["lora", "zero_shot"], seeds=[1, 2], shots=[1, 4], root=tmp_path, echo=quiet)
+    calls = [(nb, p["seed"], p.get("shots")) for nb, p in fake.calls]
+    assert calls == [("01_zero_shot", 1, None), ("01_zero_shot", 2, None),
+                     ("05_lora", 1, 1), ("05_lora", 2, 1), ("05_lora", 1, 4), ("05_lora", 2, 4),
+                     ("07_comparison", 1, None)]
+    assert report.ok and (tmp_path / "smoke" / "lora_shots4_seed2.json").exists()
+    grid = dict((nb, p) for nb, p in fake.calls if p["seed"] == 2 and p.get("shots") == 4)
+    assert grid["05_lora"]["extras"] is False              # a grid's other points: main rows only
+    assert "extras" not in dict(fake.calls)["01_zero_shot"] or dict(fake.calls)["01_zero_shot"]["extras"] is True
+
+
+def test_parameters_reach_only_the_notebooks_that_declare_them(fake, tmp_path):
+    runner.run_all("smoke", root=tmp_path, device="cpu", echo=quiet,
+                   extra={"epochs": 1, "n_show": 4, "lora": {"ranks": [1, 2], "rank": 4}, "07_comparison": {"need": "good"}})
     params = dict(fake.calls)
     assert params["03_bitfit"] == {"profile": "smoke", "seed": 0, "device": "cpu",
                                    "results_dir": str(tmp_path / "smoke"), "epochs": 1}
-    assert params["05_lora"]["ranks"] == [1, 2] and "ranks" not in params["04_prefix_tuning"]
+    assert params["01_zero_shot"]["n_show"] == 4 and "n_show" not in params["03_bitfit"]
+    assert params["05_lora"]["ranks"] == [1, 2] and params["05_lora"]["config"] == {"rank": 4}
+    assert "ranks" not in params["04_prefix_tuning"]
     assert params["07_comparison"]["need"] == "good" and "need" not in params["05_lora"]
 
 
-def test_a_failing_notebook_is_reported_and_the_others_still_run(monkeypatch, tmp_path):
+@pytest.mark.parametrize("extra, message", [
+    ({"rank": 0}, r"-p rank=… is not a parameter of any notebook.*lora\.rank"),
+    ({"lr": -1}, r"'lr' is a field of the config of .*scope it"),
+    ({"lora": {"rank": 0}}, r"05_lora: LoRAConfig\.rank must be a positive number"),
+    ({"lora": {"lr": -1}}, r"LoRAConfig\.lr must be a positive number"),
+    ({"seed": "x"}, r"seed='x' is invalid: it must be a whole number"),
+    ({"device": "cudaa"}, r"device='cudaa' is invalid"),
+    ({"epochs": 0}, r"epochs=0 is invalid: it must be a whole number >= 1"),
+    ({"lora": {"warp": 2}}, r"'lora\.warp' is neither a parameter of 05_lora"),
+])
+def test_bad_parameters_fail_before_anything_runs(fake, tmp_path, extra, message):
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=message):
+        runner.run_all("smoke", root=tmp_path, echo=quiet, extra=extra)
+    assert fake.calls == [] and time.perf_counter() - start < 20
+
+
+def test_quick_reaches_every_notebook(fake, tmp_path):
+    runner.run_all("smoke", root=tmp_path, echo=quiet, quick=True)
+    params = dict(fake.calls)
+    assert all(params[nb]["epochs"] == 1 for nb in ("02_linear_probe", "03_bitfit", "05_lora", "06_full_finetune"))
+    assert params["06_full_finetune"]["wise_alphas"] == [0.0, 0.5, 1.0] and params["05_lora"]["ranks"] == [1, 2]
+
+
+def test_the_plan_says_what_each_notebook_trains(fake, tmp_path):
+    lines: list[str] = []
+    runner.run_all("smoke", root=tmp_path, echo=lines.append, extra={"epochs": 2}, dry_run=True)
+    text = "\n".join(lines)
+    assert "03_bitfit seed 0: bitfit 2 epoch(s)" in text
+    assert "LoRA adapter B: 2 epoch(s) each" in text          # one knob reaches every training of 06
+    assert fake.calls == []
+
+
+# ----------------------------------------------------------------------------- failures
+def test_a_failing_notebook_is_reported_its_files_set_aside_and_the_others_still_run(monkeypatch, tmp_path):
     fake = FakeExecute(fail=("03_bitfit",))
     monkeypatch.setattr(runner, "_execute", fake)
     lines: list[str] = []
     report = runner.run_all("smoke", root=tmp_path, echo=lines.append)
+    folder = tmp_path / "smoke"
     assert len(fake.calls) == 7 and not report.ok
     assert statuses(report)["03_bitfit"] == "failed" and statuses(report)["06_full_finetune"] == "ok"
     assert "boom in 03_bitfit" in next(s.error for s in report.steps if s.status == "failed")
     assert any("SOME FAILED" in line for line in lines)
-    summary = pd.read_csv(tmp_path / "smoke" / "summary.csv").set_index("method")
+    assert not (folder / "bitfit_seed0.json").exists() and not (folder / "figures" / "03_bitfit.png").exists()
+    assert (folder / "failed" / "03_bitfit" / "bitfit_seed0.json").exists()
+    assert (folder / "failed" / "03_bitfit" / "figures" / "03_bitfit.png").exists()
+    summary = pd.read_csv(folder / "summary.csv").set_index("method")
     assert summary.loc["bitfit", "status"] == "not run" and summary.loc["lora", "status"] == "ok"
 
 
-def test_cli_exit_status_says_whether_everything_succeeded(monkeypatch, tmp_path):
+def test_cli_exit_status_says_whether_everything_succeeded(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("CLIPFT_RESULTS", str(tmp_path / "ok"))
     monkeypatch.setattr(runner, "_execute", FakeExecute())
     assert cli.main(["run", "--smoke", "--all"]) == 0
@@ -114,15 +220,19 @@ def test_cli_exit_status_says_whether_everything_succeeded(monkeypatch, tmp_path
     monkeypatch.setattr(runner, "_execute", FakeExecute(fail=("05_lora",)))
     assert cli.main(["run", "--smoke", "--all"]) == 1
     assert cli.main(["run", "--smoke"]) == 2          # neither --all nor --only: nothing to do
+    assert cli.main(["run", "--smoke", "--all", "-p", "rank=0"]) == 2
+    assert "lora.rank" in capsys.readouterr().err
 
 
 def test_cli_params_become_notebook_parameters(monkeypatch, tmp_path):
     fake = FakeExecute()
     monkeypatch.setattr(runner, "_execute", fake)
+    monkeypatch.setenv("CLIPFT_RESULTS", str(tmp_path))
     assert cli.main(["run", "--smoke", "--only", "lora", "-p", "epochs=1", "-p", "lora.ranks=[1, 2]",
-                     "-p", "test_per_class=5"]) == 0
+                     "-p", "test_per_class=5", "-p", "lora.alpha=8"]) == 0
     lora = dict(fake.calls)["05_lora"]
     assert lora["epochs"] == 1 and lora["ranks"] == [1, 2] and lora["test_per_class"] == 5
+    assert lora["config"] == {"alpha": 8}
     with pytest.raises(SystemExit):
         cli.main(["run", "--smoke", "--all", "-p", "epochs"])
 
@@ -137,11 +247,55 @@ def test_summary_with_no_results(fake, tmp_path):
     assert any("| lora" in line for line in lines)      # the runner printed the table
 
 
-# ----------------------------------------------------------------------------- real papermill, tiny notebooks
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(fake, tmp_path):
+    folder = tmp_path / "smoke"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from clipft_utils.runner import FolderLock
+        from pathlib import Path
+        with FolderLock(Path({str(folder)!r}), shared=False):
+            print("held", flush=True)
+            time.sleep(30)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ResultsError, match=r"Another run holds the results folder .*pid \d+"):
+            runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=quiet)
+        assert fake.calls == []
+    finally:
+        holder.kill()
+        holder.wait()
+    assert runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=quiet).ok   # a killed holder frees it
+
+
+def test_shards_share_the_folder_but_never_run_a_job_twice(tmp_path):
+    folder = tmp_path / "smoke"
+    with runner.FolderLock(folder, shared=True), runner.FolderLock(folder, shared=True):
+        pass                                               # two shards at once
+    with runner.FolderLock(folder, shared=True):
+        with pytest.raises(ResultsError):
+            runner.FolderLock(folder, shared=False).__enter__()   # a whole run waits for the shards
+
+
+def test_shards_split_the_grid_into_whole_groups():
+    jobs = runner.make_jobs(["zero_shot", "lora", "full_finetune"], [1, 2], [1, 4], compare=False)
+    a, b = runner.shard_of(jobs, 1, 2), runner.shard_of(jobs, 2, 2)
+    assert sorted(j.key for j in a + b) == sorted(j.key for j in jobs) and not {j.key for j in a} & {j.key for j in b}
+    for shard in (a, b):  # 06 and what it reads (05 and 01 of its seed) are in the same shard
+        for j in shard:
+            if j.notebook == "06_full_finetune":
+                assert any(o.notebook == "05_lora" and o.group == j.group for o in shard)
+                if j.shots == 1:
+                    assert any(o.notebook == "01_zero_shot" and o.seed == j.seed for o in shard)
+
+
+# ----------------------------------------------------------------------------- tiny real notebooks, real papermill
 def tiny_notebook(path: Path, *cells: str) -> None:
     """A notebook with a papermill parameters cell followed by ``cells``."""
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('profile = "smoke"\nseed = 0\ndevice = "auto"\nresults_dir = None')
+    params = nbformat.v4.new_code_cell('profile = "smoke"\nseed = 0\nshots = None\nextras = True\ndevice = "auto"\n'
+                                       'results_dir = None')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, *map(nbformat.v4.new_code_cell, cells)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -149,27 +303,41 @@ def tiny_notebook(path: Path, *cells: str) -> None:
 
 
 WRITE = ("import json, pathlib\n"
-         "p = pathlib.Path(results_dir) / f'{METHOD}_seed{seed}.json'\n"
-         "p.write_text(json.dumps({'method': '{METHOD}', 'variant': None, 'seed': seed, 'test_acc': 0.5}))")
+         "from clipft_utils.paths import atomic_write_text\n"
+         "stem = '{METHOD}' + ('' if shots is None else f'_shots{shots}') + f'_seed{seed}'\n"
+         "atomic_write_text(pathlib.Path(results_dir) / f'{stem}.json', json.dumps({'method': '{METHOD}', 'variant': None,"
+         " 'seed': seed, 'shots': shots, 'test_acc': 0.1 * seed + 0.01 * (shots or 0)}))")
 
 
-def test_real_notebooks_failure_keeps_the_executed_copy_and_no_result(monkeypatch, tmp_path):
+@pytest.fixture
+def tiny_course(monkeypatch, tmp_path):
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
-    tiny_notebook(nbs / "01_zero_shot.ipynb", WRITE.replace("{METHOD}", "zero_shot"), "raise ValueError('late failure')")
+    tiny_notebook(nbs / "01_zero_shot.ipynb", WRITE.replace("{METHOD}", "zero_shot"))
     tiny_notebook(nbs / "02_linear_probe.ipynb", WRITE.replace("{METHOD}", "linear_probe"),
                   "import os, matplotlib.pyplot as plt\nprint('headless', os.environ.get('CLIPFT_HEADLESS'))\n"
                   "plt.plot([1, 2]); plt.show()")
+    tiny_notebook(nbs / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(1)")
     tiny_notebook(nbs / "07_comparison.ipynb", "print('compare')")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbs)
-    monkeypatch.setattr(runner, "NOTEBOOKS", (("01_zero_shot", ("zero_shot",)),
-                                              ("02_linear_probe", ("linear_probe",)), ("07_comparison", ())))
+    monkeypatch.setattr(runner, "NOTEBOOKS", (("01_zero_shot", ("zero_shot",)), ("02_linear_probe", ("linear_probe",)),
+                                              ("03_bitfit", ("bitfit",)), ("07_comparison", ())))
     monkeypatch.setenv("MPLBACKEND", "Agg")             # what run_all.sh exports
-    folder = tmp_path / "results" / "smoke"
-    report = runner.run_all("smoke", root=tmp_path / "results", echo=lambda *a: None)
+    return nbs
 
-    assert statuses(report) == {"01_zero_shot": "failed", "02_linear_probe": "ok", "07_comparison": "ok"}
-    assert all(s.cpu_seconds is not None for s in report.steps[:3])  # each kernel's CPU time is recorded
+
+def results_of(folder: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+@pytest.mark.slow
+def test_real_notebooks_failure_keeps_the_executed_copy_and_sets_its_results_aside(tiny_course, tmp_path):
+    tiny_notebook(tiny_course / "01_zero_shot.ipynb", WRITE.replace("{METHOD}", "zero_shot"),
+                  "raise ValueError('late failure')")
+    folder = tmp_path / "results" / "smoke"
+    report = runner.run_all("smoke", root=tmp_path / "results", echo=quiet)
+    assert statuses(report) == {"01_zero_shot": "failed", "02_linear_probe": "ok", "03_bitfit": "ok",
+                                "07_comparison": "ok"}
     failed = next(s for s in report.steps if s.status == "failed")
     assert "ValueError" in failed.error and "late failure" in failed.error
     assert (folder / "notebooks" / "01_zero_shot.FAILED.ipynb").exists()
@@ -177,14 +345,61 @@ def test_real_notebooks_failure_keeps_the_executed_copy_and_no_result(monkeypatc
     assert not list((folder / "notebooks").glob(".*running*"))
     assert not (folder / "zero_shot_seed0.json").exists()                     # not counted as done ...
     assert (folder / "failed" / "01_zero_shot" / "zero_shot_seed0.json").exists()  # ... but kept aside
-    assert (folder / "linear_probe_seed0.json").exists()
-
+    record = json.loads((folder / "runs" / "02_linear_probe.json").read_text())
+    assert list(record["files"]) == ["linear_probe_seed0.json"]               # what the kernel wrote, hashed
     executed = nbformat.read(folder / "notebooks" / "02_linear_probe.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert any("headless 1" in o.get("text", "") for o in outputs)
     assert any("image/png" in o.get("data", {}) for o in outputs)             # figures land in the copy
-    assert pd.read_csv(folder / "summary.csv").set_index("method").loc["zero_shot", "status"] == "not run"
+    again = runner.run_all("smoke", root=tmp_path / "results", echo=quiet)
+    assert statuses(again)["02_linear_probe"] == "skipped" and statuses(again)["01_zero_shot"] == "failed"
 
-    monkeypatch.setattr(runner, "NOTEBOOKS", runner.NOTEBOOKS[1:])
-    again = runner.run_all("smoke", root=tmp_path / "results", echo=lambda *a: None)
-    assert statuses(again) == {"02_linear_probe": "skipped", "07_comparison": "ok"}
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_nothing_that_counts_as_done(tiny_course, tmp_path, monkeypatch):
+    tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(60)")
+    root = tmp_path / "results"
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from clipft_utils import runner
+        runner.NOTEBOOK_DIR = Path({str(tiny_course)!r})
+        runner.NOTEBOOKS = (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
+        runner.run_all("smoke", root={str(root)!r})
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    folder = root / "smoke"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (folder / "bitfit_seed0.json").exists():
+        time.sleep(0.5)
+    assert (folder / "bitfit_seed0.json").exists(), "the notebook never got to write its result"
+    os.killpg(proc.pid, signal.SIGKILL)                       # kill -9 the whole run: runner, worker, kernel
+    proc.wait()
+    assert not (folder / "runs" / "03_bitfit.json").exists()  # no completion record: not done
+    tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"))
+    monkeypatch.setattr(runner, "NOTEBOOKS", (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
+                                              ("07_comparison", ())))
+    lines: list[str] = []
+    report = runner.run_all("smoke", root=root, echo=lines.append)
+    assert statuses(report) == {"01_zero_shot": "skipped", "03_bitfit": "ok", "07_comparison": "ok"}
+    assert any("03_bitfit" in line and "no completion record" in line for line in lines)
+    assert not list((folder / "notebooks").glob(".*running*"))  # the killed run's hidden copy is cleaned up
+
+
+@pytest.mark.slow
+def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_course, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "NOTEBOOKS", (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
+                                              ("07_comparison", ())))
+    grid = dict(seeds=[1, 2], shots=[1, 2], echo=quiet)
+    sequential = runner.run_all("smoke", root=tmp_path / "seq", **grid)
+    parallel = runner.run_all("smoke", root=tmp_path / "par", devices=["cpu", "cpu"], **grid)
+    for i in (1, 2):
+        runner.run_all("smoke", root=tmp_path / "shard", shard=f"{i}/2", **grid)
+    runner.run_all("smoke", root=tmp_path / "shard", compare_only=True, **grid)
+    assert sequential.ok and parallel.ok
+    expected = results_of(tmp_path / "seq" / "smoke")
+    assert len(expected) == 2 + 2 * 2
+    assert results_of(tmp_path / "par" / "smoke") == expected
+    assert results_of(tmp_path / "shard" / "smoke") == expected
+    overlap = [(s.notebook, s.seconds) for s in parallel.steps]
+    assert sum(s for _, s in overlap) > 0

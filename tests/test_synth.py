@@ -10,7 +10,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from clipft_utils import data, synth, toyclip  # noqa: E402
+from clipft_utils.datasets import get_dataset  # noqa: E402
+from clipft_utils.datasets.flowers102 import shared_mats  # noqa: E402
+from clipft_utils.standin import synth, toyclip  # noqa: E402
 from clipft_utils.errors import ConfigError  # noqa: E402
 
 
@@ -94,7 +96,8 @@ def test_fullsize_standin_with_self_made_mats_round_trips(tmp_path):
     folder = root / "flowers-102"
     total = 0
     for split in ("train", "val", "test"):
-        files, labels = data.check_flowers_folder(root, split)  # the course's own reader
+        index = get_dataset("flowers102", root, verify=False).index(split)  # the course's own reader
+        files, labels = index.files, index.labels
         assert set(labels.tolist()) == set(range(102))
         total += len(files)
     assert total == 310 and len(list((folder / "jpg").glob("image_*.jpg"))) == 310
@@ -114,7 +117,7 @@ def test_fullsize_image_is_photo_sized(tmp_path):
         assert 20_000 < path.stat().st_size < 120_000  # realistic JPEG decode cost
 
 
-OFFICIAL = data.project_shared_mats()
+OFFICIAL = shared_mats()
 
 
 @pytest.mark.skipif(OFFICIAL is None, reason="no official Flowers102 .mat files beside the project")

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from clipft_utils import synth, toyclip  # noqa: E402
+from clipft_utils.standin import synth, toyclip  # noqa: E402
 
 
 def _no_network(monkeypatch) -> None:

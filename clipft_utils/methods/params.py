@@ -27,9 +27,14 @@ VARIANTS: list[tuple[str, dict[str, Any], str]] = [
 
 def build_clip(model_name: str = "ViT-B-32") -> nn.Module:
     """The open_clip architecture with random weights (ToyCLIP through ``models.load_clip``)."""
+    import logging
     import open_clip
     if model_name in open_clip.list_models():
-        return open_clip.create_model(model_name, pretrained=None)
+        logging.disable(logging.WARNING)  # "No pretrained weights loaded": random weights are the point here
+        try:
+            return open_clip.create_model(model_name, pretrained=None)
+        finally:
+            logging.disable(logging.NOTSET)
     from ..models import load_clip
     return load_clip(model_name, "random").model
 

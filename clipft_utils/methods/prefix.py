@@ -131,9 +131,19 @@ def _time_ms(fn: Any, images: torch.Tensor) -> float:
     return 1000 * (time.perf_counter() - start)
 
 
+NOISY = 0.10
+"""A timing is reported as too noisy when its median is more than this fraction above its minimum."""
+
+
 @torch.inference_mode()
 def measure_inference_slowdown(pv: PrefixVisual, images: torch.Tensor, repeats: int = 10) -> dict[str, Any]:
-    """Median ms/batch of the bare tower vs the prefixed one, measured interleaved in one run."""
+    """Bare tower vs prefixed tower, interleaved ``repeats`` times in one run; the ratio of the *minimum* times.
+
+    The minimum is the least disturbed measurement (noise only ever adds time); ``noisy`` says when the machine was
+    too busy to trust it (a median more than 10 % above the minimum), and the spread is reported either way.
+    """
+    if repeats < 3:
+        raise ValueError(f"repeats must be >= 3 to judge the noise, got {repeats}.")
     was_training = pv.training
     pv.eval()
     for _ in range(2):  # warm-up
@@ -143,11 +153,12 @@ def measure_inference_slowdown(pv: PrefixVisual, images: torch.Tensor, repeats: 
         base.append(_time_ms(pv.visual, images))
         prefixed.append(_time_ms(pv, images))
     pv.train(was_training)
-    base_ms, prefix_ms = float(torch.tensor(base).median()), float(torch.tensor(prefixed).median())
+    b, p = torch.tensor(base), torch.tensor(prefixed)
+    spread = max(float(b.median() / b.min()) - 1, float(p.median() / p.min()) - 1)
     n_tokens = 1 + pv.visual.grid_size[0] * pv.visual.grid_size[1]
     return {
-        "base_ms": base_ms, "prefix_ms": prefix_ms, "ratio": prefix_ms / base_ms,
-        "tokens_base": n_tokens, "tokens_prefix": n_tokens + pv.length,
+        "base_ms": float(b.min()), "prefix_ms": float(p.min()), "ratio": float(p.min() / b.min()),
+        "spread": spread, "noisy": spread > NOISY, "tokens_base": n_tokens, "tokens_prefix": n_tokens + pv.length,
         "batch_size": images.shape[0], "repeats": repeats, "device": str(images.device),
         "folded": pv.folded is not None, "deep": pv.deep,
     }

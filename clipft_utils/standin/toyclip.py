@@ -1,7 +1,7 @@
 """ToyCLIP: a tiny open_clip model (ViT-B-32's classes, 8M parameters) that this project pretrains itself on
 SynthFlowers captions — the offline STAND-IN for CLIP. Its numbers are never CLIP's numbers.
 
-The shipped asset ``assets/toyclip_synthflowers.pt`` is a *compact* checkpoint (fp16 tensors, and only the
+The shipped asset ``standin/assets/toyclip_synthflowers.pt`` is a *compact* checkpoint (fp16 tensors, and only the
 rows of the token embedding that pretraining changed); :func:`checkpoint_path` expands it once into an
 ordinary open_clip state dict, so the course loads ToyCLIP exactly like real weights from a local file::
 
@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import synth
-from .errors import DatasetError
-from .paths import atomic_path, cache_dir
-from .seeding import seed_everything
+from ..errors import DatasetError
+from ..models import LocalWeights, file_id, register_local_weights
+from ..paths import atomic_path, cache_dir
+from ..seeding import seed_everything
 
 MODEL_NAME = "ToyCLIP"
 TAG = "synthflowers"
@@ -356,6 +357,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_metrics(report(load_pretrained(), probe=not args.no_probe))
     return 0
 
+
+def weights_id() -> str:
+    """The id of the shipped weights in cache keys: a new build gives new keys."""
+    return f"{TAG}-{file_id(ASSET_PATH)[5:13]}"
+
+
+register()  # the plug-in: open_clip learns the architecture, the course learns where its weights are
+register_local_weights(LocalWeights(MODEL_NAME, TAG, checkpoint_path, weights_id),
+                       standin_note="ToyCLIP (pretrained by this project), not CLIP")
 
 if __name__ == "__main__":
     raise SystemExit(main())

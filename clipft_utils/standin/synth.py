@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError
 
 DATASET_NAME = "synthflowers"
 NATIVE_SIZE = 64          # images are drawn at 2x this and box-downsampled (anti-aliasing)
@@ -244,21 +244,34 @@ def _resize(images: np.ndarray, image_size: int) -> np.ndarray:
     return out
 
 
-def _draw_split(labels: np.ndarray, style: Style, seed: int, code: int) -> np.ndarray:
-    """Draw one image per label; image i uses its own generator seeded by (seed, code, i)."""
+def _draw_split(labels: np.ndarray, style: Style, seed: int, code: int,
+                positions: Iterable[int] | None = None) -> np.ndarray:
+    """Draw one image per label; the image at split position i uses its own generator seeded by (seed, code, i)."""
+    positions = range(len(labels)) if positions is None else list(positions)
     out = np.empty((len(labels), NATIVE_SIZE, NATIVE_SIZE, 3), np.uint8)
-    for i, y in enumerate(labels):
-        out[i] = render(CLASS_COMBINATIONS[y], style, np.random.default_rng([seed, code, i]))
+    for k, (i, y) in enumerate(zip(positions, labels)):
+        out[k] = render(CLASS_COMBINATIONS[y], style, np.random.default_rng([seed, code, int(i)]))
     return out
+
+
+def split_labels(split: str) -> np.ndarray:
+    """int64 labels of a downstream split, grouped by class (nothing is drawn)."""
+    if split not in SPLIT_SIZES:
+        raise ConfigError(f"Unknown SynthFlowers split '{split}'. Fix: use one of {', '.join(SPLIT_SIZES)}.")
+    return np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), SPLIT_SIZES[split])
+
+
+def generate_rows(split: str, rows: Sequence[int], seed: int = 0, image_size: int = NATIVE_SIZE) -> np.ndarray:
+    """uint8 images [len(rows), image_size, image_size, 3] of the given positions of a downstream split."""
+    rows = np.asarray(rows, dtype=np.int64)
+    images = _draw_split(split_labels(split)[rows], DOWNSTREAM_STYLE, seed, _SPLIT_CODES[split], rows)
+    return _resize(images, image_size)
 
 
 def generate_split(split: str, seed: int = 0, image_size: int = NATIVE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """A downstream split: uint8 images [N, image_size, image_size, 3] and int64 labels, grouped by class."""
-    if split not in SPLIT_SIZES:
-        raise ConfigError(f"Unknown SynthFlowers split '{split}'. Fix: use one of {', '.join(SPLIT_SIZES)}.")
-    labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), SPLIT_SIZES[split])
-    images = _draw_split(labels, DOWNSTREAM_STYLE, seed, _SPLIT_CODES[split])
-    return _resize(images, image_size), labels
+    labels = split_labels(split)
+    return generate_rows(split, np.arange(len(labels)), seed, image_size), labels
 
 
 def pretraining_style_split(per_class: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -382,8 +395,8 @@ def _resolve_mat_dir(mat_dir: str | os.PathLike | None, n_images: int) -> Path |
     if mat_dir is None:
         if n_images != FLOWERS102_N_IMAGES:
             return None  # the official files describe exactly 8189 images
-        from .data import project_shared_mats
-        return project_shared_mats()
+        from ..datasets.flowers102 import shared_mats
+        return shared_mats()
     mat_dir = Path(mat_dir).expanduser()
     missing = [n for n in _MAT_FILES if not (mat_dir / n).exists()]
     if missing:
@@ -427,7 +440,7 @@ def write_fullsize_standin(root: str | os.PathLike, mat_dir: str | os.PathLike |
     ``n_images`` is 8189) they are copied byte-identically, so unmodified ``torchvision.datasets.Flowers102``
     loads the folder, and image i shows the class the official labels give it. Otherwise self-made .mat files
     (same keys, 10/10/rest per class) are written: torchvision rejects their md5, our own loader
-    (``data.get_split(..., verify=False)``) reads them. ``ids`` (1-based) writes only those images (tests);
+    (``data.get_split('flowers102', ..., verify=False)``) reads them. ``ids`` (1-based) writes only those images (tests);
     existing images are kept unless ``overwrite``.
     """
     from tqdm.auto import tqdm
@@ -448,6 +461,61 @@ def write_fullsize_standin(root: str | os.PathLike, mat_dir: str | os.PathLike |
             bar.update(_write_images(chunk, size, seed))
     bar.close()
     return Path(root).expanduser()
+
+
+# --------------------------------------------------------------------------- the rehearsal's data
+def rehearsal_root(echo=print) -> Path:
+    """``data/rehearsal``: the full-size Flowers102-shaped stand-in (8189 JPEGs, 500 px) with the official .mat
+    files, so that unmodified torchvision reads it; written once (about a minute on 2 cores), then reused."""
+    from ..datasets.flowers102 import shared_mats
+    from ..paths import data_dir
+    root = data_dir() / "rehearsal"
+    marker = root / "flowers-102" / ".complete"
+    if marker.exists():
+        return root
+    given = os.environ.get("CLIPFT_FLOWERS_MATS")
+    mats = Path(given).expanduser() if given else shared_mats()
+    if mats is None:
+        raise DatasetError("The rehearsal needs Flowers102's official imagelabels.mat and setid.mat (torchvision checks "
+                           "their md5). Fix: set CLIPFT_FLOWERS_MATS to the folder that holds them (they come with "
+                           "Flowers102, or ../shared/data/flowers102 beside the project).")
+    echo(f"[rehearse] writing the Flowers102-shaped stand-in into {root} (once; about a minute)")
+    write_fullsize_standin(root, mats)
+    marker.write_text("8189 images written\n")
+    return root
+
+
+# --------------------------------------------------------------------------- a folder of "your own" images
+def write_imagefolder_standin(root: str | os.PathLike, n_classes: int = 12, per_class: int = 25, seed: int = 0,
+                              size: int = 96, faults: bool = True) -> Path:
+    """A folder in the layout users bring, ``root/<class>/<images>``, drawn by SynthFlowers: JPEGs and PNGs,
+    one class nested one folder deeper; with ``faults``: one grayscale, one CMYK and one RGBA image, a
+    truncated JPEG and a text file (what a real folder of photos tends to hold). Returns ``root``."""
+    root = Path(root).expanduser()
+    labels = np.linspace(0, NUM_CLASSES - 1, n_classes).round().astype(int)
+    for k, label in enumerate(labels):
+        folder = root / CLASSNAMES[label].replace(" ", "_")  # class names from folder names, as users write them
+        folder = folder / "field" if k == 1 else folder  # nested: ImageFolder walks sub-folders
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            rng = np.random.default_rng([seed, 6, int(label), i])
+            w = round(size * rng.uniform(1.0, 1.4))
+            img = Image.fromarray(render(CLASS_COMBINATIONS[label], DOWNSTREAM_STYLE, rng, w, size))
+            kind = (k, i) if faults else None
+            if kind == (0, 0):
+                img = img.convert("L")
+            elif kind == (0, 1):
+                img = img.convert("CMYK")
+            elif kind == (0, 2):
+                img = img.convert("RGBA")
+            ext = ".png" if i % 3 == 2 else ".jpg"
+            img.save(folder / f"img_{i:03d}{ext}", quality=90)
+    if faults:
+        bad = next((root / p for p in sorted(os.listdir(root)) if (root / p).is_dir()))
+        data = (bad / "img_003.jpg").read_bytes()
+        (bad / "img_003.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG
+        (bad / "notes.txt").write_text("shot in the garden, May\n")
+    return root
 
 
 # --------------------------------------------------------------------------- command line
@@ -474,6 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.out}")
     return 0
 
+
+def _register() -> None:
+    from ..config import PREPARE_DATA
+    PREPARE_DATA["rehearse"] = rehearsal_root
+
+
+_register()
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,0 +1,305 @@
+"""The dataset interface every dataset implements, and the decoding that file-based datasets share.
+
+A dataset tells the course four things: its class names, its prompt templates, the index of each split
+(labels, and files or a generator) and how to decode rows of a split into uint8 images. Everything else —
+the decoded-image cache, k-shot sampling, feature caches, loaders, notebooks — is shared and lives in
+``clipft_utils.data``. A subclass that sets ``name`` registers itself (see ``clipft_utils.datasets``).
+
+Decoding follows open_clip's evaluation preprocessing step for step: the image is opened in its own mode
+(with its EXIF orientation applied), resized on its shorter side with bicubic interpolation, centre-cropped,
+and only then converted to RGB — exactly where open_clip's ``MaybeConvertMode`` does it. The cached uint8
+pixels divided by 255 are therefore bit-identical to open_clip's ``ToTensor`` output.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DatasetError
+
+SPLITS = ("train", "val", "test")
+REGISTRY: dict[str, type["Dataset"]] = {}
+"""Dataset name -> class; filled by ``Dataset.__init_subclass__``."""
+
+
+def short_hash(*parts: Any, n: int = 8) -> str:
+    """A short sha1 of the parts' text (for cache keys and dataset ids)."""
+    return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:n]
+
+
+def slug(text: str) -> str:
+    """``text`` reduced to letters, digits, '.', '_' and '-' (safe in file and folder names)."""
+    out = "".join(c if c.isalnum() or c in "._-" else "-" for c in text).strip("-.")
+    return out or "dataset"
+
+
+def listing_hash(files: Sequence[Path], base: Path) -> str:
+    """Hash of the relative paths, sizes and modification times of ``files``: changes when any file does."""
+    h = hashlib.sha1()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(base).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+class Dataset:
+    """One dataset: class names, prompt templates, the split index and how to decode it."""
+
+    name: ClassVar[str] = ""          # registry key, e.g. "flowers102"
+    standin: ClassVar[bool] = False   # True for data the project generated itself (never real photos)
+    standin_note: ClassVar[str] = ""  # how a stand-in is labelled, e.g. "SynthFlowers, not Flowers102 photos"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            REGISTRY[cls.name] = cls
+
+    def __init__(self, root: str | os.PathLike | None = None, **options: Any) -> None:
+        if options:
+            raise ConfigError(f"Dataset '{self.name}' takes no option(s) {sorted(options)}.")
+        self.root = None if root is None else Path(root).expanduser()
+
+    # ---- what the course reads -----------------------------------------------------------------
+    @property
+    def classnames(self) -> list[str]:
+        """Class names in label order."""
+        raise NotImplementedError
+
+    def templates(self, ensemble: bool = False) -> list[str]:
+        """The prompt template(s) (``{}`` is the class name): one, or an ensemble."""
+        raise NotImplementedError
+
+    def labels(self, split: str) -> np.ndarray:
+        """int64 labels of every image of ``split``, in split order (cheap: nothing is decoded)."""
+        raise NotImplementedError
+
+    @property
+    def identity(self) -> str:
+        """A short id of the content: it changes whenever the images, labels or splits change."""
+        raise NotImplementedError
+
+    @property
+    def display(self) -> str:
+        """How tables and figures name the dataset."""
+        return self.name
+
+    @property
+    def slug(self) -> str:
+        """The dataset's name in file names (cache keys, result folders)."""
+        return slug(self.display)
+
+    def check(self) -> None:
+        """Raise a DatasetError naming the problem and the fix, before any decoding (default: nothing to check)."""
+
+    def describe(self) -> str:
+        """One line saying where the data comes from."""
+        return self.display
+
+    # ---- how to decode ---------------------------------------------------------------------------
+    def decode(self, split: str, rows: np.ndarray, size: int, workers: int) -> np.ndarray:
+        """uint8 images [len(rows), size, size, 3] of the given rows of ``split`` (eval geometry)."""
+        raise NotImplementedError
+
+    def check_split(self, split: str) -> str:
+        """Return ``split`` if it is one of SPLITS, else raise a ConfigError."""
+        if split not in SPLITS:
+            raise ConfigError(f"Unknown split '{split}'. Fix: use one of {', '.join(SPLITS)}.")
+        return split
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.describe()})"
+
+
+# ------------------------------------------------------------------------------- file-based datasets
+def open_image(path: str | os.PathLike) -> Any:
+    """A fully loaded PIL image in its own mode, EXIF orientation applied (raises OSError if unreadable)."""
+    from PIL import Image, ImageOps
+    with Image.open(path) as im:
+        im.load()  # truncated or corrupt data fails here, not later in a worker
+        return ImageOps.exif_transpose(im)
+
+
+def eval_geometry(size: int):
+    """open_clip's evaluation geometry, then RGB, as uint8 [size, size, 3] (see the module docstring)."""
+    from torchvision import transforms as T
+    resize = T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)
+    crop = T.CenterCrop(size)
+
+    def apply(image: Any) -> np.ndarray:
+        return np.asarray(crop(resize(image)).convert("RGB"), dtype=np.uint8)
+    return apply
+
+
+@dataclass
+class _Decoded:
+    """What one decode job returns: the pixels, or why there are none."""
+
+    position: int
+    pixels: np.ndarray | None
+    error: str = ""
+
+
+class _DecodeJobs:
+    """A map-style dataset of decode jobs; failures are returned, not raised, so one bad file is reported by name."""
+
+    def __init__(self, items: Sequence[Any], read, size: int):
+        self.items, self.read, self.geometry = list(items), read, eval_geometry(size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> _Decoded:
+        try:
+            return _Decoded(i, self.geometry(self.read(self.items[i])))
+        except Exception as exc:  # noqa: BLE001 - reported with the file's name by decode_items
+            return _Decoded(i, None, f"{type(exc).__name__}: {exc}")
+
+
+def _collate(batch: list[_Decoded]) -> list[_Decoded]:
+    return batch
+
+
+def default_workers() -> int:
+    """Decode workers: one per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_items(items: Sequence[Any], read, size: int, workers: int, desc: str,
+                 names: Sequence[str] | None = None) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Decode ``items`` with ``read`` (item -> PIL image) in ``workers`` processes.
+
+    Returns uint8 images [len(items), size, size, 3] and the (name, error) of every item that failed
+    (its pixels are left at 0); ``names[i]`` names item i in messages. Progress is shown with tqdm.
+    """
+    import torch
+    from ..progress import bar
+    jobs = _DecodeJobs(items, read, size)
+    out = np.zeros((len(jobs), size, size, 3), dtype=np.uint8)
+    failed: list[tuple[str, str]] = []
+    workers = max(0, min(int(workers), len(jobs) // 32)) if workers else 0
+    loader = torch.utils.data.DataLoader(jobs, batch_size=32, num_workers=workers, collate_fn=_collate)
+    with bar(total=len(jobs), desc=desc, unit="img") as progress:
+        for batch in loader:
+            for d in batch:
+                if d.pixels is None:
+                    failed.append((names[d.position] if names else str(jobs.items[d.position]), d.error))
+                else:
+                    out[d.position] = d.pixels
+            progress.update(len(batch))
+    return out, failed
+
+
+@dataclass
+class FileIndex:
+    """The files and labels of one split of a file-based dataset."""
+
+    files: list[Path]
+    labels: np.ndarray
+    base: Path = field(default=Path("."))
+
+    def name(self, path: Path) -> str:
+        """A file's name relative to the dataset folder (for messages)."""
+        try:
+            return path.relative_to(self.base).as_posix()
+        except ValueError:
+            return str(path)
+
+
+class FileDataset(Dataset):
+    """A dataset of image files on disk: subclasses provide ``index(split)``; decoding is shared."""
+
+    def index(self, split: str) -> FileIndex:
+        """Files and labels of ``split``."""
+        raise NotImplementedError
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.index(self.check_split(split)).labels
+
+    def reader(self, split: str):
+        """item -> PIL image, for the items of ``decode_inputs`` (default: open the file)."""
+        return open_image
+
+    def decode_inputs(self, split: str, rows: np.ndarray) -> list[Any]:
+        """The items ``reader`` receives for ``rows`` (default: the file paths)."""
+        idx = self.index(split)
+        return [idx.files[int(r)] for r in rows]
+
+    def on_failed(self, split: str, failed: list[tuple[str, str]]) -> None:
+        """Unreadable files while decoding: a clear error naming them (the default)."""
+        shown = "; ".join(f"{n} ({e})" for n, e in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        raise DatasetError(f"{len(failed)} image(s) of {self.display} '{split}' cannot be read: {shown}{more}. "
+                           f"Fix: {self.repair_hint()}")
+
+    def repair_hint(self) -> str:
+        """What to do about an unreadable file."""
+        return "replace or delete the file(s) named above."
+
+    def decode(self, split: str, rows: np.ndarray, size: int, workers: int) -> np.ndarray:
+        idx = self.index(split)
+        images, failed = decode_items(self.decode_inputs(split, rows), self.reader(split), size, workers,
+                                      desc=f"decode {self.display}/{split} @{size}px",
+                                      names=[idx.name(idx.files[int(r)]) for r in rows])
+        if failed:
+            self.on_failed(split, failed)
+        return images
+
+
+def image_extensions() -> tuple[str, ...]:
+    """torchvision's IMG_EXTENSIONS plus every extension PIL has an opener for."""
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    Image.init()
+    return tuple(sorted(set(IMG_EXTENSIONS) | {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}))
+
+
+def unreadable(files: Sequence[Path], base: Path) -> list[tuple[Path, str]]:
+    """(file, error) of the ``files`` PIL cannot fully decode; each verdict is cached by (path, size, mtime)."""
+    import json
+    from ..paths import atomic_write_text, cache_dir
+    record = cache_dir("readable") / f"{short_hash(base.resolve())}.json"
+    known = json.loads(record.read_text()) if record.exists() else {}
+    stamp = {p: f"{p.relative_to(base).as_posix()}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in files}
+    todo = [p for p in files if stamp[p] not in known]
+    if todo:
+        _, failed = decode_items(todo, open_image, 8, default_workers(), desc=f"check {base.name}",
+                                 names=[stamp[p] for p in todo])
+        errors = dict(failed)
+        known.update({stamp[p]: errors.get(stamp[p], "") for p in todo})
+        atomic_write_text(record, json.dumps(known))
+    return [(p, known[stamp[p]]) for p in files if known[stamp[p]]]
+
+
+def stratified_split(by_class: dict[str, list[Any]], names: Sequence[str], sizes, seed: int) -> dict[Any, str]:
+    """Assign each class's items to ``names``: ``sizes(n)`` items per name but the last, which gets the rest
+    (at least one); seeded. A class with too few items is a DatasetError naming it and its count."""
+    rng, out = np.random.default_rng(seed), {}
+    for c, items in by_class.items():
+        counts = list(sizes(len(items)))
+        if len(items) < sum(counts) + 1:
+            raise DatasetError(
+                f"Class '{c}' has {len(items)} readable image(s) to split into {'/'.join(names)}; it needs at least "
+                f"{sum(counts) + 1} (one per split at least). Fix: add images, or lower the split sizes.")
+        order, start = rng.permutation(len(items)), 0
+        for name, n in zip(names, counts + [len(items) - sum(counts)]):
+            out.update({items[i]: name for i in order[start:start + n]})
+            start += n
+    return out
+
+
+def templates_file(path: Path, default: Sequence[str], ensemble: bool) -> list[str]:
+    """Templates from ``path`` (one per line, ``{}`` = the class name) or ``default``; the first one alone unless
+    ``ensemble``."""
+    given = [t.strip() for t in path.read_text().splitlines() if t.strip()] if path.exists() else list(default)
+    bad = [t for t in given if "{}" not in t]
+    if bad:
+        raise DatasetError(f"Template {bad[0]!r} in {path} has no {{}} (where the class name goes). Fix: add it.")
+    return given if ensemble else given[:1]

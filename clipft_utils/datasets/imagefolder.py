@@ -1,0 +1,199 @@
+"""Your own images: ``ROOT/<class>/<images>`` (split here, seeded) or ``ROOT/{train,val,test}/<class>/`` (as given).
+
+Classes are found with torchvision's ``find_classes`` and files with its ImageFolder conventions (sorted walk,
+nested folders allowed) over every extension PIL can open. Every file is opened once (cached by size and
+mtime): unreadable ones are reported in one list and left out (``strict=True`` fails instead). Class names are
+the folder names with ``_`` and ``-`` as spaces, or come from ``classnames.txt`` (``folder: name`` per line);
+prompts from ``templates.txt`` (one per line, ``{}`` = the name), else CLIP's generic ones. The split is written
+to ``split.csv`` beside the cache, reused while the folder's files stay the same, and can be edited.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import warnings
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DatasetError, DatasetWarning
+from ..paths import atomic_write_text, cache_dir
+from .base import (FileDataset, FileIndex, SPLITS, image_extensions, listing_hash, short_hash, stratified_split,
+                   templates_file, unreadable)
+
+GENERIC_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a cropped photo of a {}.",
+                     "a bright photo of a {}.", "a photo of a small {}.", "a photo of a large {}.", "itap of a {}.")
+
+
+def _size(value: Any, n: int, what: str) -> int:
+    """Images per class for a split: a count (int >= 1) or a fraction (0 < f < 1) of ``n``, at least 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (isinstance(value, float) and value >= 1):
+        raise ConfigError(f"imagefolder {what} must be a count >= 1 or a fraction in (0, 1), got {value!r}.")
+    return int(value) if isinstance(value, int) else max(1, round(value * n))
+
+
+class ImageFolder(FileDataset):
+    """A folder of images, one sub-folder per class (see the module docstring)."""
+
+    name = "imagefolder"
+
+    def __init__(self, root: str | os.PathLike | None = None, train: int | float = 0.6, val: int | float = 0.2,
+                 seed: int = 0, strict: bool = False) -> None:
+        if root is None:
+            raise ConfigError("The imagefolder dataset needs data_root: the folder holding one sub-folder per class.")
+        super().__init__(root)
+        self.train, self.val, self.seed, self.strict = train, val, int(seed), bool(strict)
+        self.skipped: list[tuple[str, str]] = []
+        self.ignored: list[str] = []
+
+    # ---- the folder's classes and files ------------------------------------------------------------------
+    def check(self) -> None:
+        self._assignment  # noqa: B018 - scanning and splitting raise every layout error
+
+    @property
+    def given_splits(self) -> bool:
+        """True for the ROOT/{train,val,test}/<class> layout."""
+        return (self.root / "train").is_dir() and (self.root / "test").is_dir()
+
+    def _tops(self) -> list[Path]:
+        return [self.root / s for s in SPLITS if (self.root / s).is_dir()] if self.given_splits else [self.root]
+
+    def _folders(self) -> list[str]:
+        from torchvision.datasets.folder import find_classes
+        if not self.root.is_dir():
+            raise DatasetError(f"The image folder '{self.root}' does not exist. Fix: pass the folder that holds "
+                               "one sub-folder of images per class (ROOT/<class>/<images>).")
+        try:
+            return sorted({c for top in self._tops() for c in find_classes(top)[0]})
+        except FileNotFoundError:
+            raise DatasetError(f"'{self.root}' holds no class folders. Fix: put each class's images in its own "
+                               "sub-folder: ROOT/<class>/<images> (or ROOT/train/<class>, ROOT/test/<class>).") from None
+
+    @cached_property
+    def _names(self) -> dict[str, str]:
+        folders = self._folders()
+        names = {c: " ".join(c.replace("_", " ").replace("-", " ").split()) for c in folders}
+        mapping = self.root / "classnames.txt"
+        if mapping.exists():
+            for n, line in enumerate(mapping.read_text().splitlines(), 1):
+                if line.strip():
+                    folder, sep, name = line.partition(":")
+                    if not sep or folder.strip() not in folders:
+                        raise DatasetError(f"{mapping} line {n} ({line.strip()!r}) names no class folder. Fix: write "
+                                           f"'folder: class name' lines for folders among {sorted(folders)[:8]}.")
+                    names[folder.strip()] = name.strip()
+        same = [[f for f in names if names[f].lower() == n.lower()] for n in names.values()]
+        if any(len(folders) > 1 for folders in same):
+            bad = next(f for f in same if len(f) > 1)
+            raise DatasetError(f"Class folders {bad} map to the same class name '{names[bad[0]]}'. Fix: merge "
+                               "them, rename one, or give them distinct names in classnames.txt.")
+        if len(names) < 2:
+            raise DatasetError(f"'{self.root}' has {len(names)} class folder(s); classification needs at least 2. "
+                               "Fix: add a sub-folder of images for every class.")
+        return names
+
+    @cached_property
+    def _scan(self) -> dict[str, list[tuple[str, Path]]]:
+        """Readable files per split source ('all', or 'train'/'val'/'test'): (class folder, path)."""
+        from torchvision.datasets.folder import make_dataset
+        classes = list(self._names)
+        exts, found = image_extensions(), {}
+        for top in self._tops():
+            index = {c: i for i, c in enumerate(classes) if (top / c).is_dir()}
+            found[top.name if self.given_splits else "all"] = [(classes[i], Path(p)) for p, i in make_dataset(
+                top, index, is_valid_file=lambda p: True, allow_empty=True)]
+        candidates = [(k, c, p) for k, items in found.items() for c, p in items]
+        self.ignored = [self._rel(p) for _, _, p in candidates if not p.name.lower().endswith(exts)]
+        images = [(k, c, p) for k, c, p in candidates if p.name.lower().endswith(exts)]
+        bad = dict(unreadable([p for _, _, p in images], self.root))
+        self.skipped = [(self._rel(p), bad[p]) for _, _, p in images if p in bad]
+        if self.skipped:
+            report = "\n".join(f"  {n}: {e}" for n, e in self.skipped)
+            if self.strict:
+                raise DatasetError(f"{len(self.skipped)} unreadable image(s) in '{self.root}':\n{report}\n"
+                                   "Fix: repair or delete them, or pass strict=False to leave them out.")
+            warnings.warn(f"Left out {len(self.skipped)} unreadable image(s) of '{self.root}':\n{report}", DatasetWarning)
+        out: dict[str, list[tuple[str, Path]]] = {}
+        for k, c, p in images:
+            if p not in bad:
+                out.setdefault(k, []).append((c, p))
+        return out
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    # ---- the split ------------------------------------------------------------------------------------------
+    @property
+    def split_file(self) -> Path:
+        """Where the split is written (beside the cache; edit it to move images between splits)."""
+        return cache_dir("imagefolder", f"{self.root.name}-{short_hash(self.root.resolve())}") / "split.csv"
+
+    def _draw(self, items: list[tuple[str, Path]], names: tuple[str, ...]) -> dict[Path, str]:
+        """A seeded, stratified split of ``items`` into ``names`` (sizes from train/val; the last gets the rest)."""
+        by_class: dict[str, list[Path]] = {c: [] for c in self._names}
+        for c, p in items:
+            by_class[c].append(p)
+        sizes = (self.train, self.val)[-(len(names) - 1):]
+        return stratified_split(by_class, names, lambda n: [_size(v, n, s) for s, v in zip(names, sizes)], self.seed)
+
+    @cached_property
+    def _assignment(self) -> dict[Path, str]:
+        scan = self._scan
+        if self.given_splits:
+            assign = {p: s for s in ("train", "val", "test") for _, p in scan.get(s, [])}
+            if "val" not in scan:  # carve validation out of train, seeded
+                assign.update(self._draw(scan.get("train", []), ("val", "train")))
+        else:
+            assign = self._draw(scan.get("all", []), ("train", "val", "test"))
+        return self._reconcile(assign)
+
+    def _reconcile(self, assign: dict[Path, str]) -> dict[Path, str]:
+        """Reuse split.csv while it lists exactly these files (user edits kept); else write the new split."""
+        path, folder_of = self.split_file, {p: c for items in self._scan.values() for c, p in items}
+        if path.exists():
+            saved = {self.root / r["path"]: r["split"] for r in csv.DictReader(io.StringIO(path.read_text()))}
+            if set(saved) == set(assign) and set(saved.values()) <= set(SPLITS):
+                return saved
+            warnings.warn(f"The files of '{self.root}' changed since {path} was written: wrote a new split.",
+                          DatasetWarning)
+        buf = io.StringIO()
+        csv.writer(buf).writerows([["path", "class", "split"]] + [[self._rel(p), folder_of[p], s]
+                                                                  for p, s in sorted(assign.items())])
+        atomic_write_text(path, buf.getvalue())
+        return assign
+
+    def index(self, split: str) -> FileIndex:
+        self.check_split(split)
+        classes = {c: i for i, c in enumerate(self._names)}
+        folder_of = {p: c for items in self._scan.values() for c, p in items}
+        files = sorted(p for p, s in self._assignment.items() if s == split)
+        labels = np.asarray([classes[folder_of[p]] for p in files], dtype=np.int64)
+        missing = [c for c, i in classes.items() if i not in set(labels.tolist())]
+        if missing:
+            raise DatasetError(f"Split '{split}' of '{self.root}' has no image of class(es) {missing[:5]}. Fix: give "
+                               f"every class images in every split (edit {self.split_file} or add images).")
+        return FileIndex(files, labels, self.root)
+
+    # ---- what the course reads --------------------------------------------------------------------------------
+    @property
+    def classnames(self) -> list[str]:
+        return list(self._names.values())
+
+    def templates(self, ensemble: bool = False) -> list[str]:
+        return templates_file(self.root / "templates.txt", GENERIC_TEMPLATES, ensemble)
+
+    @cached_property
+    def identity(self) -> str:
+        files = sorted(self._assignment)
+        extra = [(self.root / n).read_text() if (self.root / n).exists() else "" for n in ("classnames.txt", "templates.txt")]
+        return short_hash(listing_hash(files, self.root), self.split_file.read_text(), *extra)
+
+    @property
+    def display(self) -> str:
+        return f"{self.root.name}-{self.identity[:8]}"
+
+    def describe(self) -> str:
+        return f"imagefolder '{self.root}' ({len(self._names)} classes, id {self.identity[:8]})"

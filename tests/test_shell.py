@@ -1,0 +1,225 @@
+"""The shell entry points: `source scripts/bootstrap.sh` leaves the caller's shell as it was; ./lab.sh.
+
+Fast (seconds): nothing is installed. The real venv is only reused (its stamp must match pyproject.toml);
+the install, failure and re-pointing paths run against a stub venv whose `python` records its arguments.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOTSTRAP = ROOT / "scripts" / "bootstrap.sh"
+LAB = ROOT / "lab.sh"
+
+
+def _pins_sha() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CLIPFT_VENV", "CLIPFT_PROFILE", "PYTHONPATH", "VIRTUAL_ENV", "BASH_ENV", "ENV",
+                         "HF_HUB_OFFLINE")}
+    env.update(extra)
+    return env
+
+
+def _bash(script: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], cwd=ROOT, env=_env(**env), capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.fixture(scope="module")
+def real_venv() -> Path:
+    """The venv these tests run in (or ROOT/.venv), provided bootstrap would only reuse it, installing nothing."""
+    for venv in (Path(sys.prefix), ROOT / ".venv"):
+        stamp = venv / ".clipft-pins"
+        if (venv / "bin" / "python").exists() and stamp.is_file():
+            break
+    else:
+        pytest.skip("no bootstrapped venv (no .clipft-pins stamp) to reuse")
+    if stamp.read_text().strip() != _pins_sha():
+        pytest.skip(f"{stamp} does not match pyproject.toml: sourcing bootstrap would reinstall")
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-I", "-c",
+         "import importlib.util as u, os; s = u.find_spec('clipft_utils'); "
+         "print(os.path.realpath(os.path.dirname(os.path.dirname(s.origin))) if s else '')"],
+        cwd="/", capture_output=True, text=True).stdout.strip()
+    if where != os.path.realpath(ROOT):
+        pytest.skip(f"{venv}'s editable install points at {where!r}: sourcing bootstrap would re-point it")
+    return venv
+
+
+STUB_PYTHON = """#!/bin/sh
+# stands in for a venv's python: logs its arguments, answers the two questions bootstrap asks
+printf '%s\\n' "$*" >> "$FAKE_LOG"
+case "$*" in
+    *"pip install"*) exit "${FAKE_PIP_RC:-0}" ;;
+    *find_spec*) printf '%s\\n' "$FAKE_FOUND" ;;
+    *version_info*) echo 3.11 ;;
+esac
+"""
+
+STUB_JUPYTER = """#!/bin/sh
+echo "jupyter-args: $*"
+echo "env CLIPFT_PROFILE=${CLIPFT_PROFILE:-} PYTHONPATH=${PYTHONPATH:-} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-}"
+"""
+
+
+@pytest.fixture
+def stub_venv(tmp_path) -> Path:
+    """A venv folder whose bin/python is a stub; its stamp matches pyproject.toml unless a test changes it."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name, text in (("python", STUB_PYTHON), ("jupyter", STUB_JUPYTER)):
+        (venv / "bin" / name).write_text(text)
+        (venv / "bin" / name).chmod(0o755)
+    (venv / ".clipft-pins").write_text(_pins_sha() + "\n")
+    return venv
+
+
+def _stub_env(venv: Path, found: str | None = None, pip_rc: int = 0) -> dict[str, str]:
+    return {"CLIPFT_VENV": str(venv), "FAKE_LOG": str(venv / "calls.log"), "PYTHON": str(venv / "bin" / "python"),
+            "FAKE_FOUND": os.path.realpath(ROOT) if found is None else found, "FAKE_PIP_RC": str(pip_rc)}
+
+
+def _calls(venv: Path) -> str:
+    log = venv / "calls.log"
+    return log.read_text() if log.exists() else ""
+
+
+# --- sourcing never changes the caller's shell ----------------------------------------------------------------
+
+def test_sourcing_keeps_options_off_and_activates_the_venv(real_venv):
+    out = _bash("""set +e +u; set +o pipefail
+        echo "before $-"; set -o | grep pipefail
+        source scripts/bootstrap.sh; echo "status $?"
+        echo "after $-"; set -o | grep pipefail
+        false
+        echo "still alive"
+        echo "first ${PATH%%:*}"
+        echo "virtual ${VIRTUAL_ENV:-}"
+        """, CLIPFT_VENV=str(real_venv))
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and "reusing" in out.stderr, out.stderr
+    assert lines[0].startswith("before ") and lines[3] == lines[0].replace("before", "after")
+    assert "e" not in lines[3].split()[1] and "u" not in lines[3].split()[1]
+    assert lines[1].split() == lines[4].split() == ["pipefail", "off"]
+    assert "status 0" in lines and "still alive" in lines
+    assert f"first {real_venv}/bin" in lines and f"virtual {real_venv}" in lines
+
+
+def test_sourcing_keeps_set_e_and_strict_mode(real_venv):
+    out = _bash("""set -e; shopt -s extglob; set -o noclobber
+        before="$(set +o; shopt -p)"
+        source scripts/bootstrap.sh
+        after="$(set +o; shopt -p)"
+        echo "flags $-"
+        [ "$before" = "$after" ] && echo "all options unchanged"
+        """, CLIPFT_VENV=str(real_venv))
+    assert out.returncode == 0, out.stderr
+    assert "e" in out.stdout.splitlines()[0].split()[1] and "all options unchanged" in out.stdout
+    strict = _bash('set -euo pipefail; source scripts/bootstrap.sh; echo "flags $-"; set -o | grep pipefail',
+                   CLIPFT_VENV=str(real_venv))
+    flags = strict.stdout.splitlines()[0].split()[1]
+    assert strict.returncode == 0 and "e" in flags and "u" in flags and "on" in strict.stdout, strict.stderr
+
+
+def test_run_tests_sh_still_works_with_the_sourced_bootstrap(real_venv):
+    out = subprocess.run([str(ROOT / "run_tests.sh"), "--version"], cwd="/", env=_env(CLIPFT_VENV=str(real_venv)),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "pytest" in out.stdout + out.stderr, out.stderr
+
+
+# --- install failures, stamps, re-pointing (stub venv: no pip ever runs) --------------------------------------
+
+def test_failed_install_fails_a_strict_script_but_not_an_interactive_shell(stub_venv):
+    (stub_venv / ".clipft-pins").write_text("stale pins\n")
+    env = _stub_env(stub_venv, pip_rc=1)
+    strict = _bash("set -euo pipefail; source scripts/bootstrap.sh; echo NOT_REACHED", **env)
+    assert strict.returncode != 0 and "NOT_REACHED" not in strict.stdout
+    assert "installing the pinned stack" in strict.stderr and "[bootstrap] failed" in strict.stderr
+    assert f"-m pip install --quiet -e {ROOT}[test]" in _calls(stub_venv)
+    assert not (stub_venv / ".clipft-pins").exists()  # no stamp: the next run retries the install
+    relaxed = _bash("""set +e +u; source scripts/bootstrap.sh; echo "status $?"; false; echo "alive $-"
+        case ":$PATH:" in *":$CLIPFT_VENV/bin:"*) echo activated ;; esac""", **env)
+    assert relaxed.returncode == 0 and "status 1" in relaxed.stdout and "alive " in relaxed.stdout
+    assert "activated" not in relaxed.stdout
+    runner = subprocess.run([str(ROOT / "run_tests.sh"), "--version"], cwd="/", env=_env(**env),
+                            capture_output=True, text=True, timeout=60)
+    assert runner.returncode != 0 and "pytest finished" not in runner.stdout
+
+
+def test_changed_pins_reinstall_and_write_the_stamp(stub_venv):
+    (stub_venv / ".clipft-pins").write_text("stale pins\n")
+    out = _bash("source scripts/bootstrap.sh", **_stub_env(stub_venv))
+    assert out.returncode == 0 and "installing the pinned stack" in out.stderr, out.stderr
+    assert (stub_venv / ".clipft-pins").read_text().strip() == _pins_sha()
+
+
+def test_matching_stamp_reuses_without_pip(stub_venv):
+    out = _bash("source scripts/bootstrap.sh", **_stub_env(stub_venv))
+    assert out.returncode == 0 and "reusing" in out.stderr and "re-pointing" not in out.stderr, out.stderr
+    calls = _calls(stub_venv)
+    assert "find_spec" in calls and "pip" not in calls
+
+
+def test_venv_of_another_checkout_is_repointed_here(stub_venv):
+    out = _bash("source scripts/bootstrap.sh", **_stub_env(stub_venv, found="/elsewhere/other-checkout"))
+    assert out.returncode == 0, out.stderr
+    assert "/elsewhere/other-checkout" in out.stderr and "re-pointing it at" in out.stderr
+    assert f"-m pip install --quiet --no-deps --no-build-isolation -e {ROOT}" in _calls(stub_venv)
+    failed = _bash("set -e; source scripts/bootstrap.sh; echo NOT_REACHED",
+                   **_stub_env(stub_venv, found="/elsewhere/other-checkout", pip_rc=1))
+    assert failed.returncode != 0 and "NOT_REACHED" not in failed.stdout
+
+
+# --- ./lab.sh -------------------------------------------------------------------------------------------------
+
+def _dry(*args: str, **env: str) -> list[str]:
+    out = subprocess.run([str(LAB), "--dry-run", *args], cwd="/", env=_env(**env), capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_lab_smoke_dry_run_sets_profile_offline_and_this_checkout_first():
+    assert os.access(LAB, os.X_OK)
+    lines = _dry("--smoke", PYTHONPATH="/some/where")
+    assert "CLIPFT_PROFILE=smoke" in lines and "HF_HUB_OFFLINE=1" in lines
+    assert f"PYTHONPATH={ROOT}:/some/where" in lines
+    assert shlex.split(lines[-1]) == ["jupyter", "lab", str(ROOT / "notebooks")]
+
+
+def test_lab_without_smoke_sets_no_profile():
+    lines = _dry()
+    assert not any(line.startswith(("CLIPFT_PROFILE=", "HF_HUB_OFFLINE=")) for line in lines)
+    assert f"PYTHONPATH={ROOT}" in lines
+    assert _dry("--profile", "full")[0] == "CLIPFT_PROFILE=full"
+
+
+def test_lab_passes_other_arguments_to_jupyter():
+    lines = _dry("--smoke", "--no-browser", "--port", "8899", "--ServerApp.token=")
+    assert shlex.split(lines[-1]) == ["jupyter", "lab", str(ROOT / "notebooks"), "--no-browser", "--port", "8899",
+                                      "--ServerApp.token="]
+    assert shlex.split(_dry("--", "--smoke")[-1])[-1] == "--smoke"  # after --, even lab.sh's own flags pass on
+
+
+def test_lab_bootstraps_then_execs_jupyter_with_the_environment(stub_venv):
+    out = subprocess.run([str(LAB), "--smoke", "--port", "8899"], cwd="/", env=_env(**_stub_env(stub_venv)),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "reusing" in out.stderr, out.stderr
+    assert f"jupyter-args: lab {ROOT}/notebooks --port 8899" in out.stdout
+    assert f"env CLIPFT_PROFILE=smoke PYTHONPATH={ROOT} HF_HUB_OFFLINE=1" in out.stdout
+
+
+def test_lab_profile_without_a_name_is_refused():
+    out = subprocess.run([str(LAB), "--profile"], cwd="/", env=_env(), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "--profile needs a name" in out.stderr
