@@ -80,9 +80,10 @@ PROFILES: dict[str, Profile] = {
         batch_size=32, eval_batch_size=256, rehearsal=True, shots=1, test_per_class=1,
         overrides={m: {"epochs": 1} for m in ("bitfit", "prefix_tuning", "lora")} | {
             "linear_probe": {"epochs": 10}, "full_finetune": {"epochs": 1, "warmup_epochs": 0.0}},
-        lora_ranks=(1, 8),
-        extra={"04_prefix_tuning": {"vit_timing": False, "timing_repeats": 3},
-               "06_full_finetune": {"memory_steps": 1, "wise_alphas": [0.0, 0.5, 1.0]}},
+        lora_ranks=(8,),
+        extra={"04_prefix_tuning": {"vit_timing": False, "timing_repeats": 3, "timing_batch": 8},
+               "06_full_finetune": {"memory_steps": 1, "wise_alphas": [0.0, 0.5, 1.0],
+                                    "fusion_weights": [[0.5, 0.5]]}},
         note="REHEARSAL: ViT-B-32 with random weights on generated Flowers102-shaped images",
     ),
 }

@@ -21,7 +21,7 @@ from .errors import ConfigError, DatasetError, DatasetWarning, OfflineError
 from .labels import run_label, warnings_for
 from .models import (STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device,
                      zero_shot_head)
-from .paths import atomic_path, cache_dir, ensure_writable, results_root
+from .paths import PROJECT_ROOT, atomic_path, cache_dir, ensure_writable, results_root
 from .results import make_result, result_path, run_name, save_result
 from .seeding import seed_everything
 
@@ -171,6 +171,19 @@ def _display_defaults() -> None:
     pd.set_option("display.width", 200)
 
 
+def check_checkout(cwd: Path | None = None) -> None:
+    """A notebook of one copy of the course must not run another copy's library (an editable install made
+    elsewhere): say which is which, and how to fix it."""
+    cwd = Path.cwd() if cwd is None else cwd
+    here = next((p for p in (cwd, *cwd.parents) if (p / "clipft_utils" / "__init__.py").exists()
+                 and (p / "notebooks").is_dir()), None)
+    if here is not None and here.resolve() != PROJECT_ROOT.resolve():
+        raise ConfigError(
+            f"This notebook belongs to the checkout '{here}', but the kernel imports clipft_utils from "
+            f"'{PROJECT_ROOT}' (the environment's install points there). Fix: start JupyterLab with "
+            f"'{here}/lab.sh' (it puts its own checkout first), or run '{here}/scripts/bootstrap.sh' once.")
+
+
 def resolve_profile(profile: str | None) -> Profile:
     """``profile``, else ``$CLIPFT_PROFILE`` (``./lab.sh --smoke`` sets it), else ``full``."""
     return get_profile(profile or os.environ.get("CLIPFT_PROFILE") or "full")
@@ -197,6 +210,7 @@ def setup(profile: str | None = None, *, model: str | None = None, pretrained: s
     test split, k = a fixed, balanced subset of k test images per class (the same for every seed).
     """
     from .notebook_params import check_value
+    check_checkout()
     prof = resolve_profile(profile)
     for name, value in dict(seed=seed, device=device, batch_size=batch_size, shots=shots, val_shots=val_shots,
                             test_per_class=test_per_class, model=model, pretrained=pretrained,
@@ -272,7 +286,9 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
     start = time.perf_counter()
     test = evaluate(clf, course.loader("test"), device=course.device, precision=cfg.precision)
     eval_seconds = time.perf_counter() - start
-    val = evaluate(clf, course.loader("val"), device=course.device, precision=cfg.precision)
+    val = train.best_val  # the validation pass of the best epoch (the model now holds its weights)
+    if val is None or len(val.labels) != len(course.splits["val"]):
+        val = evaluate(clf, course.loader("val"), device=course.device, precision=cfg.precision)
     trainable, total = count_parameters(clf)
     result = make_result(
         method=method, variant=variant, test=test,

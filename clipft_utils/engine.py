@@ -202,10 +202,11 @@ class TrainResult:
     resumed_from_epoch: int = 0  # epochs already done in the checkpoint this call resumed
     memory_measure: str = ""     # what peak_memory_mb measured, in words
     world_size: int = 1          # processes that trained together (DistributedDataParallel)
+    best_val: Any = field(default=None, repr=False)  # the best epoch's validation EvalResult (this session's)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view."""
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "best_val"}
 
 
 @dataclass
@@ -246,6 +247,8 @@ class _Run:
     last_lrs: list[float] = field(default_factory=list)
     forward: nn.Module | None = None  # the model, or DistributedDataParallel(model) when several ranks train
     run_id: str = ""
+    last_eval: Any = None              # the latest validation EvalResult (single process), and the best one
+    best_eval: Any = None
 
     @property
     def params(self) -> list[nn.Parameter]:
@@ -488,7 +491,7 @@ def _validate(run: _Run, val_loader: Any, eval_fn: Callable | None, epoch: int) 
     elif getattr(val_loader, "world", 1) > 1:
         return _sharded_validation(run, val_loader)
     else:
-        out = evaluate(run.model, val_loader, device=run.device, precision=run.precision)
+        out = run.last_eval = evaluate(run.model, val_loader, device=run.device, precision=run.precision)
     loss = getattr(out, "loss", None)
     return {"val_acc": float(getattr(out, "top1", out)), "val_loss": None if loss is None else float(loss)}
 
@@ -514,6 +517,7 @@ def _track_best(run: _Run, state: _State, record: dict[str, Any]) -> None:
     """Keep a CPU copy of the trained weights when validation improves; count epochs without improvement."""
     if record["val_acc"] > state.best_val_acc:
         state.best_val_acc, state.best_epoch, state.bad_epochs = record["val_acc"], record["epoch"], 0
+        run.best_eval, run.last_eval = run.last_eval, None
         _snapshot_best(run)
     else:
         state.bad_epochs += 1
@@ -713,7 +717,9 @@ def fit(
         _restore_best(run)
     peak = distributed.max_(module_mb(model) + max(0.0, memory.delta_mb), device=dev)
     how = ("CUDA allocator" if memory.cuda else "CPU: process RSS") + ": model + peak increase while training"
-    return _result(state, cfg, precision, peak, first_epoch, how, distributed.world())
+    result = _result(state, cfg, precision, peak, first_epoch, how, distributed.world())
+    result.best_val = run.best_eval  # None when the best epoch was trained before a resume
+    return result
 
 
 def _result(state: _State, cfg: TrainConfig, precision: str, peak_mb: float, first_epoch: int, how: str = "",

@@ -34,12 +34,16 @@ class LinearProbe(nn.Module):
 
 @contextlib.contextmanager
 def small_math(threads: int = 1):
-    """Run tiny CPU matrix work on ``threads`` threads: on small matrices, thread start-up costs more than it saves."""
+    """Run tiny CPU matrix work on ``threads`` threads: on small matrices, thread start-up costs more than it saves.
+
+    Also quiets scikit-learn's "more unique classes than half the samples" warning: with one or two images per
+    class (a few-shot probe) that is the point, not a sign of a regression problem."""
     from threadpoolctl import threadpool_limits
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with threadpool_limits(threads):
+        with threadpool_limits(threads), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
             yield
     finally:
         torch.set_num_threads(before)

@@ -662,7 +662,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
         jobs = shard_of(jobs, *shard_spec)
     notebooks = list(dict.fromkeys(j.notebook for j in jobs))
     layers = split_extra(merge_extra(QUICK, extra or {}) if quick else extra, notebooks, prof.name) if notebooks else {}
-    first_group = jobs[0].group if jobs else None
+    first_group = next((j.group for j in jobs if j.methods and j.methods != ("zero_shot",)), None)
     for job in jobs:
         defaults = dict(prof.extra.get(job.notebook, {}))
         if job.group != first_group and job.methods and "extras" in declared(job.notebook):

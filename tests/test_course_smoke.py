@@ -1,29 +1,32 @@
-"""The whole smoke course, 01-07, through papermill and the runner, at a reduced size (a few minutes on a CPU)."""
+"""The whole smoke course, 01-07, through papermill and the runner at a reduced size (minutes on a CPU); then a
+shots x seeds grid on top of it; the comparison on an empty folder; and the course on a user's folder of images."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 
 from clipft_utils import runner
 from clipft_utils.config import METHODS
-from clipft_utils.results import REQUIRED_KEYS, result_path
+from clipft_utils.results import REQUIRED_KEYS, load_predictions
 
 pytestmark = pytest.mark.slow
 
-# The reduced size: one epoch, 5 test images per class, the smallest sweeps the notebooks offer.
+# The reduced size: one epoch, 5 test images per class, 2 training images per class, the smallest sweeps.
 REDUCED = {
     "epochs": 1,
     "test_per_class": 5,
-    "shots": 2,                                            # 2 training images per class
-    "lora": {"ranks": [1, 2]},                             # two sweep runs instead of five
+    "lora": {"ranks": [1, 2]},                             # two sweep runs instead of three
     "prefix_tuning": {"deep": False, "vit_timing": False},  # no deep-prefix run, no ViT-B-32 timing
-    "full_finetune": {"wise_alphas": [0.0, 0.5, 1.0]},
+    "full_finetune": {"wise_alphas": [0.0, 0.5, 1.0], "memory_steps": 1},
 }
 FIGURES_07 = ("07_accuracy_vs_params", "07_accuracy_vs_time", "07_peak_memory", "07_learning_curves",
-              "07_per_class_heatmap", "07_combinations", "07_top5_one_image")
+              "07_per_class_heatmap", "07_combinations", "07_top5_one_image", "07_accuracy_vs_shots")
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +35,14 @@ def course(tmp_path_factory, session_data):
     root = tmp_path_factory.mktemp("course")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLIPFT_DATA", session_data)
-        first = runner.run_all("smoke", root=root, device="cpu", extra=REDUCED)
-        second = runner.run_all("smoke", root=root, device="cpu", extra=REDUCED)
+        first = runner.run_all("smoke", root=root, device="cpu", shots=[2], extra=REDUCED)
+        second = runner.run_all("smoke", root=root, device="cpu", shots=[2], extra=REDUCED)
     return root / "smoke", first, second
+
+
+def outputs(path):
+    cells = nbformat.read(path, as_version=4).cells
+    return [o for c in cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
 
 def test_every_notebook_succeeds(course):
@@ -44,44 +52,59 @@ def test_every_notebook_succeeds(course):
     assert {s.status for s in first.steps} == {"ok"}
 
 
-def test_one_result_per_method_in_the_schema(course):
+def test_one_result_per_method_with_validation_predictions(course):
     folder, _, _ = course
     for method in METHODS:
-        path = result_path(folder, method, 0)
-        assert path.exists(), f"{method} wrote no main result"
-        res = json.loads(path.read_text())
-        assert not [k for k in REQUIRED_KEYS if k not in res], f"{path.name} lacks schema keys"
+        name = f"{method}{'' if method == 'zero_shot' else '_shots2'}_seed0"
+        res = json.loads((folder / f"{name}.json").read_text())
+        assert not [k for k in REQUIRED_KEYS if k not in res], f"{name} lacks schema keys"
         assert res["method"] == method and res["variant"] is None and res["profile"] == "smoke"
-        assert res["standin"] is True and "STAND-IN" in res["label"]
+        assert res["standin"] is True and "STAND-IN" in res["label"] and res["dataset_id"]
         assert 0.0 <= res["test_acc"] <= res["test_top5"] <= 1.0
         assert 0 <= res["trainable_params"] <= res["total_params"]
-        assert (folder / res["predictions"]).exists()
+        val_logits, val_labels = load_predictions(folder, name, "val")       # every method saved them
+        assert len(val_labels) == res["n_val"] and val_logits.shape[1] == 102
+        if method != "zero_shot":
+            assert res["shots"] == 2 and res["val_per_class"] == 2          # few-shot validation: min(k, 4)
+            assert (folder / "heads" / f"{name}.pt").exists()
 
 
-def test_summary_lists_every_method_with_a_measured_row(course):
+def test_training_memory_is_the_methods_own(course):
     folder, _, _ = course
-    summary = pd.read_csv(folder / "summary.csv")
-    assert list(summary["method"]) == list(METHODS)
-    assert set(summary["status"]) == {"ok"}
-    assert summary["label"].str.contains("STAND-IN").all()
-    assert "STAND-IN" in (folder / "summary.md").read_text()
+    mem = {m: json.loads((folder / f"{m}_shots2_seed0.json").read_text())["peak_memory_mb"]
+           for m in ("bitfit", "full_finetune")}
+    assert mem["full_finetune"] >= mem["bitfit"] > 0     # full fine-tuning also keeps every gradient and Adam state
 
 
-def test_figures_and_executed_notebooks_are_written(course):
+def test_combinations_are_chosen_on_validation_and_the_summary_says_what_each_row_measures(course):
+    folder, _, _ = course
+    rows = [json.loads(p.read_text()) for p in folder.glob("ensemble-*.json")]
+    assert rows and all(r["selected_on"] == "val" and r["val_acc"] is not None for r in rows)
+    text = (folder / "summary.md").read_text()
+    assert "test (exploratory)" not in text and "novel-class zero-shot top-1" in text
+    table = pd.read_csv(folder / "summary.csv").set_index("method")
+    assert list(table.index) == list(METHODS) and set(table["status"]) == {"ok"}
+    assert table["label"].str.contains("STAND-IN").all() and (table["epochs"].drop("zero_shot") == 1).all()
+
+
+def test_executed_notebooks_show_no_noise_and_the_figures_exist(course):
     folder, _, _ = course
     figures = {p.stem for p in (folder / "figures").glob("*.png")}
     assert set(FIGURES_07) <= figures
     for nb, _ in runner.NOTEBOOKS:
         assert any(f.startswith(nb[:3]) for f in figures), f"{nb} saved no figure"
-    executed = {p.stem for p in (folder / "notebooks").glob("*.ipynb")}
-    assert executed == {nb for nb, _ in runner.NOTEBOOKS}
-    for nb, _ in runner.NOTEBOOKS:
-        cells = nbformat.read(folder / "notebooks" / f"{nb}.ipynb", as_version=4).cells
-        outputs = [o for c in cells if c.cell_type == "code" for o in c.get("outputs", [])]
-        assert not [o for o in outputs if o.output_type == "error"], nb
-        assert any("image/png" in o.get("data", {}) for o in outputs), f"{nb}: no inline figure"
-    comparison = (folder / "notebooks" / "07_comparison.ipynb").read_text()
-    assert "Recommendation:" in comparison
+    executed = sorted((folder / "notebooks").glob("*.ipynb"))
+    assert {p.stem for p in executed} == {"01_zero_shot", *(f"{nb}_shots2" for nb, m in runner.NOTEBOOKS[1:-1]),
+                                           "07_comparison"}
+    for path in executed:
+        outs = outputs(path)
+        assert not [o for o in outs if o.output_type == "error"], path.name
+        assert not [o.text for o in outs if o.output_type == "stream" and o.name == "stderr"], path.name
+        text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outs)
+        assert not re.search(r"\d+%\|", text), f"{path.name}: a progress bar was left in the output"
+        assert not re.search(r"flower with [a-z ]*\.\.\.", text), f"{path.name}: a class name was truncated"
+        assert any("image/png" in o.get("data", {}) for o in outs), f"{path.name}: no inline figure"
+    assert "Recommendation:" in (folder / "notebooks" / "07_comparison.ipynb").read_text()
 
 
 def test_second_run_skips_everything_but_the_comparison(course):
@@ -89,3 +112,57 @@ def test_second_run_skips_everything_but_the_comparison(course):
     assert second.ok, "\n".join(second.lines())
     status = {s.notebook: s.status for s in second.steps}
     assert status == {**{nb: "skipped" for nb, _ in runner.NOTEBOOKS[:-1]}, "07_comparison": "ok"}
+
+
+def test_a_shots_by_seeds_grid_adds_only_what_is_missing_and_07_draws_it_from_the_files(course, session_data,
+                                                                                         monkeypatch):
+    folder, _, _ = course
+    monkeypatch.setenv("CLIPFT_DATA", session_data)
+    report = runner.run_all("smoke", root=folder.parent, device="cpu", shots=[1, 2], seeds=[0, 1],
+                            only=["linear_probe", "bitfit"], extra={"epochs": 1, "test_per_class": 5})
+    assert report.ok, "\n".join(report.lines())
+    ran = {(s.notebook, s.shots, s.seed) for s in report.steps if s.status == "ok"}
+    assert ("03_bitfit", 2, 0) not in ran and ("03_bitfit", 1, 1) in ran   # the course run's point is reused
+    files = [json.loads(p.read_text()) for p in folder.glob("bitfit_shots*_seed*.json")]
+    assert sorted((r["shots"], r["seed"]) for r in files) == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    text = (folder / "summary.md").read_text()
+    cell = next(line for line in text.splitlines() if line.startswith("| bitfit") and "±" in line)
+    mean_1 = np.mean([r["test_acc"] for r in files if r["shots"] == 1])
+    assert f"{100 * mean_1:.1f} ± " in cell                        # the table is made from the result files
+    assert (folder / "figures" / "07_accuracy_vs_shots.png").stat().st_size > 10_000
+    comparison = (folder / "notebooks" / "07_comparison.ipynb").read_text()
+    assert "1 per class: " in comparison and "2 per class: " in comparison
+
+
+def test_the_comparison_runs_on_an_empty_folder_and_shows_not_run_rows(tmp_path, session_data, monkeypatch):
+    monkeypatch.setenv("CLIPFT_DATA", session_data)
+    report = runner.run_all("smoke", root=tmp_path, device="cpu", compare_only=True, extra={"test_per_class": 2})
+    assert report.ok, "\n".join(report.lines())
+    summary = pd.read_csv(tmp_path / "smoke" / "summary.csv")
+    assert set(summary["status"]) == {"not run"}
+
+
+def test_the_course_on_a_folder_of_your_own_images(tmp_path, session_data, monkeypatch):
+    """12 classes x 25 drawn images (JPEG/PNG, grayscale, CMYK, RGBA, a truncated JPEG, a text file, nested)."""
+    from clipft_utils.standin import synth
+    monkeypatch.setenv("CLIPFT_DATA", session_data)
+    images = synth.write_imagefolder_standin(tmp_path / "my_flowers", n_classes=12, per_class=25)
+    reduced = {**REDUCED, "test_per_class": 0, "lora": {"ranks": [1]}}
+    first = runner.run_all("smoke", root=tmp_path / "results", device="cpu", data=str(images), extra=reduced)
+    assert first.ok, "\n".join(first.lines())
+    folder = first.folder
+    assert folder.name.startswith("smoke-my_flowers-")               # the results folder names the dataset
+    for method in METHODS:
+        res = json.loads((folder / f"{method}_seed0.json").read_text())
+        assert res["dataset"] == folder.name.removeprefix("smoke-") and res["dataset"] in res["label"]
+        assert "STAND-IN" in res["label"]                            # ToyCLIP is still the stand-in model
+    setup_out = "\n".join(o.get("text", "") for o in outputs(folder / "notebooks" / "01_zero_shot.ipynb"))
+    assert "Left out 1 unreadable image" in setup_out and "truncated" in setup_out
+    again = runner.run_all("smoke", root=tmp_path / "results", device="cpu", data=str(images), extra=reduced)
+    assert {s.status for s in again.steps if s.notebook != "07_comparison"} == {"skipped"}
+    cls = sorted(p for p in images.iterdir() if p.is_dir())[3]
+    shutil.copy(next(cls.glob("*.png")), cls / "one_more.png")       # one more image: new data, nothing stale
+    changed = runner.run_all("smoke", root=tmp_path / "results", device="cpu", data=str(images), extra=reduced,
+                             only=["zero_shot"])
+    assert changed.ok and changed.folder != folder
+    assert [s.status for s in changed.steps] == ["ok", "ok"]

@@ -8,11 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-from clipft_utils.loader import CachedLoader
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +32,18 @@ def train(tmp_path: Path, name: str, procs: int = 1, *extra: str) -> tuple[dict,
 
 
 def close(a: dict, b: dict) -> float:
+    """Largest difference between two sets of trained weights, leaving out the attention's KEY bias: softmax is
+    shift-invariant per query, so that bias's true gradient is exactly zero and what it gets is rounding noise,
+    which AdamW's normalisation turns into full-size steps whose signs depend on how the sums were split."""
     assert a.keys() == b.keys() and a
-    return max((a[k] - b[k]).abs().max().item() for k in a)
+    diffs = []
+    for k in a:
+        d = (a[k] - b[k]).abs()
+        if k.endswith("attn.in_proj_bias"):
+            n = d.numel() // 3
+            d = torch.cat([d[:n], d[2 * n:]])  # q and v thirds
+        diffs.append(d.max().item())
+    return max(diffs)
 
 
 def test_two_ranks_equal_one_process_with_the_same_global_batch_also_after_resume(tmp_path):
@@ -55,13 +62,27 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch_also_after_resum
     assert close(one, resumed) < 1e-5
 
 
-def test_a_global_batch_is_split_between_ranks_without_loss_or_overlap():
-    from types import SimpleNamespace
-    split = SimpleNamespace(labels=np.arange(70) % 7, indices=None, images=np.zeros((70, 8, 8, 3), np.uint8),
-                            image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
-    whole = [b.labels.tolist() for b in CachedLoader(split, 32, shuffle=True, seed=3)]
-    parts = [[b for b in CachedLoader(split, 32, shuffle=True, seed=3, rank=r, world=3)] for r in range(3)]
-    assert all(len(p) == len(whole) for p in parts)                     # every rank takes every step
-    for i, batch in enumerate(whole):
-        got = [lab for p in parts for lab, w in zip(p[i].labels.tolist(), p[i].weights.tolist()) if w > 0]
-        assert sorted(got) == sorted(batch) and all(p[i].total == len(batch) for p in parts)
+def test_a_killed_training_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path):
+    """SIGKILL after the first checkpoint; the next run says it resumes, and reaches the same weights and result."""
+    import signal
+    import time
+    whole, r_whole = train(tmp_path, "whole", 1, "--epochs", "3")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "clipft_utils", "train", *COMMON, "--epochs", "3", "--results-dir", str(out),
+           "--save-trainable", str(out / "w.pt")]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "bitfit_shots2_seed0.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (out / "bitfit_shots2_seed0.json").exists()   # killed mid-training, no result
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]          # and no half-written file
+    resumed, r_resumed = train(tmp_path, "killed", 1, "--epochs", "3")
+    assert "resuming from checkpoint" in r_resumed["stdout"] and r_resumed["resumed_from_epoch"] >= 1
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)               # bit-identical on one CPU process
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert r_resumed["test_acc"] == r_whole["test_acc"] and strip(r_resumed["history"]) == strip(r_whole["history"])
+    assert not ckpt.exists()                                                   # the finished run removed it
