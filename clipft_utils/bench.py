@@ -3,6 +3,9 @@
     python -m clipft_utils bench --model ViT-B-32 --device cuda --batch-size 64 --steps 20
     python -m clipft_utils bench --flowers-root /tmp/standin   # also time decode + cache + feature extraction
 
+Each row also gives the size of a training checkpoint (trainable parameters + AdamW state), and the training
+loader alone is timed against the steps: on a GPU it must be far faster than the fastest step.
+
 Accuracy is meaningless here (random weights, random pixels); throughput and peak memory are not:
 they depend only on the architecture, the method, the batch and the device.
 """
@@ -88,9 +91,43 @@ def bench_variant(name: str, visual, num_classes: int, device: torch.device, bat
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     seconds, peak = _timed(step, steps, warmup, device)
-    return {"variant": name, "trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total,
+    ckpt = checkpoint_mb(clf, opt) if method != "linear_probe" else None
+    return {"checkpoint_mb": ckpt, "variant": name, "trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total,
             "images_per_second": batch_size / seconds, "ms_per_step": 1000 * seconds, "peak_memory_mb": peak,
             "precision": prec, "batch_size": batch_size, "kind": "inference" if method == "linear_probe" else "train"}
+
+
+def checkpoint_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """MB of the engine's resume point after a step: the trainable parameters and AdamW's state (one rolling
+    file; the best epoch's snapshot adds the trainable parameters once more while it differs from the current)."""
+    import io
+    buf = io.BytesIO()
+    torch.save({"trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+                "optimizer": optimizer.state_dict()}, buf)
+    return buf.tell() / 2**20
+
+
+def bench_loader(size: int, device: torch.device, batch_size: int, n: int = 512, seed: int = 0) -> dict[str, Any]:
+    """Images per second of the training loader alone (gather from the uint8 cache, pin, copy, augment and normalise
+    on ``device``), over ``n`` random cached images of ``size`` px."""
+    import numpy as np
+    from types import SimpleNamespace
+    from .loader import CachedLoader
+    images = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    split = SimpleNamespace(images=images, labels=np.arange(n) % 102, indices=None, image_size=size,
+                            mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
+    loader = CachedLoader(split, batch_size, shuffle=True, augment=True, seed=seed, device=device)
+    for _ in loader:  # warm-up pass
+        pass
+    _sync(device)
+    start = time.perf_counter()
+    for epoch in range(2):
+        loader.set_epoch(epoch + 1)
+        for batch in loader:
+            batch.images.sum()  # make sure the work is done
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"images_per_second": 2 * n / seconds, "batch_size": batch_size, "image_size": size, "device": str(device)}
 
 
 def bench_pipeline(loaded, root: str, device: torch.device, batch_size: int) -> dict[str, Any]:
@@ -122,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--flowers-root", default=None, help="folder containing flowers-102/ to time the data pipeline")
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    p.add_argument("--no-loader", action="store_true", help="skip timing the training loader against the steps")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     loaded = load_clip(args.model, "random", device=device)
@@ -132,9 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = bench_variant(v, loaded.model.visual, 102, device, args.batch_size, args.steps, args.warmup,
                             args.precision)
         rows.append(row)
+        ckpt = "" if row["checkpoint_mb"] is None else f"  checkpoint {row['checkpoint_mb']:8.1f} MB"
         print(f"{v:<20} {row['kind']:<9} {row['trainable_percent']:8.4f}% trainable  "
-              f"{row['images_per_second']:9.1f} img/s  {row['peak_memory_mb']:9.1f} MB peak  ({row['precision']})")
+              f"{row['images_per_second']:9.1f} img/s  {row['peak_memory_mb']:9.1f} MB peak{ckpt}  ({row['precision']})")
     report: dict[str, Any] = {"model": args.model, "device": name, "rows": rows, "pretrained": "random"}
+    if not args.no_loader:
+        size = loaded.image_size
+        report["loader"] = bench_loader(size, device, args.batch_size)
+        fastest = max(r["images_per_second"] for r in rows if r["kind"] == "train")
+        report["loader"]["ratio_to_fastest_step"] = report["loader"]["images_per_second"] / fastest
+        print(f"training loader alone: {report['loader']['images_per_second']:.0f} img/s at {size} px, "
+              f"{report['loader']['ratio_to_fastest_step']:.1f}x the fastest training step measured above")
     if args.flowers_root:
         report["pipeline"] = bench_pipeline(loaded, args.flowers_root, device, 256)
         print(json.dumps(report["pipeline"], indent=1))

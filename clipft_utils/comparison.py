@@ -89,8 +89,8 @@ def _shots(df: pd.DataFrame) -> pd.Series:
 
 
 def default_shots(df: pd.DataFrame) -> float | None:
-    """The shots value the overview shows: every image when such rows exist, else the largest k (NaN = every)."""
-    main = df[_is_main(df)] if len(df) and "method" in df.columns else df
+    """The shots value the overview shows: every training image when trained rows at it exist, else the largest k."""
+    main = df[_is_main(df) & (_col(df, "method") != "zero_shot")] if len(df) and "method" in df.columns else df
     if not len(main):
         return None
     k = _shots(main)
@@ -98,12 +98,17 @@ def default_shots(df: pd.DataFrame) -> float | None:
 
 
 def _at_shots(df: pd.DataFrame, shots: Any) -> pd.DataFrame:
+    """The rows at one shots value. Zero-shot trains on nothing, so its rows serve every shots value (its rows at
+    exactly that value when there are some, else those run on every image)."""
     if not len(df):
         return df
     k = _shots(df)
     if shots == "auto":
         shots = default_shots(df)
-    return df[k.isna()] if shots is None or pd.isna(shots) else df[k == float(shots)]
+    at = k.isna() if shots is None or pd.isna(shots) else k == float(shots)
+    zs = _col(df, "method") == "zero_shot"
+    zs_at = zs & (at if (zs & at).any() else k.isna())
+    return df[(at & ~zs) | zs_at]
 
 
 def main_rows(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:

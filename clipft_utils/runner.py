@@ -298,6 +298,15 @@ def _diff(old: dict, new: dict) -> str:
     return "; ".join(out)
 
 
+def _covering(recorded: dict, asked: dict) -> dict:
+    """A run with its extras (sweeps, variants, combinations) also holds the main row a run without them asks for."""
+    r, a = dict(recorded.get("params", {})), asked.get("params", {})
+    if a.get("extras") is False and r.get("extras", True) is True:
+        r["extras"] = False
+        return {**recorded, "params": r}
+    return recorded
+
+
 def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -315,7 +324,7 @@ def why_run(job: Job, folder: Path, executed: Path) -> str | None:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return "its completion record is unreadable"
-    change = _diff(record.get("fingerprint", {}), job.fingerprint)
+    change = _diff(_covering(record.get("fingerprint", {}), job.fingerprint), job.fingerprint)
     if change:
         return change
     if not executed.exists():
@@ -661,7 +670,9 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     if shard_spec is not None:
         jobs = shard_of(jobs, *shard_spec)
     notebooks = list(dict.fromkeys(j.notebook for j in jobs))
-    layers = split_extra(merge_extra(QUICK, extra or {}) if quick else extra, notebooks, prof.name) if notebooks else {}
+    scopes = {nb for nb in notebooks} | {m for nb in notebooks for m in dict(NOTEBOOKS)[nb]}
+    quick_layer = {k: v for k, v in QUICK.items() if not isinstance(v, dict) or k in scopes} if quick else {}
+    layers = split_extra(merge_extra(quick_layer, extra or {}), notebooks, prof.name) if notebooks else {}
     first_group = next((j.group for j in jobs if j.methods and j.methods != ("zero_shot",)), None)
     for job in jobs:
         defaults = dict(prof.extra.get(job.notebook, {}))

@@ -17,10 +17,10 @@ from clipft_utils.results import REQUIRED_KEYS, load_predictions
 
 pytestmark = pytest.mark.slow
 
-# The reduced size: one epoch, 5 test images per class, 2 training images per class, the smallest sweeps.
+# The reduced size: one epoch, 2 training images per class, every test image, the smallest sweeps.
 REDUCED = {
     "epochs": 1,
-    "test_per_class": 5,
+    "test_per_class": 0,
     "lora": {"ranks": [1, 2]},                             # two sweep runs instead of three
     "prefix_tuning": {"deep": False, "vit_timing": False},  # no deep-prefix run, no ViT-B-32 timing
     "full_finetune": {"wise_alphas": [0.0, 0.5, 1.0], "memory_steps": 1},
@@ -30,14 +30,22 @@ FIGURES_07 = ("07_accuracy_vs_params", "07_accuracy_vs_time", "07_peak_memory", 
 
 
 @pytest.fixture(scope="module")
-def course(tmp_path_factory, session_data):
-    """Run the course twice in one results folder: the second run must reuse everything but 07."""
+def images(tmp_path_factory):
+    """A folder of "your own" images: 12 classes x 25 drawn flowers, JPEG and PNG, one class nested deeper, and
+    the faults real folders hold (grayscale, CMYK and RGBA images, a truncated JPEG, a text file)."""
+    from clipft_utils.standin import synth
+    return synth.write_imagefolder_standin(tmp_path_factory.mktemp("images") / "my_flowers", n_classes=12, per_class=25)
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory, session_data, images):
+    """The whole smoke course on that folder, run twice in one results folder: the second run reuses all but 07."""
     root = tmp_path_factory.mktemp("course")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CLIPFT_DATA", session_data)
-        first = runner.run_all("smoke", root=root, device="cpu", shots=[2], extra=REDUCED)
-        second = runner.run_all("smoke", root=root, device="cpu", shots=[2], extra=REDUCED)
-    return root / "smoke", first, second
+        first = runner.run_all("smoke", root=root, device="cpu", shots=[2], data=str(images), extra=REDUCED)
+        second = runner.run_all("smoke", root=root, device="cpu", shots=[2], data=str(images), extra=REDUCED)
+    return first.folder, first, second
 
 
 def outputs(path):
@@ -55,15 +63,16 @@ def test_every_notebook_succeeds(course):
 def test_one_result_per_method_with_validation_predictions(course):
     folder, _, _ = course
     for method in METHODS:
-        name = f"{method}{'' if method == 'zero_shot' else '_shots2'}_seed0"
+        name = f"{method}{'' if method == 'zero_shot' else '_shots2'}_seed0"  # zero-shot trains on nothing
         res = json.loads((folder / f"{name}.json").read_text())
         assert not [k for k in REQUIRED_KEYS if k not in res], f"{name} lacks schema keys"
         assert res["method"] == method and res["variant"] is None and res["profile"] == "smoke"
         assert res["standin"] is True and "STAND-IN" in res["label"] and res["dataset_id"]
+        assert res["dataset"] == folder.name.removeprefix("smoke-") and res["dataset"] in res["label"]
         assert 0.0 <= res["test_acc"] <= res["test_top5"] <= 1.0
         assert 0 <= res["trainable_params"] <= res["total_params"]
         val_logits, val_labels = load_predictions(folder, name, "val")       # every method saved them
-        assert len(val_labels) == res["n_val"] and val_logits.shape[1] == 102
+        assert len(val_labels) == res["n_val"] and val_logits.shape[1] == 12
         if method != "zero_shot":
             assert res["shots"] == 2 and res["val_per_class"] == 2          # few-shot validation: min(k, 4)
             assert (folder / "heads" / f"{name}.pt").exists()
@@ -114,12 +123,12 @@ def test_second_run_skips_everything_but_the_comparison(course):
     assert status == {**{nb: "skipped" for nb, _ in runner.NOTEBOOKS[:-1]}, "07_comparison": "ok"}
 
 
-def test_a_shots_by_seeds_grid_adds_only_what_is_missing_and_07_draws_it_from_the_files(course, session_data,
+def test_a_shots_by_seeds_grid_adds_only_what_is_missing_and_07_draws_it_from_the_files(course, session_data, images,
                                                                                          monkeypatch):
     folder, _, _ = course
     monkeypatch.setenv("CLIPFT_DATA", session_data)
-    report = runner.run_all("smoke", root=folder.parent, device="cpu", shots=[1, 2], seeds=[0, 1],
-                            only=["linear_probe", "bitfit"], extra={"epochs": 1, "test_per_class": 5})
+    report = runner.run_all("smoke", root=folder.parent, device="cpu", shots=[1, 2], seeds=[0, 1], data=str(images),
+                            only=["linear_probe", "bitfit"], extra={"epochs": 1, "test_per_class": 0})
     assert report.ok, "\n".join(report.lines())
     ran = {(s.notebook, s.shots, s.seed) for s in report.steps if s.status == "ok"}
     assert ("03_bitfit", 2, 0) not in ran and ("03_bitfit", 1, 1) in ran   # the course run's point is reused
@@ -142,27 +151,16 @@ def test_the_comparison_runs_on_an_empty_folder_and_shows_not_run_rows(tmp_path,
     assert set(summary["status"]) == {"not run"}
 
 
-def test_the_course_on_a_folder_of_your_own_images(tmp_path, session_data, monkeypatch):
-    """12 classes x 25 drawn images (JPEG/PNG, grayscale, CMYK, RGBA, a truncated JPEG, a text file, nested)."""
-    from clipft_utils.standin import synth
-    monkeypatch.setenv("CLIPFT_DATA", session_data)
-    images = synth.write_imagefolder_standin(tmp_path / "my_flowers", n_classes=12, per_class=25)
-    reduced = {**REDUCED, "test_per_class": 0, "lora": {"ranks": [1]}}
-    first = runner.run_all("smoke", root=tmp_path / "results", device="cpu", data=str(images), extra=reduced)
-    assert first.ok, "\n".join(first.lines())
-    folder = first.folder
+def test_the_folder_s_faults_are_reported_once_and_adding_an_image_is_new_data(course, images, session_data,
+                                                                                monkeypatch):
+    folder, _, _ = course
     assert folder.name.startswith("smoke-my_flowers-")               # the results folder names the dataset
-    for method in METHODS:
-        res = json.loads((folder / f"{method}_seed0.json").read_text())
-        assert res["dataset"] == folder.name.removeprefix("smoke-") and res["dataset"] in res["label"]
-        assert "STAND-IN" in res["label"]                            # ToyCLIP is still the stand-in model
     setup_out = "\n".join(o.get("text", "") for o in outputs(folder / "notebooks" / "01_zero_shot.ipynb"))
     assert "Left out 1 unreadable image" in setup_out and "truncated" in setup_out
-    again = runner.run_all("smoke", root=tmp_path / "results", device="cpu", data=str(images), extra=reduced)
-    assert {s.status for s in again.steps if s.notebook != "07_comparison"} == {"skipped"}
+    monkeypatch.setenv("CLIPFT_DATA", session_data)
     cls = sorted(p for p in images.iterdir() if p.is_dir())[3]
     shutil.copy(next(cls.glob("*.png")), cls / "one_more.png")       # one more image: new data, nothing stale
-    changed = runner.run_all("smoke", root=tmp_path / "results", device="cpu", data=str(images), extra=reduced,
-                             only=["zero_shot"])
+    changed = runner.run_all("smoke", root=folder.parent, device="cpu", data=str(images), only=["zero_shot"],
+                             extra={"test_per_class": 0})
     assert changed.ok and changed.folder != folder
     assert [s.status for s in changed.steps] == ["ok", "ok"]

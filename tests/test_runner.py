@@ -183,6 +183,14 @@ def test_quick_reaches_every_notebook(fake, tmp_path):
     params = dict(fake.calls)
     assert all(params[nb]["epochs"] == 1 for nb in ("02_linear_probe", "03_bitfit", "05_lora", "06_full_finetune"))
     assert params["06_full_finetune"]["wise_alphas"] == [0.0, 0.5, 1.0] and params["05_lora"]["ranks"] == [1, 2]
+    assert runner.run_all("smoke", root=tmp_path, echo=quiet, quick=True, only=["bitfit"]).ok   # --quick --only
+
+
+def test_a_run_with_its_extras_covers_a_grid_point_that_asks_for_the_main_row_only(fake, tmp_path):
+    runner.run_all("smoke", only=["bitfit"], shots=[2], root=tmp_path, echo=quiet)          # extras on: all rows
+    report = runner.run_all("smoke", only=["bitfit"], shots=[1, 2], root=tmp_path, echo=quiet)
+    assert fake.calls[2][0] == "03_bitfit" and fake.calls[2][1]["shots"] == 1          # only the new point ran
+    assert [(s.shots, s.status) for s in report.steps if s.notebook == "03_bitfit"] == [(1, "ok"), (2, "skipped")]
 
 
 def test_the_plan_says_what_each_notebook_trains(fake, tmp_path):
@@ -390,7 +398,7 @@ def test_a_killed_run_leaves_nothing_that_counts_as_done(tiny_course, tmp_path, 
 def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_course, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "NOTEBOOKS", (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
                                               ("07_comparison", ())))
-    grid = dict(seeds=[1, 2], shots=[1, 2], echo=quiet)
+    grid = dict(seeds=[1, 2], shots=[2], echo=quiet)
     sequential = runner.run_all("smoke", root=tmp_path / "seq", **grid)
     parallel = runner.run_all("smoke", root=tmp_path / "par", devices=["cpu", "cpu"], **grid)
     for i in (1, 2):
@@ -398,7 +406,7 @@ def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_cour
     runner.run_all("smoke", root=tmp_path / "shard", compare_only=True, **grid)
     assert sequential.ok and parallel.ok
     expected = results_of(tmp_path / "seq" / "smoke")
-    assert len(expected) == 2 + 2 * 2
+    assert len(expected) == 2 + 2
     assert results_of(tmp_path / "par" / "smoke") == expected
     assert results_of(tmp_path / "shard" / "smoke") == expected
     overlap = [(s.notebook, s.seconds) for s in parallel.steps]
