@@ -92,7 +92,8 @@ def bench_variant(name: str, visual, num_classes: int, device: torch.device, bat
         torch.cuda.reset_peak_memory_stats(device)
     seconds, peak = _timed(step, steps, warmup, device)
     ckpt = checkpoint_mb(clf, opt) if method != "linear_probe" else None
-    return {"checkpoint_mb": ckpt, "variant": name, "trainable": trainable, "total": total, "trainable_percent": 100 * trainable / total,
+    return {"checkpoint_mb": ckpt, "variant": name, "trainable": trainable, "total": total,
+            "trainable_percent": 100 * trainable / total,
             "images_per_second": batch_size / seconds, "ms_per_step": 1000 * seconds, "peak_memory_mb": peak,
             "precision": prec, "batch_size": batch_size, "kind": "inference" if method == "linear_probe" else "train"}
 

@@ -109,7 +109,8 @@ class Member:
 
 
 def collect_members(folder: Any, seed: int, wanted: Sequence[str], rebuilt: Mapping[str, tuple[Any, Any]],
-                    test_labels: Any, val_labels: Any, shots: int | None = None) -> tuple[dict[str, Member], "pd.DataFrame"]:
+                    test_labels: Any, val_labels: Any,
+                    shots: int | None = None) -> tuple[dict[str, Member], "pd.DataFrame"]:
     """Members with validation AND test predictions: saved by their notebook, else ``rebuilt[name] = (val, test)``
     (only exact rebuilds belong there); anything else is left out, so that every choice is made on validation.
 
@@ -291,7 +292,8 @@ def combination_result(course: Any, method: str, variant: str | None, test: Any,
                        config=config or {}, history=history or [], **{**course.identity(), **extra})
 
 
-def remove_rows(folder: Any, method: str, seed: int, keep: Iterable[str | None] = (), shots: int | None = None) -> list[str]:
+def remove_rows(folder: Any, method: str, seed: int, keep: Iterable[str | None] = (),
+                shots: int | None = None) -> list[str]:
     """Delete ``method``'s result rows (and predictions) for ``seed`` and ``shots`` except the variants in ``keep``.
 
     For combination rows whose variant names their members or alpha: a rerun that picks another subset

@@ -109,7 +109,8 @@ CHECKS: dict[str, Check] = {
     "extras": flag, "config": config_dict,
     # notebook-specific
     "n_show": integer(1, optional=False), "zero_shot_init": flag, "lr_factors": list_of(number(0, open_low=True), min_len=0),
-    "deep": flag, "vit_timing": flag, "vit_timing_batch": integer(1, optional=False), "timing_repeats": integer(3), "timing_batch": integer(1, optional=False),
+    "deep": flag, "vit_timing": flag, "vit_timing_batch": integer(1, optional=False), "timing_repeats": integer(3),
+    "timing_batch": integer(1, optional=False),
     "ranks": list_of(integer(1, optional=False)), "sweep_epochs": integer(1),
     "warmup_epochs": number(0), "layer_decay": number(0, 1, open_low=True), "grad_checkpointing": flag,
     "grad_accum_steps": integer(1, optional=False), "precision": one_of(*PRECISIONS, optional=False),

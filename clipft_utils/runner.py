@@ -172,7 +172,8 @@ def split_extra(extra: dict | None, notebooks: Sequence[str], profile: str) -> d
         if key in scopes:
             nb = _scoped_notebook(key, notebooks)
             if nb is None:
-                raise ConfigError(f"-p {key}.… scopes to '{key}', which is not in this run's plan ({', '.join(notebooks)}).")
+                raise ConfigError(f"-p {key}.… scopes to '{key}', which is not in this run's plan "
+                                  f"({', '.join(notebooks)}).")
             if not isinstance(value, dict):
                 raise ConfigError(f"extra[{key!r}] must be a dict of notebook parameters, got {value!r}.")
             for name, v in value.items():
@@ -374,7 +375,8 @@ class FolderLock:
     def __enter__(self) -> "FolderLock":
         self._cm = file_lock(self.path, blocking=False, shared=self.shared)
         if not self._cm.__enter__():
-            raise ResultsError(f"Another run holds the results folder '{self.path.parent}' ({_holder(self.path.with_suffix('.info'))}). "
+            holder = _holder(self.path.with_suffix(".info"))
+            raise ResultsError(f"Another run holds the results folder '{self.path.parent}' ({holder}). "
                                "Fix: wait for it to finish, or give this run another folder (CLIPFT_RESULTS=...).")
         if not self.shared:
             atomic_write_text(self.path.with_suffix(".info"), json.dumps(
@@ -414,7 +416,8 @@ def clean_leftovers(nb_dir: Path) -> list[Path]:
 def _kernel_env(job: Job, journal: Path) -> dict[str, str]:
     """The environment a notebook's kernel gets: this checkout first on the path, headless, its journal."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]))
+    paths = [str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["CLIPFT_HEADLESS"] = "1"       # static figures, no progress bars in the executed copy
     env["CLIPFT_JOURNAL"] = str(journal)
     env.pop("MPLBACKEND", None)         # Agg would keep every figure out of the executed notebooks

@@ -30,7 +30,7 @@ GENERIC_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo
 
 def _size(value: Any, n: int, what: str) -> int:
     """Images per class for a split: a count (int >= 1) or a fraction (0 < f < 1) of ``n``, at least 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (isinstance(value, float) and value >= 1):
+    if isinstance(value, bool) or not (isinstance(value, int) and value >= 1 or isinstance(value, float) and 0 < value < 1):
         raise ConfigError(f"imagefolder {what} must be a count >= 1 or a fraction in (0, 1), got {value!r}.")
     return int(value) if isinstance(value, int) else max(1, round(value * n))
 
@@ -188,7 +188,7 @@ class ImageFolder(FileDataset):
     @cached_property
     def identity(self) -> str:
         files = sorted(self._assignment)
-        extra = [(self.root / n).read_text() if (self.root / n).exists() else "" for n in ("classnames.txt", "templates.txt")]
+        extra = [p.read_text() if p.exists() else "" for p in (self.root / "classnames.txt", self.root / "templates.txt")]
         return short_hash(listing_hash(files, self.root), self.split_file.read_text(), *extra)
 
     @property
