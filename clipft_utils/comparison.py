@@ -611,15 +611,22 @@ def plot_peak_memory(table: pd.DataFrame, label: str):
 
 
 def _curves(df: pd.DataFrame) -> dict[str, pd.Series]:
-    """Validation accuracy per epoch of each method's main runs (mean over seeds)."""
+    """Validation accuracy per epoch of each method's main runs (mean over seeds), keyed by its legend label.
+
+    A row whose curve is another recipe's (the linear probe's L-BFGS row keeps its AdamW run's history) says so.
+    """
     out = {}
     main = main_rows(df)
     for method in METHODS:
-        points = [(h.get("epoch"), h.get("val_acc")) for hist in _col(main, "history")[_col(main, "method") == method]
+        rows = main[_col(main, "method") == method]
+        points = [(h.get("epoch"), h.get("val_acc")) for hist in _col(rows, "history")
                   for h in (hist if isinstance(hist, list) else []) if isinstance(h, dict)]
         pts = pd.DataFrame(points, columns=["epoch", "val"]).apply(pd.to_numeric, errors="coerce").dropna()
         if len(pts):
-            out[method] = pts.groupby("epoch")["val"].mean()
+            other = {h for h, r in zip(_col(rows, "history_of"), _col(rows, "recipe"))
+                     if isinstance(h, str) and h != r}
+            name = f"{method} (curve of its {'/'.join(sorted(other))} recipe)" if other else method
+            out[name] = pts.groupby("epoch")["val"].mean()
     return out
 
 

@@ -143,10 +143,16 @@ class Course:
         """Figure title with the model / data line underneath."""
         return f"{text}\n{self.label}"
 
-    def save_figure(self, fig, name: str) -> Path:
-        """Save a figure under ``<results>/figures/`` (and leave it for inline display)."""
+    def save_figure(self, fig, name: str, *, per_run: bool = True) -> Path:
+        """Save a figure under ``<results>/figures/`` (and leave it for inline display).
+
+        A run's figure is named like its executed notebook (``_shots<k>``, ``_seed<s>`` when not 0), so the points
+        of a grid never overwrite each other's figures; ``per_run=False`` for a figure drawn from every run.
+        """
         folder = ensure_writable(self.results_dir / "figures")
-        path = folder / f"{name}.png"
+        suffix = (("" if self.shots is None else f"_shots{self.shots}") + ("" if self.seed == 0 else f"_seed{self.seed}")
+                  if per_run else "")
+        path = folder / f"{name}{suffix}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         return path

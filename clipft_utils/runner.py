@@ -676,10 +676,15 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     scopes = {nb for nb in notebooks} | {m for nb in notebooks for m in dict(NOTEBOOKS)[nb]}
     quick_layer = {k: v for k, v in QUICK.items() if not isinstance(v, dict) or k in scopes} if quick else {}
     layers = split_extra(merge_extra(quick_layer, extra or {}), notebooks, prof.name) if notebooks else {}
-    first_group = next((j.group for j in jobs if j.methods and j.methods != ("zero_shot",)), None)
+    trained = [j.group for j in jobs if j.methods and j.methods != ("zero_shot",)]
+    # the sweeps and combinations run once per grid: at the profile's own point when the grid holds it, else at
+    # the most shots (the first seed) -- the point a course run at its default shots has already covered
+    home = (-1 if prof.shots is None else prof.shots, seeds[0])
+    extras_group = home if home in trained else max(trained, key=lambda g: (g[0] == -1, g[0], -seeds.index(g[1])),
+                                                    default=None)
     for job in jobs:
         defaults = dict(prof.extra.get(job.notebook, {}))
-        if job.group != first_group and job.methods and "extras" in declared(job.notebook):
+        if job.group != extras_group and job.methods and "extras" in declared(job.notebook):
             defaults.setdefault("extras", False)  # a grid's other points: the method's main row only
         job.params = _merge(_base_params(prof, job, folder, data, data_root), defaults, layers.get(job.notebook, {}))
     check_configs(jobs, prof.name)

@@ -230,6 +230,16 @@ def test_comparison_learning_curves_use_the_fraction_of_training():
     assert len([line for line in ax.get_lines() if line.get_marker() == "*"]) == 5
 
 
+def test_a_row_drawn_with_another_recipes_curve_says_so():
+    df = results_frame()
+    lp = df["method"] == "linear_probe"
+    df["recipe"], df["history_of"] = None, None
+    df.loc[lp, "recipe"], df.loc[lp, "history_of"] = "sklearn", "torch"   # the L-BFGS row keeps AdamW's history
+    names = list(labelled_lines(C.plot_learning_curves(df, LABEL).axes[0]))
+    assert any(n.startswith("linear_probe (curve of its torch recipe)") for n in names)
+    assert any(n.startswith("lora (") and "recipe" not in n for n in names)
+
+
 # ----------------------------------------------------------------------------- 6. zoomed bars
 def test_ranked_bars_zoom_to_close_values_and_label_every_bar():
     names = ["lp+lora", "lora", "lp", "ft"]
