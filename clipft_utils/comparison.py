@@ -214,6 +214,10 @@ def shots_display(table: pd.DataFrame) -> pd.DataFrame:
     cell = lambda r: _acc(r["mean"], r["std"], int(r["n_seeds"])) + f" ({int(r['n_seeds'])})"  # noqa: E731
     t = table.assign(cell=table.apply(cell, axis=1), col=table["shots"].map(lambda k: "all" if pd.isna(k) else int(k)))
     wide = t.pivot(index="method", columns="col", values="cell")
+    if "zero_shot" in wide.index and "all" in wide.columns:   # it trains on nothing: its number holds at every k
+        wide.loc["zero_shot"] = wide.loc["zero_shot", "all"]
+        if wide["all"].drop("zero_shot").isna().all():
+            wide = wide.drop(columns="all")
     cols = sorted([c for c in wide.columns if c != "all"]) + (["all"] if "all" in wide.columns else [])
     return wide.reindex(index=[m for m in METHODS if m in wide.index], columns=cols).fillna("—")
 

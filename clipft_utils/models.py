@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, OfflineError
+from .paths import hash_file
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
@@ -93,11 +93,7 @@ def check_model_name(name: str) -> str:
 
 def file_id(path: Path) -> str:
     """``file-<sha1 prefix>`` of a file's bytes: the id of weights loaded from a local file."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"file-{h.hexdigest()[:12]}"
+    return f"file-{hash_file(path, 'sha1')[:12]}"
 
 
 def online(host: str = "huggingface.co", timeout: float = 1.0) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -109,3 +110,12 @@ def file_lock(path: str | os.PathLike, blocking: bool = True, shared: bool = Fal
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def hash_file(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .config import METHODS, CONFIGS, PROFILES, check_method, get_profile, make_config
 from .errors import ConfigError, ResultsError
-from .paths import PROJECT_ROOT, atomic_write_text, ensure_writable, file_lock, results_root
+from .paths import PROJECT_ROOT, atomic_write_text, ensure_writable, file_lock, hash_file, results_root
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -308,14 +308,6 @@ def _covering(recorded: dict, asked: dict) -> dict:
     return recorded
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def why_run(job: Job, folder: Path, executed: Path) -> str | None:
     """None when the job's completion record matches what is asked (skip it), else the reason to run it."""
     path = _record_path(folder, job)
@@ -334,7 +326,7 @@ def why_run(job: Job, folder: Path, executed: Path) -> str | None:
         f = folder / rel
         if not f.exists():
             return f"{rel} is missing"
-        if _hash_file(f) != digest:
+        if hash_file(f) != digest:
             return f"{rel} changed since it was written"
     return None
 
@@ -349,7 +341,7 @@ def write_record(folder: Path, job: Job, written: Iterable[Path], executed: Path
             continue  # caches and data outside the results folder
         if rel.startswith(("checkpoints/", "runs/", "failed/")) or not f.exists():
             continue
-        files[rel] = _hash_file(f)
+        files[rel] = hash_file(f)
     record = {"job": job.key, "notebook": job.notebook, "seed": job.seed, "shots": job.shots,
               "fingerprint": job.fingerprint, "files": files, "executed": executed.name,
               "seconds": round(seconds, 1), "device": device,

@@ -247,3 +247,44 @@ def test_top5_uses_saved_predictions_that_match_the_test_labels(run_folder):
 def test_live_frontend_is_off_under_the_runner(monkeypatch):
     monkeypatch.setenv("CLIPFT_HEADLESS", "1")
     assert C.live_frontend() is False
+
+
+# ----------------------------------------------------------------------------- the few-shot grid
+@pytest.fixture
+def grid_folder(tmp_path):
+    """LoRA ahead of BitFit by far more than the seed spread at 1 shot, within it at 8; zero-shot once."""
+    folder = tmp_path / "smoke"
+    write_fake(folder, "zero_shot", acc=0.50)
+    accs = {("lora", 1): [0.70, 0.72, 0.71], ("bitfit", 1): [0.55, 0.56, 0.54],
+            ("lora", 8): [0.80, 0.84, 0.82], ("bitfit", 8): [0.81, 0.83, 0.79]}
+    for (method, k), values in accs.items():
+        for seed, acc in enumerate(values):
+            write_fake(folder, method, seed=seed, acc=acc, shots=k)
+    return folder
+
+
+def test_the_shots_table_gives_mean_std_and_seeds_and_zero_shot_at_every_point(grid_folder):
+    df = load_results("smoke", grid_folder.parent)
+    table = C.shots_table(df).set_index(["method", "shots"])
+    assert table.loc[("lora", 1.0), "mean"] == pytest.approx(0.71)
+    assert table.loc[("lora", 1.0), "std"] == pytest.approx(np.std([0.70, 0.72, 0.71], ddof=1))
+    assert table.loc[("bitfit", 8.0), "n_seeds"] == 3
+    shown = C.shots_display(C.shots_table(df))
+    assert list(shown.columns) == [1, 8]                       # no "all" column for zero-shot alone
+    assert shown.loc["zero_shot", 1] == shown.loc["zero_shot", 8] == "50.0 (1)"   # it trains on nothing
+    assert shown.loc["lora", 1].startswith("71.0 ± 1.0") and shown.loc["lora", 1].endswith("(3)")
+
+
+def test_an_ordering_is_stated_only_where_the_gap_exceeds_the_seed_spread(grid_folder):
+    table = C.shots_table(load_results("smoke", grid_folder.parent))
+    assert C.ordering(table, 1) == ["lora > bitfit: 16.0 points apart, more than the seed spread (1.0)"]
+    at_8 = C.ordering(table, 8)
+    assert len(at_8) == 1 and at_8[0].startswith("lora ≈ bitfit") and "within the seed spread" in at_8[0]
+
+
+def test_the_recommender_decides_at_the_users_number_of_labelled_images(grid_folder):
+    df = load_results("smoke", grid_folder.parent)
+    one = C.recommend(df, memory_budget_mb=16_000, labelled_per_class=1)
+    assert one.method == "lora" and any("1" in r and "more than the seed spread" in r for r in one.reasons)
+    eight = C.recommend(df, memory_budget_mb=16_000, labelled_per_class=8)
+    assert any("within the seed spread" in r for r in eight.reasons)
