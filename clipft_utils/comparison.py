@@ -144,7 +144,10 @@ def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
     acc = num("test_acc")
     from_history = pd.Series([len(h) if isinstance(h, list) and h else np.nan for h in _col(rows, "history")],
                              index=rows.index, dtype=float)
-    epochs = num("epochs_run").fillna(from_history)  # trained epochs (rows written before epochs_run: the history)
+    pairs = zip(_col(rows, "history_of"), _col(rows, "recipe"))
+    own = pd.Series([not (isinstance(h, str) and h != r) for h, r in pairs], index=rows.index)
+    # trained epochs; rows written before epochs_run: their own history's length (never another recipe's)
+    epochs = num("epochs_run").fillna(from_history.where(own))
     sizes = sorted({int(n) for n in num("n_test").dropna()})
     return {
         "status": "ok", "n_seeds": int(_col(rows, "seed").nunique()),
@@ -260,15 +263,14 @@ def ordering(table: pd.DataFrame, shots: Any) -> list[str]:
     for a, b in zip(rows.itertuples(), rows.iloc[1:].itertuples()):
         gap = a.mean - b.mean
         spread = np.nanmax([a.std, b.std]) if a.n_seeds > 1 and b.n_seeds > 1 else np.nan
+        digits = 1 if np.isnan(spread) or f"{100 * gap:.1f}" != f"{100 * spread:.1f}" else 2  # never "1.7 > 1.7"
+        g, s = f"{100 * gap:.{digits}f}", f"{100 * spread:.{digits}f}"
         if np.isnan(spread):
-            out.append(f"{a.method} vs {b.method}: not ordered (one seed: no spread to compare the "
-                       f"{100 * gap:.1f}-point gap with)")
+            out.append(f"{a.method} vs {b.method}: not ordered (one seed: no spread to compare the {g}-point gap with)")
         elif gap > spread:
-            out.append(f"{a.method} > {b.method}: {100 * gap:.1f} points apart, more than the seed spread "
-                       f"({100 * spread:.1f})")
+            out.append(f"{a.method} > {b.method}: {g} points apart, more than the seed spread ({s})")
         else:
-            out.append(f"{a.method} ≈ {b.method}: {100 * gap:.1f} points apart, within the seed spread "
-                       f"({100 * spread:.1f})")
+            out.append(f"{a.method} ≈ {b.method}: {g} points apart, within the seed spread ({s})")
     return out
 
 
@@ -315,7 +317,7 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
             "type": r.get("type") or METHOD_TYPE.get(r["method"], "combination"),
             "measured": r.get("measured") or "test top-1",
             "on images": "mixed" if n_test == -1 else _num(n_test, "{:,.0f}"),
-            "epochs": _num(r.get("epochs"), "{:g}") if r.get("type") != "no training" else "0",
+            "epochs": _num(r.get("epochs"), "{:.3g}") if r.get("type") != "no training" else "0",
             "shots": "all" if pd.isna(r.get("shots", np.nan)) else _num(r.get("shots"), "{:.0f}"),
             "trainable params": _count(r.get("trainable_params")),
             "trainable %": _num(r.get("trainable_percent"), "{:.2f}"),
@@ -530,9 +532,10 @@ def recommend(df: pd.DataFrame, memory_budget_mb: float, need: str = "best", tas
         cand, more = _share_backbone(cand, tasks)
         reasons += more
     pick, why = _pick(cand, need)
-    if where:
-        ranked = [o for o in ordering(shots_table(df), point) if o.startswith(str(pick["method"]))][:1]
-        why = [where, *why, *ranked]
+    # say whether the pick's lead is larger than the seed spread at the point decided at (or that one seed can't tell)
+    at = point if where else default_shots(df)
+    ranked = [o for o in ordering(shots_table(df), at) if o.startswith(str(pick["method"]) + " ")][:1]
+    why = [*([where] if where else []), *why, *ranked]
     return Recommendation(str(pick["method"]), reasons + why + caveats, list(cand["method"]))
 
 

@@ -288,3 +288,22 @@ def test_the_recommender_decides_at_the_users_number_of_labelled_images(grid_fol
     assert one.method == "lora" and any("1" in r and "more than the seed spread" in r for r in one.reasons)
     eight = C.recommend(df, memory_budget_mb=16_000, labelled_per_class=8)
     assert any("within the seed spread" in r for r in eight.reasons)
+    default = C.recommend(df, memory_budget_mb=16_000)       # no number given: the overview's point, 8 per class
+    assert any(r.startswith("lora ≈ bitfit") for r in default.reasons)
+
+
+def test_one_seed_gives_no_ordering_and_equal_looking_numbers_get_more_digits(run_folder):
+    rec = C.recommend(load_results("smoke", run_folder.parent), memory_budget_mb=16_000)
+    assert any("not ordered (one seed" in r for r in rec.reasons)
+    table = pd.DataFrame({"method": ["lora", "bitfit"], "shots": [4.0, 4.0], "mean": [0.3510, 0.3340],
+                          "std": [0.0166, 0.0080], "n_seeds": [3, 3]})
+    assert C.ordering(table, 4) == ["lora > bitfit: 1.70 points apart, more than the seed spread (1.66)"]
+
+
+def test_a_row_never_takes_its_epochs_from_another_recipes_history(tmp_path):
+    folder = tmp_path / "smoke"
+    write_fake(folder, "linear_probe", recipe="sklearn", history_of="torch", epochs_run=None)  # L-BFGS: no epochs
+    write_fake(folder, "bitfit")                          # a row written before epochs_run: its own history's 3
+    table = C.summary_table(load_results("smoke", tmp_path)).set_index("method")
+    assert pd.isna(table.loc["linear_probe", "epochs"]) and table.loc["bitfit", "epochs"] == 3
+    assert C.format_table(table.reset_index()).set_index("method").loc["linear_probe", "epochs"] == "—"
