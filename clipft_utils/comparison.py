@@ -318,7 +318,8 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
             "measured": r.get("measured") or "test top-1",
             "on images": "mixed" if n_test == -1 else _num(n_test, "{:,.0f}"),
             "epochs": _num(r.get("epochs"), "{:.3g}") if r.get("type") != "no training" else "0",
-            "shots": "all" if pd.isna(r.get("shots", np.nan)) else _num(r.get("shots"), "{:.0f}"),
+            "shots": ("0" if r.get("type") == "no training" else   # zero-shot uses no training image
+                      "all" if pd.isna(r.get("shots", np.nan)) else _num(r.get("shots"), "{:.0f}")),
             "trainable params": _count(r.get("trainable_params")),
             "trainable %": _num(r.get("trainable_percent"), "{:.2f}"),
             "train time (s)": _num(r.get("train_seconds")),

@@ -307,3 +307,9 @@ def test_a_row_never_takes_its_epochs_from_another_recipes_history(tmp_path):
     table = C.summary_table(load_results("smoke", tmp_path)).set_index("method")
     assert pd.isna(table.loc["linear_probe", "epochs"]) and table.loc["bitfit", "epochs"] == 3
     assert C.format_table(table.reset_index()).set_index("method").loc["linear_probe", "epochs"] == "—"
+
+
+def test_zero_shot_rows_say_they_used_no_training_image(grid_folder):
+    shown = C.format_table(C.summary_table(load_results("smoke", grid_folder.parent))).set_index("method")
+    assert shown.loc["zero_shot", "shots"] == "0" and shown.loc["zero_shot", "epochs"] == "0"
+    assert shown.loc["lora", "shots"] == "8"                 # the overview's point: the grid's most shots
