@@ -93,7 +93,12 @@ def test_combinations_are_chosen_on_validation_and_the_summary_says_what_each_ro
     assert "test (exploratory)" not in text and "novel-class zero-shot top-1" in text
     table = pd.read_csv(folder / "summary.csv").set_index("method")
     assert list(table.index) == list(METHODS) and set(table["status"]) == {"ok"}
-    assert table["label"].str.contains("STAND-IN").all() and (table["epochs"].drop("zero_shot") == 1).all()
+    assert table["label"].str.contains("STAND-IN").all()
+    assert (table["epochs"].drop(["zero_shot", "linear_probe"]) == 1).all()     # REDUCED trains one epoch
+    lp = json.loads((folder / "linear_probe_shots2_seed0.json").read_text())
+    # the probe's row has epochs only where AdamW chose it: L-BFGS has none (never the AdamW run's count)
+    lp_epochs = table.loc["linear_probe", "epochs"]
+    assert lp_epochs == 1 if lp["recipe"] == "torch" else pd.isna(lp_epochs)
 
 
 def test_executed_notebooks_show_no_noise_and_the_figures_exist(course):
