@@ -138,16 +138,21 @@ def _measured(rows: pd.DataFrame) -> str:
     return what[0] if len(what) == 1 else "test top-1"
 
 
+def _borrowed_history(rows: pd.DataFrame) -> pd.Series:
+    """Per row, the recipe whose history it carries when that is not its own (the probe's L-BFGS row keeps the
+    AdamW run's), else ""."""
+    pairs = zip(_col(rows, "history_of"), _col(rows, "recipe"))
+    return pd.Series([h if isinstance(h, str) and h != r else "" for h, r in pairs], index=rows.index, dtype=object)
+
+
 def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
     """Mean over seeds of one method's (or variant's) runs; accuracy also gets its std."""
     num = lambda c: pd.to_numeric(_col(rows, c), errors="coerce")  # noqa: E731
     acc = num("test_acc")
     from_history = pd.Series([len(h) if isinstance(h, list) and h else np.nan for h in _col(rows, "history")],
                              index=rows.index, dtype=float)
-    pairs = zip(_col(rows, "history_of"), _col(rows, "recipe"))
-    own = pd.Series([not (isinstance(h, str) and h != r) for h, r in pairs], index=rows.index)
     # trained epochs; rows written before epochs_run: their own history's length (never another recipe's)
-    epochs = num("epochs_run").fillna(from_history.where(own))
+    epochs = num("epochs_run").fillna(from_history.where(_borrowed_history(rows) == ""))
     sizes = sorted({int(n) for n in num("n_test").dropna()})
     return {
         "status": "ok", "n_seeds": int(_col(rows, "seed").nunique()),
@@ -631,8 +636,7 @@ def _curves(df: pd.DataFrame) -> dict[str, pd.Series]:
                   for h in (hist if isinstance(hist, list) else []) if isinstance(h, dict)]
         pts = pd.DataFrame(points, columns=["epoch", "val"]).apply(pd.to_numeric, errors="coerce").dropna()
         if len(pts):
-            other = {h for h, r in zip(_col(rows, "history_of"), _col(rows, "recipe"))
-                     if isinstance(h, str) and h != r}
+            other = set(_borrowed_history(rows)) - {""}
             name = f"{method} (curve of its {'/'.join(sorted(other))} recipe)" if other else method
             out[name] = pts.groupby("epoch")["val"].mean()
     return out

@@ -22,7 +22,7 @@ from .labels import run_label, warnings_for
 from .models import (STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device,
                      zero_shot_head)
 from .paths import PROJECT_ROOT, atomic_path, cache_dir, ensure_writable, results_root
-from .results import make_result, result_path, run_name, save_result
+from .results import make_result, point_suffix, result_path, run_name, save_result
 from .seeding import seed_everything
 
 
@@ -150,9 +150,7 @@ class Course:
         of a grid never overwrite each other's figures; ``per_run=False`` for a figure drawn from every run.
         """
         folder = ensure_writable(self.results_dir / "figures")
-        suffix = (("" if self.shots is None else f"_shots{self.shots}") + ("" if self.seed == 0 else f"_seed{self.seed}")
-                  if per_run else "")
-        path = folder / f"{name}{suffix}.png"
+        path = folder / f"{name}{point_suffix(self.shots, self.seed) if per_run else ''}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         return path

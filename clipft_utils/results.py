@@ -27,6 +27,11 @@ def results_dir(profile: str, root: str | Path | None = None) -> Path:
     return ensure_writable(Path(root or results_root()) / profile)
 
 
+def point_suffix(shots: int | None, seed: int) -> str:
+    """``[_shots<k>][_seed<s>]`` (seed 0 unnamed): how executed notebooks and a run's figures name a grid point."""
+    return ("" if shots is None else f"_shots{shots}") + ("" if seed == 0 else f"_seed{seed}")
+
+
 def run_name(method: str, seed: int, variant: str | None = None, shots: int | None = None) -> str:
     """File stem of a run: ``<method>[-<variant>][_shots<k>]_seed<seed>``."""
     return f"{method}{'-' + variant if variant else ''}{'' if shots is None else f'_shots{shots}'}_seed{seed}"

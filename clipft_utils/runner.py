@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 from .config import METHODS, CONFIGS, PROFILES, check_method, get_profile, make_config
 from .errors import ConfigError, ResultsError
 from .paths import PROJECT_ROOT, atomic_write_text, ensure_writable, file_lock, hash_file, results_root
+from .results import point_suffix
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 NOTEBOOKS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -60,8 +61,7 @@ class Job:
     @property
     def key(self) -> str:
         """Its name in file names: ``05_lora``, ``05_lora_shots4_seed1``, ..."""
-        shots = "" if self.shots is None else f"_shots{self.shots}"
-        return f"{self.notebook}{shots}{'' if self.seed == 0 else f'_seed{self.seed}'}"
+        return self.notebook + point_suffix(self.shots, self.seed)
 
     @property
     def group(self) -> tuple[int, int]:
