@@ -460,25 +460,34 @@ def _share_backbone(cand: pd.DataFrame, tasks: int) -> tuple[pd.DataFrame, list[
 
 
 def _pick(cand: pd.DataFrame, need: str) -> tuple[pd.Series, list[str]]:
-    """Choose by the need: best accuracy, good-enough for the fewest parameters, or cheapest to train."""
-    ranked = cand.sort_values("test_acc", ascending=False)
+    """Choose by the need: best accuracy, good-enough for the fewest parameters, or cheapest to train.
+
+    Accuracy is compared on validation (the course's rule: test never chooses); test accuracy is only reported.
+    Rows without a validation accuracy make the whole comparison fall back to test, and the reason says so.
+    """
+    on_val = "val_acc" in cand and bool(cand["val_acc"].notna().all())
+    key, split = ("val_acc", "validation") if on_val else ("test_acc", "test (no validation accuracy recorded)")
+
+    def acc(r: pd.Series) -> str:
+        return f"{_pct(r['val_acc'])} val, test {_pct(r['test_acc'])}" if on_val else f"{_pct(r['test_acc'])} test"
+
+    ranked = cand.sort_values(key, ascending=False)
     best = ranked.iloc[0]
     if need == "best":
-        runner = (f" (next: {ranked.iloc[1]['method']} at {_pct(ranked.iloc[1]['test_acc'])})"
-                  if len(ranked) > 1 else "")
-        return best, [f"need='best': {best['method']} has the highest measured test accuracy that fits, "
-                      f"{_pct(best['test_acc'])}{runner}."]
+        runner = f" (next: {ranked.iloc[1]['method']} at {acc(ranked.iloc[1])})" if len(ranked) > 1 else ""
+        return best, [f"need='best': {best['method']} has the highest measured {split} accuracy that fits, "
+                      f"{acc(best)}{runner}."]
     if need == "good":
-        close = cand[cand["test_acc"] >= best["test_acc"] - GOOD_ENOUGH_POINTS / 100]
+        close = cand[cand[key] >= best[key] - GOOD_ENOUGH_POINTS / 100]
         pick = close.sort_values(["trainable_params", "train_seconds"]).iloc[0]
-        return pick, [f"need='good': within {GOOD_ENOUGH_POINTS:g} accuracy points of the best that fits "
-                      f"({best['method']}, {_pct(best['test_acc'])}): {', '.join(close['method'])}; of these "
+        return pick, [f"need='good': within {GOOD_ENOUGH_POINTS:g} {split} accuracy points of the best that fits "
+                      f"({best['method']}, {acc(best)}): {', '.join(close['method'])}; of these "
                       f"{pick['method']} trains the fewest parameters ({_count(pick['trainable_params'])}) "
-                      f"at {_pct(pick['test_acc'])}."]
+                      f"at {acc(pick)}."]
     pick = cand.sort_values(["train_seconds", "peak_memory_mb"]).iloc[0]
     return pick, [f"need='cheap': {pick['method']} is the quickest to train that fits "
-                  f"({_num(pick['train_seconds'])} s measured) at {_pct(pick['test_acc'])} test accuracy "
-                  f"(best that fits: {best['method']}, {_pct(best['test_acc'])})."]
+                  f"({_num(pick['train_seconds'])} s measured) at {acc(pick)} "
+                  f"(best that fits: {best['method']}, {acc(best)})."]
 
 
 def _caveats(df: pd.DataFrame) -> list[str]:

@@ -313,3 +313,12 @@ def test_zero_shot_rows_say_they_used_no_training_image(grid_folder):
     shown = C.format_table(C.summary_table(load_results("smoke", grid_folder.parent))).set_index("method")
     assert shown.loc["zero_shot", "shots"] == "0" and shown.loc["zero_shot", "epochs"] == "0"
     assert shown.loc["lora", "shots"] == "8"                 # the overview's point: the grid's most shots
+
+
+def test_the_recommender_chooses_on_validation_never_on_test(tmp_path):
+    folder = tmp_path / "smoke"
+    write_fake(folder, "lora", acc=0.70)                 # FAKE val: lora 0.80 > bitfit 0.76 ...
+    write_fake(folder, "bitfit", acc=0.90)               # ... while bitfit is far ahead on test
+    rec = C.recommend(load_results("smoke", tmp_path), memory_budget_mb=16_000, need="best")
+    assert rec.method == "lora"
+    assert any("highest measured validation accuracy" in r and "80.0% val, test 70.0%" in r for r in rec.reasons)
