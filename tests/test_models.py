@@ -178,10 +178,10 @@ def test_vit_b_32_state_dict_with_one_changed_shape(tmp_path):
     assert "unexpected" not in str(err.value) and "missing" not in str(err.value)
 
 
-def test_prefetch_offline_prints_one_line_and_returns_1(empty_hf_cache, monkeypatch, capsys):
+def test_prefetch_offline_prints_one_line_and_returns_2(empty_hf_cache, monkeypatch, capsys):
     from clipft_utils.__main__ import main
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["prefetch", "--weights-only"]) == 1
+    assert main(["prefetch", "--weights-only"]) == 2
     err = capsys.readouterr().err
     assert "offline" in err and "prefetch" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err

@@ -278,20 +278,15 @@ def unreadable(files: Sequence[Path], base: Path) -> list[tuple[Path, str]]:
     return [(p, known[stamp[p]]) for p in files if known[stamp[p]]]
 
 
-def stratified_split(by_class: dict[str, list[Any]], names: Sequence[str], sizes, seed: int) -> dict[Any, str]:
-    """Assign each class's items to ``names``: ``sizes(n)`` items per name but the last, which gets the rest
-    (at least one); seeded. A class with too few items is a DatasetError naming it and its count."""
+def stratified_split(by_class: dict[str, list[Any]], names: Sequence[str], counts, seed: int) -> dict[Any, str]:
+    """Assign each class's items to ``names``: ``counts(class, n)`` gives how many per name (it raises when a class
+    is too small); seeded."""
     rng, out = np.random.default_rng(seed), {}
     for c, items in by_class.items():
-        counts = list(sizes(len(items)))
-        if len(items) < sum(counts) + 1:
-            raise DatasetError(
-                f"Class '{c}' has {len(items)} readable image(s) to split into {'/'.join(names)}; it needs at least "
-                f"{sum(counts) + 1} (one per split at least). Fix: add images, or lower the split sizes.")
-        order, start = rng.permutation(len(items)), 0
-        for name, n in zip(names, counts + [len(items) - sum(counts)]):
-            out.update({items[i]: name for i in order[start:start + n]})
-            start += n
+        sizes, order, start = counts(c, len(items)), rng.permutation(len(items)), 0
+        for name in names:
+            out.update({items[i]: name for i in order[start:start + sizes[name]]})
+            start += sizes[name]
     return out
 
 
