@@ -16,7 +16,7 @@ def error_line(exc: BaseException, prefix: str = "clipft") -> str:
 
 def _split_option(text: str | None) -> list | None:
     """``--split 3,1`` -> [3, 1, 'rest'] (checked; the same value a notebook's ``data_split`` takes)."""
-    from .datasets.imagefolder import SplitSpec
+    from .datasets.base import SplitSpec
     return None if text is None else list(SplitSpec.parse(text).sizes.values())
 
 

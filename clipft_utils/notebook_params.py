@@ -97,7 +97,7 @@ def device(name: str, value: Any) -> None:
 
 def data_split(name: str, value: Any) -> None:
     """None, or how a folder of images is split: train, val[, test] per class (``imagefolder.SplitSpec``)."""
-    from .datasets.imagefolder import SplitSpec
+    from .datasets.base import SplitSpec
     SplitSpec.parse(value)
 
 

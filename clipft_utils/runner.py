@@ -263,7 +263,7 @@ class Context:
     def dataset(self, name: str | None, root: str | None, split: Any = None):
         """The run's dataset, checked once (with its split: ``data_split``, one per run so results never mix)."""
         from .datasets import check_noting, get_dataset
-        from .datasets.imagefolder import SplitSpec
+        from .datasets.base import SplitSpec
         key, spec = (name or self.profile.dataset, root), None if split is None else SplitSpec.parse(split)
         if key not in self._data:  # a missing or broken dataset is an error now, not after minutes of work
             self._data[key] = (spec, check_noting(get_dataset(*key, split=split)))

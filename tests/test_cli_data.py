@@ -11,7 +11,7 @@ from PIL import Image
 from clipft_utils import __main__ as cli
 from clipft_utils.course import Course, setup
 from clipft_utils.data import ImageSplit
-from clipft_utils.errors import ConfigError, DatasetError
+from clipft_utils.errors import ConfigError
 from clipft_utils.notebook_params import check_value
 from clipft_utils.paths import PROJECT_ROOT
 from clipft_utils.runner import Context

@@ -10,7 +10,7 @@ from PIL import Image
 from clipft_utils import data as D
 from clipft_utils.__main__ import main as cli
 from clipft_utils.datasets import get_dataset
-from clipft_utils.datasets.imagefolder import SplitSpec
+from clipft_utils.datasets.base import SplitSpec
 from clipft_utils.errors import DatasetError, DatasetWarning
 
 
