@@ -112,3 +112,17 @@ def test_describe_prints_the_images_per_class_actually_loaded():
     assert "test 18 (6 image(s) per class; 20 asked, only 6 available)" in text and "20 image(s)" not in text
     uneven = _course({"train": [3, 5, 4], "val": [1, 1, 1], "test": [2, 2, 2]}, {"test_per_class": None})
     assert "train 12 (3-5 image(s) per class)" in uneven.describe()
+
+
+def test_p_data_split_plans_every_notebook_on_that_split_in_its_own_results_folder(tmp_path):
+    """The runner's real path (-p data_split): parameters checked, the data checked with the split, its own folder."""
+    from clipft_utils import runner
+    from clipft_utils.config import get_profile
+    from clipft_utils.course import results_folder
+    from clipft_utils.datasets import get_dataset
+    root = make(tmp_path / "imgs", {"a": 8, "b": 8})
+    report = runner.run_all("smoke", only=["zero_shot"], data=str(root), extra={"data_split": [3, 1]}, dry_run=True,
+                            echo=lambda *_: None)
+    default = results_folder(get_profile("smoke"), get_dataset(str(root)))
+    assert report.folder != default and report.folder == results_folder(get_profile("smoke"),
+                                                                         get_dataset(str(root), split=[3, 1]))
