@@ -15,7 +15,7 @@ import torch
 
 from . import data as D
 from .config import Profile, check_method, get_profile, profile_data_root
-from .datasets import Dataset, check_noting, get_dataset
+from .datasets import Dataset, check_noting, get_dataset, is_folder
 from .errors import ConfigError, DatasetError, OfflineError
 from .labels import run_label, warnings_for
 from .models import (STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device,
@@ -233,7 +233,7 @@ def setup(profile: str | None = None, *, model: str | None = None, pretrained: s
         seed_everything(seed)
         loaded = load_clip(model or prof.model, pretrained if pretrained is not None else prof.pretrained, device=dev)
     except (OfflineError, DatasetError) as exc:
-        if prof.name == "full":
+        if prof.name == "full" and not (isinstance(exc, DatasetError) and is_folder(dataset)):  # not for your folder
             raise type(exc)(f"{exc}\n{NOTEBOOK_HINT}") from exc
         raise
     test_per_class = prof.test_per_class if test_per_class is None else test_per_class

@@ -126,3 +126,12 @@ def test_p_data_split_plans_every_notebook_on_that_split_in_its_own_results_fold
     default = results_folder(get_profile("smoke"), get_dataset(str(root)))
     assert report.folder != default and report.folder == results_folder(get_profile("smoke"),
                                                                          get_dataset(str(root), split=[3, 1]))
+
+
+def test_an_error_in_your_folder_does_not_suggest_the_stand_in_profile(tmp_path, monkeypatch):
+    from clipft_utils.errors import DatasetError
+    monkeypatch.delenv("CLIPFT_PROFILE", raising=False)
+    root = make(tmp_path / "imgs", {"a": 5, "b": 2})
+    with pytest.raises(DatasetError) as err:
+        setup("full", dataset=str(root))
+    assert "Class 'b' has 2" in str(err.value) and 'profile = "smoke"' not in str(err.value)

@@ -15,7 +15,8 @@ from typing import Any, Callable
 from ..errors import ConfigError, DatasetError, DatasetWarning
 from .base import REGISTRY, SPLITS, Dataset, FileDataset, FileIndex, open_image
 
-__all__ = ["Dataset", "FileDataset", "FileIndex", "SPLITS", "available", "check_noting", "get_dataset", "open_image"]
+__all__ = ["Dataset", "FileDataset", "FileIndex", "SPLITS", "available", "check_noting", "get_dataset", "is_folder",
+           "open_image"]
 
 FOLDER_DATASET = "imagefolder"
 
@@ -29,6 +30,11 @@ def available() -> list[str]:
 
 def _looks_like_path(name: str) -> bool:
     return any(sep in name for sep in ("/", "\\")) or name.startswith(("~", ".")) or Path(name).expanduser().is_dir()
+
+
+def is_folder(name: str | None) -> bool:
+    """True when ``name`` means a folder of the user's images (the imagefolder dataset, or a path)."""
+    return isinstance(name, str) and (name == FOLDER_DATASET or name not in available() and _looks_like_path(name))
 
 
 def get_dataset(name: str | Dataset, root: str | os.PathLike | None = None, **options: Any) -> Dataset:
