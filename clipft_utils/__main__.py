@@ -9,19 +9,35 @@ from typing import Sequence
 from .config import METHODS, PROFILES
 
 
+def error_line(exc: BaseException, prefix: str = "clipft") -> str:
+    """How the CLI shows a ClipftError: its message (the problem and the fix) on one line, without a traceback."""
+    return f"[{prefix}] {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _split_option(text: str | None) -> list | None:
+    """``--split 3,1`` -> [3, 1, 'rest'] (checked; the same value a notebook's ``data_split`` takes)."""
+    from .datasets.base import SplitSpec
+    return None if text is None else list(SplitSpec.parse(text).sizes.values())
+
+
 def _run(args: argparse.Namespace) -> int:
-    from .errors import ClipftError
+    from .errors import ClipftError, ConfigError
     from .runner import run_all
     profile = "smoke" if args.smoke else "rehearse" if args.rehearse else args.profile
     if not (args.all or args.only or args.compare):
         print("Nothing to do: pass --all, --only METHOD [METHOD ...], or --compare.", file=sys.stderr)
         return 2
     try:
+        extra = _params(args.param)
+        if args.split is not None:
+            if "data_split" in extra:
+                raise ConfigError("The split is given twice (--split and -p data_split). Fix: pass it once.")
+            extra["data_split"] = _split_option(args.split)
         report = run_all(profile, only=args.only or None, force=args.force, device=args.device, seeds=args.seeds,
-                         extra=_params(args.param), shots=args.shots, devices=args.devices, shard=args.shard,
+                         extra=extra, shots=args.shots, devices=args.devices, shard=args.shard,
                          data=args.data, quick=args.quick, compare_only=args.compare, dry_run=args.dry_run)
     except ClipftError as exc:  # a bad request: one clear message, nothing has run
-        print(f"[run_all] {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(error_line(exc, "run_all"), file=sys.stderr)
         return 2
     if profile == "smoke":
         print("[run_all] smoke profile: ToyCLIP on stand-in data checks the plumbing; its numbers are not CLIP's.")
@@ -56,17 +72,12 @@ def _params(pairs: Sequence[str] | None) -> dict:
 
 def _prefetch(args: argparse.Namespace) -> int:
     from .datasets.flowers102 import prefetch
-    from .errors import ClipftError
     from .models import load_clip
-    try:
-        if not args.data_only:
-            loaded = load_clip(args.model, args.pretrained)
-            print(f"weights ready: {loaded.name} / {loaded.pretrained}")
-        if not args.weights_only:
-            print(f"Flowers102 ready in {prefetch(args.data_root)}")
-    except ClipftError as err:  # offline, bad tag, ...: the message says what to do; a traceback adds nothing
-        print(f"prefetch failed: {' '.join(str(err).split())}", file=sys.stderr)
-        return 1
+    if not args.data_only:
+        loaded = load_clip(args.model, args.pretrained)
+        print(f"weights ready: {loaded.name} / {loaded.pretrained}")
+    if not args.weights_only:
+        print(f"Flowers102 ready in {prefetch(args.data_root)}")
     print("This machine (or a copy of its data/ folder and ~/.cache/huggingface) can now run offline.")
     return 0
 
@@ -74,9 +85,12 @@ def _prefetch(args: argparse.Namespace) -> int:
 def _data_check(args: argparse.Namespace) -> int:
     from .data import report
     options = {"seed": args.split_seed, "strict": args.strict} if args.dataset == "imagefolder" else {}
-    print(report(args.dataset, args.path, **options))
+    print(report(args.dataset, args.path, split=_split_option(args.split), **options))
     return 0
 
+
+SPLIT_HELP = ("how a folder of images is split, per class: counts, fractions or 'rest' for train,val[,test], e.g. "
+              "3,1 (test the rest) or 0.5,0.25,0.25 (default: rest,0.2,0.2); the same as -p data_split=[3,1]")
 
 DELEGATED = {
     "params": ("clipft_utils.methods.params", "trainable vs total parameters of every method (no download)"),
@@ -89,8 +103,17 @@ DELEGATED = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the package CLI."""
+    """Entry point of the package CLI: a ClipftError of any sub-command is one clean line (problem and fix), rc 2."""
+    from .errors import ClipftError
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except ClipftError as exc:  # a bad request or bad data: the message says what to do; a traceback adds nothing
+        print(error_line(exc, argv[0] if argv else "clipft"), file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
         module = importlib.import_module(DELEGATED[argv[0]][0])
         return int(module.main(argv[1:]) or 0)
@@ -107,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="shorthand for --profile rehearse: the real code and shapes, random weights, generated data")
     run.add_argument("--data", default=None, metavar="PATH",
                      help="a folder of your own images (ROOT/<class>/<images>), or a dataset name")
+    run.add_argument("--split", default=None, metavar="TRAIN,VAL[,TEST]", help=SPLIT_HELP)
     run.add_argument("--force", action="store_true", help="recompute even what is up to date")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     run.add_argument("--devices", nargs="+", default=None, metavar="DEVICE",
@@ -137,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = data_sub.add_parser("check", help="classes, images per class and split, skipped files, prompts")
     check.add_argument("path", help="the dataset's folder (for imagefolder: ROOT with one sub-folder per class)")
     check.add_argument("--dataset", default="imagefolder", help="dataset name (default: imagefolder)")
+    check.add_argument("--split", default=None, metavar="TRAIN,VAL[,TEST]", help=SPLIT_HELP)
     check.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (imagefolder)")
     check.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
     check.set_defaults(func=_data_check)

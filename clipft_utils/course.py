@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ import torch
 
 from . import data as D
 from .config import Profile, check_method, get_profile, profile_data_root
-from .datasets import Dataset, get_dataset
-from .errors import ConfigError, DatasetError, DatasetWarning, OfflineError
+from .datasets import Dataset, check_noting, get_dataset, is_folder
+from .errors import ConfigError, DatasetError, OfflineError
 from .labels import run_label, warnings_for
 from .models import (STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device,
                      zero_shot_head)
@@ -79,14 +78,16 @@ class Course:
         return self._heads[ensemble]
 
     def describe(self) -> str:
-        """Images per split, how they were sampled, and the device: the facts every notebook prints."""
+        """Images per split and per class as actually loaded (and how many were asked for), and the device."""
         def part(split: str, key: str, what: str) -> str:
-            k = self.sampling.get(key)
-            return f"{split} {len(self.splits[split]):,}" + (f" ({k} {what} per class)" if k else "")
-        parts = [part("train", "shots", "shot(s)"), part("val", "val_per_class", "image(s)"),
-                 part("test", "test_per_class", "image(s)")]
-        return " · ".join(p for p, s in zip(parts, ("train", "val", "test")) if s in self.splits) + \
-            f" images on {self.device}"
+            per = np.bincount(self.splits[split].targets, minlength=len(self.classnames))
+            lo, hi, asked = int(per.min()), int(per.max()), self.sampling.get(key)
+            count = f"{lo}" if lo == hi else f"{lo}-{hi}"
+            short = f"; {asked} asked, only {lo} available" if asked and lo < asked else ""
+            return f"{split} {len(self.splits[split]):,} ({count} {what} per class{short})"
+        keys = {"train": ("shots", "shot(s)" if self.shots else "image(s)"), "val": ("val_per_class", "image(s)"),
+                "test": ("test_per_class", "image(s)")}
+        return " · ".join(part(s, *keys[s]) for s in keys if s in self.splits) + f" images on {self.device}"
 
     def identity(self) -> dict[str, Any]:
         """The fields every result row of this course carries (what produced it, and its label)."""
@@ -203,7 +204,7 @@ def val_per_class(shots: int | None, val_shots: int | None) -> int | None:
 def setup(profile: str | None = None, *, model: str | None = None, pretrained: str | None = None,
           dataset: str | None = None, data_root: str | None = None, seed: int = 0, device: str = "auto",
           batch_size: int | None = None, shots: int | None = None, val_shots: int | None = None,
-          results_dir: str | None = None, test_per_class: int | None = None,
+          results_dir: str | None = None, test_per_class: int | None = None, data_split: Any = None,
           dataset_options: dict | None = None) -> Course:
     """Validate everything, seed, load model and data: the one setup call of every notebook.
 
@@ -211,34 +212,28 @@ def setup(profile: str | None = None, *, model: str | None = None, pretrained: s
     ``imagefolder``) or the path of a folder of images; ``data_root``: where its files are. ``shots``: k training
     images per class (None = all, or the profile's default); ``val_shots``: validation images per class (None =
     min(shots, 4) with shots, else all; 0 = all). ``test_per_class``: None = the profile's choice, 0 = the whole
-    test split, k = a fixed, balanced subset of k test images per class (the same for every seed).
+    test split, k = a fixed, balanced subset of k test images per class (the same for every seed). ``data_split``:
+    how a folder of images is split (train, val[, test] per class: counts, fractions or 'rest'; None = its default).
     """
     from .notebook_params import check_value
     check_checkout()
     prof = resolve_profile(profile)
     for name, value in dict(seed=seed, device=device, batch_size=batch_size, shots=shots, val_shots=val_shots,
                             test_per_class=test_per_class, model=model, pretrained=pretrained,
-                            data_root=data_root, results_dir=results_dir).items():
+                            data_root=data_root, results_dir=results_dir, data_split=data_split).items():
         check_value(name, value)
     shots = prof.shots if shots is None else shots
     if dataset is None and data_root is None:
         data_root = profile_data_root(prof)  # a profile that brings its own data (the rehearsal)
     try:
-        data = get_dataset(dataset or prof.dataset, data_root, **(dataset_options or {}))
-        with warnings.catch_warnings(record=True) as caught:  # the data's warnings are part of the output, once
-            warnings.simplefilter("always", DatasetWarning)
-            data.check()
-        for w in caught:
-            if issubclass(w.category, DatasetWarning):
-                print(f"NOTE: {w.message}")
-            else:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        options = {**(dataset_options or {}), **({"split": data_split} if data_split is not None else {})}
+        data = check_noting(get_dataset(dataset or prof.dataset, data_root, **options))
         folder = ensure_writable(Path(results_dir) if results_dir else results_folder(prof, data))
         dev = resolve_device(device)
         seed_everything(seed)
         loaded = load_clip(model or prof.model, pretrained if pretrained is not None else prof.pretrained, device=dev)
     except (OfflineError, DatasetError) as exc:
-        if prof.name == "full":
+        if prof.name == "full" and not (isinstance(exc, DatasetError) and is_folder(dataset)):  # not for your folder
             raise type(exc)(f"{exc}\n{NOTEBOOK_HINT}") from exc
         raise
     test_per_class = prof.test_per_class if test_per_class is None else test_per_class

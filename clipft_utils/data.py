@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from .datasets import SPLITS, Dataset, get_dataset
+from .datasets import SPLITS, Dataset, check_noting, get_dataset
 from .datasets.base import default_workers
 from .errors import ConfigError, DatasetError
 from .paths import atomic_path, cache_dir, file_lock
@@ -250,8 +250,7 @@ def report(dataset: str | Dataset, root: str | Path | None = None, **options: An
     """What the course will see of a dataset, before any work: classes, images per class and split, skipped
     files and why, and the prompts (``python -m clipft_utils data check PATH``)."""
     import pandas as pd
-    ds = get_dataset(dataset, root, **options)
-    ds.check()
+    ds = check_noting(get_dataset(dataset, root, **options))
     counts = pd.DataFrame({s: np.bincount(ds.labels(s), minlength=len(ds.classnames)) for s in SPLITS},
                           index=pd.Index(ds.classnames, name="class"))
     lines = [f"dataset: {ds.describe()}", f"shown as: {ds.display}   (content id {ds.identity})",
@@ -264,7 +263,8 @@ def report(dataset: str | Dataset, root: str | Path | None = None, **options: An
         lines.append(f"ignored (not an image by extension): {len(ignored)}: " + ", ".join(ignored[:10])
                      + (" ..." if len(ignored) > 10 else ""))
     if getattr(ds, "split_file", None) is not None:
-        lines.append(f"split file (edit it to move images between splits): {ds.split_file}")
+        lines += [ds.split_rule(), f"split file (yours: edit it to move images between splits; it is used as written "
+                                   f"and never overwritten): {ds.split_file}"]
     prompts = ds.templates()
     lines += ["", f"prompt template: {prompts[0]!r}, e.g. {prompts[0].format(ds.classnames[0])!r}",
               f"ensemble ({len(ds.templates(True))} templates): " + " | ".join(ds.templates(True))]

@@ -170,7 +170,6 @@ def _short(text: object, limit: int = 90) -> str:
 def _read_weights_file(path: Path) -> tuple[Any, str | None]:
     """(object in the file, None), or (None, what the file is instead). Only safe loads (weights_only)."""
     import pickle
-    import re
     import zipfile
     try:
         with open(path, "rb") as f:
@@ -185,19 +184,78 @@ def _read_weights_file(path: Path) -> tuple[Any, str | None]:
         except Exception as err:  # noqa: BLE001 - any failure means "not a readable safetensors file"
             if path.suffix == ".safetensors":
                 return None, f"not a valid safetensors file ({_short(err)})"
+    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
+        return None, "a damaged or truncated PyTorch file (an incomplete zip archive)"
     if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
         return None, "not a PyTorch or safetensors file"
     try:
         return torch.load(path, map_location="cpu", weights_only=True), None
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found:
-            return None, (f"a pickle of Python objects ({found.group(1)}), not a plain state dict of tensors "
-                          "(e.g. a whole model or a training state)")
-        return None, "a damaged PyTorch file (it cannot be unpickled)"
+    except pickle.UnpicklingError:  # the safe unpickler refused the stream: objects, or not a pickle at all
+        refused = _refused_globals(path)
+        if refused:
+            return None, (f"a pickle of Python objects ({', '.join(refused[:3])}), not a plain state dict of tensors; "
+                          "unpickling objects can run code hidden in the file, so it is refused for safety. Save the "
+                          "weights as safetensors (safetensors.torch.save_file) or as a plain state dict of tensors")
+        return None, "a damaged PyTorch file (its pickled contents cannot be read)"
     except Exception as err:  # noqa: BLE001 - truncated zip, bad records, ...
-        detail = "" if "weights_only" in str(err) else f": {_short(err)}"
+        detail = "" if "weights_only" in str(err) or not str(err).strip() else f": {_short(err)}"
         return None, f"a damaged or truncated PyTorch file ({type(err).__name__}{detail})"
+
+
+def _pickle_streams(path: Path) -> list[bytes]:
+    """The pickle bytes of a torch file: the zip format's ``data.pkl``, else the whole (legacy or raw) file."""
+    import zipfile
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return [z.read(n) for n in z.namelist() if n.endswith("data.pkl")]
+    return [path.read_bytes()]
+
+
+def _pickled_globals(data: bytes) -> list[str]:
+    """Every ``module.name`` a pickle stream imports (GLOBAL, INST, STACK_GLOBAL), read opcode by opcode without
+    executing anything; a malformed or truncated stream yields what was read before the damage."""
+    import io
+    import pickletools
+    found: list[str] = []
+    strings: list[str] = []
+    memo: dict[int, str | None] = {}
+    stream = io.BytesIO(data)
+    try:
+        while stream.tell() < len(data):  # a legacy torch file is several pickles in a row
+            last: str | None = None
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(".".join(strings[-2:]))
+                elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = last
+                elif op.name in ("GET", "BINGET", "LONG_BINGET") and memo.get(int(arg)) is not None:
+                    strings.append(memo[int(arg)])
+                last = arg if isinstance(arg, str) and "UNICODE" in op.name else None
+                if last is not None:
+                    strings.append(last)
+    except Exception:  # noqa: BLE001 - storage bytes after the pickles, or damage: what was read stands
+        pass
+    return found
+
+
+def _refused_globals(path: Path) -> list[str]:
+    """The globals in ``path`` that torch's safe (weights-only) unpickler does not allow: pickled Python objects."""
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        allowed = set(_get_allowed_globals()) | {f"{g.__module__}.{g.__qualname__}" for g in
+                                                 torch.serialization.get_safe_globals() if hasattr(g, "__qualname__")}
+    except (ImportError, AttributeError):  # another torch: anything outside torch and OrderedDict is an object
+        allowed = set()
+    try:
+        streams = _pickle_streams(path)
+    except (OSError, ValueError):
+        return []
+    names = [g for data in streams for g in _pickled_globals(data)]
+    refused = [g for g in names if g not in allowed and not (not allowed and (g.startswith("torch.")
+                                                                             or g == "collections.OrderedDict"))]
+    return list(dict.fromkeys(refused))
 
 
 def _shape(t: Any) -> str:

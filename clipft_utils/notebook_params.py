@@ -95,6 +95,12 @@ def device(name: str, value: Any) -> None:
                           f"({torch.cuda.device_count()} visible). Fix: pass device=auto or cpu.")
 
 
+def data_split(name: str, value: Any) -> None:
+    """None, or how a folder of images is split: train, val[, test] per class (``imagefolder.SplitSpec``)."""
+    from .datasets.base import SplitSpec
+    SplitSpec.parse(value)
+
+
 def config_dict(name: str, value: Any) -> None:
     """A mapping of method-config fields (checked by the method's config when the notebook is known)."""
     if value is not None and not isinstance(value, dict):
@@ -106,7 +112,7 @@ CHECKS: dict[str, Check] = {
     "profile": one_of(*PROFILES), "model": text(), "pretrained": text(), "dataset": text(), "data_root": text(),
     "seed": integer(0, optional=False), "device": device, "batch_size": integer(1), "shots": integer(1),
     "val_shots": integer(1), "results_dir": text(), "epochs": integer(1), "test_per_class": integer(0),
-    "extras": flag, "config": config_dict,
+    "extras": flag, "config": config_dict, "data_split": data_split,
     # notebook-specific
     "n_show": integer(1, optional=False), "zero_shot_init": flag, "lr_factors": list_of(number(0, open_low=True), min_len=0),
     "deep": flag, "vit_timing": flag, "vit_timing_batch": integer(1, optional=False), "timing_repeats": integer(3),

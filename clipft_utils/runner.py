@@ -260,14 +260,18 @@ class Context:
             self._weights[key] = resolve_weights(*key)[1]  # fails fast offline, before any notebook
         return self._weights[key]
 
-    def dataset(self, name: str | None, root: str | None):
-        from .datasets import get_dataset
-        key = (name or self.profile.dataset, root)
-        if key not in self._data:
-            ds = get_dataset(*key)
-            ds.check()  # a missing or broken dataset is an error now, not after minutes of work
-            self._data[key] = ds
-        return self._data[key]
+    def dataset(self, name: str | None, root: str | None, split: Any = None):
+        """The run's dataset, checked once (with its split: ``data_split``, one per run so results never mix)."""
+        from .datasets import check_noting, get_dataset
+        from .datasets.base import SplitSpec
+        key, spec = (name or self.profile.dataset, root), None if split is None else SplitSpec.parse(split)
+        if key not in self._data:  # a missing or broken dataset is an error now, not after minutes of work
+            self._data[key] = (spec, check_noting(get_dataset(*key, split=split)))
+        elif self._data[key][0] != spec:
+            raise ConfigError(f"data_split={split!r} for one notebook but {self._data[key][0] or 'the default'} for "
+                              "another: one run uses one split. Fix: pass it once for every notebook (--split, or "
+                              "-p data_split=… without a METHOD. prefix).")
+        return self._data[key][1]
 
 
 def fingerprint(job: Job, ctx: Context) -> dict[str, Any]:
@@ -276,7 +280,7 @@ def fingerprint(job: Job, ctx: Context) -> dict[str, Any]:
     params = {k: v for k, v in sorted(p.items()) if k not in NOT_FINGERPRINTED}
     return {"params": params, "notebook": _sha((NOTEBOOK_DIR / f"{job.notebook}.ipynb").read_bytes())[:16],
             "code": ctx.code, "weights": ctx.weights_id(p.get("model"), p.get("pretrained")),
-            "data": ctx.dataset(p.get("dataset"), p.get("data_root")).identity}
+            "data": ctx.dataset(p.get("dataset"), p.get("data_root"), p.get("data_split")).identity}
 
 
 def _record_path(folder: Path, job: Job) -> Path:
@@ -655,7 +659,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
         from .config import profile_data_root
         data_root = profile_data_root(prof, echo)  # the rehearsal writes its Flowers102-shaped folder once
     ctx = Context(prof.name)
-    ds = ctx.dataset(data, data_root)  # fail fast on the data
+    ds = ctx.dataset(data, data_root, (extra or {}).get("data_split"))  # fail fast on the data (and its split)
     from .course import results_folder
     folder = Path(root) / results_folder(prof, ds).name if root else results_folder(prof, ds)
     folder = ensure_writable(folder)

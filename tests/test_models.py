@@ -178,10 +178,51 @@ def test_vit_b_32_state_dict_with_one_changed_shape(tmp_path):
     assert "unexpected" not in str(err.value) and "missing" not in str(err.value)
 
 
-def test_prefetch_offline_prints_one_line_and_returns_1(empty_hf_cache, monkeypatch, capsys):
+def test_prefetch_offline_prints_one_line_and_returns_2(empty_hf_cache, monkeypatch, capsys):
     from clipft_utils.__main__ import main
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(["prefetch", "--weights-only"]) == 1
+    assert main(["prefetch", "--weights-only"]) == 2
     err = capsys.readouterr().err
     assert "offline" in err and "prefetch" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+class _RunsCode:
+    """What a malicious checkpoint holds: unpickling it would call os.system."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("echo unpickled",))
+
+
+def test_a_malicious_pickle_is_named_as_objects_refused_for_safety_not_as_damage(tmp_path):
+    """The verdict comes from the exception's type and the pickle's own opcodes, never from torch's wording."""
+    from clipft_utils.errors import WeightsError
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": torch.zeros(2), "payload": _RunsCode()}, path)
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ToyCLIP", str(path))
+    _assert_clear_weights_error(err, path, "a pickle of Python objects")
+    msg = str(err.value)
+    assert "system" in msg and "refused for safety" in msg and "safetensors" in msg and "damaged" not in msg
+
+
+@pytest.mark.parametrize("cut", ["zip", "legacy"])
+def test_a_truncated_weights_file_is_named_as_damaged_not_as_objects(tmp_path, cut):
+    from clipft_utils.errors import WeightsError
+    whole, path = tmp_path / "whole.pt", tmp_path / "truncated.pt"
+    torch.save({"weight": torch.zeros(64, 64)}, whole, _use_new_zipfile_serialization=cut == "zip")
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ToyCLIP", str(path))
+    _assert_clear_weights_error(err, path, "a damaged or truncated PyTorch file")
+    assert "Python objects" not in str(err.value)
+
+
+def test_pickle_garbage_is_damage_not_objects(tmp_path):
+    from clipft_utils.errors import WeightsError
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"\x80\x02" + bytes(range(33, 233)))
+    with pytest.raises(WeightsError) as err:
+        M.load_clip("ToyCLIP", str(path))
+    _assert_clear_weights_error(err, path, "a damaged PyTorch file")

@@ -8,13 +8,15 @@ subclass with a ``name`` registers itself: a new dataset is one new module, noth
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, DatasetWarning
 from .base import REGISTRY, SPLITS, Dataset, FileDataset, FileIndex, open_image
 
-__all__ = ["Dataset", "FileDataset", "FileIndex", "SPLITS", "available", "get_dataset", "open_image"]
+__all__ = ["Dataset", "FileDataset", "FileIndex", "SPLITS", "available", "check_noting", "get_dataset", "is_folder",
+           "open_image"]
 
 FOLDER_DATASET = "imagefolder"
 
@@ -28,6 +30,11 @@ def available() -> list[str]:
 
 def _looks_like_path(name: str) -> bool:
     return any(sep in name for sep in ("/", "\\")) or name.startswith(("~", ".")) or Path(name).expanduser().is_dir()
+
+
+def is_folder(name: str | None) -> bool:
+    """True when ``name`` means a folder of the user's images (the imagefolder dataset, or a path)."""
+    return isinstance(name, str) and (name == FOLDER_DATASET or name not in available() and _looks_like_path(name))
 
 
 def get_dataset(name: str | Dataset, root: str | os.PathLike | None = None, **options: Any) -> Dataset:
@@ -47,4 +54,23 @@ def get_dataset(name: str | Dataset, root: str | os.PathLike | None = None, **op
                           "folder of images (ROOT/<class>/<images>).")
     if root is not None and Path(root).expanduser().exists() and not Path(root).expanduser().is_dir():
         raise DatasetError(f"data_root '{root}' is a file, not a folder. Fix: pass the folder that holds the data.")
+    if options.get("split", 0) is None:
+        del options["split"]  # None: the dataset's own split
+    if "split" in options and name != FOLDER_DATASET:
+        raise ConfigError(f"data_split={options['split']!r} sets how a folder of your own images is split; '{name}' "
+                          "comes with its own train/val/test split. Fix: leave data_split None.")
     return REGISTRY[name](root, **options)
+
+
+def check_noting(ds: Dataset, echo: Callable[[str], Any] = print) -> Dataset:
+    """``ds.check()``, with each DatasetWarning (files left out, images added to the split) echoed once as a
+    ``NOTE:`` line instead of a warning with a source line; other warnings pass through."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DatasetWarning)
+        ds.check()
+    for w in caught:
+        if issubclass(w.category, DatasetWarning):
+            echo(f"NOTE: {w.message}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return ds

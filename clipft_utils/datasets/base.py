@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence, Union
 
 import numpy as np
 
@@ -278,21 +278,128 @@ def unreadable(files: Sequence[Path], base: Path) -> list[tuple[Path, str]]:
     return [(p, known[stamp[p]]) for p in files if known[stamp[p]]]
 
 
-def stratified_split(by_class: dict[str, list[Any]], names: Sequence[str], sizes, seed: int) -> dict[Any, str]:
-    """Assign each class's items to ``names``: ``sizes(n)`` items per name but the last, which gets the rest
-    (at least one); seeded. A class with too few items is a DatasetError naming it and its count."""
+def stratified_split(by_class: dict[str, list[Any]], counts, seed: int) -> dict[Any, str]:
+    """Assign each class's items to splits: ``counts(class, n)`` gives how many per split, in order (it raises when
+    a class is too small); seeded."""
     rng, out = np.random.default_rng(seed), {}
     for c, items in by_class.items():
-        counts = list(sizes(len(items)))
-        if len(items) < sum(counts) + 1:
-            raise DatasetError(
-                f"Class '{c}' has {len(items)} readable image(s) to split into {'/'.join(names)}; it needs at least "
-                f"{sum(counts) + 1} (one per split at least). Fix: add images, or lower the split sizes.")
         order, start = rng.permutation(len(items)), 0
-        for name, n in zip(names, counts + [len(items) - sum(counts)]):
-            out.update({items[i]: name for i in order[start:start + n]})
-            start += n
+        for name, k in counts(c, len(items)).items():
+            out.update({items[i]: name for i in order[start:start + k]})
+            start += k
     return out
+
+
+REST = "rest"
+Size = Union[int, float, str]
+
+
+def _size_ok(value: Any) -> bool:
+    """A count (whole number >= 1), a fraction (0 < f < 1) or 'rest'."""
+    if value == REST:
+        return True
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) and value >= 1 or isinstance(value, float) and 0 < value < 1
+
+
+def _token(text: str) -> Size:
+    """'3' -> 3, '0.2' -> 0.2, 'rest' -> 'rest' (anything else is returned as given, for the error)."""
+    text = text.strip().lower()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Images per class in train / val / test: a count, a fraction of the class, or the rest (exactly one split).
+
+    THE rule, stated once (``minimum``): a class needs every count, plus one image per fraction, plus one for the
+    split that takes the rest -- every split gets at least one image of every class. Fractions are rounded and
+    then lowered (never below one image) when a small class would leave the rest empty.
+    """
+
+    train: Size = REST
+    val: Size = 0.2
+    test: Size = 0.2
+
+    @classmethod
+    def parse(cls, value: Any) -> "SplitSpec":
+        """None (the default), a SplitSpec, or train, val[, test] as a list or text ('3,1', '0.5,0.25,0.25')."""
+        if value is None:
+            return cls()
+        if isinstance(value, SplitSpec):
+            return value
+        items = [_token(t) for t in value.replace("/", ",").split(",")] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or len(items) not in (2, 3) or not all(map(_size_ok, items)):
+            raise ConfigError(f"data_split={value!r} is not a split. {cls.HOW}")
+        items = list(items) + [REST] * (3 - len(items))
+        rests = items.count(REST)
+        if rests == 0 and all(isinstance(v, float) for v in items) and abs(sum(items) - 1) < 1e-6:
+            items[0], rests = REST, 1  # three fractions of the whole: train takes what rounding leaves
+        if rests != 1:
+            raise ConfigError(f"data_split={value!r}: exactly one split must take the rest of each class's images "
+                              f"(found {rests}). {cls.HOW}")
+        if sum(v for v in items if isinstance(v, float)) >= 1:
+            raise ConfigError(f"data_split={value!r}: the fractions leave nothing for the rest. {cls.HOW}")
+        return cls(*items)
+
+    HOW: ClassVar[str] = ("Fix: give train, val[, test] images per class, each a count (3), a fraction (0.2) or rest, "
+                          "e.g. [3, 1] (3 train, 1 val, test the rest), [0.5, 0.25, 0.25], or [rest, 2, 5]; "
+                          "from the command line: --split 3,1.")
+
+    @property
+    def sizes(self) -> dict[str, Size]:
+        return dict(zip(SPLITS, (self.train, self.val, self.test)))
+
+    def _sizes(self, names: Sequence[str]) -> dict[str, Size]:
+        """The sizes of ``names``: all three splits, or (val, train) when val is carved out of a given train/."""
+        return self.sizes if tuple(names) == SPLITS else {"val": self.val, "train": REST}
+
+    def minimum(self, names: Sequence[str] = SPLITS) -> int:
+        """THE rule: the smallest class this split accepts -- every count, one image per fraction, one for the rest."""
+        return sum(v if isinstance(v, int) else 1 for v in self._sizes(names).values())
+
+    def counts(self, n: int, names: Sequence[str] = SPLITS) -> dict[str, int]:
+        """Images per split (of ``names``) for a class of ``n >= minimum(names)`` images."""
+        sizes = self._sizes(names)
+        fixed = {s: v if isinstance(v, int) else max(1, round(v * n)) for s, v in sizes.items() if v != REST}
+        fractions = [s for s in fixed if isinstance(sizes[s], float)]
+        while n - sum(fixed.values()) < 1 and any(fixed[s] > 1 for s in fractions):
+            fixed[max(fractions, key=fixed.get)] -= 1
+        return {s: fixed.get(s, n - sum(fixed.values())) for s in names}
+
+    @property
+    def is_default(self) -> bool:
+        return self == SplitSpec()
+
+    @property
+    def tag(self) -> str:
+        """How the split file of this split is named: '' for the default, else e.g. '3-1-rest'."""
+        return "" if self.is_default else "-".join(str(v) for v in self.sizes.values())
+
+    def __str__(self) -> str:
+        def one(v: Size) -> str:
+            return "the rest" if v == REST else f"{v:g}" if isinstance(v, int) else f"{100 * v:g}%"
+        return " / ".join(f"{s} {one(v)}" for s, v in self.sizes.items())
+
+    def checked_counts(self, cls: str, n: int, names: Sequence[str] = SPLITS, where: str = "") -> dict[str, int]:
+        """``counts``, after checking THE rule: a smaller class is a DatasetError naming it, its count and the fix."""
+        need = self.minimum(names)
+        if n < need:
+            lower = "" if self.minimum() <= 3 else ", or a split with smaller counts (data_split / --split)"
+            raise DatasetError(f"Class '{cls}' has {n} readable image(s){where}; the split {self} needs "
+                               f"{self.rule(names)}. Fix: add {need - n} image(s) to '{cls}'{lower}, or remove the "
+                               "class folder.")
+        return self.counts(n, names)
+
+    def rule(self, names: Sequence[str] = SPLITS) -> str:
+        """THE rule in words (what ``data check``, the errors and the README say)."""
+        return f"at least {self.minimum(names)} images per class (every split gets at least one image of every class)"
 
 
 def templates_file(path: Path, default: Sequence[str], ensemble: bool) -> list[str]:

@@ -4,13 +4,16 @@ Classes are found with torchvision's ``find_classes`` and files with its ImageFo
 nested folders allowed) over every extension PIL can open. Every file is opened once (cached by size and
 mtime): unreadable ones are reported in one list and left out (``strict=True`` fails instead). Class names are
 the folder names with ``_`` and ``-`` as spaces, or come from ``classnames.txt`` (``folder: name`` per line);
-prompts from ``templates.txt`` (one per line, ``{}`` = the name), else CLIP's generic ones. The split is written
-to ``split.csv`` beside the cache, reused while the folder's files stay the same, and can be edited.
+prompts from ``templates.txt`` (one per line, ``{}`` = the name), else CLIP's generic ones.
+
+The split (``SplitSpec``: train / val / test per class, default the rest / 20 % / 20 %, seeded) is drawn once and
+written to a split file (``split.csv``; ``split-<spec>[-seed<k>].csv`` for another split or seed). That file is
+the user's: it is used exactly as written, every row is checked (a bad row is an error naming its line and the
+fix, before any work), and it is never overwritten -- images added to the folder later are assigned, written
+with the user's rows, and the previous file is kept as ``<file>.bak-<time>`` (the run says so).
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import warnings
 from functools import cached_property
@@ -20,19 +23,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DatasetError, DatasetWarning
-from ..paths import atomic_write_text, cache_dir
-from .base import (FileDataset, FileIndex, SPLITS, image_extensions, listing_hash, short_hash, stratified_split,
-                   templates_file, unreadable)
+from ..paths import cache_dir, file_lock
+from .base import (SPLITS, FileDataset, FileIndex, SplitSpec, image_extensions, listing_hash, short_hash,
+                   stratified_split, templates_file, unreadable)
+from .splitfile import SplitFile
 
 GENERIC_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a cropped photo of a {}.",
                      "a bright photo of a {}.", "a photo of a small {}.", "a photo of a large {}.", "itap of a {}.")
-
-
-def _size(value: Any, n: int, what: str) -> int:
-    """Images per class for a split: a count (int >= 1) or a fraction (0 < f < 1) of ``n``, at least 1."""
-    if isinstance(value, bool) or not (isinstance(value, int) and value >= 1 or isinstance(value, float) and 0 < value < 1):
-        raise ConfigError(f"imagefolder {what} must be a count >= 1 or a fraction in (0, 1), got {value!r}.")
-    return int(value) if isinstance(value, int) else max(1, round(value * n))
 
 
 class ImageFolder(FileDataset):
@@ -40,12 +37,12 @@ class ImageFolder(FileDataset):
 
     name = "imagefolder"
 
-    def __init__(self, root: str | os.PathLike | None = None, train: int | float = 0.6, val: int | float = 0.2,
-                 seed: int = 0, strict: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike | None = None, split: Any = None, seed: int = 0,
+                 strict: bool = False) -> None:
         if root is None:
             raise ConfigError("The imagefolder dataset needs data_root: the folder holding one sub-folder per class.")
         super().__init__(root)
-        self.train, self.val, self.seed, self.strict = train, val, int(seed), bool(strict)
+        self.split, self.seed, self.strict = SplitSpec.parse(split), int(seed), bool(strict)
         self.skipped: list[tuple[str, str]] = []
         self.ignored: list[str] = []
 
@@ -128,53 +125,47 @@ class ImageFolder(FileDataset):
     # ---- the split ------------------------------------------------------------------------------------------
     @property
     def split_file(self) -> Path:
-        """Where the split is written (beside the cache; edit it to move images between splits)."""
-        return cache_dir("imagefolder", f"{self.root.name}-{short_hash(self.root.resolve())}") / "split.csv"
+        """The split of this folder (for this split setting and seed): yours to edit, never overwritten."""
+        name = "-".join(p for p in ("split", self.split.tag, f"seed{self.seed}" if self.seed else "") if p)
+        return cache_dir("imagefolder", f"{self.root.name}-{short_hash(self.root.resolve())}") / f"{name}.csv"
 
-    def _draw(self, items: list[tuple[str, Path]], names: tuple[str, ...]) -> dict[Path, str]:
-        """A seeded, stratified split of ``items`` into ``names`` (sizes from train/val; the last gets the rest)."""
+    def _counts(self, cls: str, n: int) -> dict[str, int]:
+        names, where = (("val", "train"), " in train/") if self.given_splits else (SPLITS, "")
+        return self.split.checked_counts(cls, n, names, where)
+
+    def _draw(self) -> dict[Path, str]:
+        """The seeded, stratified split of the folder's files (a given layout as given, val carved out of train/)."""
+        scan = self._scan
+        given = {p: s for s in SPLITS for _, p in scan.get(s, [])} if self.given_splits else {}
+        if self.given_splits and "val" in scan:
+            return given
         by_class: dict[str, list[Path]] = {c: [] for c in self._names}
-        for c, p in items:
+        for c, p in scan.get("train" if self.given_splits else "all", []):
             by_class[c].append(p)
-        sizes = (self.train, self.val)[-(len(names) - 1):]
-        return stratified_split(by_class, names, lambda n: [_size(v, n, s) for s, v in zip(names, sizes)], self.seed)
+        return {**given, **stratified_split(by_class, self._counts, self.seed)}
 
     @cached_property
     def _assignment(self) -> dict[Path, str]:
-        scan = self._scan
-        if self.given_splits:
-            assign = {p: s for s in ("train", "val", "test") for _, p in scan.get(s, [])}
-            if "val" not in scan:  # carve validation out of train, seeded
-                assign.update(self._draw(scan.get("train", []), ("val", "train")))
-        else:
-            assign = self._draw(scan.get("all", []), ("train", "val", "test"))
-        return self._reconcile(assign)
-
-    def _reconcile(self, assign: dict[Path, str]) -> dict[Path, str]:
-        """Reuse split.csv while it lists exactly these files (user edits kept); else write the new split."""
-        path, folder_of = self.split_file, {p: c for items in self._scan.values() for c, p in items}
-        if path.exists():
-            saved = {self.root / r["path"]: r["split"] for r in csv.DictReader(io.StringIO(path.read_text()))}
-            if set(saved) == set(assign) and set(saved.values()) <= set(SPLITS):
-                return saved
-            warnings.warn(f"The files of '{self.root}' changed since {path} was written: wrote a new split.",
-                          DatasetWarning)
-        buf = io.StringIO()
-        csv.writer(buf).writerows([["path", "class", "split"]] + [[self._rel(p), folder_of[p], s]
-                                                                  for p, s in sorted(assign.items())])
-        atomic_write_text(path, buf.getvalue())
+        if self.given_splits and not self.split.is_default:
+            raise ConfigError(f"'{self.root}' has its own train/ and test/ folders, so its split is given; "
+                              f"data_split={list(self.split.sizes.values())} applies to a folder split here "
+                              "(ROOT/<class>). Fix: leave data_split None, or move images between the folders.")
+        split_file = SplitFile(self.split_file, self.root, self._folder_of, dict(self.skipped))
+        with file_lock(self.split_file.with_name(f".{self.split_file.name}.lock")):
+            assign = split_file.reconcile(self._draw)
+        split_file.check_coverage(assign, list(self._names))
         return assign
+
+    @cached_property
+    def _folder_of(self) -> dict[Path, str]:
+        """Every readable image -> its class folder."""
+        return {p: c for items in self._scan.values() for c, p in items}
 
     def index(self, split: str) -> FileIndex:
         self.check_split(split)
         classes = {c: i for i, c in enumerate(self._names)}
-        folder_of = {p: c for items in self._scan.values() for c, p in items}
         files = sorted(p for p, s in self._assignment.items() if s == split)
-        labels = np.asarray([classes[folder_of[p]] for p in files], dtype=np.int64)
-        missing = [c for c, i in classes.items() if i not in set(labels.tolist())]
-        if missing:
-            raise DatasetError(f"Split '{split}' of '{self.root}' has no image of class(es) {missing[:5]}. Fix: give "
-                               f"every class images in every split (edit {self.split_file} or add images).")
+        labels = np.asarray([classes[self._folder_of[p]] for p in files], dtype=np.int64)
         return FileIndex(files, labels, self.root)
 
     # ---- what the course reads --------------------------------------------------------------------------------
@@ -197,3 +188,10 @@ class ImageFolder(FileDataset):
 
     def describe(self) -> str:
         return f"imagefolder '{self.root}' ({len(self._names)} classes, id {self.identity[:8]})"
+
+    def split_rule(self) -> str:
+        """How the folder is split, and THE rule for it (``data check`` prints it)."""
+        if self.given_splits:
+            return "split: as given by train/ and test/" + ("" if "val" in self._scan else
+                                                             f" (val: {self.split.val * 100:g}% of train/, seeded)")
+        return f"split: {self.split} per class, seed {self.seed}; it needs {self.split.rule()}"
