@@ -510,11 +510,14 @@ def write_imagefolder_standin(root: str | os.PathLike, n_classes: int = 12, per_
                 img = img.convert("RGBA")
             ext = ".png" if i % 3 == 2 else ".jpg"
             img.save(folder / f"img_{i:03d}{ext}", quality=90)
-    if faults:
-        bad = next((root / p for p in sorted(os.listdir(root)) if (root / p).is_dir()))
-        data = (bad / "img_003.jpg").read_bytes()
-        (bad / "img_003.jpg").write_bytes(data[: len(data) // 2])  # truncated JPEG
-        (bad / "notes.txt").write_text("shot in the garden, May\n")
+        if k == 0:
+            first = folder
+    if faults:  # in the first class (never the nested one), whatever the folder names sort as
+        jpegs = sorted(first.glob("img_*.jpg"))[2:]  # past the grayscale and CMYK ones
+        if jpegs:
+            data = jpegs[0].read_bytes()
+            jpegs[0].write_bytes(data[: len(data) // 2])  # truncated JPEG
+        (first / "notes.txt").write_text("shot in the garden, May\n")
     return root
 
 
