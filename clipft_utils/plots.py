@@ -423,28 +423,32 @@ def slowdown_bars(table: Any, title: str = "", xlabel: str = "inference time wit
     return fig
 
 
-def bias_change(per_kind: Any, per_block: Any, title: str = "") -> Figure:
-    """BitFit's RMS bias change per kind (bars) and per kind x block (a colour scale from 0, so that similar
-    moves look similar), each bar labelled with its value.
+def _bias_kind_panel(ax: Axes, per_kind: Any) -> float:
+    """Bars of the mean RMS change per bias kind (first kind on top), each labelled; returns the largest value."""
+    kinds, values = [str(k) for k in per_kind.index][::-1], _floats(list(per_kind.values))[::-1]
+    top = (float(np.nanmax(values)) if np.isfinite(values).any() else 0.0) or 1.0
+    ax.barh(np.arange(len(kinds)), np.nan_to_num(values))
+    for v, y in zip(values, range(len(kinds))):
+        ax.annotate(f"{v:.3g}", (np.nan_to_num(v), y), xytext=(3, 0), textcoords="offset points", va="center",
+                    fontsize=7)
+    ax.set_yticks(np.arange(len(kinds)), kinds)
+    ax.set(xlim=(0, 1.25 * top), xlabel="RMS change of the bias", title="per kind (mean over blocks)")
+    return top
 
-    ``per_kind``: a Series indexed by kind; ``per_block``: a DataFrame kinds x blocks.
+
+def bias_change(per_kind: Any, per_block: Any, title: str = "") -> Figure:
+    """BitFit's RMS bias change per kind (bars from 0) and per kind x block (a colour scale from 0, so that
+    similar moves look similar). ``per_kind``: a Series indexed by kind; ``per_block``: a DataFrame kinds x blocks.
     """
     fig, (ax_kind, ax_block) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.4]},
                                             layout="constrained")
-    kinds, values = [str(k) for k in per_kind.index][::-1], _floats(list(per_kind.values))[::-1]
-    top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
-    ax_kind.barh(np.arange(len(kinds)), np.nan_to_num(values))
-    for v, y in zip(values, range(len(kinds))):
-        ax_kind.annotate(f"{v:.3g}", (np.nan_to_num(v), y), xytext=(3, 0), textcoords="offset points", va="center",
-                         fontsize=7)
-    ax_kind.set_yticks(np.arange(len(kinds)), kinds)
-    ax_kind.set(xlim=(0, 1.25 * top), xlabel="RMS change of the bias", title="per kind (mean over blocks)")
-    grid = np.asarray(per_block.values, dtype=float)
-    high = float(np.nanmax(grid)) if grid.size and np.isfinite(grid).any() else top
+    top = _bias_kind_panel(ax_kind, per_kind)
+    grid = np.asarray(per_block.values, dtype=float)   # kinds x blocks (a DataFrame: always 2-D)
+    high = (float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0) or top
     im = ax_block.imshow(grid if grid.size else np.zeros((1, 1)), aspect="auto", cmap="viridis", vmin=0, vmax=high)
-    ax_block.set(xticks=range(grid.shape[1] if grid.ndim == 2 else 0),
-                 xticklabels=[f"{float(c):g}" for c in per_block.columns], yticks=range(len(per_block.index)),
-                 yticklabels=[str(k) for k in per_block.index], xlabel="block", title="per block")
+    ax_block.set(xticks=range(grid.shape[1]), xticklabels=[f"{float(c):g}" for c in per_block.columns],
+                 yticks=range(grid.shape[0]), yticklabels=[str(k) for k in per_block.index], xlabel="block",
+                 title="per block")
     fig.colorbar(im, ax=ax_block, label="RMS change (scale from 0)")
     fig.suptitle(title, fontsize=9)
     return fig

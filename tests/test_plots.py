@@ -350,6 +350,7 @@ def test_plot_functions_survive_empty_inputs():
                     plots.bar_compare({}, title=LABEL), plots.bar_compare({"a": None, "b": np.nan}, zoom=True),
                     plots.ranked_bars([], [], title=LABEL), plots.ranked_bars(["a"], [None]),
                     plots.metric_curve([], [], title=LABEL),
+                    plots.bias_change(pd.Series([], dtype=float), pd.DataFrame(), title=LABEL),
                     plots.prediction_grid(np.zeros((0, 8, 8, 3), np.uint8), [], [], NAMES, title=LABEL)):
             fig.canvas.draw()
 
