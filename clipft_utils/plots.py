@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"
 VAL_COLOR, TEST_COLOR = "tab:blue", "tab:orange"   # validation and test, in every figure that shows both
@@ -66,9 +66,19 @@ def split_color(name: str, default: Any) -> Any:
     return VAL_COLOR if low.startswith("val") else TEST_COLOR if low.startswith("test") else default
 
 
-def percent_axis(axis: Any) -> None:
-    """Show fractions (0..1) on this x or y axis as percentages."""
+def percent_axis(axis: Any, cap: bool = False) -> None:
+    """Show fractions (0..1) on this x or y axis as percentages.
+
+    ``cap``: when the data stop at 100 %, the axis stops just above it (no ticks at 102 %, 104 %, ...); call it
+    after everything is drawn.
+    """
     axis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax = axis.axes
+    is_y = axis is ax.yaxis
+    low, high = ax.get_ylim() if is_y else ax.get_xlim()
+    top = ax.dataLim.y1 if is_y else ax.dataLim.x1
+    if cap and high > 1.0 >= top and low < 1.0:
+        (ax.set_ylim if is_y else ax.set_xlim)(low, 1.0 + 0.15 * (1.0 - low))
 
 
 def _fmt(percent: bool):
@@ -148,7 +158,7 @@ def per_class_bars(per_class_acc: Sequence[float], classnames: Sequence[str], k:
         ax.set_yticks(pos, [names[i] for i in idx], fontsize=7.5)
         for v, y in zip(vals, pos):
             ax.annotate(f"{100 * v:.0f}%", (v, y), xytext=(7, 0), textcoords="offset points", va="center", fontsize=7.5)
-        ax.set_title(f"{len(idx)} {name} classes{_tie_note(acc, extreme(vals))}", fontsize=9)
+        ax.set_title(f"{len(idx)} {name} class{'es' * (len(idx) != 1)}{_tie_note(acc, extreme(vals))}", fontsize=9)
     fig.suptitle(title, fontsize=9)
     return fig
 
@@ -208,10 +218,10 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
     xlabel = FRACTION_LABEL if fraction else "epoch"
     ax_loss.set(xlabel=xlabel, ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel=xlabel, ylabel="top-1", title="validation accuracy")
-    percent_axis(ax_acc.yaxis)
+    percent_axis(ax_acc.yaxis, cap=True)
     if not fraction:
         for ax in (ax_loss, ax_acc):
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))   # one epoch: one tick
     trained = any(len(h) for h in runs.values())
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -272,7 +282,7 @@ def metric_curve(x: Sequence[float], y: Mapping[str, Sequence[float]] | Sequence
         _empty(ax)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     if percent:
-        percent_axis(ax.yaxis)
+        percent_axis(ax.yaxis, cap=True)
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.set_title(title, fontsize=9)
@@ -433,6 +443,7 @@ def _bias_kind_panel(ax: Axes, per_kind: Any) -> float:
                     fontsize=7)
     ax.set_yticks(np.arange(len(kinds)), kinds)
     ax.set(xlim=(0, 1.25 * top), xlabel="RMS change of the bias", title="per kind (mean over blocks)")
+    ax.xaxis.set_major_locator(MaxNLocator(4))   # small numbers: few ticks, so that their labels never collide
     return top
 
 

@@ -116,13 +116,15 @@ def bias_moves() -> tuple[pd.Series, pd.DataFrame]:
     return per_kind, per_block
 
 
-def rank_sweep():
+def rank_sweep(acc=(0.30, 0.31, 0.29, 0.32, 0.31, 0.30)):
     """Notebook 05's rank sweep: accuracy against trainable parameters (log scale), each point labelled r=k."""
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
-    trainable, acc = [13_500, 14_000, 15_000, 17_000, 21_000, 29_000], [0.30, 0.31, 0.29, 0.32, 0.31, 0.30]
+    trainable = [13_500, 14_000, 15_000, 17_000, 21_000, 29_000][:len(acc)]
     ax.plot(trainable, acc, marker="o")
     plots.label_points(ax, trainable, acc, [f"r={r}" for r in (1, 2, 4, 8, 16, 32)])
+    ax.axhline(acc[0], color="grey", ls="--")
     ax.set(xscale="log", title=LABEL)
+    plots.percent_axis(ax.yaxis, cap=True)
     return fig
 
 
@@ -395,14 +397,30 @@ def test_bias_change_colour_scale_starts_at_zero():
 
 
 def test_point_labels_stay_inside_the_frame():
-    """05's rank labels (r=32 at the right end, the lowest point) never touch the axes' frame."""
-    fig = rank_sweep()
+    """05's rank labels (r=32 at the right end, the lowest point; every point at 100 % on a 2-class folder) never
+    touch the axes' frame, and the accuracy axis shows no ticks above 100 %."""
+    for acc in ((0.30, 0.31, 0.29, 0.32, 0.31, 0.30), (1.0, 1.0)):
+        fig = rank_sweep(acc)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        frame = ax.get_window_extent()
+        for text in ax.texts:
+            box = text.get_window_extent()
+            assert frame.x0 < box.x0 and box.x1 < frame.x1 and frame.y0 < box.y0 and box.y1 < frame.y1, text.get_text()
+        assert 1.0 < ax.get_ylim()[1] < 1.02 if max(acc) == 1.0 else ax.get_ylim()[1] < 0.4
+
+
+def test_accuracy_axes_stop_at_100_percent():
+    """Runs at 100 % (a 2-class folder) show no 102 %, 104 % ticks; the best point stays inside the frame."""
+    fig = plots.training_curves({"a": [{"epoch": 1, "train_loss": 0.1, "val_acc": 1.0}]}, title=LABEL,
+                                baselines={"zero_shot (no epochs)": 1.0})
     fig.canvas.draw()
-    ax = fig.axes[0]
-    frame = ax.get_window_extent()
-    for text in ax.texts:
-        box = text.get_window_extent()
-        assert frame.x0 < box.x0 and box.x1 < frame.x1 and frame.y0 < box.y0 and box.y1 < frame.y1, text.get_text()
+    acc = fig.axes[1]
+    assert 1.0 < acc.get_ylim()[1] < 1.01
+    low, high = acc.get_xlim()
+    assert [t.get_text() for t in acc.get_xticklabels() if low <= t.get_position()[0] <= high] == ["1"]   # one epoch
+    curve = plots.metric_curve([0, 0.5, 1], {"validation": [1.0, 1.0, 1.0]}, title=LABEL).axes[0]
+    assert 1.0 < curve.get_ylim()[1] < 1.01
 
 
 def test_each_row_is_drawn_with_its_own_recipe():
