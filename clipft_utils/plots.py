@@ -66,13 +66,26 @@ def split_color(name: str, default: Any) -> Any:
     return VAL_COLOR if low.startswith("val") else TEST_COLOR if low.startswith("test") else default
 
 
+class TickPercent(PercentFormatter):
+    """Fractions as percentages with as few decimals as the tick spacing needs (never two equal labels)."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+    def format_ticks(self, values: Sequence[float]) -> list[str]:
+        steps = np.diff(np.asarray(values, dtype=float))
+        step = 100 * float(np.min(np.abs(steps[steps != 0]))) if (steps != 0).any() else 100.0
+        decimals = max(0, int(np.ceil(-np.log10(step) - 1e-9)))
+        return [f"{100 * v:.{decimals}f}%" for v in values]
+
+
 def percent_axis(axis: Any, cap: bool = False) -> None:
     """Show fractions (0..1) on this x or y axis as percentages.
 
     ``cap``: when the data stop at 100 %, the axis stops just above it (no ticks at 102 %, 104 %, ...); call it
     after everything is drawn.
     """
-    axis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    axis.set_major_formatter(TickPercent())
     ax = axis.axes
     is_y = axis is ax.yaxis
     low, high = ax.get_ylim() if is_y else ax.get_xlim()

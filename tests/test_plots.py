@@ -367,6 +367,10 @@ def test_accuracy_axes_show_percent():
         assert isinstance(axis.get_major_formatter(), PercentFormatter)
         axis.axes.figure.canvas.draw()
         assert any(t.get_text().endswith("%") for t in axis.get_ticklabels())
+    narrow = rank_sweep().axes[0]                  # 29-32 %: ticks every 0.5 % need a decimal
+    narrow.figure.canvas.draw()
+    ticks = [t.get_text() for t in narrow.get_yticklabels()]
+    assert len(set(ticks)) == len(ticks) and "30.5%" in ticks
 
 
 def test_validation_and_test_have_one_colour_each_in_every_figure():
