@@ -58,8 +58,3 @@ def test_06_measures_more_steps_than_the_training_split_has_batches() -> None:
     assert scheduler.last_epoch == 5                  # five optimizer steps were taken
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
-
-def test_06_says_when_the_measurement_reuses_batches() -> None:
-    """The measurement's output names the number of training batches and says when the steps reuse them."""
-    source = cell("06_full_finetune", "5e174d91")
-    assert "len(course.loader(\"train\", train=True))" in source and "reuse batches" in source
