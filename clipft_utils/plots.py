@@ -14,10 +14,12 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"
+VAL_COLOR, TEST_COLOR = "tab:blue", "tab:orange"   # validation and test, in every figure that shows both
 FRACTION_LABEL = "fraction of training (epoch / epochs run)"
+RECIPE_NAMES = {"torch": "AdamW", "sklearn": "L-BFGS"}   # the linear probe's two recipes, as the legends name them
 
 
 def _wrap(name: str, width: int = 24) -> str:
@@ -56,6 +58,40 @@ def legend_outside(ax: Axes, fontsize: float = 8, extra: Sequence[Any] = (), **k
     if handles:
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
                   fontsize=fontsize, **kw)
+
+
+def split_color(name: str, default: Any) -> Any:
+    """:data:`VAL_COLOR` for a series named "val…"/"validation…", :data:`TEST_COLOR` for "test…", else ``default``."""
+    low = str(name).lower()
+    return VAL_COLOR if low.startswith("val") else TEST_COLOR if low.startswith("test") else default
+
+
+class TickPercent(PercentFormatter):
+    """Fractions as percentages with as few decimals as the tick spacing needs (never two equal labels)."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+    def format_ticks(self, values: Sequence[float]) -> list[str]:
+        steps = np.diff(np.asarray(values, dtype=float))
+        step = 100 * float(np.min(np.abs(steps[steps != 0]))) if (steps != 0).any() else 100.0
+        decimals = max(0, int(np.ceil(-np.log10(step) - 1e-9)))
+        return [f"{100 * v:.{decimals}f}%" for v in values]
+
+
+def percent_axis(axis: Any, cap: bool = False) -> None:
+    """Show fractions (0..1) on this x or y axis as percentages.
+
+    ``cap``: when the data stop at 100 %, the axis stops just above it (no ticks at 102 %, 104 %, ...); call it
+    after everything is drawn.
+    """
+    axis.set_major_formatter(TickPercent())
+    ax = axis.axes
+    is_y = axis is ax.yaxis
+    low, high = ax.get_ylim() if is_y else ax.get_xlim()
+    top = ax.dataLim.y1 if is_y else ax.dataLim.x1
+    if cap and high > 1.0 >= top and low < 1.0:
+        (ax.set_ylim if is_y else ax.set_xlim)(low, 1.0 + 0.15 * (1.0 - low))
 
 
 def _fmt(percent: bool):
@@ -121,6 +157,7 @@ def per_class_bars(per_class_acc: Sequence[float], classnames: Sequence[str], k:
     for ax, idx, name, color, extreme in panels:
         ax.set_xlim(0, 1.12)
         ax.set_xlabel("accuracy")
+        percent_axis(ax.xaxis)
         if not idx:
             _empty(ax, "no per-class accuracy")
             ax.set_title(f"{name} classes", fontsize=9)
@@ -134,7 +171,7 @@ def per_class_bars(per_class_acc: Sequence[float], classnames: Sequence[str], k:
         ax.set_yticks(pos, [names[i] for i in idx], fontsize=7.5)
         for v, y in zip(vals, pos):
             ax.annotate(f"{100 * v:.0f}%", (v, y), xytext=(7, 0), textcoords="offset points", va="center", fontsize=7.5)
-        ax.set_title(f"{len(idx)} {name} classes{_tie_note(acc, extreme(vals))}", fontsize=9)
+        ax.set_title(f"{len(idx)} {name} class{'es' * (len(idx) != 1)}{_tie_note(acc, extreme(vals))}", fontsize=9)
     fig.suptitle(title, fontsize=9)
     return fig
 
@@ -194,9 +231,10 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
     xlabel = FRACTION_LABEL if fraction else "epoch"
     ax_loss.set(xlabel=xlabel, ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel=xlabel, ylabel="top-1", title="validation accuracy")
+    percent_axis(ax_acc.yaxis, cap=True)
     if not fraction:
         for ax in (ax_loss, ax_acc):
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))   # one epoch: one tick
     trained = any(len(h) for h in runs.values())
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -210,16 +248,45 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
     return fig
 
 
+def _own_history(row: Mapping) -> list:
+    """The row's per-epoch history with validation accuracy, if it is the row's own recipe's (else [])."""
+    hist = row.get("history") or []
+    borrowed = isinstance(row.get("history_of"), str) and row.get("history_of") != row.get("recipe")
+    ok = isinstance(hist, list) and hist and isinstance(hist[0], Mapping) and "val_acc" in hist[0]
+    return list(hist) if ok and not borrowed else []
+
+
+def curves_and_lines(rows: Mapping[str, Mapping]) -> tuple[dict[str, list], dict[str, float]]:
+    """Result rows (``{method: row}``) as :func:`training_curves` inputs: the histories of the rows' own recipes,
+    and the validation accuracy of rows without epochs (zero-shot, the L-BFGS probe) as horizontal lines.
+
+    A row that keeps another recipe's history (the probe's L-BFGS row keeps its AdamW run's) is drawn as its own
+    recipe's line, never as that curve; the legend names the recipe.
+    """
+    curves, lines = {}, {}
+    for method, row in rows.items():
+        recipe = RECIPE_NAMES.get(row.get("recipe"), row.get("recipe"))
+        hist = _own_history(row)
+        if hist:
+            curves[f"{method} ({recipe})" if recipe else method] = hist
+        elif np.isfinite(_floats([row.get("val_acc")])[0]):
+            lines[f"{method} ({recipe}, no epochs)" if recipe else f"{method} (no epochs)"] = float(row["val_acc"])
+    return curves, lines
+
+
 def metric_curve(x: Sequence[float], y: Mapping[str, Sequence[float]] | Sequence[float], title: str = "",
                  xlabel: str = "", ylabel: str = "validation top-1", logx: bool = False,
-                 mark: float | None = None) -> Figure:
-    """One or more ``y(x)`` lines (e.g. validation accuracy against C), with an optional vertical marker."""
+                 mark: float | None = None, percent: bool = True) -> Figure:
+    """One or more ``y(x)`` lines (e.g. validation accuracy against C), with an optional vertical marker.
+
+    ``percent``: the values are fractions, shown as %. Series named validation / test get the split colours.
+    """
     series = dict(y) if isinstance(y, Mapping) else {"": y}
     fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
     xs = _floats(list(x))
-    for name, ys in series.items():
+    for i, (name, ys) in enumerate(series.items()):
         ys = _floats(list(ys))
-        ax.plot(xs[:len(ys)], ys[:len(xs)], marker="o", label=name or None)
+        ax.plot(xs[:len(ys)], ys[:len(xs)], marker="o", label=name or None, color=split_color(name, f"C{i}"))
     if mark is not None:
         ax.axvline(mark, color="grey", ls=":", label=f"chosen: {mark:g}")
     if logx and (xs[np.isfinite(xs)] > 0).any():
@@ -227,10 +294,21 @@ def metric_curve(x: Sequence[float], y: Mapping[str, Sequence[float]] | Sequence
     if not np.isfinite(xs).any():
         _empty(ax)
     ax.set(xlabel=xlabel, ylabel=ylabel)
+    if percent:
+        percent_axis(ax.yaxis, cap=True)
     ax.grid(alpha=0.3)
     legend_outside(ax)
     ax.set_title(title, fontsize=9)
     return fig
+
+
+def label_points(ax: Axes, x: Sequence[float], y: Sequence[float], labels: Sequence[str]) -> None:
+    """A label centred above each point, with margins so that no label reaches the frame."""
+    for xx, yy, text in zip(_floats(list(x)), _floats(list(y)), labels):
+        if np.isfinite(xx) and np.isfinite(yy):
+            ax.annotate(text, (xx, yy), xytext=(0, 6), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=8)
+    ax.margins(x=0.1, y=0.18)
 
 
 # ----------------------------------------------------------------------------- bars
@@ -258,7 +336,7 @@ def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], tit
         x = np.arange(len(names)) + (j - (width_n - 1) / 2) * width
         label = series[j] if series is not None and j < len(series) else None
         bars = ax.bar(x, np.nan_to_num(data[:, j]), width, yerr=err, capsize=3, label=label,
-                      color=f"C{j}" if grouped else [f"C{i}" for i in range(len(names))])
+                      color=split_color(label or "", f"C{j}") if grouped else [f"C{i}" for i in range(len(names))])
         ax.bar_label(bars, labels=[fmt(v) if np.isfinite(v) else "n/a" for v in data[:, j]], fontsize=8)
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     e = np.nan_to_num(err) if err is not None else 0
@@ -271,7 +349,7 @@ def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], tit
         ax.set_ylim(0, min(1.08, max(0.05, float(np.nanmax(data))) * 1.15))
     ax.set_ylabel(ylabel)
     if percent:
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        percent_axis(ax.yaxis)
     legend_outside(ax)
     ax.set_title(title, fontsize=9)
     return fig
@@ -313,8 +391,8 @@ def ranked_bars(names: Sequence[str], values: Sequence[float] | Mapping[str, Seq
     for j, (name, v) in enumerate(series.items()):
         y = y0 + 0.4 - height * (j + 0.5)
         vals, e = v[order], errs[name][order]
-        ax.barh(y, np.nan_to_num(vals), height, xerr=e if e.any() else None, capsize=2, color=f"C{j}",
-                label=name or None)
+        ax.barh(y, np.nan_to_num(vals), height, xerr=e if e.any() else None, capsize=2,
+                color=split_color(name, f"C{j}"), label=name or None)
         for val, ee, yy in zip(vals, e, y):
             ok = np.isfinite(val)
             ax.annotate(fmt(val) if ok else "n/a", (val + ee if ok else low, yy), xytext=(3, 0),
@@ -328,7 +406,7 @@ def ranked_bars(names: Sequence[str], values: Sequence[float] | Mapping[str, Seq
         ax.set_xlim(0, float(np.nanmax(highs)) * 1.15 or 1.0)
     ax.set_xlabel(f"{xlabel} ({_zoom_note(low, percent)})" if zoomed else xlabel)
     if percent:
-        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        percent_axis(ax.xaxis)
     ax.grid(axis="x", alpha=0.3)
     legend_outside(ax)
     ax.set_title(title, fontsize=9)
@@ -365,6 +443,38 @@ def slowdown_bars(table: Any, title: str = "", xlabel: str = "inference time wit
         _empty(ax)
     legend_outside(ax, markerscale=0.5)
     ax.set_title(title, fontsize=9)
+    return fig
+
+
+def _bias_kind_panel(ax: Axes, per_kind: Any) -> float:
+    """Bars of the mean RMS change per bias kind (first kind on top), each labelled; returns the largest value."""
+    kinds, values = [str(k) for k in per_kind.index][::-1], _floats(list(per_kind.values))[::-1]
+    top = (float(np.nanmax(values)) if np.isfinite(values).any() else 0.0) or 1.0
+    ax.barh(np.arange(len(kinds)), np.nan_to_num(values))
+    for v, y in zip(values, range(len(kinds))):
+        ax.annotate(f"{v:.3g}", (np.nan_to_num(v), y), xytext=(3, 0), textcoords="offset points", va="center",
+                    fontsize=7)
+    ax.set_yticks(np.arange(len(kinds)), kinds)
+    ax.set(xlim=(0, 1.25 * top), xlabel="RMS change of the bias", title="per kind (mean over blocks)")
+    ax.xaxis.set_major_locator(MaxNLocator(4))   # small numbers: few ticks, so that their labels never collide
+    return top
+
+
+def bias_change(per_kind: Any, per_block: Any, title: str = "") -> Figure:
+    """BitFit's RMS bias change per kind (bars from 0) and per kind x block (a colour scale from 0, so that
+    similar moves look similar). ``per_kind``: a Series indexed by kind; ``per_block``: a DataFrame kinds x blocks.
+    """
+    fig, (ax_kind, ax_block) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.4]},
+                                            layout="constrained")
+    top = _bias_kind_panel(ax_kind, per_kind)
+    grid = np.asarray(per_block.values, dtype=float)   # kinds x blocks (a DataFrame: always 2-D)
+    high = (float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0) or top
+    im = ax_block.imshow(grid if grid.size else np.zeros((1, 1)), aspect="auto", cmap="viridis", vmin=0, vmax=high)
+    ax_block.set(xticks=range(grid.shape[1]), xticklabels=[f"{float(c):g}" for c in per_block.columns],
+                 yticks=range(grid.shape[0]), yticklabels=[str(k) for k in per_block.index], xlabel="block",
+                 title="per block")
+    fig.colorbar(im, ax=ax_block, label="RMS change (scale from 0)")
+    fig.suptitle(title, fontsize=9)
     return fig
 
 

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from clipft_utils import comparison as C, plots  # noqa: E402
 from clipft_utils.config import METHODS  # noqa: E402
@@ -100,7 +102,30 @@ def plot_figures() -> list:
                                       title=LABEL),
             lambda: plots.ranked_bars([f"subset {i}" for i in range(15)], subsets, title=LABEL),
             lambda: plots.slowdown_bars(slowdown_table(), LABEL),
+            lambda: plots.bias_change(*bias_moves(), title=LABEL),
+            lambda: rank_sweep(),
             lambda: plots.table_figure([["a", 1], ["b", 2]], ["name", "value"], title=LABEL)]
+
+
+def bias_moves() -> tuple[pd.Series, pd.DataFrame]:
+    """Notebook 03's per-kind and kind x block RMS bias changes: every kind moved 0.0159-0.0224 (close values)."""
+    kinds = ["ln_pre", "in_proj", "out_proj", "ln_1", "c_fc", "c_proj", "ln_2", "ln_post"]
+    per_kind = pd.Series(np.linspace(0.0224, 0.0159, len(kinds)), index=kinds)
+    per_block = pd.DataFrame(np.outer(per_kind.values[1:7], [0.98, 1.0, 1.02]), index=kinds[1:7],
+                             columns=[0.0, 1.0, 2.0])   # a pivot with missing blocks has float columns
+    return per_kind, per_block
+
+
+def rank_sweep(acc=(0.30, 0.31, 0.29, 0.32, 0.31, 0.30)):
+    """Notebook 05's rank sweep: accuracy against trainable parameters (log scale), each point labelled r=k."""
+    fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
+    trainable = [13_500, 14_000, 15_000, 17_000, 21_000, 29_000][:len(acc)]
+    ax.plot(trainable, acc, marker="o")
+    plots.label_points(ax, trainable, acc, [f"r={r}" for r in (1, 2, 4, 8, 16, 32)])
+    ax.axhline(acc[0], color="grey", ls="--")
+    ax.set(xscale="log", title=LABEL)
+    plots.percent_axis(ax.yaxis, cap=True)
+    return fig
 
 
 def drawn(builders: list):
@@ -327,5 +352,93 @@ def test_plot_functions_survive_empty_inputs():
                     plots.bar_compare({}, title=LABEL), plots.bar_compare({"a": None, "b": np.nan}, zoom=True),
                     plots.ranked_bars([], [], title=LABEL), plots.ranked_bars(["a"], [None]),
                     plots.metric_curve([], [], title=LABEL),
+                    plots.bias_change(pd.Series([], dtype=float), pd.DataFrame(), title=LABEL),
                     plots.prediction_grid(np.zeros((0, 8, 8, 3), np.uint8), [], [], NAMES, title=LABEL)):
             fig.canvas.draw()
+
+
+# ----------------------------------------------------------------------------- units, colours, honest scales
+def test_accuracy_axes_show_percent():
+    """Every accuracy axis reads in % (01's per-class bars, curves, WiSE-FT) like the bars and 07's figures."""
+    axes = [plots.per_class_bars(np.linspace(0, 1, 12), NAMES[:12], title=LABEL).axes[0].xaxis,
+            plots.training_curves(history(5), title=LABEL).axes[1].yaxis,
+            plots.metric_curve([0, 0.5, 1], {"validation": [0.2, 0.3, 0.25]}, title=LABEL).axes[0].yaxis]
+    for axis in axes:
+        assert isinstance(axis.get_major_formatter(), PercentFormatter)
+        axis.axes.figure.canvas.draw()
+        assert any(t.get_text().endswith("%") for t in axis.get_ticklabels())
+    narrow = rank_sweep().axes[0]                  # 29-32 %: ticks every 0.5 % need a decimal
+    narrow.figure.canvas.draw()
+    ticks = [t.get_text() for t in narrow.get_yticklabels()]
+    assert len(set(ticks)) == len(ticks) and "30.5%" in ticks
+
+
+def test_validation_and_test_have_one_colour_each_in_every_figure():
+    def colour(artist) -> tuple:
+        get = artist.get_color if hasattr(artist, "get_color") else artist.get_facecolor
+        return to_rgba(get())
+    val, test = to_rgba(plots.VAL_COLOR), to_rgba(plots.TEST_COLOR)
+    assert val != test
+    for order in (["validation", "test"], ["test", "validation"]):
+        curves = {name: [0.2, 0.3, 0.25] for name in order}
+        lines = labelled_lines(plots.metric_curve([0, 0.5, 1], curves, title=LABEL).axes[0])
+        assert (colour(lines["validation"]), colour(lines["test"])) == (val, test)
+        ranked = plots.ranked_bars(["a", "b"], {n: [0.3, 0.4] for n in order}, title=LABEL).axes[0]
+        by_label = {c.get_label(): colour(c.patches[0]) for c in ranked.containers}
+        assert (by_label["validation"], by_label["test"]) == (val, test)
+    grouped = plots.bar_compare({"A": [0.3, 0.2], "B": [0.4, 0.35]}, series=["val top-1", "test top-1"]).axes[0]
+    assert [colour(c.patches[0]) for c in grouped.containers] == [val, test]
+
+
+def test_bias_change_colour_scale_starts_at_zero():
+    """Close RMS changes (0.0159-0.0224) must not look like a wide spread: the colour scale and bars start at 0."""
+    per_kind, per_block = bias_moves()
+    fig = plots.bias_change(per_kind, per_block, title=LABEL)
+    ax_kind, ax_block = fig.axes[:2]
+    assert ax_block.images[0].get_clim() == (0, pytest.approx(per_block.values.max()))
+    assert ax_kind.get_xlim()[0] == 0 and len(ax_kind.texts) == 8
+    assert [t.get_text() for t in ax_block.get_xticklabels()] == ["0", "1", "2"] and LABEL in fig.get_suptitle()
+
+
+def test_point_labels_stay_inside_the_frame():
+    """05's rank labels (r=32 at the right end, the lowest point; every point at 100 % on a 2-class folder) never
+    touch the axes' frame, and the accuracy axis shows no ticks above 100 %."""
+    for acc in ((0.30, 0.31, 0.29, 0.32, 0.31, 0.30), (1.0, 1.0)):
+        fig = rank_sweep(acc)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        frame = ax.get_window_extent()
+        for text in ax.texts:
+            box = text.get_window_extent()
+            assert frame.x0 < box.x0 and box.x1 < frame.x1 and frame.y0 < box.y0 and box.y1 < frame.y1, text.get_text()
+        assert 1.0 < ax.get_ylim()[1] < 1.02 if max(acc) == 1.0 else ax.get_ylim()[1] < 0.4
+
+
+def test_accuracy_axes_stop_at_100_percent():
+    """Runs at 100 % (a 2-class folder) show no 102 %, 104 % ticks; the best point stays inside the frame."""
+    fig = plots.training_curves({"a": [{"epoch": 1, "train_loss": 0.1, "val_acc": 1.0}]}, title=LABEL,
+                                baselines={"zero_shot (no epochs)": 1.0})
+    fig.canvas.draw()
+    acc = fig.axes[1]
+    assert 1.0 < acc.get_ylim()[1] < 1.01
+    low, high = acc.get_xlim()
+    assert [t.get_text() for t in acc.get_xticklabels() if low <= t.get_position()[0] <= high] == ["1"]   # one epoch
+    curve = plots.metric_curve([0, 0.5, 1], {"validation": [1.0, 1.0, 1.0]}, title=LABEL).axes[0]
+    assert 1.0 < curve.get_ylim()[1] < 1.01
+
+
+def test_each_row_is_drawn_with_its_own_recipe():
+    """06's curves: the probe's L-BFGS row is its validation line (not the AdamW history it keeps), named so."""
+    rows = {"zero_shot": {"val_acc": 0.15, "history": []},
+            "linear_probe": {"val_acc": 0.369, "recipe": "sklearn", "history_of": "torch", "history": history(50, 0.228)},
+            "full_finetune": {"val_acc": 0.4, "history": history(5, 0.4)}}
+    curves, lines = plots.curves_and_lines(rows)
+    assert list(curves) == ["full_finetune"]
+    assert lines == {"zero_shot (no epochs)": 0.15, "linear_probe (L-BFGS, no epochs)": 0.369}
+    acc = plots.training_curves(curves, title=LABEL, baselines=lines).axes[1]
+    drawn_lines = labelled_lines(acc)
+    assert list(drawn_lines["linear_probe (L-BFGS, no epochs)"].get_ydata()) == [0.369, 0.369]
+    assert not any(max(line.get_ydata()) == pytest.approx(0.228) for line in drawn_lines.values())
+    rows["linear_probe"]["recipe"] = "torch"                         # a row whose recipe is AdamW is its curve
+    curves, lines = plots.curves_and_lines(rows)
+    assert "linear_probe (AdamW)" in curves and not any(k.startswith("linear_probe") for k in lines)
