@@ -23,6 +23,11 @@ def _run(args: argparse.Namespace) -> int:
     except ClipftError as exc:  # a bad request: one clear message, nothing has run
         print(f"[run_all] {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while planning: no notebook started
+        print("[run_all] interrupted before any notebook started; nothing written; re-run to resume")
+        return 130
+    if report.interrupted:
+        return 130
     if profile == "smoke":
         print("[run_all] smoke profile: ToyCLIP on stand-in data checks the plumbing; its numbers are not CLIP's.")
     return 0 if report.ok else 1
