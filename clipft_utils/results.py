@@ -151,8 +151,8 @@ def read_result(path: str | Path) -> dict[str, Any]:
 def damaged_result(path: Path, why: str) -> ResultsError:
     """The error for a result file that cannot be read: which file, why, and the command that remakes it."""
     from .runner import remake_command
-    return ResultsError(f"The result file '{path}' is damaged: {why}. Fix: remake it with {remake_command(path)} "
-                        "(or delete it if that run is not wanted).")
+    return ResultsError(f"The result file '{path}' is damaged: {why}. Fix: remake it: {remake_command(path)}; "
+                        "or delete it if that run is not wanted.")
 
 
 def load_predictions(folder: str | Path, name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:

@@ -428,9 +428,9 @@ def remake_command(path: str | Path) -> str:
 
 def _command(notebook: str, params: dict[str, Any]) -> str:
     """``./run_all.sh`` options that run ``notebook`` with ``params`` (a completion record's)."""
-    methods, prof = dict(NOTEBOOKS).get(notebook, ()), str(params.get("profile", "full"))
-    parts = ["./run_all.sh", *({"smoke": ["--smoke"], "rehearse": ["--rehearse"], "full": []}.get(prof)
-                                or ["--profile", prof])]
+    methods, prof = dict(NOTEBOOKS).get(notebook, ()), params.get("profile")
+    parts = ["./run_all.sh", *{"smoke": ["--smoke"], "rehearse": ["--rehearse"], "full": [], None: []}.get(
+        prof, ["--profile", str(prof)])]
     parts += ["--only", *methods] if methods else ["--compare"]
     parts += ["--seeds", str(params.get("seed", 0))]
     parts += ["--shots", str(params["shots"])] if params.get("shots") is not None else []
