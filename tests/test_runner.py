@@ -495,3 +495,39 @@ def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_cour
     assert results_of(tmp_path / "shard" / "smoke") == expected
     overlap = [(s.notebook, s.seconds) for s in parallel.steps]
     assert sum(s for _, s in overlap) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["group", "runner"])
+def test_ctrl_c_stops_cleanly_with_one_line_and_status_130(tiny_course, tmp_path, target):
+    """Ctrl-C (SIGINT to the whole process group) or SIGINT to the runner alone, while a notebook runs."""
+    tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(60)")
+    root = tmp_path / "results"
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from clipft_utils import __main__ as cli, runner
+        runner.NOTEBOOK_DIR = Path({str(tiny_course)!r})
+        runner.NOTEBOOKS = (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
+        raise SystemExit(cli.main(["run", "--smoke", "--all"]))
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "CLIPFT_RESULTS": str(root)})
+    folder = root / "smoke"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (folder / "bitfit_seed0.json").exists():
+        time.sleep(0.2)
+    assert (folder / "bitfit_seed0.json").exists(), "the notebook never got to write its result"
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("[run_all] interrupted during 03_bitfit") and "Traceback" not in out, out
+    assert last.endswith("nothing half-written; re-run to resume")
+    assert not list((folder / "notebooks").glob(".*running*")) and not (folder / "notebooks" / "03_bitfit.ipynb").exists()
+    assert not (folder / "bitfit_seed0.json").exists() and not (folder / "runs" / "03_bitfit.json").exists()
+    assert (folder / "failed" / "03_bitfit" / "bitfit_seed0.json").exists()      # set aside, not counted as done
+    assert (folder / "runs" / "01_zero_shot.json").exists()                       # what finished stays finished
+    assert not list((folder / "runs").glob(".*journal"))
