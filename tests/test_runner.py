@@ -49,7 +49,8 @@ class FakeExecute:
         os.environ["CLIPFT_JOURNAL"] = env["CLIPFT_JOURNAL"]
         try:
             for m in job.methods:
-                path = fake_result(Path(parameters["results_dir"]), m, parameters["seed"], shots=parameters.get("shots"))
+                folder, shots = Path(parameters["results_dir"]), parameters.get("shots")
+                path = fake_result(folder, m, parameters["seed"], shots=shots)
                 save_head(head_path(path.parent, path.stem), torch.zeros(3, 2))  # heads 06 reads
             if job.notebook in self.fail:
                 atomic_write_text(Path(parameters["results_dir"]) / "figures" / f"{job.notebook}.png", "png")
@@ -526,7 +527,8 @@ def test_ctrl_c_stops_cleanly_with_one_line_and_status_130(tiny_course, tmp_path
     last = out.strip().splitlines()[-1]
     assert last.startswith("[run_all] interrupted during 03_bitfit") and "Traceback" not in out, out
     assert last.endswith("nothing half-written; re-run to resume")
-    assert not list((folder / "notebooks").glob(".*running*")) and not (folder / "notebooks" / "03_bitfit.ipynb").exists()
+    assert not list((folder / "notebooks").glob(".*running*"))
+    assert not (folder / "notebooks" / "03_bitfit.ipynb").exists()
     assert not (folder / "bitfit_seed0.json").exists() and not (folder / "runs" / "03_bitfit.json").exists()
     assert (folder / "failed" / "03_bitfit" / "bitfit_seed0.json").exists()      # set aside, not counted as done
     assert (folder / "runs" / "01_zero_shot.json").exists()                       # what finished stays finished
