@@ -23,8 +23,8 @@ def _run(args: argparse.Namespace) -> int:
     except ClipftError as exc:  # a bad request: one clear message, nothing has run
         print(f"[run_all] {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C while planning: no notebook started
-        print("[run_all] interrupted before any notebook started; nothing written; re-run to resume")
+    except KeyboardInterrupt:  # Ctrl-C outside a notebook (planning, the summary): every file is written atomically
+        print("[run_all] interrupted while no notebook ran; nothing half-written; re-run to resume")
         return 130
     if report.interrupted:
         return 130
