@@ -5,6 +5,8 @@
 #   ./run_all.sh --only lora bitfit      a subset of methods (07_comparison always runs)
 #   ./run_all.sh --force --device cuda --seeds 0 1 2
 # Executed notebooks: results/<profile>/notebooks/, results: results/<profile>/, figures: results/<profile>/figures/
+# Ctrl-C (or kill -INT / -TERM of this script) stops the run cleanly: the signal goes on to the runner, which
+# sets aside what the interrupted notebook wrote and exits with status 130; a re-run resumes.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
@@ -17,6 +19,16 @@ for a in "$@"; do [ "$a" = "--smoke" ] && smoke=1; done
 [ $smoke = 1 ] && export HF_HUB_OFFLINE=1   # the stand-in never needs the network
 start=$(date +%s)
 status=0
-python -m clipft_utils run --all "$@" || status=$?
+# In the background so that bash can pass INT/TERM on (it would otherwise wait for python and ignore them);
+# `trap - INT` undoes the SIGINT-ignored that bash gives background commands.
+(trap - INT; exec python -m clipft_utils run --all "$@") &
+pid=$!
+trap 'kill -INT "$pid" 2>/dev/null || true' INT
+trap 'kill -TERM "$pid" 2>/dev/null || true' TERM
+while :; do
+    wait "$pid" && status=0 || status=$?
+    kill -0 "$pid" 2>/dev/null || break   # wait returned for a signal: python is still cleaning up
+done
+trap - INT TERM
 echo "[run_all] finished in $(( $(date +%s) - start )) s (exit status $status)"
 exit $status

@@ -39,6 +39,11 @@ def _run(args: argparse.Namespace) -> int:
     except ClipftError as exc:  # a bad request: one clear message, nothing has run
         print(error_line(exc, "run_all"), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a notebook (planning, the summary): every file is written atomically
+        print("[run_all] interrupted while no notebook ran; nothing half-written; re-run to resume")
+        return 130
+    if report.interrupted:
+        return 130
     if profile == "smoke":
         print("[run_all] smoke profile: ToyCLIP on stand-in data checks the plumbing; its numbers are not CLIP's.")
     return 0 if report.ok else 1

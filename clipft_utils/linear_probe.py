@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .zeroshot import head_path, load_head as _read_head, save_head
+from .zeroshot import find_head, head_path, save_head
 
 class LinearProbe(nn.Module):
     """``head(normalize(f))`` on cached features: a CLIPClassifier whose image tower already ran."""
@@ -207,7 +207,7 @@ def fit_best_head(course: Any, cfg: Any, progress: bool = False) -> dict[str, An
 
 
 def head_file(results_dir: str | Path, seed: int, shots: int | None = None) -> Path:
-    """``<results_dir>/heads/linear_probe[_shots<k>]_seed<seed>.pt``."""
+    """``<results_dir>/heads/linear_probe[_shots<k>]_seed<seed>.safetensors``."""
     from .results import run_name
     return head_path(results_dir, run_name("linear_probe", seed, None, shots))
 
@@ -221,5 +221,5 @@ def save_probe_head(results_dir: str | Path, seed: int, head: dict[str, Any], sh
 
 def load_head(results_dir: str | Path, seed: int, shots: int | None = None) -> dict[str, Any] | None:
     """The linear probe's saved head for ``seed`` (and ``shots``), or None when notebook 02 has not written it."""
-    path = head_file(results_dir, seed, shots)
-    return _read_head(path) if path.exists() else None
+    from .results import run_name
+    return find_head(results_dir, run_name("linear_probe", seed, None, shots))

@@ -137,8 +137,22 @@ def save_result(result: dict[str, Any], folder: str | Path, predictions=None, va
 
 
 def read_result(path: str | Path) -> dict[str, Any]:
-    """One result JSON."""
-    return json.loads(Path(path).read_text())
+    """One result JSON; a damaged one is a ResultsError naming the file and the command that remakes it."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise damaged_result(path, f"it is not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(result, dict):
+        raise damaged_result(path, f"it holds a {type(result).__name__}, not a result")
+    return result
+
+
+def damaged_result(path: Path, why: str) -> ResultsError:
+    """The error for a result file that cannot be read: which file, why, and the command that remakes it."""
+    from .runner import remake_command
+    return ResultsError(f"The result file '{path}' is damaged: {why}. Fix: remake it: {remake_command(path)}; "
+                        "or delete it if that run is not wanted.")
 
 
 def load_predictions(folder: str | Path, name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
@@ -151,15 +165,13 @@ def load_predictions(folder: str | Path, name: str, split: str = "test") -> tupl
 
 
 def load_results(profile: str = "smoke", root: str | Path | None = None):
-    """All results of a profile as a pandas DataFrame, one row per run (empty if none)."""
+    """All results of a profile as a pandas DataFrame, one row per run (empty if none); a damaged result file is a
+    ResultsError naming it and the command that remakes it."""
     import pandas as pd
     folder = Path(root or results_root()) / profile
     rows = []
     for path in sorted(folder.glob("*.json")):
-        try:
-            res = read_result(path)
-        except (json.JSONDecodeError, OSError):
-            continue
+        res = read_result(path)  # a damaged file is an error naming it, never a run silently missing
         if "method" not in res:
             continue
         res["run"] = path.stem

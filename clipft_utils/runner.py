@@ -14,7 +14,10 @@ import functools
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,6 +88,7 @@ class Step:
     cpu_seconds: float | None = None
     shots: int | None = None
     reason: str = ""     # why it ran (or why it was skipped)
+    note: str = ""       # e.g. an earlier failure's files removed
 
 
 @dataclass
@@ -94,17 +98,18 @@ class Report:
     profile: str
     steps: list[Step] = field(default_factory=list)
     folder: Path | None = None
+    interrupted: str = ""  # the line said when Ctrl-C (SIGINT) or SIGTERM stopped the run
 
     @property
     def ok(self) -> bool:
-        return all(s.status != "failed" for s in self.steps)
+        return not self.interrupted and all(s.status != "failed" for s in self.steps)
 
     def lines(self) -> list[str]:
         """Human-readable status lines."""
         def line(s: Step) -> str:
             cpu = f"  (CPU {s.cpu_seconds:6.1f} s)" if s.cpu_seconds is not None else ""
             shots = "" if s.shots is None else f" shots {s.shots:<3}"
-            return f"{s.status:>7}  {s.notebook:<18}{shots} seed {s.seed}  {s.seconds:6.1f} s{cpu}  {s.error}"
+            return f"{s.status:>7}  {s.notebook:<18}{shots} seed {s.seed}  {s.seconds:6.1f} s{cpu}  {s.error or s.note}"
         return [line(s) for s in self.steps]
 
 
@@ -317,15 +322,28 @@ def why_run(job: Job, folder: Path, executed: Path) -> str | None:
     path = _record_path(folder, job)
     if not path.exists():
         return "no completion record" + (" (an earlier run did not finish)" if executed.exists() else "")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    record = _read_record(path)
+    if record is None:
         return "its completion record is unreadable"
     change = _diff(_covering(record.get("fingerprint", {}), job.fingerprint), job.fingerprint)
     if change:
         return change
     if not executed.exists():
         return f"its executed notebook {executed.name} is missing"
+    return damage(folder, record)
+
+
+def _read_record(path: Path) -> dict | None:
+    """A completion record, or None when it cannot be read."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def damage(folder: Path, record: dict) -> str | None:
+    """The first file a completion record lists that is missing or changed since it was written, in words."""
     for rel, digest in record.get("files", {}).items():
         f = folder / rel
         if not f.exists():
@@ -351,6 +369,84 @@ def write_record(folder: Path, job: Job, written: Iterable[Path], executed: Path
               "seconds": round(seconds, 1), "device": device,
               "finished": _dt.datetime.now().isoformat(timespec="seconds")}
     return atomic_write_text(_record_path(folder, job), json.dumps(record, indent=1))
+
+
+# ----------------------------------------------------------------------------- inputs from other jobs, checked first
+def input_records(job: Job, folder: Path) -> list[Path]:
+    """Completion records of the jobs whose files ``job`` reads: 07 every one, 06 those of 01, 02, 05 at its point."""
+    runs = folder / "runs"
+    if not job.methods:
+        return sorted(p for p in runs.glob("*.json") if p.stem != job.key)
+    deps = dict(NOTEBOOKS)
+    keys = [nb + point_suffix(None if deps.get(nb) == ("zero_shot",) else job.shots, job.seed)
+            for nb in DEPENDS.get(job.notebook, ())]
+    return [runs / f"{k}.json" for k in keys if (runs / f"{k}.json").exists()]
+
+
+def add_damaged_producers(jobs: list[Job], folder: Path, echo) -> list[Job]:
+    """Before any work: a file a planned job reads that is missing or changed since its producer's completion record
+    puts that producer in the plan (said here), so it is remade before it is read."""
+    planned, added = {j.key for j in jobs}, []
+    for job in jobs:
+        for path in input_records(job, folder):
+            record = _read_record(path)
+            if record is None:
+                raise ResultsError(f"The completion record '{path}' is unreadable, so the files {job.notebook} reads "
+                                   "cannot be checked. Fix: delete it (its notebook then counts as not run).")
+            why = damage(folder, record)
+            if why is None:
+                continue
+            nb = record.get("notebook")
+            if nb not in dict(NOTEBOOKS):
+                raise ResultsError(f"{why} ({folder}), and {job.notebook} reads it. Fix: "
+                                   f"{remake_command(folder / why.split()[0])}.")
+            producer = Job(nb, dict(NOTEBOOKS)[nb], int(record.get("seed", 0)), record.get("shots"))
+            if producer.key not in planned:  # a planned producer reruns anyway: why_run finds the same damage
+                planned.add(producer.key)
+                added.append(producer)
+                echo(f"[run_all] also run {producer.describe()}: {why}, and {job.describe()} reads it")
+    order = {nb: i for i, (nb, _) in enumerate(NOTEBOOKS)}
+    return sorted(jobs + added, key=lambda j: order[j.notebook]) if added else jobs
+
+
+BASE_PARAMS = ("profile", "seed", "shots", "dataset", "data_root", "results_dir", "device", "extras")
+
+
+def remake_command(path: str | Path) -> str:
+    """The ``./run_all.sh`` command that rewrites ``path``, a file of a results folder: from the completion record
+    that lists it, else from its run name (``<method>[-<variant>][_shots<k>]_seed<s>``)."""
+    path = Path(path).absolute()
+    folder = next((p for p in path.parents if (p / "runs").is_dir()), None)
+    if folder is not None:
+        rel = path.relative_to(folder).as_posix()
+        for record in filter(None, map(_read_record, sorted((folder / "runs").glob("*.json")))):
+            if rel in record.get("files", {}):
+                return _command(record.get("notebook", ""), record.get("fingerprint", {}).get("params", {}))
+    m = re.match(r"(?P<method>[a-z_]+?)(?:-.+?)?(?:_shots(?P<shots>\d+))?_seed(?P<seed>\d+)$", path.stem)
+    nb = next((nb for nb, methods in NOTEBOOKS if m and m["method"] in methods), None)
+    if nb is None:
+        return "re-run the notebook that wrote it (./run_all.sh --only METHOD, with that run's profile and --data)"
+    params = {"seed": int(m["seed"]), "shots": None if m["shots"] is None else int(m["shots"])}
+    return _command(nb, params) + " (with the profile and --data of the run that wrote it)"
+
+
+def _command(notebook: str, params: dict[str, Any]) -> str:
+    """``./run_all.sh`` options that run ``notebook`` with ``params`` (a completion record's)."""
+    methods, prof = dict(NOTEBOOKS).get(notebook, ()), params.get("profile")
+    parts = ["./run_all.sh", *{"smoke": ["--smoke"], "rehearse": ["--rehearse"], "full": [], None: []}.get(
+        prof, ["--profile", str(prof)])]
+    parts += ["--only", *methods] if methods else ["--compare"]
+    parts += ["--seeds", str(params.get("seed", 0))]
+    parts += ["--shots", str(params["shots"])] if params.get("shots") is not None else []
+    if params.get("dataset"):
+        parts += ["--data", str(params["data_root"] if params["dataset"] == "imagefolder" else params["dataset"])]
+    scope, defaults = (methods or (notebook,))[0], PROFILES[prof].extra.get(notebook, {}) if prof in PROFILES else {}
+    for name, value in params.items():
+        if name == "config":
+            parts += [a for k, v in value.items() for a in ("-p", f"{scope}.{k}={json.dumps(v)}")]
+        elif name not in BASE_PARAMS and defaults.get(name) != value:
+            parts += ["-p", f"{scope}.{name}={json.dumps(value)}"]
+    return " ".join(map(shlex.quote, parts))
 
 
 # ----------------------------------------------------------------------------- locks and leftovers
@@ -430,13 +526,21 @@ def _execute(job: Job, out: Path, parameters: dict, env: dict[str, str]) -> None
            json.dumps(parameters)]
     proc = subprocess.Popen(cmd, env=env, cwd=str(NOTEBOOK_DIR), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    WORKERS[job.key] = proc
+    if STOP.is_set():  # stopped while it was starting
+        _signal(proc, signal.SIGINT)
     lines = []
-    for line in proc.stdout:
-        if not any(n in line for n in NOISE):
-            lines.append(line)
-    code = proc.wait()
+    try:
+        for line in proc.stdout:
+            if not any(n in line for n in NOISE):
+                lines.append(line)
+        code = proc.wait()
+    finally:
+        WORKERS.pop(job.key, None)
     if code != 0:
-        if tmp.exists():
+        if STOP.is_set():
+            tmp.unlink(missing_ok=True)  # an interrupted run leaves no executed copy
+        elif tmp.exists():
             os.replace(tmp, out.with_name(f"{out.stem}.FAILED.ipynb"))
         out.unlink(missing_ok=True)
         tail = [l.strip() for l in lines if l.strip()]
@@ -448,9 +552,13 @@ def _execute(job: Job, out: Path, parameters: dict, env: dict[str, str]) -> None
 def _worker(source: str, target: str, parameters: str) -> int:
     """``python -m clipft_utils.runner SRC DST PARAMS``: papermill in this process; one error line on failure."""
     import papermill as pm
+    on_stop(signal.SIGINT, signal.SIGTERM)  # the runner forwards Ctrl-C; the kernel is in its own session
     try:
         pm.execute_notebook(source, target, parameters=json.loads(parameters), cwd=str(NOTEBOOK_DIR),
                             kernel_name="python3", progress_bar=False)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        return 130
     except Exception as exc:  # noqa: BLE001 - the runner reports the last line
         print(_error_line(exc), flush=True)
         return 1
@@ -499,7 +607,7 @@ def _quarantine(folder: Path, written: Iterable[Path], name: str) -> list[Path]:
 
 
 def run_job(job: Job, folder: Path, nb_dir: Path, device: str, echo) -> Step:
-    """Execute one job; record it as done, or set aside everything it wrote."""
+    """Execute one job; record it as done, or set aside everything it wrote (failed or interrupted)."""
     out = nb_dir / f"{job.key}.ipynb"
     journal = folder / "runs" / f".{job.key}.{os.getpid()}.journal"
     journal.parent.mkdir(parents=True, exist_ok=True)
@@ -512,17 +620,86 @@ def run_job(job: Job, folder: Path, nb_dir: Path, device: str, echo) -> Step:
         _execute(job, out, params, _kernel_env(job, journal))
         seconds = time.perf_counter() - start
         write_record(folder, job, _written(journal), out, seconds, device)
-        return Step(job.notebook, job.seed, "ok", seconds, str(out), cpu_seconds=used(), shots=job.shots)
+        return Step(job.notebook, job.seed, "ok", seconds, str(out), cpu_seconds=used(), shots=job.shots,
+                    note=resolve_failure(folder, job, echo))
     except Exception as exc:  # noqa: BLE001 - one failing notebook must not stop the others
+        shutil.rmtree(folder / "failed" / job.key, ignore_errors=True)  # an older failure's files: this one's now
         moved = _quarantine(folder, _written(journal), job.key)
-        step = Step(job.notebook, job.seed, "failed", time.perf_counter() - start,
-                    str(nb_dir / f"{job.key}.FAILED.ipynb"), _error_line(exc), used(), shots=job.shots)
-        echo(f"[run_all] FAILED {job.describe()} after {step.seconds:.0f} s: {step.error}")
-        echo(f"[run_all]   executed copy: {step.output}"
-             + (f"; {len(moved)} file(s) it wrote moved to {folder / 'failed' / job.key}" if moved else ""))
+        status = "interrupted" if STOP.is_set() else "failed"
+        step = Step(job.notebook, job.seed, status, time.perf_counter() - start,
+                    str(nb_dir / f"{job.key}.FAILED.ipynb"), _error_line(exc), used(), shots=job.shots,
+                    note=f"{len(moved)} file(s) it wrote set aside in failed/{job.key}" if moved else "")
+        if status == "failed":
+            echo(f"[run_all] FAILED {job.describe()} after {step.seconds:.0f} s: {step.error}")
+            echo(f"[run_all]   executed copy: {step.output}" + (f"; {step.note}" if moved else ""))
         return step
     finally:
         journal.unlink(missing_ok=True)
+
+
+def resolve_failure(folder: Path, job: Job, echo) -> str:
+    """After a success, remove ``failed/<job>/`` of an earlier failed run (its files are superseded); say so."""
+    old = folder / "failed" / job.key
+    if not old.exists():
+        return ""
+    shutil.rmtree(old)
+    if not any((folder / "failed").iterdir()):
+        (folder / "failed").rmdir()
+    note = f"its earlier failure is resolved: removed failed/{job.key}/"
+    echo(f"[run_all] {job.describe()} succeeded; {note}")
+    return note
+
+
+# ----------------------------------------------------------------------------- stopping on Ctrl-C or SIGTERM
+STOP = threading.Event()
+"""Set when the run is being interrupted: running notebooks are stopped and nothing new starts."""
+WORKERS: dict[str, subprocess.Popen] = {}
+STOP_GRACE_S = 30.0
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """A signal handler: the first INT/TERM raises KeyboardInterrupt; further ones are ignored while it unwinds."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def on_stop(*signals: int) -> dict[int, Any]:
+    """Make ``signals`` raise KeyboardInterrupt once (also when the shell started us with SIGINT ignored); returns
+    the old handlers. Only the main thread can set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _raise_interrupt) for sig in signals}
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except (ProcessLookupError, OSError):
+        pass
+
+
+def stop_workers(threads: Iterable[threading.Thread]) -> None:
+    """Interrupt every running notebook (its worker shuts its kernel down) and wait for their jobs to clean up."""
+    STOP.set()
+    for proc in list(WORKERS.values()):
+        _signal(proc, signal.SIGINT)
+    deadline = time.monotonic() + STOP_GRACE_S
+    threads = list(threads)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for proc in list(WORKERS.values()):
+        proc.kill()  # did not stop in time; its kernel notices its parent is gone and ends too
+    for thread in threads:
+        thread.join()
+
+
+class Interrupted(Exception):
+    """The run was stopped by Ctrl-C or SIGTERM: ``line`` says where; ``steps`` is what ended before."""
+
+    def __init__(self, line: str, steps: list[Step]) -> None:
+        super().__init__(line)
+        self.line, self.steps = line, steps
 
 
 # ----------------------------------------------------------------------------- scheduling
@@ -572,30 +749,46 @@ def execute_all(jobs: list[Job], folder: Path, nb_dir: Path, devices: Sequence[s
         running[job.key] = thread
         thread.start()
 
-    while queue or running:
-        with lock:
-            launched = False
-            for job in list(queue):
-                if not free:
-                    break
-                if not _ready(job, done, jobs):
-                    continue
-                queue.remove(job)
-                reason = ("forced (--force)" if force else "it reads every result, so it always runs" if not job.methods
-                          else why_run(job, folder, nb_dir / f"{job.key}.ipynb"))
-                if reason is None:
-                    echo(f"[run_all] skip {job.describe()}: finished with the same parameters, code and data")
-                    steps[job.key] = Step(job.notebook, job.seed, "skipped", shots=job.shots, reason="up to date")
-                    done[job.key] = "skipped"
+    STOP.clear()
+    try:
+        while queue or running:
+            with lock:
+                launched = False
+                for job in list(queue):
+                    if not free:
+                        break
+                    if not _ready(job, done, jobs):
+                        continue
+                    queue.remove(job)
+                    reason = ("forced (--force)" if force else "it reads every result, so it always runs"
+                              if not job.methods else why_run(job, folder, nb_dir / f"{job.key}.ipynb"))
+                    if reason is None:
+                        echo(f"[run_all] skip {job.describe()}: finished with the same parameters, code and data")
+                        steps[job.key] = Step(job.notebook, job.seed, "skipped", shots=job.shots,
+                                              reason="up to date")
+                        done[job.key] = "skipped"
+                        launched = True
+                        continue
+                    device = free.pop(0)
+                    echo(f"[run_all] run  {job.describe()} on {device} ({reason}) ...")
+                    start(job, device)
                     launched = True
-                    continue
-                device = free.pop(0)
-                echo(f"[run_all] run  {job.describe()} on {device} ({reason}) ...")
-                start(job, device)
-                launched = True
-        if not launched:
-            time.sleep(0.05)
+            if not launched:
+                time.sleep(0.05)
+    except KeyboardInterrupt:
+        names = list(running)
+        stop_workers(list(running.values()))
+        ended = [steps[j.key] for j in jobs if j.key in steps]
+        raise Interrupted(_interrupted_line(names, ended), ended) from None
     return [steps[j.key] for j in jobs]
+
+
+def _interrupted_line(names: list[str], ended: list[Step]) -> str:
+    """``interrupted during 05_lora; nothing half-written; re-run to resume`` (and where its files went)."""
+    moved = [s.note for s in ended if s.status == "interrupted" and s.note]
+    where = f"during {', '.join(names)}" if names else "between notebooks"
+    return (f"[run_all] interrupted {where}" + (f" ({'; '.join(moved)})" if moved else "")
+            + "; nothing half-written; re-run to resume")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -626,6 +819,26 @@ def _merge(base: dict, *layers: dict) -> dict:
     return out
 
 
+def stoppable(fn: Callable) -> Callable:
+    """While ``fn`` runs, Ctrl-C and SIGTERM raise KeyboardInterrupt once (the run stops cleanly, see execute_all)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        old = on_stop(signal.SIGINT, signal.SIGTERM)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+    return wrapper
+
+
+def dataset_names() -> list[str]:
+    """Every registered dataset (plug-ins included): ``--data NAME``; anything else is a folder."""
+    from .datasets import available
+    return available()
+
+
+@stoppable
 def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force: bool = False,
             device: str = "auto", seeds: Sequence[int] = (0,), root: str | Path | None = None,
             extra: dict | None = None, echo=print, shots: Sequence[int | None] | None = None,
@@ -653,7 +866,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     for d in devices:
         check_value("device", d)
     shard_spec = parse_shard(shard)
-    if data is not None and data not in ("flowers102", "synthflowers", "imagefolder") and data_root is None:
+    if data is not None and data_root is None and data not in dataset_names():
         data, data_root = "imagefolder", str(Path(data).expanduser().resolve())
     if data is None and data_root is None:
         from .config import profile_data_root
@@ -668,6 +881,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
         jobs = [j for j in jobs if not j.methods]
     if shard_spec is not None:
         jobs = shard_of(jobs, *shard_spec)
+    jobs = add_damaged_producers(jobs, folder, echo)
     notebooks = list(dict.fromkeys(j.notebook for j in jobs))
     scopes = {nb for nb in notebooks} | {m for nb in notebooks for m in dict(NOTEBOOKS)[nb]}
     quick_layer = {k: v for k, v in QUICK.items() if not isinstance(v, dict) or k in scopes} if quick else {}
@@ -697,7 +911,12 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
         clean_leftovers(nb_dir)
         for job in jobs:
             echo(f"[run_all] plan {job.describe()}: {describe_training(job, prof)}")
-        report.steps = execute_all(jobs, folder, nb_dir, devices, force, echo)
+        try:
+            report.steps = execute_all(jobs, folder, nb_dir, devices, force, echo)
+        except Interrupted as stop:
+            report.steps, report.interrupted = stop.steps, stop.line
+            echo(stop.line)
+            return report
         if not any(not j.methods for j in jobs):
             if shard_spec is not None:
                 echo(f"[run_all] shard {shard_spec[0]}/{shard_spec[1]} done; when every shard has finished, run "

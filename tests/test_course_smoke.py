@@ -75,7 +75,7 @@ def test_one_result_per_method_with_validation_predictions(course):
         assert len(val_labels) == res["n_val"] and val_logits.shape[1] == 12
         if method != "zero_shot":
             assert res["shots"] == 2 and res["val_per_class"] == 2          # few-shot validation: min(k, 4)
-            assert (folder / "heads" / f"{name}.pt").exists()
+            assert (folder / "heads" / f"{name}.safetensors").exists()
 
 
 def test_training_memory_is_the_methods_own(course):

@@ -93,3 +93,17 @@ def test_nan_becomes_null(tmp_path):
     res["val_acc"] = float("nan")
     res = R._clean(res)
     assert json.loads(json.dumps(res))["val_acc"] is None
+
+
+@pytest.mark.parametrize("content, why", [("{\"method\": \"bitf", "not valid JSON"), ("[1, 2]", "holds a list"),
+                                          (b"\xff\xfe{", "not valid JSON")])
+def test_a_damaged_result_is_an_error_naming_the_file_and_the_command_that_remakes_it(tmp_path, content, why):
+    res, _ = _result()
+    R.save_result(res, tmp_path / "smoke")
+    damaged = tmp_path / "smoke" / "lora_shots4_seed1.json"
+    damaged.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ResultsError) as err:   # before: the run was silently missing from the table
+        R.load_results("smoke", tmp_path)
+    text = str(err.value)
+    assert str(damaged) in text and why in text
+    assert "./run_all.sh --only lora --seeds 1 --shots 4" in text, text

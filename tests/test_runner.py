@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,12 +15,14 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import torch
 
 from clipft_utils import __main__ as cli
 from clipft_utils import runner
 from clipft_utils.config import METHODS
 from clipft_utils.errors import ConfigError, ResultsError
 from clipft_utils.paths import atomic_write_text, file_lock
+from clipft_utils.zeroshot import head_path, save_head
 
 
 def fake_result(folder: Path, method: str, seed: int, acc: float = 0.5, shots=None) -> Path:
@@ -46,7 +49,9 @@ class FakeExecute:
         os.environ["CLIPFT_JOURNAL"] = env["CLIPFT_JOURNAL"]
         try:
             for m in job.methods:
-                fake_result(Path(parameters["results_dir"]), m, parameters["seed"], shots=parameters.get("shots"))
+                folder, shots = Path(parameters["results_dir"]), parameters.get("shots")
+                path = fake_result(folder, m, parameters["seed"], shots=shots)
+                save_head(head_path(path.parent, path.stem), torch.zeros(3, 2))  # heads 06 reads
             if job.notebook in self.fail:
                 atomic_write_text(Path(parameters["results_dir"]) / "figures" / f"{job.notebook}.png", "png")
                 raise RuntimeError(f"boom in {job.notebook}")
@@ -218,6 +223,86 @@ def test_a_failing_notebook_is_reported_its_files_set_aside_and_the_others_still
     assert (folder / "failed" / "03_bitfit" / "figures" / "03_bitfit.png").exists()
     summary = pd.read_csv(folder / "summary.csv").set_index("method")
     assert summary.loc["bitfit", "status"] == "not run" and summary.loc["lora", "status"] == "ok"
+
+
+def test_a_success_after_a_failure_removes_the_stale_failed_folder_and_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner, "_execute", FakeExecute(fail=("06_full_finetune",)))
+    runner.run_all("smoke", only=["full_finetune"], root=tmp_path, echo=quiet)
+    failed = tmp_path / "smoke" / "failed" / "06_full_finetune"
+    assert (failed / "full_finetune_seed0.json").exists()
+    monkeypatch.setattr(runner, "_execute", FakeExecute())
+    lines: list[str] = []
+    report = runner.run_all("smoke", only=["full_finetune"], root=tmp_path, echo=lines.append)
+    assert report.ok and not failed.exists() and not (tmp_path / "smoke" / "failed").exists()
+    said = [line for line in lines if "earlier failure is resolved: removed failed/06_full_finetune/" in line]
+    assert len(said) == 2  # when it happens, and in the run's closing report
+
+
+# ----------------------------------------------------------------------------- damaged inputs, checked first
+def test_a_damaged_head_that_06_reads_reruns_its_producer_first(fake, tmp_path):
+    runner.run_all("smoke", root=tmp_path, echo=quiet)
+    head = tmp_path / "smoke" / "heads" / "linear_probe_seed0.safetensors"
+    head.write_bytes(head.read_bytes()[:30])               # truncated (before: torch's zip error 31 s into 06)
+    fake.calls.clear()
+    lines: list[str] = []
+    report = runner.run_all("smoke", only=["full_finetune"], extra={"full_finetune": {"epochs": 1}}, root=tmp_path,
+                            echo=lines.append)
+    assert report.ok and fake.notebooks == ["02_linear_probe", "06_full_finetune", "07_comparison"]
+    assert any("also run 02_linear_probe seed 0: heads/linear_probe_seed0.safetensors changed since it was "
+               "written, and 06_full_finetune seed 0 reads it" in line for line in lines), lines
+
+
+def test_a_damaged_result_is_remade_before_the_comparison_reads_it(fake, tmp_path):
+    runner.run_all("smoke", root=tmp_path, echo=quiet)
+    result = tmp_path / "smoke" / "bitfit_seed0.json"
+    result.write_text(result.read_text()[:20])
+    fake.calls.clear()
+    lines: list[str] = []
+    report = runner.run_all("smoke", only=["lora"], root=tmp_path, echo=lines.append)
+    assert report.ok and fake.notebooks == ["03_bitfit", "07_comparison"]      # 05 is up to date
+    assert any("also run 03_bitfit seed 0: bitfit_seed0.json changed" in line for line in lines)
+    summary = pd.read_csv(tmp_path / "smoke" / "summary.csv").set_index("method")
+    assert summary.loc["bitfit", "status"] == "ok"
+
+
+def test_a_damaged_result_without_a_record_fails_the_run_naming_it(fake, tmp_path):
+    atomic_write_text(tmp_path / "smoke" / "prefix_tuning_seed0.json", '{"method": "prefix')
+    lines: list[str] = []
+    report = runner.run_all("smoke", only=["lora"], root=tmp_path, echo=lines.append)
+    assert not report.ok  # before: "all succeeded", prefix-tuning silently "not run"
+    text = "\n".join(lines)
+    assert "prefix_tuning_seed0.json' is damaged" in text and "./run_all.sh --only prefix_tuning --seeds 0" in text
+
+
+def test_remake_command_repeats_the_recorded_run(fake, tmp_path, monkeypatch):
+    runner.run_all("smoke", only=["lora"], seeds=[1], shots=[4], extra={"epochs": 1, "lora": {"alpha": 8}},
+                   root=tmp_path, echo=quiet)
+    command = runner.remake_command(tmp_path / "smoke" / "lora_shots4_seed1.json")
+    assert command.startswith("./run_all.sh --smoke --only lora --seeds 1 --shots 4 ")
+    assert "-p lora.alpha=8" in command and "-p lora.epochs=1" in command
+    assert runner.remake_command(tmp_path / "smoke" / "heads" / "lora_shots4_seed1.safetensors") == command
+    fake.calls.clear()
+    monkeypatch.setenv("CLIPFT_RESULTS", str(tmp_path / "again"))
+    assert cli.main(["run", *shlex.split(command)[1:]]) == 0          # the command runs as printed
+    assert dict(fake.calls)["05_lora"]["config"] == {"alpha": 8} and dict(fake.calls)["05_lora"]["epochs"] == 1
+
+
+# ----------------------------------------------------------------------------- dataset plug-ins
+def test_a_dataset_plugin_is_reached_with_data_name(fake, tmp_path):
+    from clipft_utils.datasets import base
+    from clipft_utils.standin.synthflowers import SynthFlowers
+
+    class Petals(SynthFlowers):  # a plug-in: registered by subclassing, nothing else
+        name = "petals_plugin"
+
+    try:
+        lines: list[str] = []
+        runner.run_all("smoke", only=["bitfit"], data="petals_plugin", root=tmp_path, echo=lines.append,
+                       dry_run=True)   # before: taken for a folder called petals_plugin
+        assert "petals_plugin" in runner.dataset_names()
+        assert any("on petals_plugin" in line for line in lines) and fake.calls == []
+    finally:
+        base.REGISTRY.pop("petals_plugin", None)
 
 
 def test_cli_exit_status_says_whether_everything_succeeded(monkeypatch, tmp_path, capsys):
@@ -411,3 +496,40 @@ def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_cour
     assert results_of(tmp_path / "shard" / "smoke") == expected
     overlap = [(s.notebook, s.seconds) for s in parallel.steps]
     assert sum(s for _, s in overlap) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["group", "runner"])
+def test_ctrl_c_stops_cleanly_with_one_line_and_status_130(tiny_course, tmp_path, target):
+    """Ctrl-C (SIGINT to the whole process group) or SIGINT to the runner alone, while a notebook runs."""
+    tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(60)")
+    root = tmp_path / "results"
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from clipft_utils import __main__ as cli, runner
+        runner.NOTEBOOK_DIR = Path({str(tiny_course)!r})
+        runner.NOTEBOOKS = (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
+        raise SystemExit(cli.main(["run", "--smoke", "--all"]))
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "CLIPFT_RESULTS": str(root)})
+    folder = root / "smoke"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (folder / "bitfit_seed0.json").exists():
+        time.sleep(0.2)
+    assert (folder / "bitfit_seed0.json").exists(), "the notebook never got to write its result"
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("[run_all] interrupted during 03_bitfit") and "Traceback" not in out, out
+    assert last.endswith("nothing half-written; re-run to resume")
+    assert not list((folder / "notebooks").glob(".*running*"))
+    assert not (folder / "notebooks" / "03_bitfit.ipynb").exists()
+    assert not (folder / "bitfit_seed0.json").exists() and not (folder / "runs" / "03_bitfit.json").exists()
+    assert (folder / "failed" / "03_bitfit" / "bitfit_seed0.json").exists()      # set aside, not counted as done
+    assert (folder / "runs" / "01_zero_shot.json").exists()                       # what finished stays finished
+    assert not list((folder / "runs").glob(".*journal"))

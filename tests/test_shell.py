@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,41 @@ def test_lab_bootstraps_then_execs_jupyter_with_the_environment(stub_venv):
 def test_lab_profile_without_a_name_is_refused():
     out = subprocess.run([str(LAB), "--profile"], cwd="/", env=_env(), capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and "--profile needs a name" in out.stderr
+
+
+# --- ./run_all.sh passes Ctrl-C / SIGTERM on to the runner -------------------------------------------------------
+
+STUB_RUNNER = """#!/bin/sh
+# stands in for the venv's python: as `-m clipft_utils run`, a process that says how a signal reached it
+case "$*" in
+    *"clipft_utils run"*) exec "$REAL_PYTHON" -c '
+import signal, sys, time
+def stop(signum, frame):
+    print("python got", signal.Signals(signum).name, flush=True)
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    stop(signal.SIGINT, None)
+' ;;
+    *find_spec*) printf '%s\\n' "$FAKE_FOUND" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_all_sh_forwards_int_and_term_to_the_runner(stub_venv, sig):
+    (stub_venv / "bin" / "python").write_text(STUB_RUNNER)
+    env = _env(**_stub_env(stub_venv), REAL_PYTHON=sys.executable)
+    proc = subprocess.Popen(["bash", str(ROOT / "run_all.sh"), "--smoke"], cwd="/", env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        os.kill(proc.pid, sig)                       # the bash process only (before: bash ignored it, waiting)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert f"python got {sig.name}" in out, out + err
+    assert proc.returncode == 130 and "(exit status 130)" in out, out + err

@@ -56,12 +56,45 @@ def test_ensemble_of_one_template_equals_single(course):
 def test_head_file_round_trip(tmp_path):
     weight = torch.randn(5, 3)
     path = Z.save_head(Z.head_path(tmp_path, "zero_shot"), 2 * weight, templates=["a {}."], model="ToyCLIP")
-    assert path == tmp_path / "heads" / "zero_shot.pt" and not list(path.parent.glob(".*tmp"))
+    assert path == tmp_path / "heads" / "zero_shot.safetensors" and not list(path.parent.glob(".*tmp"))
     head = Z.load_head(path)
     torch.testing.assert_close(head["weight"], 2 * weight)
     torch.testing.assert_close(head["bias"], torch.zeros(5))
     assert head["templates"] == ["a {}."] and head["model"] == "ToyCLIP"
+    assert Z.find_head(tmp_path, "zero_shot")["model"] == "ToyCLIP" and Z.find_head(tmp_path, "lora_seed0") is None
     with pytest.raises(ResultsError, match="bias"):
-        Z.save_head(tmp_path / "bad.pt", weight, torch.zeros(4))
+        Z.save_head(tmp_path / "bad.safetensors", weight, torch.zeros(4))
     with pytest.raises(ResultsError, match="No classifier head"):
-        Z.load_head(tmp_path / "missing.pt")
+        Z.load_head(tmp_path / "missing.safetensors")
+
+
+class _Payload:
+    """A pickle that would leave a file behind if anything unpickled it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "torch pickle", "malicious pickle", "other safetensors"])
+def test_a_damaged_or_foreign_head_is_a_weights_error_naming_it_and_nothing_unpickles(tmp_path, damage):
+    import pickle
+    from safetensors.torch import save_file
+    from clipft_utils.errors import WeightsError
+    path = Z.save_head(Z.head_path(tmp_path, "linear_probe_seed0"), torch.randn(4, 3))
+    marker = tmp_path / "unpickled"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif damage == "torch pickle":
+        torch.save({"weight": torch.zeros(4, 3), "bias": torch.zeros(4)}, path)
+    elif damage == "malicious pickle":
+        path.write_bytes(pickle.dumps({"weight": _Payload(marker)}))
+    else:
+        save_file({"weight": torch.zeros(4, 3)}, str(path))
+    with pytest.raises(WeightsError) as err:
+        Z.find_head(tmp_path, "linear_probe_seed0")
+    text = str(err.value)
+    assert str(path) in text and "./run_all.sh" in text and "--only linear_probe --seeds 0" in text, text
+    assert "weights_only" not in text and not marker.exists()
