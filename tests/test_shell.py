@@ -255,3 +255,10 @@ def test_lab_as_a_user_does_not_allow_root():
     assert out.returncode == 0, out.stderr
     assert shlex.split(out.stdout.splitlines()[-1]) == ["jupyter", "lab", str(ROOT / "notebooks")]
     assert "--allow-root" not in out.stdout + out.stderr
+
+
+def test_lab_passes_the_users_results_root_to_jupyter(stub_venv):
+    """README: `CLIPFT_RESULTS=… ./lab.sh` keeps JupyterLab's results apart from run_all.sh's."""
+    (stub_venv / "bin" / "jupyter").write_text('#!/bin/sh\necho "results root ${CLIPFT_RESULTS:-unset}"\n')
+    out = _lab("--smoke", **_stub_env(stub_venv), CLIPFT_RESULTS="/somewhere/lab-results")
+    assert out.returncode == 0 and "results root /somewhere/lab-results" in out.stdout, out.stderr
