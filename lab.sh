@@ -41,7 +41,7 @@ settings+=("PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}")
 [ "$profile" = smoke ] && settings+=("HF_HUB_OFFLINE=1")   # the stand-in never needs the network
 cmd=(jupyter lab "$ROOT/notebooks" ${pass[@]+"${pass[@]}"})
 # Jupyter refuses to start as root without --allow-root, and many workshop containers run as root
-if [ "${EUID:-$(id -u)}" = 0 ] && [[ " ${pass[*]-} " != *" --allow-root "* ]]; then
+if [ "${EUID:-$(id -u)}" = 0 ] && [[ " ${pass[*]-} " != *" --allow-root "* && "${pass[*]-}" != *allow_root* ]]; then
     cmd+=(--allow-root)
     echo "[lab] running as root: passing --allow-root to jupyter lab" >&2
 fi

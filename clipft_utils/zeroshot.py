@@ -4,13 +4,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .errors import ResultsError
 from .paths import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HEAD_KEYS = ("weight", "bias")
 
@@ -27,7 +30,7 @@ def head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 
 def template_accuracy(per_template: torch.Tensor, templates: Sequence[str], splits: Mapping[str, Any],
-                      scale: float = 1.0, rank_on: str = "val") -> Any:
+                      scale: float = 1.0, rank_on: str = "val") -> pd.DataFrame:
     """Top-1 of each template alone on each split, one ``"<split> top-1"`` column per split, ranked on ``rank_on``.
 
     ``per_template``: [C, T, D] class embeddings, one per template; ``splits``: name -> features with ``labels``.

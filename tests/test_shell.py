@@ -247,6 +247,7 @@ def test_lab_as_root_passes_allow_root_and_says_so(stub_venv):
     assert "running as root" in started.stderr
     given = _lab("--dry-run", "--allow-root")  # the user's own --allow-root is not doubled
     assert shlex.split(given.stdout.splitlines()[-1]).count("--allow-root") == 1
+    assert "--allow-root" not in _lab("--dry-run", "--ServerApp.allow_root=True").stdout
 
 
 @pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="root without setpriv to drop it")
