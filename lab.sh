@@ -5,6 +5,7 @@
 #   ./lab.sh --profile NAME                    CLIPFT_PROFILE=NAME (the default of notebooks that leave profile = None)
 #   ./lab.sh --smoke --no-browser --port 8899  every other option goes to `jupyter lab` (also all after `--`)
 #   ./lab.sh --smoke --dry-run                 print the variables it sets and the command, one per line; start nothing
+#   (as root it adds --allow-root, which jupyter needs there, and says so)
 set -euo pipefail
 ROOT="$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")" >/dev/null && pwd)"
 
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
                 exit 2
             fi ;;
         --dry-run) dry_run=1 ;;
-        -h|--help) sed -n '2,7p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --) shift; pass+=("$@"); break ;;
         *) pass+=("$1") ;;
     esac
@@ -39,6 +40,11 @@ settings=()
 settings+=("PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}")
 [ "$profile" = smoke ] && settings+=("HF_HUB_OFFLINE=1")   # the stand-in never needs the network
 cmd=(jupyter lab "$ROOT/notebooks" ${pass[@]+"${pass[@]}"})
+# Jupyter refuses to start as root without --allow-root, and many workshop containers run as root
+if [ "${EUID:-$(id -u)}" = 0 ] && [[ " ${pass[*]-} " != *" --allow-root "* && "${pass[*]-}" != *allow_root* ]]; then
+    cmd+=(--allow-root)
+    echo "[lab] running as root: passing --allow-root to jupyter lab" >&2
+fi
 
 if [ "$dry_run" = 1 ]; then
     printf '%s\n' "${settings[@]}"

@@ -58,8 +58,9 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", model="ToyCLIP", pretrained="synthflowers", dataset="synthflowers",
         batch_size=64, eval_batch_size=64,  # on this CPU a batch of 512 evaluates 1.75x slower than 64 (measured)
-        # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the seed's 30-40 epochs on
-        # ViT-B-32: at 5 epochs LoRA reaches 39.7 % with lr 1e-3 vs 26.0 % with the seed's 1e-4 (stand-in test).
+        # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 30-40
+        # epochs on ViT-B-32: at 5 epochs LoRA reaches 39.7 % with lr 1e-3 vs 26.0 % with the reference 1e-4
+        # (stand-in test).
         overrides={"linear_probe": {"epochs": 50},
                    "bitfit": {"epochs": 5},
                    "prefix_tuning": {"epochs": 5, "lr": 1e-3},

@@ -1,4 +1,4 @@
-"""Linear probes on frozen, cached features: the seed's torch recipe and CLIP's L-BFGS logistic regression."""
+"""Linear probes on frozen, cached features: the reference torch recipe and CLIP's L-BFGS logistic regression."""
 from __future__ import annotations
 
 import contextlib
@@ -165,7 +165,7 @@ def feature_eval(features: torch.Tensor, labels: torch.Tensor):
 def train_torch_probe(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, val_y: torch.Tensor,
                       cfg: Any, *, init: torch.Tensor | None = None, num_classes: int | None = None, seed: int = 0,
                       device: str | torch.device = "cpu", progress: bool = False):
-    """The seed's recipe: a linear head on normalised features trained with ``engine.fit`` -> (probe, TrainResult)."""
+    """The reference recipe: a linear head on normalised features trained with ``engine.fit`` -> (probe, TrainResult)."""
     from .engine import fit
     from .methods import apply_method
     num_classes = num_classes or (init.shape[0] if init is not None else int(train_y.max()) + 1)

@@ -5,13 +5,16 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .errors import ResultsError, WeightsError
 from .paths import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 HEAD_KEYS = ("weight", "bias")
 HEAD_FORMAT = "clipft-head-1"
@@ -26,6 +29,24 @@ def head_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """The course's head convention on features: ``W · normalize(f) + b``."""
     logits = F.normalize(features.float(), dim=-1) @ weight.float().T
     return logits if bias is None else logits + bias.float()
+
+
+def template_accuracy(per_template: torch.Tensor, templates: Sequence[str], splits: Mapping[str, Any],
+                      scale: float = 1.0, rank_on: str = "val") -> pd.DataFrame:
+    """Top-1 of each template alone on each split, one ``"<split> top-1"`` column per split, ranked on ``rank_on``.
+
+    ``per_template``: [C, T, D] class embeddings, one per template; ``splits``: name -> features with ``labels``.
+    Ties keep the templates' order; only ``rank_on`` (validation) decides the ranking, never test.
+    """
+    import pandas as pd
+    if per_template.shape[1] != len(templates) or rank_on not in splits:
+        raise ValueError(f"template_accuracy needs one embedding per template ({per_template.shape[1]} for "
+                         f"{len(templates)}) and the split it ranks on ({rank_on!r} among {list(splits)}).")
+    table = pd.DataFrame({f"{name} top-1": [
+        (zero_shot_logits(fs.features, per_template[:, t], scale).argmax(1) == torch.as_tensor(fs.labels))
+        .float().mean().item() for t in range(len(templates))] for name, fs in splits.items()},
+        index=pd.Index(list(templates), name="template"))
+    return table.sort_values(f"{rank_on} top-1", ascending=False, kind="stable")
 
 
 def template_sets(course: Any) -> dict[str, list[str]]:

@@ -1,4 +1,4 @@
-"""Configs: the seed's defaults, and bad values rejected with the field's name before any work."""
+"""Configs: the reference recipe's defaults, and bad values rejected with the field's name before any work."""
 from __future__ import annotations
 
 import pytest

@@ -9,6 +9,7 @@ import hashlib
 import os
 import shlex
 import signal
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -188,7 +189,10 @@ def _dry(*args: str, **env: str) -> list[str]:
     out = subprocess.run([str(LAB), "--dry-run", *args], cwd="/", env=_env(**env), capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 0, out.stderr
-    return out.stdout.splitlines()
+    lines = out.stdout.splitlines()
+    if os.geteuid() == 0:  # as root lab.sh appends --allow-root (tested on its own below); compare the rest
+        lines[-1] = lines[-1].removesuffix(" --allow-root")
+    return lines
 
 
 def test_lab_smoke_dry_run_sets_profile_offline_and_this_checkout_first():
@@ -262,3 +266,37 @@ def test_run_all_sh_forwards_int_and_term_to_the_runner(stub_venv, sig):
         proc.kill()
     assert f"python got {sig.name}" in out, out + err
     assert proc.returncode == 130 and "(exit status 130)" in out, out + err
+def _lab(*args: str, as_user: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """Run ./lab.sh; ``as_user``: as an unprivileged user (nobody) when these tests run as root."""
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_user and os.geteuid() == 0 else []
+    return subprocess.run([*drop, str(LAB), *args], cwd="/", env=_env(**env), capture_output=True, text=True,
+                          timeout=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: lab.sh adds --allow-root only there")
+def test_lab_as_root_passes_allow_root_and_says_so(stub_venv):
+    dry = _lab("--smoke", "--dry-run")
+    assert dry.returncode == 0 and shlex.split(dry.stdout.splitlines()[-1])[-1] == "--allow-root", dry.stdout
+    assert "[lab] running as root: passing --allow-root to jupyter lab" in dry.stderr
+    started = _lab("--smoke", "--port", "8899", **_stub_env(stub_venv))  # the fake jupyter prints its arguments
+    assert started.returncode == 0, started.stderr
+    assert f"jupyter-args: lab {ROOT}/notebooks --port 8899 --allow-root" in started.stdout
+    assert "running as root" in started.stderr
+    given = _lab("--dry-run", "--allow-root")  # the user's own --allow-root is not doubled
+    assert shlex.split(given.stdout.splitlines()[-1]).count("--allow-root") == 1
+    assert "--allow-root" not in _lab("--dry-run", "--ServerApp.allow_root=True").stdout
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="root without setpriv to drop it")
+def test_lab_as_a_user_does_not_allow_root():
+    out = _lab("--smoke", "--dry-run", as_user=True)
+    assert out.returncode == 0, out.stderr
+    assert shlex.split(out.stdout.splitlines()[-1]) == ["jupyter", "lab", str(ROOT / "notebooks")]
+    assert "--allow-root" not in out.stdout + out.stderr
+
+
+def test_lab_passes_the_users_results_root_to_jupyter(stub_venv):
+    """README: `CLIPFT_RESULTS=… ./lab.sh` keeps JupyterLab's results apart from run_all.sh's."""
+    (stub_venv / "bin" / "jupyter").write_text('#!/bin/sh\necho "results root ${CLIPFT_RESULTS:-unset}"\n')
+    out = _lab("--smoke", **_stub_env(stub_venv), CLIPFT_RESULTS="/somewhere/lab-results")
+    assert out.returncode == 0 and "results root /somewhere/lab-results" in out.stdout, out.stderr

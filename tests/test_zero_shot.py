@@ -1,6 +1,8 @@
 """Zero-shot from cached features equals the classifier with the zero-shot head; heads survive a round trip."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,3 +100,19 @@ def test_a_damaged_or_foreign_head_is_a_weights_error_naming_it_and_nothing_unpi
     text = str(err.value)
     assert str(path) in text and "./run_all.sh" in text and "--only linear_probe --seeds 0" in text, text
     assert "weights_only" not in text and not marker.exists()
+
+
+def test_template_accuracy_ranks_on_validation_and_shows_test():
+    # two classes along the axes; template "a" is right on validation only, "b" on test only, "c" on neither
+    right, swapped = torch.eye(2), torch.eye(2).flip(0)
+    per_template = torch.stack([right, swapped, swapped], dim=1)  # [C=2, T=3, D=2]
+    val = SimpleNamespace(features=torch.tensor([[1.0, 0.1], [0.1, 1.0]]), labels=torch.tensor([0, 1]))
+    test = SimpleNamespace(features=val.features, labels=torch.tensor([1, 0]))
+    table = Z.template_accuracy(per_template, ["a {}", "b {}", "c {}"], {"val": val, "test": test}, scale=10.0)
+    assert list(table.columns) == ["val top-1", "test top-1"]
+    assert list(table.index) == ["a {}", "b {}", "c {}"]           # ranked on validation; the b/c tie keeps order
+    assert table.loc["a {}"].tolist() == [1.0, 0.0] and table.loc["b {}"].tolist() == [0.0, 1.0]
+    assert list(Z.template_accuracy(per_template, ["a {}", "b {}", "c {}"], {"val": val, "test": test},
+                                    rank_on="test").index)[0] == "b {}"
+    with pytest.raises(ValueError, match="one embedding per template"):
+        Z.template_accuracy(per_template, ["a {}"], {"val": val})
