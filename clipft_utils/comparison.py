@@ -462,14 +462,15 @@ def write_summary(profile: str, folder: str | Path) -> str:
         " (runs differ: compare rows with care)." if len(sizes) > 1 else ".") if sizes else ""
     text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", *alarm, "",
                       f"Main rows: {'every training image' if k is None else f'{int(k)} training image(s) per class'}; "
-                      "accuracy is mean ± std over seeds when several seeds exist. " + tested + " " + memory_note(df), "",
+                      "accuracy is mean ± std over seeds when several seeds exist. " + tested + " " + memory_note(df),
+                      "", *table_notes(table), "",
                       to_markdown(format_table(table)), "",
                       f"{int((table['status'] == 'ok').sum())} of {len(METHODS)} methods have results.", ""])
     combo = combination_table(df)
     if len(combo):
         text += ("\n## Combinations and variants\n\n"
-                 "Each row says what it measured and on how many images; all choices were made on validation.\n\n"
-                 + to_markdown(format_table(combo)) + "\n")
+                 "Each row says what it measured and on how many images; all choices were made on validation. "
+                 + " ".join(table_notes(combo)[1:]) + "\n\n" + to_markdown(format_table(combo)) + "\n")
     by_shots = shots_table(df)
     if by_shots["shots"].nunique(dropna=False) > 1:
         text += "\n## Accuracy by training images per class (mean ± std (seeds))\n\n" + \
@@ -731,6 +732,11 @@ def method_colour(method: str) -> str:
     return f"C{METHODS.index(method)}" if method in METHODS else "C7"
 
 
+def method_marker(method: str) -> str:
+    """One marker shape per method, so that points at the same place stay apart in the legend's eyes."""
+    return "osD^vP"[METHODS.index(method)] if method in METHODS else "X"
+
+
 def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool):
     """One point per method, named in a legend outside the axes (labels beside points overlap and leave the frame)."""
     from .plots import legend_outside
@@ -743,7 +749,8 @@ def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str,
     for r in shown.to_dict("records"):
         xv = max(r[x], 1.0) if logx else r[x]
         err = 100 * r["test_acc_std"] if not pd.isna(r["test_acc_std"]) else None
-        ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt="o", ms=8, capsize=3, color=method_colour(r["method"]),
+        ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt=method_marker(r["method"]), ms=8, capsize=3, alpha=0.85,
+                    color=method_colour(r["method"]),
                     label=r["method"] + (" (0 trained: drawn at 1)" if logx and r[x] == 0 else ""))
     missing = [str(m) for m in _col(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
     if logx and len(shown):
@@ -890,8 +897,8 @@ def curve_starts(df: pd.DataFrame) -> pd.DataFrame:
     rows += [{"method": f"{m} (no epochs)", "first epoch": None, "val after first epoch (%)": None,
               "best val (%)": 100 * v} for m, v in lines.items()]
     out = pd.DataFrame(rows, columns=["method", "first epoch", "val after first epoch (%)", "best val (%)"])
-    out["zero-shot val (%)"] = None if zs is None else 100 * zs
-    return out.round(1)
+    out["zero-shot val (%)"] = np.nan if zs is None else 100 * zs
+    return out.astype({"first epoch": "Int64"}).round(1)
 
 
 def per_class_matrix(df: pd.DataFrame, classnames: Sequence[str] | None = None) -> pd.DataFrame:
