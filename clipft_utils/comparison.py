@@ -850,7 +850,7 @@ def zero_shot_val(df: pd.DataFrame) -> float | None:
 
 def plot_learning_curves(df: pd.DataFrame, label: str):
     """Validation accuracy of every trained method (best epoch starred); zero-shot as a dashed line; a row without
-    epochs of its own (the probe's L-BFGS) as a dash-dotted line at its validation accuracy, named in the legend.
+    epochs of its own (the probe's L-BFGS) as a dash-dotted line at its validation accuracy, "(L-BFGS, no epochs)".
 
     Runs of different lengths (a 50-epoch linear probe, 5-epoch fine-tuning) share a fraction-of-training axis.
     """
@@ -872,7 +872,7 @@ def plot_learning_curves(df: pd.DataFrame, label: str):
     for method, val in lines.items():
         recipe = _recipe(main[_col(main, "method") == method]) or "its recipe"
         ax.axhline(100 * val, ls="-.", color=method_colour(method),
-                   label=f"{method} ({recipe}: no epochs; its validation accuracy)")
+                   label=f"{method} ({recipe}, no epochs)")
     zs = zero_shot_val(df)
     if zs is not None:
         ax.axhline(100 * zs, ls="--", color="grey", label="zero_shot (no training)")
@@ -988,8 +988,8 @@ def curve_points(curve: Any, ykeys: Sequence[str] = ("test_acc", "acc", "top1", 
         return np.array([]), np.array([])
 
 
-WISE_COLOURS = {"validation": "C0", "test": "C1"}
-"""The colours of 06's WiSE-FT figure (``plots.metric_curve``: validation first, test second)."""
+WISE_COLOURS = {"validation": "tab:blue", "test": "tab:orange"}
+"""The validation and test colours of 06's WiSE-FT figure (``plots.metric_curve``)."""
 
 
 def _wise_panel(ax, df: pd.DataFrame) -> None:

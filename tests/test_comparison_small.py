@@ -136,7 +136,7 @@ def test_the_l_bfgs_probe_is_its_validation_line_not_the_adamw_curve(tmp_path):
     assert set(curves) == {"lora"} and lines == {"linear_probe": pytest.approx(0.50)}
     ax = C.plot_learning_curves(df, "LABEL").axes[0]
     named = {line.get_label(): line for line in ax.get_lines()}
-    probe = named["linear_probe (L-BFGS: no epochs; its validation accuracy)"]
+    probe = named["linear_probe (L-BFGS, no epochs)"]
     assert list(probe.get_ydata()) == [pytest.approx(50.0)] * 2 and probe.get_linestyle() == "-."
     assert not [n for n in named if n.startswith("linear_probe") and "epochs)" in n and "no epochs" not in n]
     plt.close("all")
@@ -181,8 +181,9 @@ def test_wise_ft_colours_match_notebook_06(tmp_path):
     curve = [{"alpha": a, "test_acc": 0.5 + a / 4, "val_acc": 0.4 + a / 4} for a in (0, 0.5, 1)]
     write(folder, "wise_ft", [0.6, 0.6], variant="alpha1", alpha=1.0, curve=curve)
     fig = C.plot_combinations(load_results("smoke", tmp_path), "LABEL")
-    colours = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
-    assert colours["validation"] == "C0" and colours["test"] == "C1"           # 06: metric_curve, validation first
+    colours = {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
+    assert colours["validation"] == matplotlib.colors.to_hex("tab:blue")       # as 06's WiSE-FT figure
+    assert colours["test"] == matplotlib.colors.to_hex("tab:orange")
     plt.close(fig)
 
 
