@@ -697,8 +697,10 @@ def recommendation_grid(df: pd.DataFrame, tasks: int = 1, labelled_per_class: in
         note = (f"The answer does not move: {picks[0]} at every budget and need — it is preferred at the smallest "
                 "budget already, so on this run's numbers memory does not decide (see the reasons above).")
     else:
+        steps = lambda col: " → ".join(m for i, m in enumerate(col) if i == 0 or m != col[i - 1])  # noqa: E731
         note = (f"Budgets: one below every measured training memory, then each of the {len(measured)} measured values "
-                "(each admits one more method); read down a column to see the answer move.")
+                "(each admits one more method). As the budget grows: "
+                + "; ".join(f"{n}: {steps(list(grid[n]))}" for n in NEEDS) + ".")
     return grid, note
 
 

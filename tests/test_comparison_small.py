@@ -204,6 +204,7 @@ def test_budgets_from_the_measured_range_change_the_pick(tmp_path):
     assert list(grid["best"]) == ["zero_shot", "linear_probe", "bitfit", "bitfit", "lora", "full_finetune",
                                   "full_finetune"]
     assert grid.index[0].endswith("(below every measured)") and "each of the 5 measured values" in note
+    assert "best: zero_shot → linear_probe → bitfit → lora → full_finetune;" in note
 
 
 def test_the_grid_says_plainly_when_budgets_cannot_separate_methods(tmp_path):
