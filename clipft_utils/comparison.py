@@ -23,6 +23,7 @@ NEEDS = ("best", "good", "cheap")
 SMALL_GPU_MB = 8 * 1024          # the course's rule of thumb: "GPU memory < 8 GB -> BitFit or linear probe"
 GOOD_ENOUGH_POINTS = 2.0         # need="good": within this many accuracy points of the best that fits
 SHARED_BACKBONE_PERCENT = 5.0    # tasks > 1: a method "shares the backbone" if it trains <= this % per task
+TOP_K = 5                        # top-k lists; with C < 5 classes they show the top C (a top-5 of 3 classes is a top-3)
 
 
 
@@ -154,6 +155,8 @@ def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
     # trained epochs; rows written before epochs_run: their own history's length (never another recipe's)
     epochs = num("epochs_run").fillna(from_history.where(_borrowed_history(rows) == ""))
     sizes = sorted({int(n) for n in num("n_test").dropna()})
+    classes = [len(v) for v in _col(rows, "per_class_acc") if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
+    measures = sorted({str(v) for v in _col(rows, "memory_measure").dropna() if str(v)})
     return {
         "status": "ok", "n_seeds": int(_col(rows, "seed").nunique()),
         "measured": _measured(rows), "n_test": sizes[0] if len(sizes) == 1 else (np.nan if not sizes else -1),
@@ -163,12 +166,13 @@ def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
         "peak_memory_mb": num("peak_memory_mb").mean(), "test_acc": acc.mean(),
         "test_acc_std": acc.std(ddof=1) if acc.count() > 1 else np.nan, "test_top5": num("test_top5").mean(),
         "val_acc": num("val_acc").mean(), "images_per_second": num("images_per_second").mean(),
+        "n_classes": max(classes) if classes else np.nan, "memory_measure": " | ".join(measures) or None,
     }
 
 
 TABLE_COLUMNS = ["method", "type", "status", "n_seeds", "measured", "n_test", "epochs", "shots", "trainable_params",
                  "total_params", "trainable_percent", "train_seconds", "peak_memory_mb", "test_acc", "test_acc_std",
-                 "test_top5", "val_acc", "images_per_second"]
+                 "test_top5", "val_acc", "images_per_second", "n_classes", "memory_measure"]
 
 
 def summary_table(df: pd.DataFrame, include_missing: bool = True, shots: Any = "auto") -> pd.DataFrame:
@@ -230,6 +234,49 @@ def shots_display(table: pd.DataFrame) -> pd.DataFrame:
     return wide.reindex(index=[m for m in METHODS if m in wide.index], columns=cols).fillna("—")
 
 
+def curve_shots(df: pd.DataFrame) -> list[float]:
+    """The shots values (k per class) at which trained methods ran: a curve needs at least two."""
+    table = shots_table(df)
+    return sorted(table["shots"][table["shots"].notna() & (table["method"] != "zero_shot")].unique())
+
+
+def shots_curve_skipped(df: pd.DataFrame) -> str:
+    """Why the accuracy-vs-shots figure is not drawn ("" when it is: trained runs at several shots values k)."""
+    ks = curve_shots(df)
+    if len(ks) > 1:
+        return ""
+    table = shots_table(df)
+    trained = table[table["method"] != "zero_shot"]
+    points = [f"{int(k)} per class" for k in ks] + (["every training image"] if trained["shots"].isna().any() else [])
+    return (f"07_accuracy_vs_shots.png not drawn: trained methods ran at {' and '.join(points) or 'no point'}; "
+            "a curve needs at least two values of k (training images per class).")
+
+
+def run_command(course: Any, df: pd.DataFrame, seeds: Sequence[int] | None = None,
+                shots: Sequence[int | str] | None = None) -> str:
+    """The command that reproduces this run — profile, data, shots and seeds of its results, and 07's test subset when
+    it is not the profile's — with ``seeds`` or ``shots`` replaced when given (e.g. to add seeds)."""
+    import shlex
+    prof, data = course.profile, course.data
+    parts = ["./run_all.sh", "--profile", prof.name]
+    if data.name == "imagefolder" and data.root is not None:
+        parts += ["--data", shlex.quote(str(data.root))]
+    elif data.name != prof.dataset:
+        parts += ["--data", data.name]
+    main = df[_is_main(df)] if len(df) and "method" in df.columns else pd.DataFrame()
+    if shots is None:
+        ks = _shots(main[main["method"] != "zero_shot"]) if len(main) else pd.Series(dtype=float)
+        shots = [int(k) for k in sorted(ks.dropna().unique())] + (["all"] if ks.isna().any() else [])
+    if [str(k) for k in shots] not in ([], [str(prof.shots if prof.shots is not None else "all")]):
+        parts += ["--shots", *map(str, shots)]
+    seeds = seeds if seeds is not None else sorted({int(v) for v in _col(main, "seed").dropna()}) or [course.seed]
+    parts += ["--seeds", *map(str, seeds)]
+    tpc = course.sampling.get("test_per_class")
+    if (tpc or None) != (prof.test_per_class or None):
+        parts += ["-p", f"test_per_class={tpc or 0}"]
+    return " ".join(parts)
+
+
 def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):
     """Test accuracy against training images per class: one line per method, mean ± std band over seeds,
     zero-shot (which trains nothing) as a horizontal line."""
@@ -245,15 +292,15 @@ def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):
     zs = table[table["method"] == "zero_shot"]
     if len(zs):
         ax.axhline(100 * zs["mean"].mean(), color="grey", ls="--", label="zero_shot (no training)")
-    if not len(curves):
-        ax.text(0.5, 0.5, "no runs with shots set: run ./run_all.sh --shots 1 2 4 ...", ha="center", va="center",
-                transform=ax.transAxes, color="grey")
+    logx = len(curves) > 0
+    if not logx:
+        _empty(ax, "no trained runs at a shots value: nothing to draw a curve through")
     else:
         ax.set_xscale("log", base=2)
         ticks = sorted(curves["shots"].unique())
         ax.set_xticks(ticks, [f"{int(k)}" for k in ticks])
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set(xlabel="training images per class (log scale)", ylabel="test accuracy (%)",
+    ax.set(xlabel="training images per class" + (" (log scale)" if logx else ""), ylabel="test accuracy (%)",
            title=title("Accuracy vs labelled images per class (mean ± std over seeds)", label))
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
@@ -306,6 +353,53 @@ DISPLAY_COLUMNS = ("method", "type", "measured", "on images", "epochs", "shots",
                    "train time (s)", "training memory (MB)", "accuracy (%)", "seeds", "top-5 (%)", "images / s")
 
 
+SEVERAL_MODELS = ("ensemble",)
+"""Rows made of several models: their trainable parameters are the sum over the members, a percentage of one model
+is not defined."""
+SAME_AS = {0.0: "equals the starting zero-shot model", 1.0: "equals full fine-tuning"}
+"""What a WiSE-FT row is when validation chose an end of the α line."""
+
+
+def _wise_alpha(method: str, variant: Any) -> float | None:
+    """The α of a ``wise_ft`` row's variant (``alpha0.5`` -> 0.5), else None."""
+    if method != "wise_ft" or not isinstance(variant, str) or not variant.startswith("alpha"):
+        return None
+    try:
+        return float(variant[len("alpha"):])
+    except ValueError:
+        return None
+
+
+def display_name(method: str, variant: Any = None) -> str:
+    """``method [variant]``; a WiSE-FT row whose chosen α is 0 or 1 says which model it equals."""
+    alpha = _wise_alpha(method, variant)
+    if alpha in SAME_AS:
+        return f"{method} [α = {alpha:g} chosen: {SAME_AS[alpha]}]"
+    return method + (f" [{variant}]" if isinstance(variant, str) and variant else "")
+
+
+def _top5_cell(r: dict) -> str:
+    """Top-5 accuracy, or why it is not shown: with C <= 5 classes every class is in the top 5 (100 %, says nothing)."""
+    n = r.get("n_classes")
+    if n is not None and not pd.isna(n) and n <= TOP_K:
+        return f"— ({int(n)} classes)"
+    return _acc(r.get("test_top5"), np.nan, 1)
+
+
+def table_notes(table: pd.DataFrame) -> list[str]:
+    """What the columns of ``format_table(table)`` mean where a cell is left empty on purpose."""
+    notes = ["trainable %: trainable parameters as a percentage of the model's parameters."]
+    methods = set(_col(table, "method"))
+    if methods & set(SEVERAL_MODELS):
+        notes.append("Ensembles are several models: their trainable params are the sum over the members, and "
+                     "trainable % is left empty (a percentage of one model is not defined for several).")
+    n = pd.to_numeric(_col(table, "n_classes"), errors="coerce")
+    if (n <= TOP_K).any():
+        notes.append(f"top-5 (%) is left empty: with {int(n.min())} classes every class is in the top 5, so it "
+                     "would be 100 % whatever the method.")
+    return notes
+
+
 def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as display strings: what each accuracy measures, on how many images, after how many epochs."""
     out = []
@@ -318,7 +412,7 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
         variant = r.get("variant")
         n_test = r.get("n_test")
         out.append({
-            "method": r["method"] + (f" [{variant}]" if isinstance(variant, str) and variant else ""),
+            "method": display_name(r["method"], variant),
             "type": r.get("type") or METHOD_TYPE.get(r["method"], "combination"),
             "measured": r.get("measured") or "test top-1",
             "on images": "mixed" if n_test == -1 else _num(n_test, "{:,.0f}"),
@@ -326,11 +420,11 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
             "shots": ("0" if r.get("type") == "no training" else   # zero-shot uses no training image
                       "all" if pd.isna(r.get("shots", np.nan)) else _num(r.get("shots"), "{:.0f}")),
             "trainable params": _count(r.get("trainable_params")),
-            "trainable %": _num(r.get("trainable_percent"), "{:.2f}"),
+            "trainable %": "—" if r["method"] in SEVERAL_MODELS else _num(r.get("trainable_percent"), "{:.2f}"),
             "train time (s)": _num(r.get("train_seconds")),
             "training memory (MB)": _num(r.get("peak_memory_mb"), "{:.0f}"),
             "accuracy (%)": _acc(r.get("test_acc"), r.get("test_acc_std"), n), "seeds": str(n),
-            "top-5 (%)": _acc(r.get("test_top5"), np.nan, 1), "images / s": _num(r.get("images_per_second"), "{:.0f}"),
+            "top-5 (%)": _top5_cell(r), "images / s": _num(r.get("images_per_second"), "{:.0f}"),
         })
     return pd.DataFrame(out, columns=list(DISPLAY_COLUMNS))
 
@@ -345,12 +439,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 def memory_note(df: pd.DataFrame) -> str:
     """What the training-memory column measured (on CPU it is not GPU memory)."""
-    how = {str(v).split(":")[0] for v in _col(df, "memory_measure").dropna() if str(v)}
-    by = " and ".join(sorted("the CUDA allocator" if h.startswith("CUDA") else "the process's resident memory (RSS)"
-                             for h in how)) or "the process"
-    cpu = any(h.startswith("CPU") for h in how)
-    return (f"Training memory (MB): the model plus the peak increase while it trained, measured by {by}."
-            + (" On a CPU that is process memory, not GPU memory." if cpu else ""))
+    return ("Training memory (MB): the model plus the peak increase while it trained, measured as "
+            f"{memory_kind(_col(df, 'memory_measure'))}.")
 
 
 def write_summary(profile: str, folder: str | Path) -> str:
@@ -372,14 +462,15 @@ def write_summary(profile: str, folder: str | Path) -> str:
         " (runs differ: compare rows with care)." if len(sizes) > 1 else ".") if sizes else ""
     text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", *alarm, "",
                       f"Main rows: {'every training image' if k is None else f'{int(k)} training image(s) per class'}; "
-                      "accuracy is mean ± std over seeds when several seeds exist. " + tested + " " + memory_note(df), "",
+                      "accuracy is mean ± std over seeds when several seeds exist. " + tested + " " + memory_note(df),
+                      "", *table_notes(table), "",
                       to_markdown(format_table(table)), "",
                       f"{int((table['status'] == 'ok').sum())} of {len(METHODS)} methods have results.", ""])
     combo = combination_table(df)
     if len(combo):
         text += ("\n## Combinations and variants\n\n"
-                 "Each row says what it measured and on how many images; all choices were made on validation.\n\n"
-                 + to_markdown(format_table(combo)) + "\n")
+                 "Each row says what it measured and on how many images; all choices were made on validation. "
+                 + " ".join(table_notes(combo)[1:]) + "\n\n" + to_markdown(format_table(combo)) + "\n")
     by_shots = shots_table(df)
     if by_shots["shots"].nunique(dropna=False) > 1:
         text += "\n## Accuracy by training images per class (mean ± std (seeds))\n\n" + \
@@ -484,10 +575,32 @@ def _pick(cand: pd.DataFrame, need: str) -> tuple[pd.Series, list[str]]:
                       f"({best['method']}, {acc(best)}): {', '.join(close['method'])}; of these "
                       f"{pick['method']} trains the fewest parameters ({_count(pick['trainable_params'])}) "
                       f"at {acc(pick)}."]
-    pick = cand.sort_values(["train_seconds", "peak_memory_mb"]).iloc[0]
-    return pick, [f"need='cheap': {pick['method']} is the quickest to train that fits "
-                  f"({_num(pick['train_seconds'])} s measured) at {acc(pick)} "
-                  f"(best that fits: {best['method']}, {acc(best)})."]
+    return _cheapest(cand, key, split, acc)
+
+
+def _cheapest(cand: pd.DataFrame, key: str, split: str, acc) -> tuple[pd.Series, list[str]]:
+    """need='cheap' with labelled data: the most accuracy gained over zero-shot per second of training.
+
+    Cost is the measured training time (memory enters only through the budget); zero-shot costs nothing and gains
+    nothing, so it is chosen only when no trained method that fits beats it.
+    """
+    zs = cand[cand["method"] == "zero_shot"]
+    base = float(zs[key].iloc[0]) if len(zs) else 0.0
+    trained = cand[(cand["method"] != "zero_shot") & (pd.to_numeric(cand["train_seconds"], errors="coerce") > 0)]
+    rate = (trained[key] - base) / trained["train_seconds"].astype(float)
+    gains = trained.assign(_rate=rate)[rate > 0].sort_values("_rate", ascending=False)
+    against = f"zero-shot's {_pct(base)}" if len(zs) else "0 (zero-shot not measured)"
+    how = (f"need='cheap': cost = measured training time; the choice is the most {split} accuracy gained over "
+           f"{against} per second of training")
+    if not len(gains):
+        pick = zs.iloc[0] if len(zs) else cand.sort_values("train_seconds").iloc[0]
+        return pick, [f"{how}: no trained method that fits beats zero-shot, so {pick['method']} ({acc(pick)}), "
+                      "which trains nothing."]
+    pick = gains.iloc[0]
+    per = lambda r: f"{r['method']} {100 * (r[key] - base):+.1f} points in {_num(r['train_seconds'])} s"  # noqa: E731
+    others = "; ".join(per(r) for _, r in gains.iloc[1:].iterrows())
+    return pick, [f"{how}: {per(pick)} ({100 * pick['_rate']:.2f} points/s) at {acc(pick)}"
+                  + (f" (next: {others})." if others else ".")]
 
 
 def _caveats(df: pd.DataFrame) -> list[str]:
@@ -554,6 +667,43 @@ def recommend(df: pd.DataFrame, memory_budget_mb: float, need: str = "best", tas
     return Recommendation(str(pick["method"]), reasons + why + caveats, list(cand["method"]))
 
 
+def memory_budgets(df: pd.DataFrame, shots: Any = "auto") -> dict[float, str]:
+    """Budgets (MB) from what this run measured: each trained method's training memory, rounded up to the MB so
+    that it just fits, with the methods it admits last."""
+    table = summary_table(df, include_missing=False, shots=shots) if len(df) else pd.DataFrame()
+    mem = _numeric(table[table["method"] != "zero_shot"], "peak_memory_mb") if len(table) else table
+    budgets: dict[float, list[str]] = {}
+    for m, v in zip(_col(mem, "method"), _col(mem, "peak_memory_mb")):
+        if not pd.isna(v):
+            budgets.setdefault(float(math.ceil(v)), []).append(str(m))
+    return {b: f"{memory_str(b)} (= {' = '.join(ms)}'s training memory)" for b, ms in sorted(budgets.items())}
+
+
+def recommendation_grid(df: pd.DataFrame, tasks: int = 1, labelled_per_class: int | None = None,
+                        extra: dict[float, str] | None = None) -> tuple[pd.DataFrame, str]:
+    """The recommender x every need at budgets from this run's measured training memory (one 10 % below the smallest,
+    where nothing trained fits, then each measured value) plus ``extra``; and one line on what the grid can show."""
+    point, _ = curve_point(df, labelled_per_class)
+    measured = memory_budgets(df, point)
+    low = float(math.floor(0.9 * min(measured))) if measured else 0.0
+    budgets = {**({low: f"{memory_str(low)} (below every measured)"} if low > 0 else {}), **measured, **(extra or {})}
+    grid = pd.DataFrame({name: {n: recommend(df, b, need=n, tasks=tasks, labelled_per_class=labelled_per_class).method
+                                for n in NEEDS} for b, name in sorted(budgets.items())}).T
+    picks = sorted(set(grid.to_numpy().ravel()))
+    if len(measured) < 2:
+        note = (f"This run measured the training memory of {len(measured)} trained method(s): budgets cannot separate "
+                "trained methods, so the memory rows cannot show the answer moving.")
+    elif len(picks) < 2:
+        note = (f"The answer does not move: {picks[0]} at every budget and need — it is preferred at the smallest "
+                "budget already, so on this run's numbers memory does not decide (see the reasons above).")
+    else:
+        steps = lambda col: " → ".join(m for i, m in enumerate(col) if i == 0 or m != col[i - 1])  # noqa: E731
+        note = (f"Budgets: one below every measured training memory, then each of the {len(measured)} measured values "
+                "(each admits one more method). As the budget grows: "
+                + "; ".join(f"{n}: {steps(list(grid[n]))}" for n in NEEDS) + ".")
+    return grid, note
+
+
 # ----------------------------------------------------------------------------- figures
 # Every figure uses constrained layout (no tight-layout warnings), keeps legends outside the axes and survives
 # empty or non-numeric results with a "no results" note; bar positions are numeric (equal names never merge).
@@ -579,9 +729,21 @@ def _empty(ax, text: str = "no results yet") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
 
+def method_colour(method: str) -> str:
+    """One colour per method in every figure of this notebook (course order: C0 zero-shot ... C5 full fine-tuning)."""
+    return f"C{METHODS.index(method)}" if method in METHODS else "C7"
+
+
+def method_marker(method: str) -> str:
+    """One marker shape per method, so that points at the same place stay apart in the legend's eyes."""
+    return "osD^vP"[METHODS.index(method)] if method in METHODS else "X"
+
+
 def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool):
+    """One point per method, named in a legend outside the axes (labels beside points overlap and leave the frame)."""
+    from .plots import legend_outside
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     rows = _numeric(_ok(table), x, "test_acc", "test_acc_std")
     shown = rows[rows[x].notna() & rows["test_acc"].notna()] if len(rows) else rows
     if not len(shown):
@@ -589,15 +751,17 @@ def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str,
     for r in shown.to_dict("records"):
         xv = max(r[x], 1.0) if logx else r[x]
         err = 100 * r["test_acc_std"] if not pd.isna(r["test_acc_std"]) else None
-        ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt="o", ms=8, capsize=3)
-        ax.annotate(r["method"] + (" (0 trained)" if logx and r[x] == 0 else ""), (xv, 100 * r["test_acc"]),
-                    textcoords="offset points", xytext=(6, 4), fontsize=9)
+        ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt=method_marker(r["method"]), ms=8, capsize=3, alpha=0.85,
+                    color=method_colour(r["method"]),
+                    label=r["method"] + (" (0 trained: drawn at 1)" if logx and r[x] == 0 else ""))
     missing = [str(m) for m in _col(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
     if logx and len(shown):
         ax.set_xscale("log")
     ax.set(xlabel=xlabel + (f"\n(not measured: {', '.join(missing)})" if missing else ""),
            ylabel="test accuracy (%)", title=title(heading, label))
     ax.grid(alpha=0.3)
+    if len(shown):
+        legend_outside(ax)
     return fig
 
 
@@ -612,8 +776,16 @@ def plot_accuracy_vs_time(table: pd.DataFrame, label: str):
     return _scatter(table, "train_seconds", "training time (s)", label, "Accuracy vs training time", logx=False)
 
 
+def memory_kind(measures: Iterable[Any]) -> str:
+    """What the training-memory numbers measured, from the rows' ``memory_measure`` (on a CPU: process memory)."""
+    how = {str(v).split(":")[0] for m in measures if isinstance(m, str) for v in m.split(" | ") if v}
+    kinds = sorted("GPU memory (CUDA allocator)" if h.startswith("CUDA") else
+                   "CPU process memory (resident set, RSS), not GPU memory" for h in how)
+    return (" and ".join(kinds) if len(kinds) < 2 else "mixed: " + " and ".join(kinds)) or "measure not recorded"
+
+
 def plot_peak_memory(table: pd.DataFrame, label: str):
-    """Measured peak memory per method (bars; "not run" methods are left empty)."""
+    """Measured training memory per method (bars; "not run" methods are left empty); the title says what it is."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     rows = _numeric(table, "peak_memory_mb")
@@ -628,52 +800,85 @@ def plot_peak_memory(table: pd.DataFrame, label: str):
         _empty(ax)
     else:
         ax.set_ylim(0, 1.12 * np.nanmax(mem))   # room for the value labels
-    ax.set(ylabel="peak memory (MB)", title=title("Peak memory while training", label))
+    heading = ("Training memory (model + peak increase while training)\nmeasured as "
+               + memory_kind(_col(rows, "memory_measure")))
+    ax.set(ylabel="training memory (MB)", title=title(heading, label))
+    ax.title.set_fontsize(9)
     return fig
 
 
-def _curves(df: pd.DataFrame) -> dict[str, pd.Series]:
-    """Validation accuracy per epoch of each method's main runs (mean over seeds), keyed by its legend label.
+RECIPES = {"sklearn": "L-BFGS", "torch": "AdamW"}
+"""The linear probe's two recipes as the course names them."""
 
-    A row whose curve is another recipe's (the linear probe's L-BFGS row keeps its AdamW run's history) says so.
-    """
-    out = {}
+
+def _recipe(rows: pd.DataFrame) -> str:
+    """The recipe of these rows in words ("" when they record none)."""
+    names = sorted({RECIPES.get(str(r), str(r)) for r in _col(rows, "recipe").dropna()})
+    return "/".join(names)
+
+
+def learning_curves(df: pd.DataFrame) -> tuple[dict[str, pd.Series], dict[str, float]]:
+    """Per method's main runs: its own validation accuracy per epoch (mean over seeds), and for a row whose history
+    is another recipe's (the probe's L-BFGS row keeps the AdamW run's) its validation accuracy instead."""
+    curves, lines = {}, {}
     main = main_rows(df)
     for method in METHODS:
         rows = main[_col(main, "method") == method]
-        points = [(h.get("epoch"), h.get("val_acc")) for hist in _col(rows, "history")
+        borrowed = _borrowed_history(rows) != ""
+        if borrowed.any():
+            val = pd.to_numeric(_col(rows[borrowed], "val_acc"), errors="coerce").dropna()
+            if len(val):
+                lines[method] = float(val.mean())
+        points = [(h.get("epoch"), h.get("val_acc")) for hist in _col(rows[~borrowed], "history")
                   for h in (hist if isinstance(hist, list) else []) if isinstance(h, dict)]
         pts = pd.DataFrame(points, columns=["epoch", "val"]).apply(pd.to_numeric, errors="coerce").dropna()
         if len(pts):
-            other = set(_borrowed_history(rows)) - {""}
-            name = f"{method} (curve of its {'/'.join(sorted(other))} recipe)" if other else method
-            out[name] = pts.groupby("epoch")["val"].mean()
-    return out
+            curves[method] = pts.groupby("epoch")["val"].mean()
+    return curves, lines
+
+
+def _curve_name(method: str, rows: pd.DataFrame, epochs: float | None) -> str:
+    """A curve's legend entry: the method, its recipe when it records one, and its length."""
+    what = [w for w in (_recipe(rows), f"{epochs:.0f} epochs" if epochs else "") if w]
+    return method + (f" ({', '.join(what)})" if what else "")
+
+
+def zero_shot_val(df: pd.DataFrame) -> float | None:
+    """Zero-shot's validation accuracy (the dashed line of the learning curves), or None."""
+    zs = _numeric(main_rows(df), "val_acc")
+    zs = zs[_col(zs, "method") == "zero_shot"] if len(zs) else zs
+    return float(zs["val_acc"].mean()) if len(zs) and zs["val_acc"].notna().any() else None
 
 
 def plot_learning_curves(df: pd.DataFrame, label: str):
-    """Validation accuracy of every trained method (best epoch starred); zero-shot as a dashed line.
+    """Validation accuracy of every trained method (best epoch starred); zero-shot as a dashed line; a row without
+    epochs of its own (the probe's L-BFGS) as a dash-dotted line at its validation accuracy, "(L-BFGS, no epochs)".
 
     Runs of different lengths (a 50-epoch linear probe, 5-epoch fine-tuning) share a fraction-of-training axis.
     """
     from .plots import FRACTION_LABEL, best_marker_handle, legend_outside, mark_best, progress_axis
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 4.5), layout="constrained")
-    curves = _curves(df)
+    curves, lines = learning_curves(df)
+    main = main_rows(df)
     lengths = {m: float(c.index.max()) for m, c in curves.items()}
     fraction = progress_axis(list(lengths.values()))
-    for i, (method, curve) in enumerate(curves.items()):
+    for method, curve in curves.items():
         x = curve.index.to_numpy(dtype=float)
         x = x / lengths[method] if fraction and lengths[method] else x
         y = 100 * curve.to_numpy(dtype=float)
-        ax.plot(x, y, marker="o", ms=3, color=f"C{i}",
-                label=f"{method} ({lengths[method]:.0f} epochs)" if fraction else method)
-        mark_best(ax, x, y, f"C{i}")
-    zs = _numeric(main_rows(df), "val_acc")
-    zs = zs[_col(zs, "method") == "zero_shot"] if len(zs) else zs
-    if len(zs) and zs["val_acc"].notna().any():
-        ax.axhline(100 * zs["val_acc"].mean(), ls="--", color="grey", label="zero_shot (no training)")
-    if not curves:
+        rows = main[(_col(main, "method") == method) & (_borrowed_history(main) == "")]
+        ax.plot(x, y, marker="o", ms=3, color=method_colour(method),
+                label=_curve_name(method, rows, lengths[method] if fraction else None))
+        mark_best(ax, x, y, method_colour(method))
+    for method, val in lines.items():
+        recipe = _recipe(main[_col(main, "method") == method]) or "its recipe"
+        ax.axhline(100 * val, ls="-.", color=method_colour(method),
+                   label=f"{method} ({recipe}, no epochs)")
+    zs = zero_shot_val(df)
+    if zs is not None:
+        ax.axhline(100 * zs, ls="--", color="grey", label="zero_shot (no training)")
+    if not curves and not lines:
         _empty(ax, "no learning curves yet")
     elif not fraction:
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -682,6 +887,20 @@ def plot_learning_curves(df: pd.DataFrame, label: str):
     ax.grid(alpha=0.3)
     legend_outside(ax, extra=[best_marker_handle()] if curves else [])
     return fig
+
+
+def curve_starts(df: pd.DataFrame) -> pd.DataFrame:
+    """Per curve: validation accuracy (%) after its first epoch and at its best, next to zero-shot's (the dashed
+    line), so that what the text says about where the curves begin can be read off the numbers."""
+    curves, lines = learning_curves(df)
+    zs = zero_shot_val(df)
+    rows = [{"method": m, "first epoch": int(c.index.min()), "val after first epoch (%)": 100 * float(c.iloc[0]),
+             "best val (%)": 100 * float(c.max())} for m, c in curves.items()]
+    rows += [{"method": f"{m} (no epochs)", "first epoch": None, "val after first epoch (%)": None,
+              "best val (%)": 100 * v} for m, v in lines.items()]
+    out = pd.DataFrame(rows, columns=["method", "first epoch", "val after first epoch (%)", "best val (%)"])
+    out["zero-shot val (%)"] = np.nan if zs is None else 100 * zs
+    return out.astype({"first epoch": "Int64"}).round(1)
 
 
 def per_class_matrix(df: pd.DataFrame, classnames: Sequence[str] | None = None) -> pd.DataFrame:
@@ -700,6 +919,27 @@ def per_class_matrix(df: pd.DataFrame, classnames: Sequence[str] | None = None) 
     if mat.shape[1] > 30:
         mat = mat.iloc[:, np.argsort(-mat.mean(axis=0).to_numpy(dtype=float), kind="stable")]
     return mat
+
+
+def hardest_classes(matrix: pd.DataFrame, k: int = TOP_K) -> pd.DataFrame:
+    """The min(k, C) classes with the lowest accuracy *averaged over the methods* (lowest first), classes × methods,
+    in percent, with that mean as the last column (ties keep the class order)."""
+    if not len(matrix):
+        return pd.DataFrame()
+    pct = 100 * matrix.T.astype(float)
+    pct["mean over methods"] = pct.mean(axis=1)
+    order = np.argsort(pct["mean over methods"].to_numpy(dtype=float), kind="stable")
+    return pct.iloc[order[:top_k(len(pct), k)]].round(1)
+
+
+def hardest_note(matrix: pd.DataFrame, k: int = TOP_K) -> str:
+    """What ``hardest_classes`` shows, in one line."""
+    n = matrix.shape[1] if len(matrix) else 0
+    if not n:
+        return "No per-class accuracies in the results."
+    shown = top_k(n, k)
+    return (f"The {shown} hardest of {n} classes, ranked by test accuracy averaged over the {len(matrix)} method(s) "
+            f"(lowest first)" + (f"; there are only {n} classes, so all are shown." if shown == n else "."))
 
 
 def plot_per_class_heatmap(df: pd.DataFrame, label: str, classnames: Sequence[str] | None = None):
@@ -750,6 +990,10 @@ def curve_points(curve: Any, ykeys: Sequence[str] = ("test_acc", "acc", "top1", 
         return np.array([]), np.array([])
 
 
+WISE_COLOURS = {"validation": "tab:blue", "test": "tab:orange"}
+"""The validation and test colours of 06's WiSE-FT figure (``plots.metric_curve``)."""
+
+
 def _wise_panel(ax, df: pd.DataFrame) -> None:
     """WiSE-FT accuracy along the interpolation (test, validation, chosen α)."""
     from .plots import legend_outside
@@ -757,10 +1001,10 @@ def _wise_panel(ax, df: pd.DataFrame) -> None:
     rows = [r for r in wise.to_dict("records") if isinstance(r.get("curve"), (list, dict))]
     xs, ys = curve_points(rows[0]["curve"]) if rows else (np.array([]), np.array([]))
     if len(xs):
-        ax.plot(xs, 100 * ys, marker="o", label="test")
         vx, vy = curve_points(rows[0]["curve"], ("val_acc",))
         if len(vx):
-            ax.plot(vx, 100 * vy, marker=".", ls="--", label="validation")
+            ax.plot(vx, 100 * vy, marker="o", color=WISE_COLOURS["validation"], label="validation")
+        ax.plot(xs, 100 * ys, marker="o", color=WISE_COLOURS["test"], label="test")
         alpha = rows[0].get("alpha")
         if isinstance(alpha, (int, float)) and np.isfinite(alpha):
             ax.axvline(alpha, color="grey", ls=":", label=f"chosen α = {alpha:g}")
@@ -778,8 +1022,7 @@ def _combination_panel(ax, df: pd.DataFrame) -> None:
     combo = combination_table(df)
     combo = combo[combo["method"].isin(COMBINATION_METHODS)] if len(combo) else combo
     main = _ok(summary_table(df, include_missing=False))
-    names = [f"{m} [{v}]" if isinstance(v, str) and v else str(m)
-             for m, v in zip(combo.get("method", []), combo.get("variant", []))]
+    names = [display_name(str(m), v) for m, v in zip(combo.get("method", []), combo.get("variant", []))]
     singles = [str(m) for m in _col(main, "method")] if len(main) else []
     accs = 100 * np.concatenate([_floats(list(_col(combo, "test_acc"))) if len(combo) else [],
                                  _floats(list(_col(main, "test_acc"))) if len(main) else []])
@@ -847,19 +1090,25 @@ def most_disputed(probs: dict[str, np.ndarray]) -> int:
     return int(np.argmax(distinct))
 
 
+def top_k(n_classes: int, k: int = TOP_K) -> int:
+    """How many classes a top-k list can hold: min(k, C)."""
+    return max(1, min(k, int(n_classes)))
+
+
 def top5(probs: dict[str, np.ndarray], index: int, classnames: Sequence[str]) -> pd.DataFrame:
-    """Each run's five most likely classes for one image: columns = runs, cells = "name (p%)"."""
+    """Each run's min(5, C) most likely classes for one image: columns = runs, cells = "name (p%)"."""
+    k = top_k(len(classnames))
     cols = {}
     for run, p in probs.items():
-        best = np.argsort(-p[index], kind="stable")[:5]
+        best = np.argsort(-p[index], kind="stable")[:k]
         cols[run] = [f"{classnames[c]} ({100 * p[index, c]:.0f}%)" for c in best]
-    return pd.DataFrame(cols, index=[f"#{i + 1}" for i in range(5)])
+    return pd.DataFrame(cols, index=[f"#{i + 1}" for i in range(k)])
 
 
 def _top5_panel(ax, p: np.ndarray, classnames: Sequence[str], true_ids: set[int], run: str) -> None:
-    """One run's five most likely classes, most likely on top, full names, each bar labelled."""
+    """One run's min(5, C) most likely classes, most likely on top, full names, each bar labelled."""
     from .plots import unique_labels
-    best = np.argsort(-p, kind="stable")[:5]
+    best = np.argsort(-p, kind="stable")[:top_k(len(classnames))]
     pos = np.arange(len(best))[::-1]          # numeric positions: classes with equal labels never merge
     pct = 100 * p[best]
     ax.barh(pos, pct, color=["tab:green" if int(c) in true_ids else "tab:grey" for c in best])
@@ -872,9 +1121,15 @@ def _top5_panel(ax, p: np.ndarray, classnames: Sequence[str], true_ids: set[int]
     ax.tick_params(axis="x", labelsize=7)
 
 
+def top_k_heading(n_classes: int) -> str:
+    """``Top-5``, or with fewer classes ``Top-3 (all 3 classes)``."""
+    k = top_k(n_classes)
+    return f"Top-{k}" + (f" (all {n_classes} classes)" if k < TOP_K else "")
+
+
 def plot_top5(image: np.ndarray, true_name: str, probs: dict[str, np.ndarray], index: int,
               classnames: Sequence[str], label: str, true_class: int | None = None):
-    """The image and every run's top-5 probabilities side by side (true class in green)."""
+    """The image and every run's top-min(5, C) probabilities side by side (true class in green)."""
     plt = _plt()
     n = max(len(probs), 1)
     cols, rows = min(3, n), math.ceil(n / 3)
@@ -892,7 +1147,8 @@ def plot_top5(image: np.ndarray, true_name: str, probs: dict[str, np.ndarray], i
         ax = fig.add_subplot(grid[0, 1])
         ax.axis("off")
         _empty(ax, "no saved predictions match these test images")
-    fig.suptitle(title("Top-5 of each method (probability %, true class in green)", label), fontsize=9)
+    fig.suptitle(title(f"{top_k_heading(len(classnames))} of each method (probability %, true class in green)",
+                       label), fontsize=9)
     return fig
 
 

@@ -154,7 +154,7 @@ def test_recommend_small_budget_and_cheap_and_good(run_folder):
     good = C.recommend(df, memory_budget_mb=16_000, need="good")
     assert good.method == "lora"                       # within 2 points of 81%, 50x fewer parameters
     cheap = C.recommend(df, memory_budget_mb=16_000, need="cheap")
-    assert cheap.method == "zero_shot"                 # trains nothing, measured 0 s
+    assert cheap.method == "linear_probe"              # +20 points over zero-shot in 2 s: the most per second
 
 
 def test_recommend_many_tasks_sets_full_finetuning_aside(run_folder):
