@@ -807,13 +807,10 @@ def plot_peak_memory(table: pd.DataFrame, label: str):
     return fig
 
 
-RECIPES = {"sklearn": "L-BFGS", "torch": "AdamW"}
-"""The linear probe's two recipes as the course names them."""
-
-
 def _recipe(rows: pd.DataFrame) -> str:
     """The recipe of these rows in words ("" when they record none)."""
-    names = sorted({RECIPES.get(str(r), str(r)) for r in _col(rows, "recipe").dropna()})
+    from .plots import RECIPE_NAMES
+    names = sorted({RECIPE_NAMES.get(str(r), str(r)) for r in _col(rows, "recipe").dropna()})
     return "/".join(names)
 
 
@@ -990,21 +987,17 @@ def curve_points(curve: Any, ykeys: Sequence[str] = ("test_acc", "acc", "top1", 
         return np.array([]), np.array([])
 
 
-WISE_COLOURS = {"validation": "tab:blue", "test": "tab:orange"}
-"""The validation and test colours of 06's WiSE-FT figure (``plots.metric_curve``)."""
-
-
 def _wise_panel(ax, df: pd.DataFrame) -> None:
-    """WiSE-FT accuracy along the interpolation (test, validation, chosen α)."""
-    from .plots import legend_outside
+    """WiSE-FT accuracy along the interpolation (test, validation, chosen α), in 06's validation/test colours."""
+    from .plots import TEST_COLOR, VAL_COLOR, legend_outside
     wise = df[_col(df, "method") == "wise_ft"] if len(df) else df
     rows = [r for r in wise.to_dict("records") if isinstance(r.get("curve"), (list, dict))]
     xs, ys = curve_points(rows[0]["curve"]) if rows else (np.array([]), np.array([]))
     if len(xs):
         vx, vy = curve_points(rows[0]["curve"], ("val_acc",))
         if len(vx):
-            ax.plot(vx, 100 * vy, marker="o", color=WISE_COLOURS["validation"], label="validation")
-        ax.plot(xs, 100 * ys, marker="o", color=WISE_COLOURS["test"], label="test")
+            ax.plot(vx, 100 * vy, marker="o", color=VAL_COLOR, label="validation")
+        ax.plot(xs, 100 * ys, marker="o", color=TEST_COLOR, label="test")
         alpha = rows[0].get("alpha")
         if isinstance(alpha, (int, float)) and np.isfinite(alpha):
             ax.axvline(alpha, color="grey", ls=":", label=f"chosen α = {alpha:g}")

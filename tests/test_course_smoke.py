@@ -119,7 +119,9 @@ def test_executed_notebooks_show_no_noise_and_the_figures_exist(course):
         assert not re.search(r"\d+%\|", text), f"{path.name}: a progress bar was left in the output"
         assert not re.search(r"flower with [a-z ]*\.\.\.", text), f"{path.name}: a class name was truncated"
         assert any("image/png" in o.get("data", {}) for o in outs), f"{path.name}: no inline figure"
-    assert "Recommendation:" in (folder / "notebooks" / "07_comparison.ipynb").read_text()
+    comparison = (folder / "notebooks" / "07_comparison.ipynb").read_text()
+    assert "Recommendation:" in comparison
+    assert "07_accuracy_vs_shots.png not drawn" in comparison and "07_accuracy_vs_shots" not in figures  # one k
 
 
 def test_second_run_skips_everything_but_the_comparison(course):

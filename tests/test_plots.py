@@ -255,14 +255,15 @@ def test_comparison_learning_curves_use_the_fraction_of_training():
     assert len([line for line in ax.get_lines() if line.get_marker() == "*"]) == 5
 
 
-def test_a_row_drawn_with_another_recipes_curve_says_so():
+def test_a_row_that_keeps_another_recipes_history_is_drawn_as_its_own_validation_line():
     df = results_frame()
     lp = df["method"] == "linear_probe"
     df["recipe"], df["history_of"] = None, None
     df.loc[lp, "recipe"], df.loc[lp, "history_of"] = "sklearn", "torch"   # the L-BFGS row keeps AdamW's history
     names = list(labelled_lines(C.plot_learning_curves(df, LABEL).axes[0]))
-    assert any(n.startswith("linear_probe (curve of its torch recipe)") for n in names)
-    assert any(n.startswith("lora (") and "recipe" not in n for n in names)
+    assert "linear_probe (L-BFGS, no epochs)" in names                      # its own recipe, as a line
+    assert not [n for n in names if n.startswith("linear_probe") and "AdamW" in n]   # never the AdamW curve
+    assert any(n.startswith("lora") and "recipe" not in n for n in names)
 
 
 # ----------------------------------------------------------------------------- 6. zoomed bars
