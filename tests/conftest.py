@@ -15,8 +15,9 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, tor
 
 # The longest test files first (measured: minutes each), so that two workers finish together instead of one
 # of them starting a course run when everything else is done; the rest keep their order.
-LONGEST_FIRST = ("test_rehearsal.py", "test_course_smoke.py", "test_course_small.py", "test_distributed.py",
-                 "test_runner.py")
+# xdist hands each worker two files to start with: the rehearsal and torchrun to one, the two course runs to the other.
+LONGEST_FIRST = ("test_rehearsal.py", "test_course_smoke.py", "test_distributed.py", "test_course_small.py",
+                 "test_runner.py", "test_method_training.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

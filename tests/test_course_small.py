@@ -1,6 +1,7 @@
 """The course on the smallest folder `data check` accepts (2 classes, the fewest images per class the split rule
-allows), and 01 + 07 on 3 classes: every notebook runs on every folder the checks let through, and what it prints
-about the folder is true (images per class, top-k, the hardest classes)."""
+allows): every notebook runs on every folder the checks let through (fewer classes than top-5, a training split of
+one batch for 06's memory steps), and what it prints about the folder is true. (07's helpers on 2, 3 and 6 classes:
+tests/test_comparison_small.py; a 6-class course: tests/test_course_smoke.py.)"""
 from __future__ import annotations
 
 import re
@@ -63,13 +64,3 @@ def test_every_notebook_runs_on_the_smallest_folder(smallest, session_data, tmp_
     for path in notebooks.glob("*.ipynb"):
         text_of(path)                                   # no notebook holds an error output
 
-
-def test_01_and_07_run_on_three_classes(tmp_path_factory, session_data, monkeypatch):
-    root = synth.write_imagefolder_standin(tmp_path_factory.mktemp("images") / "three", n_classes=3, per_class=5)
-    monkeypatch.setenv("CLIPFT_DATA", session_data)
-    report = runner.run_all("smoke", root=tmp_path_factory.mktemp("course3"), device="cpu", data=str(root),
-                            only=["zero_shot"])
-    assert report.ok, "\n".join(report.lines())
-    assert [s.notebook for s in report.steps] == ["01_zero_shot", "07_comparison"]
-    comparison = text_of(report.folder / "notebooks" / "07_comparison.ipynb")
-    assert "Recommendation:" in comparison

@@ -280,6 +280,25 @@ def test_peak_memory_sees_a_short_allocation():
     assert mem.delta_mb > 60
 
 
+def test_training_memory_of_full_training_exceeds_biases_only_by_its_gradients_and_adam_state():
+    """What the course's memory column claims (full fine-tuning also keeps every gradient and two Adam moments),
+    at a size where that state (~3 x 64 MB) stands far above the noise of process memory."""
+    def wide() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(D, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, C))
+    train, val = loaders()
+    cfg = TrainConfig(epochs=1, lr=1e-4)
+    biases = wide()
+    for name, p in biases.named_parameters():
+        p.requires_grad_(name.endswith("bias"))
+    bias_run = fit(biases, groups(biases), train, val, cfg, **quiet())
+    full = wide()
+    full_run = fit(full, groups(full), train, val, cfg, **quiet())
+    state_mb = 3 * sum(p.numel() for p in full.parameters()) * 4 / 2**20     # gradients + exp_avg + exp_avg_sq
+    assert full_run.peak_memory_mb - bias_run.peak_memory_mb > 0.7 * state_mb, (full_run.peak_memory_mb,
+                                                                               bias_run.peak_memory_mb, state_mb)
+
+
 @pytest.mark.parametrize("case, match", [
     ("no_groups", "no parameter groups"),
     ("frozen", "does not require grad"),

@@ -16,8 +16,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shared_mats() is None,
 
 
 def test_the_rehearsal_runs_every_notebook_of_the_real_course(tmp_path_factory):
+    """Sized to what only it proves: every notebook's main row at the real shapes, through the real loaders. The
+    notebooks' extras (sweeps, variants, 06's combinations) call the same method code on the same shapes and run on
+    the stand-in in tests/test_course_smoke.py; `./run_all.sh --rehearse` runs them at the real shapes too."""
     root = tmp_path_factory.mktemp("rehearsal")
-    report = runner.run_all("rehearse", root=root, device="cpu")
+    report = runner.run_all("rehearse", root=root, device="cpu", extra={"extras": False})
     assert report.ok, "\n".join(report.lines())
     assert {s.status for s in report.steps} == {"ok"} and len(report.steps) == len(runner.NOTEBOOKS)
     folder = report.folder

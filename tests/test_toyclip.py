@@ -42,7 +42,7 @@ def test_random_toyclip_is_near_chance():
 
 
 def test_pretraining_is_deterministic_and_keeps_unused_token_rows():
-    kwargs = dict(steps=15, batch_size=24, seed=5, progress=False, warmup=3)
+    kwargs = dict(steps=4, batch_size=24, seed=5, progress=False, warmup=1)  # a few steps prove it (bf16 on a CPU is slow)
     a, info_a = toyclip.pretrain(**kwargs)
     b, info_b = toyclip.pretrain(**kwargs)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
