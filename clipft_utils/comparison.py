@@ -254,8 +254,8 @@ def shots_curve_skipped(df: pd.DataFrame) -> str:
 
 def run_command(course: Any, df: pd.DataFrame, seeds: Sequence[int] | None = None,
                 shots: Sequence[int | str] | None = None) -> str:
-    """The command that reproduces this run — profile, data, shots and seeds of its results, and 07's test subset when
-    it is not the profile's — with ``seeds`` or ``shots`` replaced when given (e.g. to add seeds)."""
+    """The command that reproduces this run — profile, data, shots and seeds of its results, and the ``-p`` values its
+    runs were given (from their completion records) — with ``seeds`` or ``shots`` replaced when given."""
     import shlex
     prof, data = course.profile, course.data
     parts = ["./run_all.sh", "--profile", prof.name]
@@ -271,10 +271,8 @@ def run_command(course: Any, df: pd.DataFrame, seeds: Sequence[int] | None = Non
         parts += ["--shots", *map(str, shots)]
     seeds = seeds if seeds is not None else sorted({int(v) for v in _col(main, "seed").dropna()}) or [course.seed]
     parts += ["--seeds", *map(str, seeds)]
-    tpc = course.sampling.get("test_per_class")
-    if (tpc or None) != (prof.test_per_class or None):
-        parts += ["-p", f"test_per_class={tpc or 0}"]
-    return " ".join(parts)
+    from .runner import run_options   # the -p values the runs were given (epochs=1, lora.ranks=[1,2], ...)
+    return " ".join(parts + [shlex.quote(o) for o in run_options(course.results_dir)])
 
 
 def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):

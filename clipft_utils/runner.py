@@ -440,13 +440,44 @@ def _command(notebook: str, params: dict[str, Any]) -> str:
     parts += ["--shots", str(params["shots"])] if params.get("shots") is not None else []
     if params.get("dataset"):
         parts += ["--data", str(params["data_root"] if params["dataset"] == "imagefolder" else params["dataset"])]
-    scope, defaults = (methods or (notebook,))[0], PROFILES[prof].extra.get(notebook, {}) if prof in PROFILES else {}
-    for name, value in params.items():
-        if name == "config":
-            parts += [a for k, v in value.items() for a in ("-p", f"{scope}.{k}={json.dumps(v)}")]
-        elif name not in BASE_PARAMS and defaults.get(name) != value:
-            parts += ["-p", f"{scope}.{name}={json.dumps(value)}"]
+    parts += [a for name, value in _given(notebook, params) for a in ("-p", f"{_scope(notebook)}.{name}={value}")]
     return " ".join(map(shlex.quote, parts))
+
+
+def _scope(notebook: str) -> str:
+    """The ``-p SCOPE.name`` prefix that reaches ``notebook`` alone: its method, or its own name."""
+    return (dict(NOTEBOOKS).get(notebook) or (notebook,))[0]
+
+
+def _given(notebook: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    """The parameters a run of ``notebook`` was given beyond the plan's own (profile, data, shots, seed and the
+    profile's defaults), as (name, JSON value); a ``config`` dict gives one entry per field."""
+    prof = params.get("profile")
+    defaults = PROFILES[prof].extra.get(notebook, {}) if prof in PROFILES else {}
+    out = []
+    for name, value in params.items():
+        if name == "config" and isinstance(value, dict):
+            out += [(k, json.dumps(v)) for k, v in value.items()]
+        elif name not in BASE_PARAMS and defaults.get(name) != value:
+            out.append((name, json.dumps(value)))
+    return out
+
+
+def run_options(folder: str | Path) -> list[str]:
+    """The ``-p`` options the completed runs in ``folder`` were given: ``-p name=value`` where every run that took
+    ``name`` got that value, else scoped to each notebook (``-p lora.epochs=3``); [] when there is no record."""
+    given: dict[str, dict[str, str]] = {}
+    for record in filter(None, map(_read_record, sorted(Path(folder, "runs").glob("*.json")))):
+        notebook = record.get("notebook", "")
+        for name, value in _given(notebook, record.get("fingerprint", {}).get("params", {})):
+            given.setdefault(name, {})[notebook] = value
+    options = []
+    for name, by_notebook in given.items():
+        if len(set(by_notebook.values())) == 1:
+            options += ["-p", f"{name}={next(iter(by_notebook.values()))}"]
+        else:
+            options += [a for nb, v in sorted(by_notebook.items()) for a in ("-p", f"{_scope(nb)}.{name}={v}")]
+    return options
 
 
 # ----------------------------------------------------------------------------- locks and leftovers

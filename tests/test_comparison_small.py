@@ -1,6 +1,8 @@
 """07's helpers on the folders users bring (2, 3 and 6 classes), and what 07's figures, tables and commands say."""
 from __future__ import annotations
 
+import json
+
 from types import SimpleNamespace
 
 import matplotlib
@@ -231,9 +233,16 @@ def test_cheap_is_zero_shot_only_when_no_trained_method_beats_it(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the command that reproduces a run
-def course_like(profile: str = "smoke", name: str = "synthflowers", root=None, test_per_class=20, seed=0):
+def course_like(profile: str = "smoke", name: str = "synthflowers", root=None, results_dir=None, seed=0):
     return SimpleNamespace(profile=get_profile(profile), data=SimpleNamespace(name=name, root=root), seed=seed,
-                           sampling={"test_per_class": test_per_class})
+                           results_dir=results_dir or "/nonexistent")
+
+
+def record(folder, notebook: str, **params) -> None:
+    """A completion record as the runner writes it (only what run_options reads)."""
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    (folder / "runs" / f"{notebook}.json").write_text(json.dumps(
+        {"notebook": notebook, "fingerprint": {"params": {"profile": "smoke", "seed": 0, **params}}}))
 
 
 def test_the_printed_command_reproduces_this_run(tmp_path):
@@ -245,11 +254,15 @@ def test_the_printed_command_reproduces_this_run(tmp_path):
     df = load_results("smoke", tmp_path)
     assert C.run_command(course_like(), df) == "./run_all.sh --profile smoke --shots 2 4 --seeds 0 1"
     assert C.run_command(course_like(), df, seeds=[0, 1, 2]).endswith("--shots 2 4 --seeds 0 1 2")
-    mine = course_like(name="imagefolder", root=tmp_path / "my flowers", test_per_class=None)
-    assert C.run_command(mine, df, shots=[1, 8]) == (f"./run_all.sh --profile smoke --data '{tmp_path}/my flowers' "
-                                                     "--shots 1 8 --seeds 0 1 -p test_per_class=0")
-    assert C.run_command(course_like("full", "flowers102", test_per_class=None), pd.DataFrame()) == \
-        "./run_all.sh --profile full --seeds 0"
+    # the -p values the runs were given come from their completion records: shared ones plain, others scoped
+    record(folder, "01_zero_shot", epochs=1, test_per_class=0)
+    record(folder, "05_lora", epochs=1, test_per_class=0, ranks=[1, 2])
+    record(folder, "06_full_finetune", epochs=2, test_per_class=0)
+    mine = course_like(name="imagefolder", root=tmp_path / "my flowers", results_dir=folder)
+    assert C.run_command(mine, df, shots=[1, 8]) == (
+        f"./run_all.sh --profile smoke --data '{tmp_path}/my flowers' --shots 1 8 --seeds 0 1 "
+        "-p zero_shot.epochs=1 -p lora.epochs=1 -p full_finetune.epochs=2 -p test_per_class=0 -p 'ranks=[1, 2]'")
+    assert C.run_command(course_like("full", "flowers102"), pd.DataFrame()) == "./run_all.sh --profile full --seeds 0"
     one = tmp_path / "one" / "smoke"
     write(one, "lora", [0.6, 0.6])
     assert C.run_command(course_like(), load_results("smoke", tmp_path / "one")) == \
