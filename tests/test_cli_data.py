@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from clipft_utils import __main__ as cli
 from clipft_utils.course import Course, setup
@@ -15,14 +14,7 @@ from clipft_utils.errors import ConfigError
 from clipft_utils.notebook_params import check_value
 from clipft_utils.paths import PROJECT_ROOT
 from clipft_utils.runner import Context
-
-
-def make(root, counts: dict[str, int]):
-    for c, n in counts.items():
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.fromarray(np.full((20, 24, 3), 10 * i + len(c), np.uint8)).save(root / c / f"{i}.png")
-    return root
+from _helpers import make_image_folder as make
 
 
 def test_data_check_on_bad_data_prints_one_line_with_the_fix_and_returns_2(tmp_path):

@@ -12,15 +12,7 @@ from clipft_utils.__main__ import main as cli
 from clipft_utils.datasets import get_dataset
 from clipft_utils.datasets.base import SplitSpec
 from clipft_utils.errors import DatasetError, DatasetWarning
-
-
-def make(root, counts: dict[str, int]):
-    """A folder with ``counts[class]`` small PNGs per class."""
-    for c, n in counts.items():
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            Image.fromarray(np.full((20, 24, 3), 10 * i + len(c), np.uint8)).save(root / c / f"{i}.png")
-    return root
+from _helpers import make_image_folder as make
 
 
 @pytest.fixture
