@@ -241,11 +241,9 @@ def stop(signum, frame):
     print("python got", signal.Signals(signum).name, flush=True)
     sys.exit(130)
 signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)   # before "ready": the test signals as soon as it reads it
 print("ready", flush=True)
-try:
-    time.sleep(60)
-except KeyboardInterrupt:
-    stop(signal.SIGINT, None)
+time.sleep(60)
 ' ;;
     *find_spec*) printf '%s\\n' "$FAKE_FOUND" ;;
 esac
