@@ -448,24 +448,30 @@ def test_real_notebooks_failure_keeps_the_executed_copy_and_sets_its_results_asi
     assert statuses(again)["02_linear_probe"] == "skipped" and statuses(again)["01_zero_shot"] == "failed"
 
 
-@pytest.mark.slow
-def test_a_killed_run_leaves_nothing_that_counts_as_done(tiny_course, tmp_path, monkeypatch):
+def start_stalled_run(tiny_course: Path, root: Path, call: str) -> tuple[subprocess.Popen, Path]:
+    """A run of 01, 03 and 07 in its own process group (``call`` starts it), whose 03 writes its result and then
+    sleeps; returns the process and the results folder once that result exists."""
     tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(60)")
-    root = tmp_path / "results"
     script = textwrap.dedent(f"""
-        import sys
         from pathlib import Path
-        from clipft_utils import runner
+        from clipft_utils import __main__ as cli, runner
         runner.NOTEBOOK_DIR = Path({str(tiny_course)!r})
         runner.NOTEBOOKS = (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
-        runner.run_all("smoke", root={str(root)!r})
-        """)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE, text=True)
+        """) + call
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "CLIPFT_RESULTS": str(root)})
     folder = root / "smoke"
     deadline = time.time() + 120
     while time.time() < deadline and not (folder / "bitfit_seed0.json").exists():
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert (folder / "bitfit_seed0.json").exists(), "the notebook never got to write its result"
+    return proc, folder
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_nothing_that_counts_as_done(tiny_course, tmp_path, monkeypatch):
+    root = tmp_path / "results"
+    proc, folder = start_stalled_run(tiny_course, root, f'runner.run_all("smoke", root={str(root)!r})')
     os.killpg(proc.pid, signal.SIGKILL)                       # kill -9 the whole run: runner, worker, kernel
     proc.wait()
     assert not (folder / "runs" / "03_bitfit.json").exists()  # no completion record: not done
@@ -502,22 +508,8 @@ def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_cour
 @pytest.mark.parametrize("target", ["group", "runner"])
 def test_ctrl_c_stops_cleanly_with_one_line_and_status_130(tiny_course, tmp_path, target):
     """Ctrl-C (SIGINT to the whole process group) or SIGINT to the runner alone, while a notebook runs."""
-    tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(60)")
     root = tmp_path / "results"
-    script = textwrap.dedent(f"""
-        from pathlib import Path
-        from clipft_utils import __main__ as cli, runner
-        runner.NOTEBOOK_DIR = Path({str(tiny_course)!r})
-        runner.NOTEBOOKS = (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
-        raise SystemExit(cli.main(["run", "--smoke", "--all"]))
-        """)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "CLIPFT_RESULTS": str(root)})
-    folder = root / "smoke"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (folder / "bitfit_seed0.json").exists():
-        time.sleep(0.2)
-    assert (folder / "bitfit_seed0.json").exists(), "the notebook never got to write its result"
+    proc, folder = start_stalled_run(tiny_course, root, 'raise SystemExit(cli.main(["run", "--smoke", "--all"]))')
     if target == "group":
         os.killpg(proc.pid, signal.SIGINT)
     else:
