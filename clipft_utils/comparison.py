@@ -14,7 +14,7 @@ import pandas as pd
 from .config import METHOD_TYPE, METHODS, get_profile
 from .labels import STANDIN, run_label, warnings_for
 from .paths import atomic_write_text, results_root
-from .results import REQUIRED_KEYS, load_predictions, load_results
+from .results import REQUIRED_KEYS, borrowed_history, load_predictions, load_results
 
 COMBINATION_METHODS = ("ensemble", "lp_ft", "wise_ft", "adapter_fusion")
 """Rows written by the combination part of the course (notebook 06)."""
@@ -143,7 +143,7 @@ def _borrowed_history(rows: pd.DataFrame) -> pd.Series:
     """Per row, the recipe whose history it carries when that is not its own (the probe's L-BFGS row keeps the
     AdamW run's), else ""."""
     pairs = zip(_col(rows, "history_of"), _col(rows, "recipe"))
-    return pd.Series([h if isinstance(h, str) and h != r else "" for h, r in pairs], index=rows.index, dtype=object)
+    return pd.Series([borrowed_history(h, r) for h, r in pairs], index=rows.index, dtype=object)
 
 
 def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:

@@ -251,7 +251,8 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
 def _own_history(row: Mapping) -> list:
     """The row's per-epoch history with validation accuracy, if it is the row's own recipe's (else [])."""
     hist = row.get("history") or []
-    borrowed = isinstance(row.get("history_of"), str) and row.get("history_of") != row.get("recipe")
+    from .results import borrowed_history
+    borrowed = borrowed_history(row.get("history_of"), row.get("recipe"))
     ok = isinstance(hist, list) and hist and isinstance(hist[0], Mapping) and "val_acc" in hist[0]
     return list(hist) if ok and not borrowed else []
 

@@ -136,6 +136,12 @@ def save_result(result: dict[str, Any], folder: str | Path, predictions=None, va
     return atomic_write_text(folder / f"{name}.json", json.dumps(result, indent=1))
 
 
+def borrowed_history(history_of: Any, recipe: Any) -> str:
+    """The recipe whose per-epoch history a result row keeps when that is not its own recipe (the probe's L-BFGS
+    row keeps its AdamW run's history), else "": such a row is drawn as its own recipe, never as that curve."""
+    return history_of if isinstance(history_of, str) and history_of != recipe else ""
+
+
 def read_result(path: str | Path) -> dict[str, Any]:
     """One result JSON; a damaged one is a ResultsError naming the file and the command that remakes it."""
     path = Path(path)
