@@ -392,9 +392,11 @@ def table_notes(table: pd.DataFrame) -> list[str]:
         notes.append("Ensembles are several models: their trainable params are the sum over the members, and "
                      "trainable % is left empty (a percentage of one model is not defined for several).")
     n = pd.to_numeric(_col(table, "n_classes"), errors="coerce")
-    if (n <= TOP_K).any():
-        notes.append(f"top-5 (%) is left empty: with {int(n.min())} classes every class is in the top 5, so it "
-                     "would be 100 % whatever the method.")
+    few = n[n <= TOP_K].astype(int)
+    if len(few):
+        counts = f"{few.min()}" if few.min() == few.max() else f"{few.min()}-{few.max()}"
+        notes.append(f"top-5 (%) is left empty where a row scores {TOP_K} classes or fewer (here {counts} "
+                     f"class(es)): every class is then in its top 5, so it would be 100 % whatever the method.")
     return notes
 
 

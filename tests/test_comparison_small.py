@@ -108,6 +108,7 @@ def test_the_overview_leaves_top_5_empty_where_every_class_is_in_the_top_5(tmp_p
     cell = shown.loc["lora", "top-5 (%)"]
     assert cell == f"— ({n} classes)" if n <= 5 else 0 <= float(cell) <= 100
     assert any("top-5 (%) is left empty" in note for note in C.table_notes(table)) == (n <= 5)
+    assert any(f"(here {n} class(es))" in note for note in C.table_notes(table)) == (n <= 5)
 
 
 # ----------------------------------------------------------------------------- accuracy vs shots (one value)
