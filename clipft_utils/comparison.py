@@ -611,8 +611,9 @@ def _caveats(df: pd.DataFrame) -> list[str]:
         notes.append(f"Peak memory was measured on {', '.join(devices)} (process memory, not GPU memory): "
                      "rerun on your GPU before trusting the memory filter.")
     if is_standin(df):
-        notes.append("These numbers come from the offline STAND-IN (ToyCLIP on SynthFlowers), not CLIP on "
-                     "Flowers102: rerun with profile='full' before acting on them.")
+        data = sorted({str(d) for d in _col(df, "dataset").dropna()}) or ["its data"]
+        notes.append(f"These numbers come from the offline STAND-IN (ToyCLIP, not CLIP, on {', '.join(data)}): "
+                     "rerun with the real model (profile='full') before acting on them.")
     return notes
 
 
