@@ -49,6 +49,13 @@ def depends() -> dict[str, tuple[str, ...]]:
     return {m.notebook: m.reads for m in M.registry() if m.reads}
 
 
+def config_param(notebook: str, method: str) -> str:
+    """The notebook parameter that holds ``method``'s config overrides: ``config`` for the notebook's first method,
+    ``<method>_config`` for each method that is a section of another's notebook (e.g. ``coop_config`` in 04)."""
+    methods = dict(notebooks()).get(notebook, ())
+    return "config" if not methods or methods[0] == method else f"{method}_config"
+
+
 def _trains_nothing(methods: Sequence[str]) -> bool:
     """A job whose methods fit nothing (zero-shot): it runs once per seed, whatever the shots."""
     return bool(methods) and not any(M.get(m).trains for m in methods)
@@ -207,12 +214,17 @@ def _place(params: dict, nb: str, spec: dict, name: str, value: Any, scope: str,
         check_value(name, value, spec[name]["default"])
         params[name] = value
         return
-    method = next(iter(dict(notebooks())[nb]), None)
+    methods = dict(notebooks())[nb]
+    method = scope if scope in methods else next(iter(methods), None)
     fields = M.get(method).config_fields() if method else set()
     if name not in fields:
         raise ConfigError(f"'{scope}.{name}' is neither a parameter of {nb} ({', '.join(spec)}) nor a field of "
-                          f"its config ({', '.join(sorted(fields)) or 'none'}).")
-    params.setdefault("config", {})[name] = value
+                          f"{method or 'its'} config ({', '.join(sorted(fields)) or 'none'}).")
+    key = config_param(nb, method)
+    if key not in spec:
+        raise ConfigError(f"'{scope}.{name}' sets {method}'s config, but {nb} declares no `{key}` parameter. Fix: add "
+                          f"`{key} = None` to the parameters cell of {nb} (the method's notebook section reads it).")
+    params.setdefault(key, {})[name] = value
 
 
 def _unknown(key: str, specs: dict[str, dict]) -> str:
@@ -231,7 +243,7 @@ def check_configs(jobs: Sequence[Job], profile: str) -> None:
         for method in job.methods:
             p = job.params
             values = {k: p[k] for k in ("epochs", "batch_size") if p.get(k) is not None}
-            values.update(p.get("config") or {})
+            values.update(p.get(config_param(job.notebook, method)) or {})
             spec = M.get(method)
             values = dict(spec.fixed_config) | values  # fields its notebook sets itself (06: the warm-up)
             values = {k: v for k, v in values.items() if k in spec.config_fields()}
@@ -447,7 +459,7 @@ def _command(notebook: str, params: dict[str, Any]) -> str:
     parts += ["--shots", str(params["shots"])] if params.get("shots") is not None else []
     if params.get("dataset"):
         parts += ["--data", str(params["data_root"] if params["dataset"] == "imagefolder" else params["dataset"])]
-    parts += [a for name, value in _given(notebook, params) for a in ("-p", f"{_scope(notebook)}.{name}={value}")]
+    parts += [a for name, value in _given(notebook, params) for a in ("-p", f"{_scoped(notebook, name)}={value}")]
     return " ".join(map(shlex.quote, parts))
 
 
@@ -456,15 +468,23 @@ def _scope(notebook: str) -> str:
     return (dict(notebooks()).get(notebook) or (notebook,))[0]
 
 
+def _scoped(notebook: str, name: str) -> str:
+    """``SCOPE.name`` for a parameter of ``notebook`` (a name from ``_given`` that is scoped already stays)."""
+    return name if "." in name else f"{_scope(notebook)}.{name}"
+
+
 def _given(notebook: str, params: dict[str, Any]) -> list[tuple[str, str]]:
     """The parameters a run of ``notebook`` was given beyond the plan's own (profile, data, shots, seed and the
     profile's defaults), as (name, JSON value); a ``config`` dict gives one entry per field."""
     prof = params.get("profile")
     defaults = notebook_defaults(prof, notebook) if prof in PROFILES else {}
     out = []
+    methods = dict(notebooks()).get(notebook, ())
     for name, value in params.items():
         if name == "config" and isinstance(value, dict):
             out += [(k, json.dumps(v)) for k, v in value.items()]
+        elif name.endswith("_config") and name[:-len("_config")] in methods and isinstance(value, dict):
+            out += [(f"{name[:-len('_config')]}.{k}", json.dumps(v)) for k, v in value.items()]  # already scoped
         elif name not in BASE_PARAMS and defaults.get(name) != value:
             out.append((name, json.dumps(value)))
     return out
@@ -483,7 +503,7 @@ def run_options(folder: str | Path) -> list[str]:
         if len(set(by_notebook.values())) == 1:
             options += ["-p", f"{name}={next(iter(by_notebook.values()))}"]
         else:
-            options += [a for nb, v in sorted(by_notebook.items()) for a in ("-p", f"{_scope(nb)}.{name}={v}")]
+            options += [a for nb, v in sorted(by_notebook.items()) for a in ("-p", f"{_scoped(nb, name)}={v}")]
     return options
 
 
@@ -853,7 +873,7 @@ def _merge(base: dict, *layers: dict) -> dict:
     out = dict(base)
     for layer in layers:
         for k, v in layer.items():
-            out[k] = {**out.get(k, {}), **v} if k == "config" and isinstance(v, dict) else v
+            out[k] = {**out.get(k, {}), **v} if (k == "config" or k.endswith("_config")) and isinstance(v, dict) else v
     return out
 
 
@@ -981,7 +1001,8 @@ def describe_training(job: Job, prof) -> str:
         if not spec.trains:
             lines.append(f"{method}: trains nothing")
             continue
-        fields = dict(spec.fixed_config) | {k: p[k] for k in ("epochs",) if p.get(k) is not None} | (p.get("config") or {})
+        fields = (dict(spec.fixed_config) | {k: p[k] for k in ("epochs",) if p.get(k) is not None}
+                  | (p.get(config_param(job.notebook, method)) or {}))
         cfg = make_config(method, prof, **{k: v for k, v in fields.items() if k in spec.config_fields()})
         shots = f"{p['shots']} image(s) per class" if p.get("shots") else "every training image"
         text = f"{method} {cfg.epochs} epoch(s) on {shots}"
