@@ -144,8 +144,8 @@ def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Se
 
 
 def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
-    """A loader over (features, label) pairs through the engine's reproducible ``make_loader``."""
-    from ..engine import make_loader
+    """A loader over (features, label) pairs through the reproducible ``loader.make_loader``."""
+    from ..loader import make_loader
     return make_loader(FeatureDataset(features.float(), labels.long()), batch_size=batch_size, shuffle=shuffle,
                        seed=seed, collate_fn=_as_batch)
 
