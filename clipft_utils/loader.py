@@ -18,9 +18,10 @@ torch DataLoader whose ``EpochSampler`` draws the same ``epoch_order``, so both 
 """
 from __future__ import annotations
 
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence, Sized
+from typing import Any, Callable, Iterator, Sequence, Sized
 
 import numpy as np
 import torch
@@ -163,6 +164,15 @@ class CachedLoader:
                 if i + self.prefetch < len(plan):
                     pending.append(pool.submit(self._gather, plan[i + self.prefetch][0]))
                 yield self._finish(images, labels, positions, params, weights, total)
+
+
+def forever(loader: Any) -> Iterator[Any]:
+    """The loader's batches without end: when they run out, the next epoch (new order and crops) starts."""
+    if not len(loader):
+        raise ValueError("The training split has no images. Fix: give every class at least one training image.")
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        yield from loader
 
 
 # ----------------------------------------------------------------------------- any map-style dataset

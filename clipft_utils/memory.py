@@ -1,4 +1,5 @@
-"""Memory measurement: the peak memory of a block of code (GPU allocator or process RSS) and the size of a module.
+"""Memory measurement: the peak memory of a block of code (GPU allocator or process RSS), the bytes autograd saves
+for the backward pass, and the size of a module.
 
 ``engine.fit`` reports a run's training memory as ``module_mb(model)`` plus the peak increase ``PeakMemory`` saw
 while it trained; feature extraction and the benchmark measure the same way.
@@ -12,7 +13,7 @@ import psutil
 import torch
 from torch import nn
 
-__all__ = ["PeakMemory", "release_free_memory", "module_mb"]
+__all__ = ["PeakMemory", "SavedActivations", "release_free_memory", "module_mb"]
 
 _MB = 2**20
 
@@ -87,3 +88,24 @@ def release_free_memory() -> None:
 def module_mb(module: nn.Module) -> float:
     """MB of a module's parameters and buffers."""
     return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) / _MB
+
+
+class SavedActivations(torch.autograd.graph.saved_tensors_hooks):
+    """Bytes of distinct tensors autograd saves for backward in a ``with`` block (parameters excluded): the
+    activation memory that gradient checkpointing removes, counted directly where process RSS is too coarse."""
+
+    def __init__(self, params: Any) -> None:
+        self.skip, self.seen, self.bytes = {p.untyped_storage().data_ptr() for p in params}, set(), 0
+        super().__init__(self.pack, lambda t: t)
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        """Count a tensor autograd saves (once per storage) and keep it as it is."""
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self.skip and ptr not in self.seen:
+            self.seen.add(ptr)
+            self.bytes += t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self) -> "SavedActivations":
+        super().__enter__()
+        return self
