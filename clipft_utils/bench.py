@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import make_config
-from .engine import PeakMemory
+from .memory import PeakMemory
 from .evaluate import autocast_context, resolve_precision
 from .models import CLIPClassifier, count_parameters, load_clip, resolve_device
 

@@ -1,163 +1,39 @@
-"""The one training loop (`fit`) every trainable method uses, with its loader, schedule and memory helpers."""
+"""The one training loop (`fit`) every trainable method uses: its schedule, its argument checks and its checkpoints.
+
+The loaders it trains on are in ``loader``; the memory it reports is measured by ``memory``.
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
 import random
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sized
+from typing import Any, Callable
 
 import numpy as np
-import psutil
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
 
 from .config import TrainConfig
 from .errors import ConfigError
 from .evaluate import autocast_context, evaluate, resolve_precision, restore_modes, train_modes
+from .memory import PeakMemory, module_mb
 from .paths import atomic_path
 from .progress import bar
 from .seeding import seed_everything
 
-__all__ = [
-    "fit", "TrainResult", "PeakMemory", "resolve_precision", "autocast_context", "make_loader",
-    "EpochSampler", "WarmupCosine", "CHECKPOINT_FORMAT",
-]
+__all__ = ["fit", "TrainResult", "resolve_precision", "autocast_context", "WarmupCosine", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 2
 RESUME_NEUTRAL = ("checkpoint_every",)
 """Config fields that may change between a checkpoint and its resumption."""
-_MB = 2**20
-
-
-# ----------------------------------------------------------------------------- memory
-class PeakMemory:
-    """Peak memory (MB) of a block: CUDA max-allocated on a GPU, else process RSS sampled every ``interval`` s."""
-
-    def __init__(self, device: str | torch.device = "cpu", interval: float = 0.02) -> None:
-        self.device = torch.device(device)
-        self.interval = interval
-        self.start_mb = 0.0
-        self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._process = psutil.Process()
-
-    @property
-    def cuda(self) -> bool:
-        """Whether GPU memory (rather than process RSS) is measured."""
-        return self.device.type == "cuda"
-
-    @property
-    def delta_mb(self) -> float:
-        """Peak minus the amount in use when the block started."""
-        return self.peak_mb - self.start_mb
-
-    def sample(self) -> float:
-        """Read memory now (MB), fold it into the peak and return it."""
-        if self.cuda:
-            now = torch.cuda.max_memory_allocated(self.device) / _MB
-        else:
-            now = self._process.memory_info().rss / _MB
-        self.peak_mb = max(self.peak_mb, now)
-        return now
-
-    def _watch(self) -> None:
-        """Sample until asked to stop."""
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> "PeakMemory":
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start_mb = self.peak_mb = torch.cuda.memory_allocated(self.device) / _MB
-            return self
-        release_free_memory()  # so that memory freed earlier cannot hide this block's own growth
-        self.start_mb = self.peak_mb = self.sample()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="PeakMemory", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-        self.sample()
-
-
-def release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so RSS measures what is in use."""
-    import ctypes
-    import gc
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: RSS is then a coarser measure
-        pass
-
-
-def module_mb(module: nn.Module) -> float:
-    """MB of a module's parameters and buffers."""
-    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()]) / _MB
 
 
 # ----------------------------------------------------------------------------- data order
-def _mix(seed: int, epoch: int) -> int:
-    """A second, independent seed per (seed, epoch) for the loader's worker seeds."""
-    return (seed * 1_000_003 + epoch * 7_919 + 0x5EED) % 2**63
-
-
-class EpochSampler(Sampler[int]):
-    """Dataset indices, shuffled by a generator seeded with ``seed + epoch``: each epoch's order is reproducible."""
-
-    def __init__(self, size: int, shuffle: bool, seed: int = 0) -> None:
-        self.size, self.shuffle, self.seed = int(size), bool(shuffle), int(seed)
-        self.worker_generator = torch.Generator()  # hand to DataLoader(generator=...): worker seeds per epoch
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass use ``epoch``'s order (fit() calls this before every epoch)."""
-        self._use_epoch(epoch)
-
-    def _use_epoch(self, epoch: int) -> None:
-        """Set the epoch and re-seed the worker generator for it."""
-        self.epoch = int(epoch)
-        self.worker_generator.manual_seed(_mix(self.seed, self.epoch))
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-            indices = order.tolist()
-        else:
-            indices = list(range(self.size))
-        self._use_epoch(self.epoch + 1)  # plain loops without set_epoch still get a new order next time
-        return iter(indices)
-
-    def __len__(self) -> int:
-        return self.size
-
-
-def make_loader(
-    dataset: Sized, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False,
-    *, pin_memory: bool = False, collate_fn: Callable | None = None,
-) -> DataLoader:
-    """A DataLoader whose order and worker seeds depend only on (seed, epoch), so resumed runs replay exactly."""
-    sampler = EpochSampler(len(dataset), shuffle, seed)
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-        generator=sampler.worker_generator, pin_memory=pin_memory, collate_fn=collate_fn,
-        persistent_workers=False,  # persistent workers would keep epoch-1 seeds forever
-    )
-
-
 def _set_epoch(loader: Any, epoch: int) -> None:
     """Call ``set_epoch`` on the loader's sampler / batch sampler, where they have one."""
     seen: set[int] = set()

@@ -85,7 +85,7 @@ def extract_features(visual: nn.Module, split: ImageSplit, *, model_name: str, w
                      batch_size: int = 256, device="cpu", precision: str = "fp32", cache: bool = True,
                      progress: bool = True) -> FeatureSet:
     """Features of ``split`` from the cache, or computed once and cached (with the timing of that pass)."""
-    from .engine import PeakMemory, module_mb
+    from .memory import PeakMemory, module_mb
     path = cache_dir("features") / f"{feature_key(model_name, weights_id, split, precision)}.pt"
     labels = torch.as_tensor(np.asarray(split.targets), dtype=torch.long)
     with file_lock(path.with_name(f".{path.name}.lock")):

@@ -12,16 +12,21 @@ and each image's crop and flip are drawn from a generator seeded with (seed, epo
 row. A run split over several processes (``rank``, ``world``) therefore sees the same global batches, the
 same crops and the same flips as a single process: rank r takes items r, r + world, ... of each global
 batch (a rank left without an item gets a copy of the batch's first item with weight 0).
+
+Datasets that are not an image split (the linear probe's cached features) go through ``make_loader``: a
+torch DataLoader whose ``EpochSampler`` draws the same ``epoch_order``, so both loaders replay exactly on resume.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, Sized
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
 
 SCALE = (0.9, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -86,6 +91,15 @@ def augment(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return out.clamp_(0, 255).round_()
 
 
+def epoch_order(size: int, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+    """Positions 0..size-1 in ``epoch``'s order: a permutation seeded with ``seed + epoch``, or in order unshuffled.
+
+    The one data order of the course: ``CachedLoader`` and ``EpochSampler`` both draw it."""
+    if not shuffle:
+        return np.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed + epoch)).numpy()
+
+
 class CachedLoader:
     """Batches of an ``ImageSplit`` (see the module docstring); ``set_epoch`` picks the epoch's order and crops."""
 
@@ -107,9 +121,7 @@ class CachedLoader:
         return math.ceil(len(self.rows) / self.batch_size)
 
     def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(len(self.rows))
-        return torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(self.seed + self.epoch)).numpy()
+        return epoch_order(len(self.rows), self.shuffle, self.seed, self.epoch)
 
     def _plan(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """(positions in this split, weights, global count) of this rank's part of each global batch."""
@@ -152,3 +164,58 @@ class CachedLoader:
                 if i + self.prefetch < len(plan):
                     pending.append(pool.submit(self._gather, plan[i + self.prefetch][0]))
                 yield self._finish(images, labels, positions, params, weights, total)
+
+
+def forever(loader: Any) -> Iterator[Any]:
+    """The loader's batches without end: when they run out, the next epoch (new order and crops) starts."""
+    if not len(loader):
+        raise ValueError("The training split has no images. Fix: give every class at least one training image.")
+    for epoch in itertools.count():
+        loader.set_epoch(epoch)
+        yield from loader
+
+
+# ----------------------------------------------------------------------------- any map-style dataset
+def _mix(seed: int, epoch: int) -> int:
+    """A second, independent seed per (seed, epoch) for the loader's worker seeds."""
+    return (seed * 1_000_003 + epoch * 7_919 + 0x5EED) % 2**63
+
+
+class EpochSampler(Sampler[int]):
+    """Dataset indices in ``epoch_order`` (seeded with ``seed + epoch``): each epoch's order is reproducible."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0) -> None:
+        self.size, self.shuffle, self.seed = int(size), bool(shuffle), int(seed)
+        self.worker_generator = torch.Generator()  # hand to DataLoader(generator=...): worker seeds per epoch
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass use ``epoch``'s order (fit() calls this before every epoch)."""
+        self._use_epoch(epoch)
+
+    def _use_epoch(self, epoch: int) -> None:
+        """Set the epoch and re-seed the worker generator for it."""
+        self.epoch = int(epoch)
+        self.worker_generator.manual_seed(_mix(self.seed, self.epoch))
+
+    def __iter__(self) -> Iterator[int]:
+        indices = epoch_order(self.size, self.shuffle, self.seed, self.epoch).tolist()
+        self._use_epoch(self.epoch + 1)  # plain loops without set_epoch still get a new order next time
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_loader(
+    dataset: Sized, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False,
+    *, pin_memory: bool = False, collate_fn: Callable | None = None,
+) -> DataLoader:
+    """A DataLoader over any map-style dataset (the linear probe's features) whose order and worker seeds depend only
+    on (seed, epoch), so resumed runs replay exactly."""
+    sampler = EpochSampler(len(dataset), shuffle, seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+        generator=sampler.worker_generator, pin_memory=pin_memory, collate_fn=collate_fn,
+        persistent_workers=False,  # persistent workers would keep epoch-1 seeds forever
+    )

@@ -258,3 +258,38 @@ def test_wise_ft_reuses_known_evaluations():
     sweep = C.wise_ft(zs, ft, [0.0, 1.0], {"val": loader}, precision="fp32", known={0.0: {"val": marker}})
     assert sweep.evals[0.0]["val"] is marker and sweep.curve.loc[0, "val_acc"] == 0.123
     assert sweep.evals[1.0]["val"] is not marker
+
+
+def test_write_ensembles_writes_the_best_subset_and_all_members_and_replaces_an_earlier_pick(tmp_path):
+    from types import SimpleNamespace
+    from clipft_utils import combos
+    labels, val_labels = np.array([0, 1, 1]), np.array([0, 1])
+    for method, test, val in (("zero_shot", [0, 1, 0], [0, 1]), ("linear_probe", [0, 1, 1], [0, 0]),
+                              ("full_finetune", [1, 1, 1], [0, 1])):
+        save_member(tmp_path, method, np.eye(2)[test] * 3, labels, val=(np.eye(2)[val] * 3, val_labels))
+    members, _ = C.collect_members(tmp_path, 0, ["zero_shot", "linear_probe", "full_finetune"], {}, labels, val_labels)
+    table = C.subset_table({n: m.test for n, m in members.items()}, labels,
+                           val_preds={n: m.val for n, m in members.items()}, val_labels=val_labels)
+    table = table.sort_values(["val_acc", "size"], ascending=[False, True], ignore_index=True)
+    (tmp_path / "ensemble-lp+ft_seed0.json").write_text("{}")                       # an earlier run's pick
+    run = SimpleNamespace(test=SimpleNamespace(labels=labels), val=SimpleNamespace(labels=val_labels))
+    written = combos.write_ensembles(fake_course(tmp_path), members, table, run)
+    best = "+".join(C.short_name(m) for m in table[table["size"] >= 2].iloc[0]["members"])
+    assert list(written.index) == ["best", "all"] and written.loc["best", "variant"] == best
+    assert written.loc["all", "variant"] == "zs+lp+ft"
+    assert sorted(p.name for p in tmp_path.glob("ensemble-*.json")) == sorted(
+        {f"ensemble-{best}_seed0.json", "ensemble-zs+lp+ft_seed0.json"})
+
+
+def test_extra_configs_shorten_the_warm_up_with_the_epochs():
+    from types import SimpleNamespace
+    from clipft_utils import combos
+    from clipft_utils.config import get_profile, make_config
+    from clipft_utils.methods import full_finetune
+    cfg = full_finetune.recipe("smoke", epochs=9)
+    assert cfg.epochs == 9 and cfg.warmup_epochs == 3                  # min(5, epochs // 3)
+    assert full_finetune.recipe("smoke", epochs=9, config={"warmup_epochs": 1.0}).warmup_epochs == 1.0
+    course = SimpleNamespace(profile=get_profile("smoke"))
+    cfg_extra, lora_cfg = combos.extra_configs(course, cfg, None, 2)
+    assert (cfg_extra.epochs, cfg_extra.warmup_epochs, lora_cfg.epochs) == (2, 0, 2)
+    assert lora_cfg == make_config("lora", "smoke", epochs=2)

@@ -11,9 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from clipft_utils.config import TrainConfig
-from clipft_utils.engine import (
-    EpochSampler, PeakMemory, TrainResult, WarmupCosine, fit, make_loader, resolve_precision,
-)
+from clipft_utils.engine import TrainResult, WarmupCosine, fit, resolve_precision
+from clipft_utils.loader import make_loader
+from clipft_utils.memory import PeakMemory
 from clipft_utils.errors import ConfigError
 
 C, D = 4, 8
@@ -155,15 +155,6 @@ def test_finished_checkpoint_is_reused_and_mismatch_refused(tmp_path):
     with pytest.raises(ConfigError, match="steps_per_epoch"):
         fit(model, groups(model), loaders(n_train=200)[0], val, _resume_cfg(), checkpoint_path=tmp_path / "c.pt",
             **quiet())
-
-
-def test_sampler_orders_are_reproducible_per_epoch():
-    s = EpochSampler(10, shuffle=True, seed=5)
-    first, second = list(s), list(s)
-    assert first != second and sorted(first) == list(range(10))
-    s.set_epoch(0)
-    assert list(s) == first
-    assert list(EpochSampler(5, shuffle=False)) == [0, 1, 2, 3, 4]
 
 
 def test_fit_sets_the_epoch_on_both_loaders():

@@ -9,7 +9,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from clipft_utils.loader import CachedLoader, augment, crop_params, normalise
+from clipft_utils.loader import CachedLoader, EpochSampler, augment, crop_params, epoch_order, normalise
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 
@@ -72,3 +72,24 @@ def test_a_global_batch_is_split_between_ranks_without_loss_or_overlap():
         assert sorted(got) == sorted(batch) and all(p[i].total == len(batch) for p in parts)
     tiny = [list(CachedLoader(fake_split(4), 4, rank=r, world=8)) for r in range(8)]
     assert sum(float(b[0].weights.sum()) for b in tiny) == 4            # ranks without an item get weight 0
+
+
+def test_sampler_orders_are_reproducible_per_epoch():
+    s = EpochSampler(10, shuffle=True, seed=5)
+    first, second = list(s), list(s)
+    assert first != second and sorted(first) == list(range(10))
+    s.set_epoch(0)
+    assert list(s) == first
+    assert list(EpochSampler(5, shuffle=False)) == [0, 1, 2, 3, 4]
+
+
+def test_both_loaders_draw_one_data_order():
+    """The image loader and the DataLoader sampler (the linear probe's features) share ``epoch_order``."""
+    split = fake_split(20)
+    images = CachedLoader(split, 20, shuffle=True, seed=3)
+    sampler = EpochSampler(20, shuffle=True, seed=3)
+    for epoch in (0, 1, 4):
+        images.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        expected = epoch_order(20, True, 3, epoch).tolist()
+        assert split.labels[expected].tolist() == next(iter(images)).labels.tolist() and list(sampler) == expected

@@ -75,6 +75,17 @@ class FullFinetuneConfig(TrainConfig):
             raise ConfigError(f"FullFinetuneConfig.layer_decay must be in (0, 1], got {self.layer_decay}.")
 
 
+def recipe(profile: Any, epochs: int | None = None, warmup_epochs: float | None = None, config: dict | None = None,
+           **options: Any) -> FullFinetuneConfig:
+    """Notebook 06's config: the profile's recipe with ``options`` and ``config`` (its overrides); the warm-up is
+    ``config``'s or ``warmup_epochs``, else min(5, epochs // 3), so that it stays shorter than training."""
+    from ..config import make_config
+    overrides = {k: v for k, v in (config or {}).items() if k != "warmup_epochs"}
+    n = make_config("full_finetune", profile, epochs=epochs, warmup_epochs=0, **overrides).epochs
+    warmup = (config or {}).get("warmup_epochs", warmup_epochs if warmup_epochs is not None else min(5, n // 3))
+    return make_config("full_finetune", profile, epochs=n, warmup_epochs=warmup, **options, **overrides)
+
+
 def _plan(p: dict[str, Any], prof: Any) -> str:
     e = extra_epochs(prof, p.get("epochs"), p.get("extra_epochs"))
     return (" + base-to-novel, LP→FT (full, LoRA), LoRA adapter B: "

@@ -144,8 +144,8 @@ def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Se
 
 
 def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
-    """A loader over (features, label) pairs through the engine's reproducible ``make_loader``."""
-    from ..engine import make_loader
+    """A loader over (features, label) pairs through the reproducible ``loader.make_loader``."""
+    from ..loader import make_loader
     return make_loader(FeatureDataset(features.float(), labels.long()), batch_size=batch_size, shuffle=shuffle,
                        seed=seed, collate_fn=_as_batch)
 
@@ -227,6 +227,51 @@ def load_head(results_dir: str | Path, seed: int, shots: int | None = None) -> d
     """The linear probe's saved head for ``seed`` (and ``shots``), or None when notebook 02 has not written it."""
     from ..results import run_name
     return find_head(results_dir, run_name("linear_probe", seed, None, shots))
+
+
+def save_results(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, tuple], tests: dict[str, Any],
+                 train: Any, sweep: SweepResult, *, recipe: str, why: str, torch_seconds: float, score_seconds: float,
+                 fit_seconds: float) -> list[Path]:
+    """Notebook 02's three result rows: the main row (the ``recipe`` chosen on validation) and one per recipe
+    (``torch``: AdamW, ``sklearn``: L-BFGS), each with its test and validation predictions; returns their files.
+
+    ``heads[recipe] = (weight, bias)``, ``tests[recipe]`` its test EvalResult; ``feats`` the cached features of the
+    three splits; ``torch_seconds`` the AdamW fit, ``score_seconds`` the test scoring, ``fit_seconds`` every fit of the
+    notebook (the demo, the sweep, AdamW and scoring) against the feature extraction. The tower's parameters are
+    counted in ``total_params``; only the head trains. Feature extraction is reported apart (``feature_seconds``)."""
+    from ..evaluate import EvalResult
+    from ..heads import head_logits
+    from ..results import make_result, save_result
+    trainable = sum(t.numel() for t in heads["torch"])                                   # C·D + C
+    total = sum(p.numel() for p in course.loaded.model.visual.parameters()) + trainable
+    vals = {"torch": train.best_val_acc, "sklearn": sweep.best_val_acc}
+    vals_eval = {name: EvalResult.from_logits(head_logits(feats["val"].features, w, b), feats["val"].labels)
+                 for name, (w, b) in heads.items()}
+    extract_seconds = sum(f.seconds for f in feats.values())
+    test_seconds = feats["test"].seconds + score_seconds
+    common = dict(method="linear_probe", trainable_params=trainable, total_params=total, eval_seconds=test_seconds,
+                  images_per_second=len(feats["test"].labels) / test_seconds,
+                  peak_memory_mb=max([f.peak_memory_mb or 0.0 for f in feats.values()] + [train.peak_memory_mb]),
+                  memory_measure=train.memory_measure,
+                  memory_is="the larger of the feature extraction pass and the probe's fit", config=cfg.to_dict(),
+                  chosen_recipe=recipe, choice_reason=why, feature_seconds=extract_seconds,
+                  train_seconds_includes="fitting only; feature extraction is feature_seconds",
+                  images_per_second_of="evaluation: test feature extraction + head",
+                  sweep={"C": sweep.c_values, "val_acc": sweep.val_acc, "n_iter": sweep.n_iter, "best_c": sweep.best_c},
+                  timing={"extract_seconds": extract_seconds, "fit_seconds": fit_seconds,
+                          "ratio": (extract_seconds + fit_seconds) / extract_seconds}, **course.identity())
+    rows = {None: (recipe, sum((torch_seconds, sweep.seconds))), "torch": ("torch", torch_seconds),
+            "sklearn": ("sklearn", sweep.seconds)}
+    paths = []
+    for variant, (name, seconds) in rows.items():
+        result = make_result(variant=variant, test=tests[name], val_acc=vals[name], train_seconds=seconds,
+                             history=train.history if name == "torch" or variant is None else [],
+                             recipe=name, history_of="torch",
+                             epochs_run=train.epochs_run if name == "torch" else None,  # L-BFGS has no epochs
+                             best_epoch=train.best_epoch if name == "torch" else None,
+                             best_c=sweep.best_c if name == "sklearn" else None, **common)
+        paths.append(save_result(result, course.results_dir, predictions=tests[name], val_predictions=vals_eval[name]))
+    return paths
 
 
 @dataclass

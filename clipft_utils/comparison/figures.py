@@ -1,0 +1,350 @@
+"""The comparison's figures, drawn from the tables; the helpers they share with notebooks 01-06 live in ``plots``.
+
+Every figure uses constrained layout (no tight-layout warnings), keeps legends outside the axes and survives empty
+or non-numeric results with a "no results" note; bar positions are numeric (equal names never merge). matplotlib is
+imported inside the functions, so that loading results and writing the summary (the runner) never needs it.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..methods import names as method_names
+from .report import display_name
+from .tables import (COMBINATION_METHODS, TOP_K, _borrowed_history, _col, _num, _numeric, combination_table,
+                     learning_curves, main_rows, memory_kind, per_class_matrix, shots_table, summary_table, top_k,
+                     zero_shot_val)
+
+NO_RESULTS = "no results yet"
+"""The note an empty figure shows."""
+
+
+def title(text: str, label: str, width: int = 75) -> str:
+    """A figure title with the label underneath (as ``Course.title``), wrapped to fit narrow figures."""
+    return "\n".join([text, *textwrap.wrap(label, width)])
+
+
+def _plt():
+    """pyplot, imported when a figure is drawn."""
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _ok(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of methods that ran."""
+    return table[_col(table, "status") == "ok"] if len(table) else table
+
+
+def method_colour(method: str) -> str:
+    """One colour per method in every figure of this notebook (course order: C0 zero-shot ... C5 full fine-tuning)."""
+    names = method_names()
+    return f"C{names.index(method) % 10}" if method in names else "C7"
+
+
+def method_marker(method: str) -> str:
+    """One marker shape per method, so that points at the same place stay apart in the legend's eyes."""
+    names = method_names()
+    return "osD^vP<>hp"[names.index(method) % 10] if method in names else "X"
+
+
+def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool):
+    """One point per method, named in a legend outside the axes (labels beside points overlap and leave the frame)."""
+    from ..plots import _empty, legend_outside
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    rows = _numeric(_ok(table), x, "test_acc", "test_acc_std")
+    shown = rows[rows[x].notna() & rows["test_acc"].notna()] if len(rows) else rows
+    if not len(shown):
+        _empty(ax, NO_RESULTS)
+    for r in shown.to_dict("records"):
+        xv = max(r[x], 1.0) if logx else r[x]
+        err = 100 * r["test_acc_std"] if not pd.isna(r["test_acc_std"]) else None
+        ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt=method_marker(r["method"]), ms=8, capsize=3, alpha=0.85,
+                    color=method_colour(r["method"]),
+                    label=r["method"] + (" (0 trained: drawn at 1)" if logx and r[x] == 0 else ""))
+    missing = [str(m) for m in _col(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
+    if logx and len(shown):
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel + (f"\n(not measured: {', '.join(missing)})" if missing else ""),
+           ylabel="test accuracy (%)", title=title(heading, label))
+    ax.grid(alpha=0.3)
+    if len(shown):
+        legend_outside(ax)
+    return fig
+
+
+def plot_accuracy_vs_params(table: pd.DataFrame, label: str):
+    """Test accuracy against trainable parameters (log scale); zero-shot sits at 1."""
+    return _scatter(table, "trainable_params", "trainable parameters (log scale)", label,
+                    "Accuracy vs trainable parameters", logx=True)
+
+
+def plot_accuracy_vs_time(table: pd.DataFrame, label: str):
+    """Test accuracy against measured training time."""
+    return _scatter(table, "train_seconds", "training time (s)", label, "Accuracy vs training time", logx=False)
+
+
+def plot_peak_memory(table: pd.DataFrame, label: str):
+    """Measured training memory per method (bars; "not run" methods are left empty); the title says what it is."""
+    from ..plots import _empty
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    rows = _numeric(table, "peak_memory_mb")
+    mem = rows["peak_memory_mb"].to_numpy(dtype=float) if len(rows) else np.array([])
+    pos = np.arange(len(mem))
+    bars = ax.bar(pos, np.nan_to_num(mem), color="tab:blue")
+    for bar, v, status in zip(bars, mem, _col(rows, "status")):
+        ax.annotate("not run" if status != "ok" else _num(v, "{:.0f}"), (bar.get_x() + bar.get_width() / 2,
+                    bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(pos, [str(m) for m in _col(rows, "method")], rotation=30, ha="right")
+    if not np.isfinite(mem).any():
+        _empty(ax, NO_RESULTS)
+    else:
+        ax.set_ylim(0, 1.12 * np.nanmax(mem))   # room for the value labels
+    heading = ("Training memory (model + peak increase while training)\nmeasured as "
+               + memory_kind(_col(rows, "memory_measure")))
+    ax.set(ylabel="training memory (MB)", title=title(heading, label))
+    ax.title.set_fontsize(9)
+    return fig
+
+
+def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):
+    """Test accuracy against training images per class: one line per method, mean ± std band over seeds,
+    zero-shot (which trains nothing) as a horizontal line."""
+    from ..plots import _empty
+    plt = _plt()
+    table = shots_table(df)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
+    curves = table[table["shots"].notna() & (table["method"] != "zero_shot")]
+    for i, (method, rows) in enumerate(curves.groupby("method", sort=False)):
+        rows = rows.sort_values("shots")
+        x, y, sd = rows["shots"].to_numpy(), 100 * rows["mean"].to_numpy(), 100 * rows["std"].fillna(0).to_numpy()
+        ax.plot(x, y, marker="o", color=f"C{i}", label=f"{method} ({int(rows['n_seeds'].min())} seed(s))")
+        ax.fill_between(x, y - sd, y + sd, color=f"C{i}", alpha=0.15)
+    zs = table[table["method"] == "zero_shot"]
+    if len(zs):
+        ax.axhline(100 * zs["mean"].mean(), color="grey", ls="--", label="zero_shot (no training)")
+    logx = len(curves) > 0
+    if not logx:
+        _empty(ax, "no trained runs at a shots value: nothing to draw a curve through")
+    else:
+        ax.set_xscale("log", base=2)
+        ticks = sorted(curves["shots"].unique())
+        ax.set_xticks(ticks, [f"{int(k)}" for k in ticks])
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set(xlabel="training images per class" + (" (log scale)" if logx else ""), ylabel="test accuracy (%)",
+           title=title("Accuracy vs labelled images per class (mean ± std over seeds)", label))
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _recipe(rows: pd.DataFrame) -> str:
+    """The recipe of these rows in words ("" when they record none)."""
+    from ..plots import RECIPE_NAMES
+    names = sorted({RECIPE_NAMES.get(str(r), str(r)) for r in _col(rows, "recipe").dropna()})
+    return "/".join(names)
+
+
+def _curve_name(method: str, rows: pd.DataFrame, epochs: float | None) -> str:
+    """A curve's legend entry: the method, its recipe when it records one, and its length."""
+    what = [w for w in (_recipe(rows), f"{epochs:.0f} epochs" if epochs else "") if w]
+    return method + (f" ({', '.join(what)})" if what else "")
+
+
+def plot_learning_curves(df: pd.DataFrame, label: str):
+    """Validation accuracy of every trained method (best epoch starred); zero-shot as a dashed line; a row without
+    epochs of its own (the probe's L-BFGS) as a dash-dotted line at its validation accuracy, "(L-BFGS, no epochs)".
+
+    Runs of different lengths (a 50-epoch linear probe, 5-epoch fine-tuning) share a fraction-of-training axis.
+    """
+    from ..plots import FRACTION_LABEL, _empty, best_marker_handle, legend_outside, mark_best, progress_axis
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), layout="constrained")
+    curves, lines = learning_curves(df)
+    main = main_rows(df)
+    lengths = {m: float(c.index.max()) for m, c in curves.items()}
+    fraction = progress_axis(list(lengths.values()))
+    for method, curve in curves.items():
+        x = curve.index.to_numpy(dtype=float)
+        x = x / lengths[method] if fraction and lengths[method] else x
+        y = 100 * curve.to_numpy(dtype=float)
+        rows = main[(_col(main, "method") == method) & (_borrowed_history(main) == "")]
+        ax.plot(x, y, marker="o", ms=3, color=method_colour(method),
+                label=_curve_name(method, rows, lengths[method] if fraction else None))
+        mark_best(ax, x, y, method_colour(method))
+    for method, val in lines.items():
+        recipe = _recipe(main[_col(main, "method") == method]) or "its recipe"
+        ax.axhline(100 * val, ls="-.", color=method_colour(method),
+                   label=f"{method} ({recipe}, no epochs)")
+    zs = zero_shot_val(df)
+    if zs is not None:
+        ax.axhline(100 * zs, ls="--", color="grey", label="zero_shot (no training)")
+    if not curves and not lines:
+        _empty(ax, "no learning curves yet")
+    elif not fraction:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set(xlabel=FRACTION_LABEL if fraction else "epoch", ylabel="validation accuracy (%)",
+           title=title("Learning curves", label))
+    ax.grid(alpha=0.3)
+    legend_outside(ax, extra=[best_marker_handle()] if curves else [])
+    return fig
+
+
+def plot_per_class_heatmap(df: pd.DataFrame, label: str, classnames: Sequence[str] | None = None):
+    """Per-class test accuracy, methods × classes (classes sorted by mean accuracy when there are many)."""
+    from ..plots import _empty, unique_labels
+    plt = _plt()
+    mat = per_class_matrix(df, classnames)
+    many = mat.shape[1] > 30
+    fig, ax = plt.subplots(figsize=(14 if many else max(6, 0.45 * mat.shape[1] + 2), 0.4 * max(len(mat), 2) + 3.6),
+                           layout="constrained")
+    values = mat.to_numpy(dtype=float)
+    if not values.size or not np.isfinite(values).any():
+        _empty(ax, NO_RESULTS)
+    else:
+        im = ax.imshow(100 * values, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+        fig.colorbar(im, ax=ax, label="test accuracy (%)", fraction=0.03)
+        ax.set_yticks(range(len(mat)), [str(m) for m in mat.index])
+        names = unique_labels([str(c) for c in mat.columns], 30)
+        if many:
+            step = max(1, len(names) // 25)
+            ax.set_xticks(range(0, len(names), step), [names[i] for i in range(0, len(names), step)],
+                          rotation=90, fontsize=7)
+            ax.set_xlabel("class (sorted by mean accuracy over methods, every %d-th named)" % step)
+        else:
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+            ax.set_xlabel("class")
+    ax.set_title(title("Per-class test accuracy", label))
+    return fig
+
+
+def curve_points(curve: Any, ykeys: Sequence[str] = ("test_acc", "acc", "top1", "accuracy")) -> tuple[np.ndarray, np.ndarray]:
+    """(alphas, accuracies) from a WiSE-FT ``curve`` field: list of dicts, list of pairs or dict of lists."""
+    akeys = ("alpha", "alphas", "mix", "weight")
+    pick = lambda d, keys: next((d[k] for k in keys if k in d), None)  # noqa: E731
+    if isinstance(curve, dict):
+        xs, ys = pick(curve, akeys), pick(curve, ykeys)
+    elif isinstance(curve, list) and curve and isinstance(curve[0], dict):
+        xs, ys = [pick(p, akeys) for p in curve], [pick(p, ykeys) for p in curve]
+    elif isinstance(curve, list) and curve and isinstance(curve[0], (list, tuple)):
+        xs, ys = [p[0] for p in curve], [p[1] for p in curve]
+    else:
+        xs, ys = [], []
+    if xs is None or ys is None or any(v is None for v in list(xs) + list(ys)):
+        return np.array([]), np.array([])
+    try:
+        return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    except (TypeError, ValueError):
+        return np.array([]), np.array([])
+
+
+def _wise_panel(ax, df: pd.DataFrame) -> None:
+    """WiSE-FT accuracy along the interpolation (test, validation, chosen α), in 06's validation/test colours."""
+    from ..plots import TEST_COLOR, VAL_COLOR, _empty, legend_outside
+    wise = df[_col(df, "method") == "wise_ft"] if len(df) else df
+    rows = [r for r in wise.to_dict("records") if isinstance(r.get("curve"), (list, dict))]
+    xs, ys = curve_points(rows[0]["curve"]) if rows else (np.array([]), np.array([]))
+    if len(xs):
+        vx, vy = curve_points(rows[0]["curve"], ("val_acc",))
+        if len(vx):
+            ax.plot(vx, 100 * vy, marker="o", color=VAL_COLOR, label="validation")
+        ax.plot(xs, 100 * ys, marker="o", color=TEST_COLOR, label="test")
+        alpha = rows[0].get("alpha")
+        if isinstance(alpha, (int, float)) and np.isfinite(alpha):
+            ax.axvline(alpha, color="grey", ls=":", label=f"chosen α = {alpha:g}")
+        legend_outside(ax)
+        ax.set(xlabel="α (0 = zero-shot weights, 1 = fine-tuned weights)", ylabel="accuracy (%)")
+        ax.grid(alpha=0.3)
+    else:
+        _empty(ax, "no WiSE-FT curve in the results")
+    ax.set_title("WiSE-FT interpolation", fontsize=10)
+
+
+def _combination_panel(ax, df: pd.DataFrame) -> None:
+    """Ensembles and combinations (orange) next to the single methods (grey), each bar labelled."""
+    from ..plots import _empty, _floats
+    combo = combination_table(df)
+    combo = combo[combo["method"].isin(COMBINATION_METHODS)] if len(combo) else combo
+    main = _ok(summary_table(df, include_missing=False))
+    names = [display_name(str(m), v) for m, v in zip(combo.get("method", []), combo.get("variant", []))]
+    singles = [str(m) for m in _col(main, "method")] if len(main) else []
+    accs = 100 * np.concatenate([_floats(list(_col(combo, "test_acc"))) if len(combo) else [],
+                                 _floats(list(_col(main, "test_acc"))) if len(main) else []])
+    if len(accs):
+        pos = np.arange(len(accs))
+        ax.barh(pos, np.nan_to_num(accs), color=["tab:orange"] * len(names) + ["tab:grey"] * len(singles))
+        for p, a in zip(pos, accs):
+            ax.annotate(f"{a:.1f}" if np.isfinite(a) else "n/a", (np.nan_to_num(a), p), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+        ax.set_yticks(pos, names + singles)
+        ax.invert_yaxis()
+        top = np.nanmax(accs) if np.isfinite(accs).any() else 100.0
+        ax.set_xlim(0, 1.15 * top or 100)
+        ax.set_xlabel("test accuracy (%) — orange: combinations, grey: single methods")
+    else:
+        _empty(ax, "no ensemble rows in the results")
+    ax.set_title("Ensembles and combinations", fontsize=10)
+
+
+def plot_combinations(df: pd.DataFrame, label: str):
+    """Left: WiSE-FT accuracy along the interpolation; right: ensembles vs their best member."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    _wise_panel(left, df)
+    _combination_panel(right, df)
+    fig.suptitle(title("Combining methods", label))
+    return fig
+
+
+def _top5_panel(ax, p: np.ndarray, classnames: Sequence[str], true_ids: set[int], run: str) -> None:
+    """One run's min(5, C) most likely classes, most likely on top, full names, each bar labelled."""
+    from ..plots import unique_labels
+    best = np.argsort(-p, kind="stable")[:top_k(len(classnames))]
+    pos = np.arange(len(best))[::-1]          # numeric positions: classes with equal labels never merge
+    pct = 100 * p[best]
+    ax.barh(pos, pct, color=["tab:green" if int(c) in true_ids else "tab:grey" for c in best])
+    for v, y in zip(pct, pos):
+        ax.annotate(f"{v:.0f}%", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(pos, unique_labels([classnames[c] for c in best], 28, ids=best), fontsize=6.5)
+    ax.set_xlim(0, 118)
+    ax.set_xticks([0, 25, 50, 75, 100])
+    ax.set_title(run, fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+
+
+def top_k_heading(n_classes: int) -> str:
+    """``Top-5``, or with fewer classes ``Top-3 (all 3 classes)``."""
+    k = top_k(n_classes)
+    return f"Top-{k}" + (f" (all {n_classes} classes)" if k < TOP_K else "")
+
+
+def plot_top5(image: np.ndarray, true_name: str, probs: dict[str, np.ndarray], index: int,
+              classnames: Sequence[str], label: str, true_class: int | None = None):
+    """The image and every run's top-min(5, C) probabilities side by side (true class in green)."""
+    from ..plots import _empty
+    plt = _plt()
+    n = max(len(probs), 1)
+    cols, rows = min(3, n), math.ceil(n / 3)
+    fig = plt.figure(figsize=(4.2 * cols + 2.6, 3.2 * rows + 1.4), layout="constrained")
+    grid = fig.add_gridspec(rows, cols + 1, width_ratios=[0.8] + [1] * cols)
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(image)
+    ax.set_title(f"test image {index}\ntrue: " + "\n".join(textwrap.wrap(true_name, 26)), fontsize=8)
+    ax.axis("off")
+    true_ids = {int(true_class)} if true_class is not None else {i for i, c in enumerate(classnames) if c == true_name}
+    for k, (run, p) in enumerate(probs.items()):
+        _top5_panel(fig.add_subplot(grid[k // cols, 1 + k % cols]), np.asarray(p[index], dtype=float),
+                    classnames, true_ids, run)
+    if not probs:
+        ax = fig.add_subplot(grid[0, 1])
+        ax.axis("off")
+        _empty(ax, "no saved predictions match these test images")
+    fig.suptitle(title(f"{top_k_heading(len(classnames))} of each method (probability %, true class in green)",
+                       label), fontsize=9)
+    return fig
+

@@ -1,0 +1,242 @@
+"""The recommender: the course's decision tree applied to what this run measured (memory, accuracy, parameters)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .tables import (_col, _count, _is_main, _num, _numeric, _shots, default_shots, is_standin, ordering, shots_table,
+                     summary_table)
+
+NEEDS = ("best", "good", "cheap")
+SMALL_GPU_MB = 8 * 1024          # the course's rule of thumb: "GPU memory < 8 GB -> BitFit or linear probe"
+GOOD_ENOUGH_POINTS = 2.0         # need="good": within this many accuracy points of the best that fits
+SHARED_BACKBONE_PERCENT = 5.0    # tasks > 1: a method "shares the backbone" if it trains <= this % per task
+
+
+@dataclass
+class Recommendation:
+    """The method to use and why, citing this run's measurements."""
+
+    method: str | None
+    reasons: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "\n".join([f"Recommendation: {self.method}", *(f"  - {r}" for r in self.reasons)])
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _rule_of_thumb(memory_budget_mb: float, need: str, tasks: int, have_data: bool) -> Recommendation:
+    """The course's decision tree when nothing was measured yet."""
+    if not have_data:
+        method, why = "zero_shot", "no labelled data → zero-shot"
+    elif memory_budget_mb < SMALL_GPU_MB:
+        method, why = ("linear_probe" if need == "cheap" else "bitfit"), "GPU memory < 8 GB → BitFit or linear probe"
+    elif tasks > 1:
+        method, why = "lora", "many tasks → LoRA (one shared backbone, a small adapter per task)"
+    else:
+        method, why = {"best": "full_finetune", "good": "lora", "cheap": "linear_probe"}[need], f"need={need!r}"
+    return Recommendation(method, [f"Nothing measured in this run yet: rule of thumb only ({why}). "
+                                   "Run the method notebooks to base this on measurements."])
+
+
+def _check_request(memory_budget_mb: float, need: str, tasks: int) -> None:
+    from ..errors import ConfigError
+    if need not in NEEDS:
+        raise ConfigError(f"need must be one of {NEEDS}, got {need!r}.")
+    if not isinstance(memory_budget_mb, (int, float)) or not memory_budget_mb > 0:
+        raise ConfigError(f"memory_budget_mb must be a positive number, got {memory_budget_mb!r}.")
+    if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
+        raise ConfigError(f"tasks must be a whole number >= 1, got {tasks!r}.")
+
+
+def _fits(table: pd.DataFrame, budget: float) -> tuple[pd.DataFrame, list[str]]:
+    """Methods whose measured peak memory fits the budget (zero-shot trains nothing, so it always fits)."""
+    mem = table["peak_memory_mb"]
+    ok = (mem <= budget) | (mem.isna() & (table["method"] == "zero_shot"))
+    show = lambda m, v: f"{m} ({'not measured' if pd.isna(v) else f'{v:.0f} MB'})"  # noqa: E731
+    fit = [show(m, v) for m, v in zip(table["method"][ok], mem[ok])]
+    out = [show(m, v) for m, v in zip(table["method"][~ok], mem[~ok])]
+    reasons = [f"Memory budget {memory_str(budget)}: measured peak memory fits for {', '.join(fit) or 'none'}"
+               + (f"; too big or not measured: {', '.join(out)}." if out else ".")]
+    return table[ok], reasons
+
+
+def memory_str(mb: float) -> str:
+    """``6.0 GB`` or ``512 MB``."""
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def _share_backbone(cand: pd.DataFrame, tasks: int) -> tuple[pd.DataFrame, list[str]]:
+    """With several tasks keep the methods that store only a small part of the model per task."""
+    pct = cand["trainable_percent"].fillna(0.0)
+    keep = cand[pct <= SHARED_BACKBONE_PERCENT]
+    dropped = cand[pct > SHARED_BACKBONE_PERCENT]
+    reasons = [f"{tasks} tasks → prefer one shared frozen backbone plus a small per-task part "
+               f"(the course's rule: many tasks → LoRA)."]
+    for r in dropped.itertuples():
+        reasons.append(f"{r.method} trains {r.trainable_percent:.1f}% of the model: {tasks} tasks would store "
+                       f"{_count(r.trainable_params * tasks)} parameters, so it is set aside.")
+    return (keep if len(keep) else cand), reasons
+
+
+def _pick(cand: pd.DataFrame, need: str) -> tuple[pd.Series, list[str]]:
+    """Choose by the need: best accuracy, good-enough for the fewest parameters, or cheapest to train.
+
+    Accuracy is compared on validation (the course's rule: test never chooses); test accuracy is only reported.
+    Rows without a validation accuracy make the whole comparison fall back to test, and the reason says so.
+    """
+    on_val = "val_acc" in cand and bool(cand["val_acc"].notna().all())
+    key, split = ("val_acc", "validation") if on_val else ("test_acc", "test (no validation accuracy recorded)")
+
+    def acc(r: pd.Series) -> str:
+        return f"{_pct(r['val_acc'])} val, test {_pct(r['test_acc'])}" if on_val else f"{_pct(r['test_acc'])} test"
+
+    ranked = cand.sort_values(key, ascending=False)
+    best = ranked.iloc[0]
+    if need == "best":
+        runner = f" (next: {ranked.iloc[1]['method']} at {acc(ranked.iloc[1])})" if len(ranked) > 1 else ""
+        return best, [f"need='best': {best['method']} has the highest measured {split} accuracy that fits, "
+                      f"{acc(best)}{runner}."]
+    if need == "good":
+        close = cand[cand[key] >= best[key] - GOOD_ENOUGH_POINTS / 100]
+        pick = close.sort_values(["trainable_params", "train_seconds"]).iloc[0]
+        return pick, [f"need='good': within {GOOD_ENOUGH_POINTS:g} {split} accuracy points of the best that fits "
+                      f"({best['method']}, {acc(best)}): {', '.join(close['method'])}; of these "
+                      f"{pick['method']} trains the fewest parameters ({_count(pick['trainable_params'])}) "
+                      f"at {acc(pick)}."]
+    return _cheapest(cand, key, split, acc)
+
+
+def _cheapest(cand: pd.DataFrame, key: str, split: str, acc) -> tuple[pd.Series, list[str]]:
+    """need='cheap' with labelled data: the most accuracy gained over zero-shot per second of training.
+
+    Cost is the measured training time (memory enters only through the budget); zero-shot costs nothing and gains
+    nothing, so it is chosen only when no trained method that fits beats it.
+    """
+    zs = cand[cand["method"] == "zero_shot"]
+    base = float(zs[key].iloc[0]) if len(zs) else 0.0
+    trained = cand[(cand["method"] != "zero_shot") & (pd.to_numeric(cand["train_seconds"], errors="coerce") > 0)]
+    rate = (trained[key] - base) / trained["train_seconds"].astype(float)
+    gains = trained.assign(_rate=rate)[rate > 0].sort_values("_rate", ascending=False)
+    against = f"zero-shot's {_pct(base)}" if len(zs) else "0 (zero-shot not measured)"
+    how = (f"need='cheap': cost = measured training time; the choice is the most {split} accuracy gained over "
+           f"{against} per second of training")
+    if not len(gains):
+        pick = zs.iloc[0] if len(zs) else cand.sort_values("train_seconds").iloc[0]
+        return pick, [f"{how}: no trained method that fits beats zero-shot, so {pick['method']} ({acc(pick)}), "
+                      "which trains nothing."]
+    pick = gains.iloc[0]
+    per = lambda r: f"{r['method']} {100 * (r[key] - base):+.1f} points in {_num(r['train_seconds'])} s"  # noqa: E731
+    others = "; ".join(per(r) for _, r in gains.iloc[1:].iterrows())
+    return pick, [f"{how}: {per(pick)} ({100 * pick['_rate']:.2f} points/s) at {acc(pick)}"
+                  + (f" (next: {others})." if others else ".")]
+
+
+def _caveats(df: pd.DataFrame) -> list[str]:
+    """Where the measurements came from (CPU memory is not GPU memory; the stand-in is not CLIP)."""
+    notes = []
+    devices = sorted({str((e or {}).get("device", "?")) for e in _col(df, "env")} - {"None"})
+    if devices and not any(d.startswith("cuda") for d in devices):
+        notes.append(f"Peak memory was measured on {', '.join(devices)} (process memory, not GPU memory): "
+                     "rerun on your GPU before trusting the memory filter.")
+    if is_standin(df):
+        data = sorted({str(d) for d in _col(df, "dataset").dropna()}) or ["its data"]
+        notes.append(f"These numbers come from the offline STAND-IN (ToyCLIP, not CLIP, on {', '.join(data)}): "
+                     "rerun with the real model (profile='full') before acting on them.")
+    return notes
+
+
+def curve_point(df: pd.DataFrame, labelled_per_class: int | None) -> tuple[Any, str]:
+    """The measured shots value to decide at: the largest k <= the user's labelled images per class."""
+    measured = sorted({float(k) for k in _shots(df[_is_main(df)]).dropna()}) if len(df) and "method" in df else []
+    if labelled_per_class is None or not measured:
+        return "auto", ""
+    below = [k for k in measured if k <= labelled_per_class]
+    if not below:
+        return measured[0], (f"You have {labelled_per_class} labelled image(s) per class, fewer than any measured point; "
+                             f"deciding at the smallest, {int(measured[0])}.")
+    return below[-1], (f"You have {labelled_per_class} labelled image(s) per class: deciding at the measured point "
+                       f"{int(below[-1])} per class (the largest not above yours).")
+
+
+def recommend(df: pd.DataFrame, memory_budget_mb: float, need: str = "best", tasks: int = 1,
+              have_data: bool = True, labelled_per_class: int | None = None) -> Recommendation:
+    """The course's decision tree applied to this run's measured memory, accuracy and trainable parameters.
+
+    With a shots grid in the results, ``labelled_per_class`` picks the point of the curve to decide at, and the
+    reasons say which method wins there and whether the gap is larger than the spread over seeds."""
+    _check_request(memory_budget_mb, need, tasks)
+    point, where = curve_point(df, labelled_per_class)
+    table = summary_table(df, include_missing=False, shots=point)
+    table = table[table["test_acc"].notna()] if len(table) else table
+    if not len(table):
+        return _rule_of_thumb(memory_budget_mb, need, tasks, have_data)
+    caveats = _caveats(df)
+    if not have_data:
+        zs = table[table["method"] == "zero_shot"]
+        measured = f" (measured test accuracy {_pct(zs['test_acc'].iloc[0])})" if len(zs) else ""
+        return Recommendation("zero_shot", [f"No labelled data → zero-shot: it needs only the class names{measured}; "
+                                            "every other method trains on labelled images.", *caveats])
+    cand, reasons = _fits(table, memory_budget_mb)
+    if memory_budget_mb < SMALL_GPU_MB:
+        reasons.append("Rule of thumb for < 8 GB: BitFit or linear probe; here the measured peak memory decides.")
+    if not len(cand):
+        low = table.sort_values("peak_memory_mb").iloc[0]
+        return Recommendation("zero_shot", reasons + [
+            f"Nothing that trains fits: the smallest measured is {low['method']} at "
+            f"{memory_str(low['peak_memory_mb'])}. Use zero-shot, or lower the batch size and measure again.",
+            *caveats])
+    if tasks > 1:
+        cand, more = _share_backbone(cand, tasks)
+        reasons += more
+    pick, why = _pick(cand, need)
+    # say whether the pick's lead is larger than the seed spread at the point decided at (or that one seed can't tell)
+    at = point if where else default_shots(df)
+    ranked = [o for o in ordering(shots_table(df), at) if o.startswith(str(pick["method"]) + " ")][:1]
+    why = [*([where] if where else []), *why, *ranked]
+    return Recommendation(str(pick["method"]), reasons + why + caveats, list(cand["method"]))
+
+
+def memory_budgets(df: pd.DataFrame, shots: Any = "auto") -> dict[float, str]:
+    """Budgets (MB) from what this run measured: each trained method's training memory, rounded up to the MB so
+    that it just fits, with the methods it admits last."""
+    table = summary_table(df, include_missing=False, shots=shots) if len(df) else pd.DataFrame()
+    mem = _numeric(table[table["method"] != "zero_shot"], "peak_memory_mb") if len(table) else table
+    budgets: dict[float, list[str]] = {}
+    for m, v in zip(_col(mem, "method"), _col(mem, "peak_memory_mb")):
+        if not pd.isna(v):
+            budgets.setdefault(float(math.ceil(v)), []).append(str(m))
+    return {b: f"{memory_str(b)} (= {' = '.join(ms)}'s training memory)" for b, ms in sorted(budgets.items())}
+
+
+def recommendation_grid(df: pd.DataFrame, tasks: int = 1, labelled_per_class: int | None = None,
+                        extra: dict[float, str] | None = None) -> tuple[pd.DataFrame, str]:
+    """The recommender x every need at budgets from this run's measured training memory (one 10 % below the smallest,
+    where nothing trained fits, then each measured value) plus ``extra``; and one line on what the grid can show."""
+    point, _ = curve_point(df, labelled_per_class)
+    measured = memory_budgets(df, point)
+    low = float(math.floor(0.9 * min(measured))) if measured else 0.0
+    budgets = {**({low: f"{memory_str(low)} (below every measured)"} if low > 0 else {}), **measured, **(extra or {})}
+    grid = pd.DataFrame({name: {n: recommend(df, b, need=n, tasks=tasks, labelled_per_class=labelled_per_class).method
+                                for n in NEEDS} for b, name in sorted(budgets.items())}).T
+    picks = sorted(set(grid.to_numpy().ravel()))
+    if len(measured) < 2:
+        note = (f"This run measured the training memory of {len(measured)} trained method(s): budgets cannot separate "
+                "trained methods, so the memory rows cannot show the answer moving.")
+    elif len(picks) < 2:
+        note = (f"The answer does not move: {picks[0]} at every budget and need — it is preferred at the smallest "
+                "budget already, so on this run's numbers memory does not decide (see the reasons above).")
+    else:
+        steps = lambda col: " → ".join(m for i, m in enumerate(col) if i == 0 or m != col[i - 1])  # noqa: E731
+        note = (f"Budgets: one below every measured training memory, then each of the {len(measured)} measured values "
+                "(each admits one more method). As the budget grows: "
+                + "; ".join(f"{n}: {steps(list(grid[n]))}" for n in NEEDS) + ".")
+    return grid, note
+

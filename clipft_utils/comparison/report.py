@@ -1,0 +1,170 @@
+"""The tables as display strings, the ``summary.md`` / ``summary.csv`` files, and the command that reproduces a run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..methods import names as method_names
+from ..paths import atomic_write_text
+from ..results import load_results
+from .tables import (TOP_K, _acc, _col, _count, _is_main, _kind, _num, _shots, check_one_dataset, combination_table,
+                     default_shots, label_of, main_rows, memory_kind, profile_warnings, shots_display, shots_table,
+                     summary_table)
+
+DISPLAY_COLUMNS = ("method", "type", "measured", "on images", "epochs", "shots", "trainable params", "trainable %",
+                   "train time (s)", "training memory (MB)", "accuracy (%)", "seeds", "top-5 (%)", "images / s")
+
+SEVERAL_MODELS = ("ensemble",)
+"""Rows made of several models: their trainable parameters are the sum over the members, a percentage of one model
+is not defined."""
+
+SAME_AS = {0.0: "equals the starting zero-shot model", 1.0: "equals full fine-tuning"}
+"""What a WiSE-FT row is when validation chose an end of the α line."""
+
+
+def _wise_alpha(method: str, variant: Any) -> float | None:
+    """The α of a ``wise_ft`` row's variant (``alpha0.5`` -> 0.5), else None."""
+    if method != "wise_ft" or not isinstance(variant, str) or not variant.startswith("alpha"):
+        return None
+    try:
+        return float(variant[len("alpha"):])
+    except ValueError:
+        return None
+
+
+def display_name(method: str, variant: Any = None) -> str:
+    """``method [variant]``; a WiSE-FT row whose chosen α is 0 or 1 says which model it equals."""
+    alpha = _wise_alpha(method, variant)
+    if alpha in SAME_AS:
+        return f"{method} [α = {alpha:g} chosen: {SAME_AS[alpha]}]"
+    return method + (f" [{variant}]" if isinstance(variant, str) and variant else "")
+
+
+def _top5_cell(r: dict) -> str:
+    """Top-5 accuracy, or why it is not shown: with C <= 5 classes every class is in the top 5 (100 %, says nothing)."""
+    n = r.get("n_classes")
+    if n is not None and not pd.isna(n) and n <= TOP_K:
+        return f"— ({int(n)} classes)"
+    return _acc(r.get("test_top5"), np.nan, 1)
+
+
+def table_notes(table: pd.DataFrame) -> list[str]:
+    """What the columns of ``format_table(table)`` mean where a cell is left empty on purpose."""
+    notes = ["trainable %: trainable parameters as a percentage of the model's parameters."]
+    methods = set(_col(table, "method"))
+    if methods & set(SEVERAL_MODELS):
+        notes.append("Ensembles are several models: their trainable params are the sum over the members, and "
+                     "trainable % is left empty (a percentage of one model is not defined for several).")
+    n = pd.to_numeric(_col(table, "n_classes"), errors="coerce")
+    few = n[n <= TOP_K].astype(int)
+    if len(few):
+        counts = f"{few.min()}" if few.min() == few.max() else f"{few.min()}-{few.max()}"
+        notes.append(f"top-5 (%) is left empty where a row scores {TOP_K} classes or fewer (here {counts} "
+                     f"class(es)): every class is then in its top 5, so it would be 100 % whatever the method.")
+    return notes
+
+
+def format_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as display strings: what each accuracy measures, on how many images, after how many epochs."""
+    out = []
+    for r in table.to_dict("records"):
+        if r.get("status") == "not run":
+            out.append({**dict.fromkeys(DISPLAY_COLUMNS, "—"), "method": r["method"], "type": r.get("type", ""),
+                        "accuracy (%)": "not run", "seeds": "0"})
+            continue
+        n = int(r.get("n_seeds") or 0)
+        variant = r.get("variant")
+        n_test = r.get("n_test")
+        out.append({
+            "method": display_name(r["method"], variant),
+            "type": r.get("type") or _kind(r["method"]),
+            "measured": r.get("measured") or "test top-1",
+            "on images": "mixed" if n_test == -1 else _num(n_test, "{:,.0f}"),
+            "epochs": _num(r.get("epochs"), "{:.3g}") if r.get("type") != "no training" else "0",
+            "shots": ("0" if r.get("type") == "no training" else   # zero-shot uses no training image
+                      "all" if pd.isna(r.get("shots", np.nan)) else _num(r.get("shots"), "{:.0f}")),
+            "trainable params": _count(r.get("trainable_params")),
+            "trainable %": "—" if r["method"] in SEVERAL_MODELS else _num(r.get("trainable_percent"), "{:.2f}"),
+            "train time (s)": _num(r.get("train_seconds")),
+            "training memory (MB)": _num(r.get("peak_memory_mb"), "{:.0f}"),
+            "accuracy (%)": _acc(r.get("test_acc"), r.get("test_acc_std"), n), "seeds": str(n),
+            "top-5 (%)": _top5_cell(r), "images / s": _num(r.get("images_per_second"), "{:.0f}"),
+        })
+    return pd.DataFrame(out, columns=list(DISPLAY_COLUMNS))
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A pipe table (no extra dependency)."""
+    cells = [[str(c) for c in table.columns]] + [[str(v).replace("|", "/") for v in row] for row in table.values]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(table.columns))]
+    line = lambda row: "| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "| " + " | ".join("-" * w for w in widths) + " |", *map(line, cells[1:])])
+
+
+def memory_note(df: pd.DataFrame) -> str:
+    """What the training-memory column measured (on CPU it is not GPU memory)."""
+    return ("Training memory (MB): the model plus the peak increase while it trained, measured as "
+            f"{memory_kind(_col(df, 'memory_measure'))}.")
+
+
+def write_summary(profile: str, folder: str | Path) -> str:
+    """Write ``summary.csv`` and ``summary.md`` (atomically) in ``folder``; return the markdown for the terminal."""
+    folder = Path(folder)
+    df = load_results(folder.name, folder.parent)
+    check_one_dataset(df)
+    label, warnings = label_of(df, profile), [w for w in profile_warnings(profile)] if not len(df) else []
+    table = summary_table(df)
+    atomic_write_text(folder / "summary.csv", pd.concat([pd.Series(label, index=table.index, name="label"), table],
+                                                        axis=1).to_csv(index=False))
+    alarm = [f"\n> **{w.split(':')[0]}**: {w.split(':', 1)[1].strip()}" for w in
+             ({w for ws in _col(df, "warnings").dropna() for w in (ws if isinstance(ws, list) else [])} or warnings)]
+    if alarm:
+        alarm.append("\n> These numbers say whether the code works, not how CLIP does on real data.")
+    k = default_shots(df)
+    sizes = sorted({int(n) for n in pd.to_numeric(_col(main_rows(df), "n_test"), errors="coerce").dropna()})
+    tested = f"Test split: {' / '.join(f'{n:,}' for n in sizes)} images" + (
+        " (runs differ: compare rows with care)." if len(sizes) > 1 else ".") if sizes else ""
+    text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", *alarm, "",
+                      f"Main rows: {'every training image' if k is None else f'{int(k)} training image(s) per class'}; "
+                      "accuracy is mean ± std over seeds when several seeds exist. " + tested + " " + memory_note(df),
+                      "", *table_notes(table), "",
+                      to_markdown(format_table(table)), "",
+                      f"{int((table['status'] == 'ok').sum())} of {len(method_names())} methods have results.", ""])
+    combo = combination_table(df)
+    if len(combo):
+        text += ("\n## Combinations and variants\n\n"
+                 "Each row says what it measured and on how many images; all choices were made on validation. "
+                 + " ".join(table_notes(combo)[1:]) + "\n\n" + to_markdown(format_table(combo)) + "\n")
+    by_shots = shots_table(df)
+    if by_shots["shots"].nunique(dropna=False) > 1:
+        text += "\n## Accuracy by training images per class (mean ± std (seeds))\n\n" + \
+                to_markdown(shots_display(by_shots).reset_index()) + "\n"
+    atomic_write_text(folder / "summary.md", text)
+    return text
+
+
+def run_command(course: Any, df: pd.DataFrame, seeds: Sequence[int] | None = None,
+                shots: Sequence[int | str] | None = None) -> str:
+    """The command that reproduces this run — profile, data, shots and seeds of its results, and the ``-p`` values its
+    runs were given (from their completion records) — with ``seeds`` or ``shots`` replaced when given."""
+    import shlex
+    prof, data = course.profile, course.data
+    parts = ["./run_all.sh", "--profile", prof.name]
+    if data.name == "imagefolder" and data.root is not None:
+        parts += ["--data", shlex.quote(str(data.root))]
+    elif data.name != prof.dataset:
+        parts += ["--data", data.name]
+    main = df[_is_main(df)] if len(df) and "method" in df.columns else pd.DataFrame()
+    if shots is None:
+        ks = _shots(main[main["method"] != "zero_shot"]) if len(main) else pd.Series(dtype=float)
+        shots = [int(k) for k in sorted(ks.dropna().unique())] + (["all"] if ks.isna().any() else [])
+    if [str(k) for k in shots] not in ([], [str(prof.shots if prof.shots is not None else "all")]):
+        parts += ["--shots", *map(str, shots)]
+    seeds = seeds if seeds is not None else sorted({int(v) for v in _col(main, "seed").dropna()}) or [course.seed]
+    parts += ["--seeds", *map(str, seeds)]
+    from ..runner import run_options   # the -p values the runs were given (epochs=1, lora.ranks=[1,2], ...)
+    return " ".join(parts + [shlex.quote(o) for o in run_options(course.results_dir)])
+
