@@ -148,3 +148,15 @@ def test_bad_config_values_name_the_fix(cls, bad, fix):
 def test_cache_labels_out_of_range_name_the_fix():
     with pytest.raises(ConfigError, match="Fix: pass num_classes"):
         T.build_cache(torch.randn(2, 3), torch.tensor([0, 5]), 3)
+
+
+def test_the_grid_heatmap_outlines_the_choice():
+    from matplotlib.patches import Rectangle
+
+    from clipft_utils import plots
+    fig = plots.value_grid(np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]), [1.0, 2.0], [0.1, 1.0, 10.0],
+                           title="t", mark=(2.0, 1.0))
+    ax = fig.axes[0]
+    boxes = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(boxes) == 1 and boxes[0].get_xy() == (0.5, 0.5)
+    assert [t.get_text() for t in ax.texts][:3] == ["10.0%", "20.0%", "30.0%"]
