@@ -11,7 +11,7 @@ import torch
 from clipft_utils.errors import ConfigError
 from clipft_utils.methods import tip_adapter as T
 from clipft_utils.results import load_predictions, read_result
-from clipft_utils.zeroshot import head_logits
+from clipft_utils.heads import head_logits
 
 
 def _problem(n_train=24, n_val=12, n_test=12, classes=3, dim=6, seed=0):

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import ConfigError
+from .base import Method, register
 
 ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 """Cache weights tried on validation: log-spaced, since the zero-shot logits they compete with are ``s · cos``
@@ -194,7 +195,7 @@ class GridSearch:
 def search_alpha_beta(features: torch.Tensor, labels: torch.Tensor, head: torch.Tensor, keys: torch.Tensor,
                       values: torch.Tensor, alphas: Sequence[float], betas: Sequence[float]) -> GridSearch:
     """Top-1 of every (α, β) on ``features`` (pass the **validation** split) and the best pair."""
-    from ..linear_probe import small_math
+    from .linear_probe import small_math
     start = time.perf_counter()
     alphas, betas = sorted(float(a) for a in alphas), sorted(float(b) for b in betas)
     labels = torch.as_tensor(labels).long()
@@ -217,7 +218,7 @@ def train_keys(adapter: TipAdapter, train_f: torch.Tensor, train_y: torch.Tensor
                progress: bool = False):
     """Train the adapter's keys with ``engine.fit`` on cached features (best epoch on validation) -> TrainResult."""
     from ..engine import fit
-    from ..linear_probe import feature_eval, feature_loader, small_math
+    from .linear_probe import feature_eval, feature_loader, small_math
     groups = apply(adapter, cfg)
     with small_math():  # tiny matrices: one CPU thread is fastest
         result = fit(adapter, groups, feature_loader(train_f, train_y, cfg.batch_size, True, seed), None, cfg,
@@ -326,3 +327,21 @@ def save_tip_result(course: Any, fit: TipFit, cfg: Any, feats: dict[str, Any], t
         epochs_run=train.epochs_run if train else None, best_epoch=train.best_epoch if train else None,
         **course.identity())
     return R.save_result(result, course.results_dir, predictions=test, val_predictions=val)
+
+
+# ----------------------------------------------------------------------------- the registry
+# Both are "frozen features" methods, like the linear probe: they run on the cached image-tower features and use the
+# labelled training images (their rows depend on shots), so neither is "no training" (which the tables show as 0
+# shots). Neither goes through the image classifier's apply(): the cache is not part of a CLIPClassifier, so the
+# parameter table and `bench` (which apply a method to a CLIPClassifier) leave them out; the result rows carry the
+# real counts (0 and N·D).
+TIP_ADAPTER = register(Method(
+    name="tip_adapter", title="Tip-Adapter", kind="frozen features", notebook="02_linear_probe", order=2.3,
+    config=TipAdapterConfig, summary=lambda cfg: f"training-free cache; α, β on val ({len(cfg.alphas)}×{len(cfg.betas)})",
+    short="tip", bench="none", image_batches=False,
+))
+TIP_ADAPTER_F = register(Method(
+    name="tip_adapter_f", title="Tip-Adapter-F", kind="frozen features", notebook="02_linear_probe", order=2.6,
+    config=TipAdapterFConfig, summary=lambda cfg: f"cache keys (N·D) trained {cfg.epochs} epochs; α, β on val",
+    short="tipf", bench="none", image_batches=False, profiles={"rehearse": {"epochs": 1}},
+))
