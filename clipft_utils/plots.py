@@ -303,6 +303,32 @@ def metric_curve(x: Sequence[float], y: Mapping[str, Sequence[float]] | Sequence
     return fig
 
 
+def value_grid(values: Any, rows: Sequence[float], cols: Sequence[float], title: str = "", ylabel: str = "",
+               xlabel: str = "", mark: tuple[float, float] | None = None, percent: bool = True) -> Figure:
+    """A heatmap of ``values[i, j]`` (e.g. validation top-1 for every (β, α) of a grid search), each cell labelled;
+    ``mark``: the chosen (row value, column value), outlined in red (say so in the title)."""
+    values = np.asarray(values, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.42 * len(rows)), layout="constrained")
+    image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
+    fmt = _fmt(percent)
+    middle = np.nanmean(values) if np.isfinite(values).any() else 0.0
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, fmt(values[i, j]), ha="center", va="center", fontsize=7,
+                    color="black" if values[i, j] > middle else "white")
+    if mark is not None and mark[0] in list(rows) and mark[1] in list(cols):
+        i, j = list(rows).index(mark[0]), list(cols).index(mark[1])
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec=WRONG))
+    ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols])
+    ax.set_yticks(range(len(rows)), [f"{r:g}" for r in rows])
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    bar = fig.colorbar(image, ax=ax, shrink=0.9)
+    if percent:
+        percent_axis(bar.ax.yaxis)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
 def label_points(ax: Axes, x: Sequence[float], y: Sequence[float], labels: Sequence[str]) -> None:
     """A label centred above each point, with margins so that no label reaches the frame."""
     for xx, yy, text in zip(_floats(list(x)), _floats(list(y)), labels):
