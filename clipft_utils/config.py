@@ -254,14 +254,19 @@ class PrefixTuningConfig(TrainConfig):
     head_lr: float | None = 1e-3
     prefix_length: int = 10
     prefix_hidden: int = 512
-    depth: str = "shallow"  # "shallow": once after the positional embedding; "deep": fresh tokens per layer
+    # "prefix": Li & Liang's per-layer key/value prefixes (the main row); "prompt": prompt tuning (VPT-shallow),
+    # P tokens inserted once at the input; "vpt_deep": VPT-deep, fresh input tokens before every block
+    kind: str = "prefix"
 
     def validate(self) -> None:
         super().validate()
         _integer(self, "prefix_length", "prefix_hidden")
         _positive(self, "prefix_length", "prefix_hidden")
-        if self.depth not in ("shallow", "deep"):
-            raise ConfigError(f"PrefixTuningConfig.depth must be 'shallow' or 'deep', got {self.depth!r}.")
+        if self.kind not in ("prefix", "prompt", "vpt_deep"):
+            raise ConfigError(f"PrefixTuningConfig.kind must be 'prefix' (Li & Liang's key/value prefixes), "
+                              f"'prompt' (prompt tuning: input tokens) or 'vpt_deep' (VPT-deep), got "
+                              f"{self.kind!r}. Fix: the old depth='shallow' is kind='prompt', depth='deep' is "
+                              f"kind='vpt_deep'.")
 
 
 LORA_TARGETS = ("q", "k", "v", "out", "fc", "proj")

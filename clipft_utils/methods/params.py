@@ -18,7 +18,8 @@ from ..models import CLIPClassifier
 from . import apply_method, trainable_parameters
 
 VARIANTS: list[tuple[str, dict[str, Any], str]] = [
-    ("prefix_tuning", {"depth": "deep"}, "deep (VPT-deep), length 10"),
+    ("prefix_tuning", {"kind": "prompt"}, "prompt tuning (input tokens), P=10"),
+    ("prefix_tuning", {"kind": "vpt_deep"}, "VPT-deep (tokens per block), P=10"),
     ("lora", {"targets": ("q", "k", "v", "out")}, "r=8, q k v out"),
     ("lora", {"targets": ("q", "k", "v", "out", "fc", "proj")}, "r=8, all linear layers"),
 ]
@@ -42,7 +43,8 @@ def build_clip(model_name: str = "ViT-B-32") -> nn.Module:
 def _describe(method: str, cfg: Any) -> str:
     """Short description of a method's default config."""
     if method == "prefix_tuning":
-        return f"{cfg.depth}, length {cfg.prefix_length}, MLP {cfg.prefix_hidden}"
+        from .prefix import KINDS
+        return f"{KINDS[cfg.kind]}, P={cfg.prefix_length}, MLP {cfg.prefix_hidden}"
     if method == "lora":
         return f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}"
     if method == "bitfit":
@@ -99,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clipft_utils params", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture name (random weights)")
     parser.add_argument("--num-classes", type=int, default=102)
-    parser.add_argument("--variants", action="store_true", help="also show deep prefix and wider LoRA targets")
+    parser.add_argument("--variants", action="store_true", help="also show prompt tuning, VPT-deep and wider LoRA targets")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = parser.parse_args(argv)
     rows = parameter_table(args.model, args.num_classes, variants=args.variants)
