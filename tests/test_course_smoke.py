@@ -25,7 +25,7 @@ REDUCED = {
     "epochs": 1,
     "test_per_class": 0,
     "lora": {"ranks": [1, 2]},                             # two sweep runs instead of three
-    "prefix_tuning": {"deep": False, "vit_timing": False},  # no deep-prefix run, no ViT-B-32 timing
+    "prefix_tuning": {"variants": False, "vit_timing": False},  # no prompt tuning / VPT-deep, no ViT-B-32 timing
     "full_finetune": {"wise_alphas": [0.0, 0.5, 1.0], "memory_steps": 1},
 }
 FIGURES_07 = ("07_accuracy_vs_params", "07_accuracy_vs_time", "07_peak_memory", "07_learning_curves",

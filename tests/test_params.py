@@ -33,7 +33,8 @@ def expected_counts(d: int, layers: int, classes: int, embed: int) -> dict[str, 
     """Trainable parameters per method (default configs), derived from the architecture by hand."""
     head = classes * embed + classes
     biases = 2 * d + layers * (4 * d + 3 * d + 4 * d)
-    prefix = 10 * d + (d * 512 + 512) + (512 * d + d)   # embedding, Linear(D, 512), Linear(512, D)
+    prefix = 10 * d + (d * 512 + 512) + (512 * layers * 2 * d + layers * 2 * d)  # embedding, Linear(D, 512),
+    # Linear(512, L * 2 * D): a key and a value vector per layer for each of the 10 prefix positions
     lora = layers * 2 * (8 * d + d * 8)                  # q and v: A [8, D] + B [D, 8]
     return {"zero_shot": 0, "linear_probe": head, "bitfit": biases + head, "prefix_tuning": prefix + head,
             "lora": lora + head}

@@ -1,4 +1,5 @@
-"""Prefix-tuning: identity at length 0, token placement (shallow / deep), CLS pooling, folding, trainables."""
+"""Prefix-tuning (Li & Liang key/value prefixes) and its variants prompt tuning / VPT-deep: identity without a
+prefix, where the learned vectors act, CLS pooling, folding, trainables, parameter counts on ViT-B-32."""
 from __future__ import annotations
 
 import copy
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clipft_utils.errors import ConfigError
 from clipft_utils.methods.prefix_tuning import PrefixTuningConfig
 from clipft_utils.methods import prefix_tuning as prefix, trainable_parameters
 from clipft_utils.models import CLIPClassifier
@@ -31,8 +33,8 @@ def images(n: int = 4) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-def config(depth: str) -> PrefixTuningConfig:
-    return PrefixTuningConfig(prefix_length=LENGTH, prefix_hidden=16, depth=depth)
+def config(kind: str) -> PrefixTuningConfig:
+    return PrefixTuningConfig(prefix_length=LENGTH, prefix_hidden=16, kind=kind)
 
 
 def block_inputs(pv: prefix.PrefixVisual, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -48,71 +50,74 @@ def block_inputs(pv: prefix.PrefixVisual, x: torch.Tensor) -> tuple[list[torch.T
     return seen[:-1], seen[-1]
 
 
-def test_length_zero_is_the_identity() -> None:
+def test_length_zero_adds_no_parameters() -> None:
     visual = tiny_classifier().visual
     pv = prefix.PrefixVisual(visual, length=0)
-    x = images()
-    with torch.no_grad():
-        assert torch.equal(pv(x), visual(x))
     assert sum(p.numel() for p in pv.parameters()) == sum(p.numel() for p in visual.parameters())
 
 
-@pytest.mark.parametrize("depth", ["shallow", "deep"])
-def test_tokens_sit_after_cls_and_pooling_reads_cls(depth: str) -> None:
+@pytest.mark.parametrize("kind", ["prompt", "vpt_deep"])
+def test_tokens_sit_after_cls_and_pooling_reads_cls(kind: str) -> None:
     clf = tiny_classifier()
-    prefix.apply(clf, config(depth))
+    prefix.apply(clf, config(kind))
     pv, x = clf.visual, images()
     inputs, last = block_inputs(pv, x)
     with torch.no_grad():
         embeds = pv.visual._embeds(x)  # [B, 1 + 16, D]
         tokens = pv.prefixes()
         out = pv(x)
-    assert tokens.shape == ((LAYERS if depth == "deep" else 1), LENGTH, WIDTH)
+    assert tokens.shape == ((LAYERS if kind == "vpt_deep" else 1), LENGTH, WIDTH)
     assert inputs[0].shape == (4, 1 + LENGTH + 16, WIDTH)
     torch.testing.assert_close(inputs[0][:, 0], embeds[:, 0], atol=0, rtol=0)  # class token first
     torch.testing.assert_close(inputs[0][:, 1:1 + LENGTH], tokens[0].expand(4, -1, -1), atol=0, rtol=0)
     torch.testing.assert_close(inputs[0][:, 1 + LENGTH:], embeds[:, 1:], atol=0, rtol=0)  # patches untouched
     fresh = torch.equal(inputs[1][:, 1:1 + LENGTH], tokens[-1].expand(4, -1, -1))
-    assert fresh == (depth == "deep")  # deep: fresh tokens at every block input; shallow: they flow through
+    assert fresh == (kind == "vpt_deep")  # VPT-deep: fresh tokens at every block input; prompt: they flow through
     pooled = pv.visual.ln_post(last[:, 0]) @ pv.visual.proj  # tok pooling reads token 0 = CLS
     assert out.shape == (4, 32)
     torch.testing.assert_close(out, pooled, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("depth", ["shallow", "deep"])
-def test_one_step_changes_only_prefix_encoder_and_head(depth: str) -> None:
+N_OUT = {"prefix": 2 * LAYERS, "prompt": 1, "vpt_deep": LAYERS}
+"""Sets of LENGTH vectors the MLP emits: a key and a value per layer, one prompt, a prompt per layer."""
+
+
+@pytest.mark.parametrize("kind", list(N_OUT))
+def test_one_step_changes_only_prefix_encoder_and_head(kind: str) -> None:
     clf = tiny_classifier().train()
-    groups = prefix.apply(clf, config(depth))
+    groups = prefix.apply(clf, config(kind))
     params = trainable_parameters(groups)
     assert len({id(p) for p in params}) == len(params)
     assert {id(p) for p in params} == {id(p) for p in clf.parameters() if p.requires_grad}
     expected = {n for n, p in clf.named_parameters() if p.requires_grad}
     assert expected == {n for n, _ in clf.named_parameters() if n.startswith(("visual.encoder.", "head."))}
-    n_out = LAYERS if depth == "deep" else 1
+    n_out = N_OUT[kind]
     encoder = LENGTH * WIDTH + (WIDTH * 16 + 16) + (16 * n_out * WIDTH + n_out * WIDTH)
     assert sum(p.numel() for p in groups[0]["params"]) == encoder
 
     assert changed_by_one_step(clf, groups, images(), torch.tensor([0, 1, 2, 3])) == expected
 
 
-@pytest.mark.parametrize("depth", ["shallow", "deep"])
-def test_fold_keeps_outputs_and_drops_the_mlp(depth: str) -> None:
+@pytest.mark.parametrize("kind", list(N_OUT))
+def test_fold_keeps_outputs_and_drops_the_mlp(kind: str) -> None:
     clf = tiny_classifier()
-    prefix.apply(clf, config(depth))
+    prefix.apply(clf, config(kind))
     x = images()
     with torch.no_grad():
         before = clf(x)
     prefix.fold(clf.visual)
     assert clf.visual.encoder is None and not clf.visual.folded.requires_grad
-    n_out = LAYERS if depth == "deep" else 1
-    assert clf.visual.folded.shape == (n_out, LENGTH, WIDTH)
+    assert clf.visual.folded.shape == (N_OUT[kind], LENGTH, WIDTH)
+    assert not any("encoder" in n for n, _ in clf.named_parameters())
+    assert sum(p.numel() for p in clf.visual.parameters()) == \
+        sum(p.numel() for p in clf.visual.visual.parameters()) + N_OUT[kind] * LENGTH * WIDTH
     with torch.no_grad():
         torch.testing.assert_close(clf(x), before, atol=1e-6, rtol=0)
 
 
 def test_patch_dropout_never_drops_prefix_tokens() -> None:
     clf = tiny_classifier(patch_dropout=0.5).train()
-    prefix.apply(clf, config("shallow"))
+    prefix.apply(clf, config("prompt"))
     inputs, _ = block_inputs(clf.visual, images())
     with torch.no_grad():
         tokens = clf.visual.prefixes()
@@ -120,9 +125,10 @@ def test_patch_dropout_never_drops_prefix_tokens() -> None:
     torch.testing.assert_close(inputs[0][:, 1:1 + LENGTH], tokens[0].expand(4, -1, -1), atol=0, rtol=0)
 
 
-def test_grad_checkpointing_gives_same_gradients() -> None:
+@pytest.mark.parametrize("kind", ["prefix", "vpt_deep"])
+def test_grad_checkpointing_gives_same_gradients(kind: str) -> None:
     clf = tiny_classifier()
-    prefix.apply(clf, config("deep"))
+    prefix.apply(clf, config(kind))
     other = copy.deepcopy(clf)
     other.visual.set_grad_checkpointing(True)
     grads = []
@@ -133,14 +139,90 @@ def test_grad_checkpointing_gives_same_gradients() -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_measure_inference_slowdown() -> None:
+@pytest.mark.parametrize("kind", list(N_OUT))
+def test_measure_inference_slowdown(kind: str) -> None:
     clf = tiny_classifier()
-    prefix.apply(clf, config("shallow"))
+    prefix.apply(clf, config(kind))
     stats = prefix.measure_inference_slowdown(prefix.fold(clf.visual), images(2), repeats=5)
-    assert stats["tokens_prefix"] == stats["tokens_base"] + LENGTH == 1 + 16 + LENGTH
+    assert stats["keys_prefix"] == stats["keys_base"] + LENGTH == 1 + 16 + LENGTH
+    # prefix-tuning adds keys/values only; the prompt variants add tokens that every block processes
+    assert stats["tokens_prefix"] == 1 + 16 + (0 if kind == "prefix" else LENGTH)
+    assert stats["kind"] == kind
     assert stats["base_ms"] > 0 and stats["prefix_ms"] > 0
     assert stats["ratio"] == pytest.approx(stats["prefix_ms"] / stats["base_ms"])
     assert stats["folded"] and not clf.visual.training
     assert stats["spread"] >= 0 and stats["noisy"] == (stats["spread"] > prefix.NOISY)
     with pytest.raises(ValueError, match="repeats"):
         prefix.measure_inference_slowdown(clf.visual, images(2), repeats=2)
+
+
+# --------------------------------------------------------------------------- prefix-tuning proper (key/value prefixes)
+def test_a_masked_prefix_gives_the_plain_block_and_an_unmasked_one_changes_every_layer() -> None:
+    """Each layer's own computation, fed the same input: masked prefix == ``block(x)``; visible prefix != it."""
+    clf = tiny_classifier()
+    prefix.apply(clf, config("prefix"))
+    v = clf.visual.visual
+    with torch.no_grad():
+        kv = clf.visual.prefixes().view(LAYERS, 2, LENGTH, WIDTH)
+        x = v._embeds(images())
+        for i, block in enumerate(v.transformer.resblocks):
+            plain = block(x)
+            masked = prefix.prefixed_block(block, x, kv[i, 0], kv[i, 1], mask_prefix=True)
+            torch.testing.assert_close(masked, plain, atol=1e-5, rtol=1e-5)
+            with_prefix = prefix.prefixed_block(block, x, kv[i, 0], kv[i, 1])
+            assert with_prefix.shape == plain.shape  # queries are the real tokens only
+            assert (with_prefix - plain).abs().amax(dim=(0, 2)).min() > 1e-4, f"layer {i}: some token unchanged"
+            x = plain
+
+
+def test_each_layers_prefix_reaches_the_output() -> None:
+    """Zeroing the prefix values of any one layer (keys kept) changes the tower's output."""
+    clf = tiny_classifier()
+    prefix.apply(clf, config("prefix"))
+    prefix.fold(clf.visual)
+    x = images()
+    with torch.no_grad():
+        full = clf(x)
+        for i in range(LAYERS):
+            other = copy.deepcopy(clf)
+            other.visual.folded[2 * i + 1].zero_()
+            assert not torch.allclose(other(x), full, atol=1e-5), f"layer {i}'s prefix has no effect"
+
+
+@pytest.mark.parametrize("kind", list(N_OUT))
+def test_a_zero_length_prefix_is_the_plain_tower(kind: str) -> None:
+    plain = tiny_classifier().visual
+    pv = prefix.PrefixVisual(plain, length=0, kind=kind)
+    with torch.no_grad():
+        assert torch.equal(pv(images()), plain(images()))
+
+
+def test_vit_b32_parameter_counts_match_the_formula() -> None:
+    """ViT-B-32 (random weights, 12 layers, D=768), P=10, hidden 512: the trainable count and the folded count."""
+    import logging
+    logging.disable(logging.WARNING)
+    try:
+        visual = open_clip.create_model("ViT-B-32", pretrained=None).visual
+    finally:
+        logging.disable(logging.NOTSET)
+    p, d, hidden, layers = 10, 768, 512, 12
+    assert (len(visual.transformer.resblocks), visual.class_embedding.shape[-1]) == (layers, d)
+    pv = prefix.PrefixVisual(visual, p, hidden, kind="prefix")
+    trainable = sum(t.numel() for t in pv.encoder.parameters())
+    assert trainable == p * d + d * hidden + hidden + hidden * layers * 2 * d + layers * 2 * d
+    prefix.fold(pv)
+    assert pv.folded.numel() == layers * 2 * p * d
+    images_224 = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert pv(images_224).shape == visual(images_224).shape
+
+
+def test_unknown_kind_and_unsupported_blocks_are_refused() -> None:
+    with pytest.raises(ConfigError, match="kind='vpt_deep'"):
+        PrefixTuningConfig(kind="deep").validate()
+    visual = tiny_classifier().visual
+    with pytest.raises(ValueError, match="Fix"):
+        prefix.PrefixVisual(visual, LENGTH, kind="deep")
+    visual.transformer.resblocks[0] = torch.nn.Identity()
+    with pytest.raises(ValueError, match="kind='prompt'"):
+        prefix.PrefixVisual(visual, LENGTH, kind="prefix")

@@ -1,25 +1,41 @@
-"""Prefix-tuning of the image tower: learned tokens prepended to the patch sequence, everything else frozen.
+"""Prefix-tuning of the image tower (Li & Liang, 2021), and its two input-token relatives as variants.
 
-Where the prefix goes. open_clip's ``VisionTransformer._embeds`` builds ``[CLS, patch_1..patch_N]``,
-adds the positional embedding, applies patch dropout and ``ln_pre``. The prefix tokens are inserted
-right *after* ``_embeds`` and right after the class token: ``[CLS, prefix_1..prefix_P, patches]``.
-After, not before, because (1) patch dropout only ever keeps token 0, so it would randomly drop
-prefix tokens; (2) prefix tokens have no position, so they get no positional embedding; (3) they then
-live in the residual stream exactly where the deep variant's fresh tokens live (every block input),
-so shallow and deep are the same operation at different depths; (4) ``_embeds`` is reused unchanged.
-Right after CLS, so ``_pool`` (``pool_type='tok'`` reads token 0) still reads the class token.
+Three ways to learn a few vectors for a frozen ViT to attend to (``PrefixTuningConfig.kind``):
 
-Shallow vs deep. *Shallow*: one set of P tokens enters block 0 and flows through the network.
-*Deep*: VPT-deep (Jia et al., 2022): at the input of every block i > 0 the P prefix slots are
-overwritten with fresh tokens for that layer. We chose VPT-deep over Li & Liang's per-layer key/value
-prefixes because it works with the stock ``nn.MultiheadAttention`` (no attention re-implementation)
-and is the standard deep prompt for ViTs; the cost is that block i's prefix also passes through block
-i's MLP, which Li & Liang's formulation does not need.
+``"prefix"`` — prefix-tuning as Li & Liang define it (the main row). Every attention layer i gets P learned
+    *key* vectors and P learned *value* vectors, prepended to the keys and values that layer computes from its
+    tokens. The queries are still only the real tokens (``[CLS, patches]``): the prefix is attended to but never
+    attends, never goes through a LayerNorm, a projection or an MLP, and is never changed by the residual stream.
+``"prompt"`` — prompt tuning (Lester et al., 2021; VPT-shallow, Jia et al., 2022): P learned *tokens* are inserted
+    once into the input sequence and flow through every block like the patches do.
+``"vpt_deep"`` — VPT-deep (Jia et al., 2022): as ``"prompt"``, but before every block after the first the P
+    prompt slots of the residual stream are overwritten with that block's own fresh tokens.
 
-Reparameterisation. As in Li & Liang, the prefix is produced by an MLP during training
-(``PrefixEncoder``: embedding -> Linear(D, hidden) -> Tanh -> Linear(hidden, n_out * D)), which makes
-optimisation more stable. After training, ``fold`` runs the MLP once and keeps only its output, so
-inference costs only the P extra tokens (``measure_inference_slowdown``).
+Why key/value space, after the projection. Li & Liang's prefix is "activations" ``h_i`` for the prefix positions at
+every layer; in their implementation (and in peft's ``PrefixEncoder`` / ``past_key_values``) those activations are
+the per-layer keys and values themselves, ``L x 2 x P x D`` numbers: the MLP's last layer emits ``L * 2 * D`` values
+per prefix position. We do the same. The alternative — feed ``k_x = v_x = cat(prefix, x)`` into each block, i.e.
+prefix *tokens* in each block's input space that then go through that block's LayerNorm and in-projection — is a
+different, more constrained parameterisation (P-tuning-v2-like hidden-space prompts), not the paper's. (It is also
+not available here: open_clip 3.3.0's ``ResidualAttentionBlock.forward`` drops ``k_x``/``v_x`` unless the block was
+built for cross-attention — it only applies them through ``ln_1_kv``, which self-attention blocks lack.) So
+``prefixed_block`` runs one block's computation itself — ``ln_1``, the block's own in-projection, the P prefix
+keys/values concatenated per head, scaled dot-product attention, ``out_proj``, ``ls_1``, then the unchanged MLP half —
+with the block's frozen weights; the test suite checks it against ``block(x)`` with the prefix masked out.
+
+Where the prompt tokens go (``"prompt"``, ``"vpt_deep"``). open_clip's ``VisionTransformer._embeds`` builds
+``[CLS, patch_1..patch_N]``, adds the positional embedding, applies patch dropout and ``ln_pre``. The prompt tokens are
+inserted right *after* ``_embeds`` and right after the class token: ``[CLS, prompt_1..prompt_P, patches]``. After,
+because (1) patch dropout only ever keeps token 0, so it would randomly drop prompt tokens; (2) prompt tokens have no
+position, so they get no positional embedding; (3) they then live in the residual stream exactly where VPT-deep's
+fresh tokens live (every block input), so the two are the same operation at different depths. Right after CLS, so
+``_pool`` (``pool_type='tok'`` reads token 0) still reads the class token.
+
+Reparameterisation. As in Li & Liang, the learned vectors are produced by an MLP during training
+(``PrefixEncoder``: embedding [P, D] -> Linear(D, hidden) -> Tanh -> Linear(hidden, n_out * D)), which makes
+optimisation more stable; ``n_out`` is ``2 L`` for ``"prefix"`` (a key and a value per layer), 1 for ``"prompt"``,
+``L`` for ``"vpt_deep"``. After training, ``fold`` runs the MLP once and keeps only its output, so inference pays only
+for the extra keys/values (``"prefix"``) or the extra tokens (the others) — ``measure_inference_slowdown``.
 """
 from __future__ import annotations
 
@@ -28,6 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -36,9 +54,16 @@ from ..errors import ConfigError
 from ..notebook_params import flag, integer
 from .base import Method, Variant, freeze, param_groups, register
 
+KINDS = {"prefix": "prefix-tuning", "prompt": "prompt tuning", "vpt_deep": "VPT-deep"}
+"""``PrefixTuningConfig.kind`` -> its name."""
+
+VARIANT_IDS = {"prompt": "prompt-tuning", "vpt_deep": "VPT-deep"}
+"""The variant rows' ``variant`` (their result files: ``prefix_tuning-<variant>_seed<s>.json``); ``"prefix"`` is the
+method's main row (no variant)."""
+
 
 class PrefixEncoder(nn.Module):
-    """MLP reparameterisation: ``n_out`` sets of ``length`` prefix tokens of width ``dim``."""
+    """MLP reparameterisation: ``n_out`` sets of ``length`` vectors of width ``dim``."""
 
     def __init__(self, length: int, dim: int, hidden: int = 512, n_out: int = 1):
         super().__init__()
@@ -47,60 +72,127 @@ class PrefixEncoder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, n_out * dim))
 
     def forward(self) -> torch.Tensor:
-        """Prefix tokens, shape [n_out, length, dim]."""
+        """The vectors, shape [n_out, length, dim]."""
         out = self.mlp(self.embedding.weight)  # [length, n_out * dim]
         return out.view(self.length, self.n_out, self.dim).transpose(0, 1)
 
 
-class PrefixVisual(nn.Module):
-    """An open_clip VisionTransformer with prefix tokens; replicates ``VisionTransformer.forward``."""
+def check_block(block: nn.Module) -> None:
+    """Raise unless ``prefixed_block`` can run ``block`` (open_clip's batch-first self-attention block)."""
+    attn = getattr(block, "attn", None)
+    if type(block) is not ResidualAttentionBlock or not isinstance(attn, nn.MultiheadAttention):
+        raise ValueError(f"Prefix-tuning runs open_clip's ResidualAttentionBlock (nn.MultiheadAttention) itself; "
+                         f"this tower has {type(block).__name__}. Fix: use a standard open_clip ViT, or "
+                         f"kind='prompt' / 'vpt_deep', which only add input tokens.")
+    if not (attn.batch_first and attn._qkv_same_embed_dim and attn.bias_k is None):
+        raise ValueError("Prefix-tuning needs a batch-first nn.MultiheadAttention with one in-projection and no "
+                         "add_bias_kv. Fix: use a standard open_clip ViT, or kind='prompt' / 'vpt_deep'.")
 
-    def __init__(self, visual: nn.Module, length: int, hidden: int = 512, deep: bool = False):
+
+def prefixed_block(block: nn.Module, x: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   mask_prefix: bool = False) -> torch.Tensor:
+    """One open_clip ``ResidualAttentionBlock`` on ``x`` [B, T, D] with P prefix ``key``/``value`` vectors [P, D].
+
+    The prefix is prepended to the block's own keys and values *after* their projection; the queries are the T real
+    tokens only, so the output keeps shape [B, T, D]. ``mask_prefix=True`` hides the prefix from every query (the
+    block then computes exactly ``block(x)``, up to float rounding): what the tests use to show the prefix is the
+    only change.
+    """
+    attn = block.attn
+    b, t, d = x.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    k = torch.cat([key.to(k.dtype).expand(b, -1, -1), k], dim=1)      # [B, P + T, D]
+    v = torch.cat([value.to(v.dtype).expand(b, -1, -1), v], dim=1)
+    q, k, v = (z.reshape(b, -1, heads, d // heads).transpose(1, 2) for z in (q, k, v))  # [B, H, *, D / H]
+    mask = None
+    if mask_prefix:
+        mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device)
+        mask[:, :key.shape[0]] = False                                # True = may attend
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                         dropout_p=attn.dropout if attn.training else 0.0)
+    out = attn.out_proj(out.transpose(1, 2).reshape(b, t, d))
+    x = x + block.ls_1(out)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+class PrefixVisual(nn.Module):
+    """An open_clip VisionTransformer with prefix-tuning (or a prompt variant); replicates its ``forward``."""
+
+    def __init__(self, visual: nn.Module, length: int, hidden: int = 512, kind: str = "prefix"):
         super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}. Fix: 'prefix' (Li & Liang), "
+                             f"'prompt' (input tokens) or 'vpt_deep' (fresh input tokens per block).")
         if not getattr(visual.transformer, "batch_first", True):
-            raise ValueError("PrefixVisual needs a batch-first open_clip VisionTransformer.")
-        self.visual, self.length, self.deep = visual, length, deep
-        n_out = len(visual.transformer.resblocks) if deep else 1
+            raise ValueError("PrefixVisual needs a batch-first open_clip VisionTransformer. Fix: build the tower "
+                             "with open_clip >= 2.23 (batch-first transformers).")
+        self.visual, self.length, self.kind = visual, length, kind
+        blocks = visual.transformer.resblocks
+        if kind == "prefix" and length > 0:
+            for block in blocks:
+                check_block(block)
+        n_out = {"prefix": 2 * len(blocks), "prompt": 1, "vpt_deep": len(blocks)}[kind]
         width = visual.class_embedding.shape[-1]
         self.encoder = PrefixEncoder(length, width, hidden, n_out) if length > 0 else None
         self.register_parameter("folded", None)
         self.output_dim, self.image_size = visual.output_dim, visual.image_size
         self.train(visual.training)  # new modules start in training mode; follow the tower's mode
 
+    @property
+    def deep(self) -> bool:
+        """True when every block gets its own learned vectors (prefix-tuning and VPT-deep)."""
+        return self.kind != "prompt"
+
+    @property
+    def extra_tokens(self) -> int:
+        """Tokens added to the sequence every block processes (queries): 0 for prefix-tuning, P for the others."""
+        return 0 if self.kind == "prefix" else self.length
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass (open_clip's switch, honoured by ``forward``)."""
         self.visual.set_grad_checkpointing(enable)
 
     def prefixes(self) -> torch.Tensor:
-        """Current prefix tokens [n_out, length, D] (from the MLP, or the folded copy)."""
+        """Current learned vectors [n_out, P, D] (from the MLP, or the folded copy). For ``kind='prefix'``
+        row 2i is layer i's keys and row 2i + 1 its values."""
         return self.folded if self.folded is not None else self.encoder()
 
-    def _insert(self, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """[CLS, rest] -> [CLS, prefix, rest]."""
-        prefix = prefix.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        return torch.cat([x[:, :1], prefix, x[:, 1:]], dim=1)
+    def _insert(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """[CLS, rest] -> [CLS, prompt, rest]."""
+        prompt = prompt.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+        return torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
 
-    def _replace(self, x: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
-        """Overwrite the prefix slots (tokens 1..P) with fresh tokens (VPT-deep)."""
-        return self._insert(torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1), prefix)
+    def _replace(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """Overwrite the prompt slots (tokens 1..P) with fresh tokens (VPT-deep)."""
+        return self._insert(torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1), prompt)
 
-    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Run one block, with gradient checkpointing when the tower has it switched on."""
+    def _block(self, block: nn.Module, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Run one block (with layer prefix ``kv`` [2, P, D] if given), checkpointed when the tower asks for it."""
+        fn, args = (block, (x,)) if kv is None else (prefixed_block, (block, x, kv[0], kv[1]))
         if self.visual.transformer.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, None, None, None, use_reentrant=False)
-        return block(x)
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         v = self.visual
         x = v._embeds(images)  # [B, 1 + N, D]: CLS + patches, + pos-emb, patch dropout, ln_pre
-        prefix = self.prefixes() if self.length > 0 else None
-        if prefix is not None:
-            x = self._insert(x, prefix[0])
-        for i, block in enumerate(v.transformer.resblocks):
-            if prefix is not None and self.deep and i > 0:
-                x = self._replace(x, prefix[i])
-            x = self._block(block, x)
-        x = torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1)  # drop the prefix slots
+        learned = self.prefixes() if self.length > 0 else None
+        blocks = v.transformer.resblocks
+        if learned is None:
+            for block in blocks:
+                x = self._block(block, x)
+        elif self.kind == "prefix":
+            kv = learned.view(len(blocks), 2, self.length, -1)  # [L, key/value, P, D]
+            for i, block in enumerate(blocks):
+                x = self._block(block, x, kv[i])
+        else:
+            x = self._insert(x, learned[0])
+            for i, block in enumerate(blocks):
+                if self.kind == "vpt_deep" and i > 0:
+                    x = self._replace(x, learned[i])
+                x = self._block(block, x)
+            x = torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1)  # drop the prompt slots
         pooled, tokens = v._pool(x)
         if v.proj is not None:
             pooled = pooled @ v.proj
@@ -109,7 +201,7 @@ class PrefixVisual(nn.Module):
 
 @torch.no_grad()
 def fold(pv: PrefixVisual) -> PrefixVisual:
-    """Run the prefix MLP once, keep its output as a frozen parameter and delete the MLP (in place)."""
+    """Run the MLP once, keep its output as a frozen parameter and delete the MLP (in place)."""
     if pv.encoder is not None:
         pv.folded = nn.Parameter(pv.encoder().detach().clone(), requires_grad=False)
         pv.encoder = None
@@ -120,7 +212,7 @@ def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     """Freeze ``clf``, wrap its tower in a PrefixVisual (``clf.visual`` replaced) and train the encoder."""
     freeze(clf)
     visual = clf.visual.visual if isinstance(clf.visual, PrefixVisual) else clf.visual
-    clf.visual = PrefixVisual(visual, cfg.prefix_length, cfg.prefix_hidden, deep=cfg.depth == "deep")
+    clf.visual = PrefixVisual(visual, cfg.prefix_length, cfg.prefix_hidden, kind=cfg.kind)
     return param_groups(clf.visual.encoder.parameters() if clf.visual.encoder else [], clf)
 
 
@@ -145,6 +237,8 @@ def measure_inference_slowdown(pv: PrefixVisual, images: torch.Tensor, repeats: 
 
     The minimum is the least disturbed measurement (noise only ever adds time); ``noisy`` says when the machine was
     too busy to trust it (a median more than 10 % above the minimum), and the spread is reported either way.
+    ``tokens_*`` count the tokens every block processes (its queries: what the linear layers and MLPs pay for),
+    ``keys_*`` the keys each query attends to; prefix-tuning adds only keys, the prompt variants add both.
     """
     if repeats < 3:
         raise ValueError(f"repeats must be >= 3 to judge the noise, got {repeats}.")
@@ -162,7 +256,8 @@ def measure_inference_slowdown(pv: PrefixVisual, images: torch.Tensor, repeats: 
     n_tokens = 1 + pv.visual.grid_size[0] * pv.visual.grid_size[1]
     return {
         "base_ms": float(b.min()), "prefix_ms": float(p.min()), "ratio": float(p.min() / b.min()),
-        "spread": spread, "noisy": spread > NOISY, "tokens_base": n_tokens, "tokens_prefix": n_tokens + pv.length,
+        "spread": spread, "noisy": spread > NOISY, "tokens_base": n_tokens, "tokens_prefix": n_tokens + pv.extra_tokens,
+        "keys_base": n_tokens, "keys_prefix": n_tokens + pv.length, "kind": pv.kind,
         "batch_size": images.shape[0], "repeats": repeats, "device": str(images.device),
         "folded": pv.folded is not None, "deep": pv.deep,
     }
@@ -177,27 +272,33 @@ class PrefixTuningConfig(TrainConfig):
     head_lr: float | None = 1e-3
     prefix_length: int = 10
     prefix_hidden: int = 512
-    depth: str = "shallow"  # "shallow": once after the positional embedding; "deep": fresh tokens per layer
+    # "prefix": Li & Liang's per-layer key/value prefixes (the main row); "prompt": prompt tuning (VPT-shallow),
+    # P tokens inserted once at the input; "vpt_deep": VPT-deep, fresh input tokens before every block
+    kind: str = "prefix"
 
     def validate(self) -> None:
         super().validate()
         _integer(self, "prefix_length", "prefix_hidden")
         _positive(self, "prefix_length", "prefix_hidden")
-        if self.depth not in ("shallow", "deep"):
-            raise ConfigError(f"PrefixTuningConfig.depth must be 'shallow' or 'deep', got {self.depth!r}.")
+        if self.kind not in KINDS:
+            raise ConfigError(f"PrefixTuningConfig.kind must be 'prefix' (Li & Liang's key/value prefixes), "
+                              f"'prompt' (prompt tuning: input tokens) or 'vpt_deep' (VPT-deep), got "
+                              f"{self.kind!r}. Fix: the old depth='shallow' is kind='prompt', depth='deep' is "
+                              f"kind='vpt_deep'.")
 
 
 METHOD = register(Method(
     name="prefix_tuning", title="Prefix-tuning", kind="parameter-efficient", notebook="04_prefix_tuning", order=4,
     config=PrefixTuningConfig, apply=apply, short="prefix",
-    summary=lambda cfg: f"{cfg.depth}, length {cfg.prefix_length}, MLP {cfg.prefix_hidden}",
+    summary=lambda cfg: f"{KINDS[cfg.kind]}, P={cfg.prefix_length}, MLP {cfg.prefix_hidden}",
     # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 40 epochs on
     # ViT-B-32 (see lora.py's note).
     profiles={"smoke": {"epochs": 5, "lr": 1e-3}, "rehearse": {"epochs": 1}},
     notebook_defaults={"rehearse": {"vit_timing": False, "timing_repeats": 3, "timing_batch": 8},
-                       "quick": {"deep": False, "vit_timing": False}},
-    notebook_checks={"deep": flag, "vit_timing": flag, "vit_timing_batch": integer(1, optional=False),
+                       "quick": {"variants": False, "vit_timing": False}},
+    notebook_checks={"variants": flag, "vit_timing": flag, "vit_timing_batch": integer(1, optional=False),
                      "timing_repeats": integer(3), "timing_batch": integer(1, optional=False)},
-    plan=lambda p, prof: " + the deep variant" if p.get("deep", True) else "",
-    variants={"prefix_tuning-deep": Variant({"depth": "deep"}, "deep (VPT-deep), length 10")},
+    plan=lambda p, prof: " + the variants prompt tuning and VPT-deep" if p.get("variants", True) else "",
+    variants={"prefix_tuning-prompt": Variant({"kind": "prompt"}, "prompt tuning (input tokens), P=10"),
+              "prefix_tuning-vpt_deep": Variant({"kind": "vpt_deep"}, "VPT-deep (tokens per block), P=10")},
 ))
