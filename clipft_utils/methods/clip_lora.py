@@ -29,16 +29,20 @@ from typing import Any
 
 from torch import nn
 
-from ..config import LORA_TARGETS, TrainConfig, _integer, _positive
+from ..config import TrainConfig, _integer, _positive
 from ..errors import ConfigError
 from ..textside import TextSideClassifier
-from . import freeze, lora
+from . import lora
+from .base import Method, freeze, register
+from .lora import LORA_TARGETS
 
 ENCODERS = ("both", "vision", "text")
 RANK_SCALINGS = ("sqrt", "linear")
 ITERS_PER_SHOT = 500
 """CLIP-LoRA's schedule: 500 × shots iterations at batch 32."""
 ADAPTER = "default"
+SMOKE = {"epochs": 5, "lr": 2e-3}
+"""The stand-in's 5 epochs on ToyCLIP (measured in notebook 05's section; see the report in the commit)."""
 
 
 def recipe_epochs(num_classes: int, batch_size: int = 32, iters_per_shot: int = ITERS_PER_SHOT) -> int:
@@ -110,3 +114,14 @@ def lora_counts(clf: TextSideClassifier) -> dict[str, int]:
     """LoRA parameters per tower (A and B of the active adapter)."""
     return {name: sum(p.numel() for p in lora.lora_parameters(tower)) for name, tower in towers(clf).items()
             if lora.adapter_names(tower)}
+
+
+METHOD = register(Method(
+    name="clip_lora", title="CLIP-LoRA", kind="parameter-efficient", notebook="05_lora", order=5.5,
+    config=CLIPLoRAConfig,
+    # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
+    # (parameter table, bench, the `train` command) build; notebook 05 calls clip_lora.apply itself.
+    apply=None, bench="none", short="cliplora",
+    summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}, {cfg.encoders} towers",
+    profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
+))

@@ -17,7 +17,9 @@ zero-shot classifier (tests/test_coop.py checks the logits).
 Optimiser. CoOp trains with SGD (lr 2e-3, momentum 0.9, weight decay 5e-4, cosine, batch 32; 50/100/200 epochs for
 1–2/4–8/16 shots, one warm-up epoch at a constant 1e-5). The course has one engine, AdamW with linear warm-up +
 cosine: we keep CoOp's lr 2e-3 (Adam's per-coordinate steps of about lr suit vectors whose entries are about 0.01
-to 0.02), one warm-up epoch, no weight decay (it would only pull the context towards the zero vector) and 50 epochs.
+to 0.02), no weight decay (it would only pull the context towards the zero vector), no warm-up (CoOp's first epoch
+at 1e-5 steadies SGD's first steps; Adam's steps are bounded by lr anyway, and a warm-up epoch would not fit the
+1-epoch ``--quick`` and rehearsal runs) and 50 epochs.
 """
 from __future__ import annotations
 
@@ -30,13 +32,15 @@ from torch import nn
 from ..config import TrainConfig, _integer, _positive
 from ..errors import ConfigError
 from ..textside import TextSideClassifier, TextTower, tokenize
-from . import freeze
+from .base import Method, freeze, register
 
 INITS = ("auto", "words", "random")
 PLACEHOLDER = "X"
 """The word whose embedding each context slot replaces (one token; its embedding is never used)."""
 RANDOM_STD = 0.02
 """CoOp's std for context vectors that start without words."""
+SMOKE = {"epochs": 5}
+"""The stand-in's 5 epochs on ToyCLIP."""
 
 
 @dataclass
@@ -46,7 +50,6 @@ class CoOpConfig(TrainConfig):
     epochs: int = 50
     lr: float = 2e-3
     weight_decay: float = 0.0
-    warmup_epochs: float = 1.0
     n_ctx: int = 16                  # M, the number of learned context vectors
     ctx_init: str = "a photo of a"   # words that initialise the context (or a template with {}: see the module)
     init: str = "auto"               # "words": from ctx_init (its tokens must be M); "random": N(0, 0.02²); "auto"
@@ -137,3 +140,13 @@ def nearest_words(clf: TextSideClassifier, k: int = 1) -> list[list[str]]:
     ids = dist.topk(k, largest=False).indices.tolist()
     decoder = getattr(clf.tokenizer, "decoder", {})
     return [[decoder.get(i, str(i)).replace("</w>", "") for i in row] for row in ids]
+
+
+METHOD = register(Method(
+    name="coop", title="CoOp", kind="prompt learning", notebook="04_prefix_tuning", order=4.5, config=CoOpConfig,
+    # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
+    # (parameter table, bench, the `train` command) build; notebook 04 calls coop.apply itself.
+    apply=None, bench="none", short="coop",
+    summary=lambda cfg: f"M={cfg.n_ctx} context vectors",
+    profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
+))
