@@ -307,7 +307,9 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
     path = course.result_path(method, variant)
     if save:
         path = save_result(result, course.results_dir, predictions=test, val_predictions=val)
-        save_head(head_path(course.results_dir, name), clf.head.weight, clf.head.bias, method=method,
+        # a text-side classifier (CoOp, CLIP-LoRA) has no head module: it reports its text features as one
+        weight, bias = clf.head_tensors() if hasattr(clf, "head_tensors") else (clf.head.weight, clf.head.bias)
+        save_head(head_path(course.results_dir, name), weight, bias, method=method,
                   variant=variant or "", model=course.loaded.name, dataset=course.dataset)
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)  # the run finished: its resume point is no longer needed

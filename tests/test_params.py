@@ -16,7 +16,7 @@ from clipft_utils.models import CLIPClassifier
 
 METHODS = names()
 # the methods the table can count on a CLIPClassifier (feature-cache methods such as Tip-Adapter record theirs in
-# their result rows: their size depends on the training set)
+# their result rows: their size depends on the training set; CoOp and CLIP-LoRA need a text-side classifier)
 TABLED = tuple(m.name for m in registry() if m.apply is not None or not m.trains)
 
 D, L, C, E = 64, 2, 7, 32  # tiny tower: width, blocks, classes, embedding size

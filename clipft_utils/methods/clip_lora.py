@@ -1,0 +1,128 @@
+"""CLIP-LoRA (Zanella & Ben Ayed, 2024): LoRA on the attention of BOTH towers, classes read by the text tower.
+
+Notebook 05's LoRA adapts the image tower and trains a head initialised from the text embeddings. CLIP-LoRA keeps
+CLIP's own way of classifying: the class prompts ("a photo of a <class>, a type of flower.") go through the text
+tower at every step, and both towers carry low-rank updates on the q, k and v projections of every block
+(``textside.TextSideClassifier``; no head, no other parameter trains). The LoRA layers are notebook 05's
+(``methods/lora.py``: ``LoRAMultiheadAttention`` on the fused ``in_proj_weight``), applied to each tower in turn;
+the text tower's causal attention mask goes through them unchanged.
+
+The recipe, from CLIP-LoRA's code (``run_utils.py``, ``loralib``, ``lora.py``): rank 2, alpha 1, dropout 0.25 on
+the input of the low-rank path, q/k/v of every block of both encoders, AdamW lr 2e-4 (weight decay 1e-2), cosine
+schedule, batch 32, 500 × shots iterations, one template, logit scale 100 (CLIP's; we use the model's own, which is
+100 for OpenAI's weights). Two details worth knowing:
+
+* the update is scaled by alpha / √rank (their ``LoRALayer``), not alpha / rank as in the LoRA paper and notebook
+  05: ``rank_scaling="sqrt"`` (default) or ``"linear"``;
+* 500 × shots *iterations* become epochs: one epoch over C classes × shots images is C · shots / 32 steps, so the
+  recipe is 500 · 32 / C epochs whatever the shots (``recipe_epochs``): 157 for Flowers102's 102 classes, the
+  default here (8,007 steps at 16 shots, 628 at 1 shot because the last batch of each epoch is partial).
+
+With every B zero (the initialisation) the classifier equals zero-shot; tests/test_clip_lora.py checks it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from torch import nn
+
+from ..config import TrainConfig, _integer, _positive
+from ..errors import ConfigError
+from ..textside import TextSideClassifier
+from . import lora
+from .base import Method, freeze, register
+from .lora import LORA_TARGETS
+
+ENCODERS = ("both", "vision", "text")
+RANK_SCALINGS = ("sqrt", "linear")
+ITERS_PER_SHOT = 500
+"""CLIP-LoRA's schedule: 500 × shots iterations at batch 32."""
+ADAPTER = "default"
+SMOKE = {"epochs": 1, "lr": 2e-3}
+"""One epoch on the stand-in (a step costs about 3x an image-side LoRA step: both towers backpropagate), at 10x the
+recipe's lr, as the other methods' smoke profiles do for their short schedules."""
+
+
+def recipe_epochs(num_classes: int, batch_size: int = 32, iters_per_shot: int = ITERS_PER_SHOT) -> int:
+    """CLIP-LoRA's ``iters_per_shot × shots`` steps as epochs (C · shots images, batch ``batch_size``): shots cancel."""
+    return max(1, round(iters_per_shot * batch_size / num_classes))
+
+
+@dataclass
+class CLIPLoRAConfig(TrainConfig):
+    """CLIP-LoRA: LoRA on q, k, v of both towers (rank 2, alpha 1, dropout 0.25, lr 2e-4, 500 × shots steps)."""
+
+    epochs: int = recipe_epochs(102)  # 157: 500 × shots steps on Flowers102 at batch 32 (see recipe_epochs)
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    rank: int = 2
+    alpha: float = 1.0
+    dropout: float = 0.25
+    targets: tuple[str, ...] = ("q", "k", "v")
+    encoders: str = "both"          # "both", "vision" (image tower only) or "text" (text tower only)
+    rank_scaling: str = "sqrt"      # the update's scale: alpha / sqrt(rank) (CLIP-LoRA) or alpha / rank (LoRA)
+
+    def validate(self) -> None:
+        super().validate()
+        _integer(self, "rank")
+        _positive(self, "rank", "alpha")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"CLIPLoRAConfig.dropout must be in [0, 1), got {self.dropout}.")
+        self.targets = tuple(self.targets)
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad or not self.targets:
+            raise ConfigError(f"CLIPLoRAConfig.targets has unknown entries {bad or '(empty)'}. "
+                              f"Fix: choose from {LORA_TARGETS}.")
+        if self.encoders not in ENCODERS:
+            raise ConfigError(f"CLIPLoRAConfig.encoders must be one of {ENCODERS}, got {self.encoders!r}.")
+        if self.rank_scaling not in RANK_SCALINGS:
+            raise ConfigError(f"CLIPLoRAConfig.rank_scaling must be one of {RANK_SCALINGS}, "
+                              f"got {self.rank_scaling!r}.")
+
+    @property
+    def scaling(self) -> float:
+        """The factor of ``B A``: alpha / sqrt(rank) or alpha / rank."""
+        return self.alpha / (math.sqrt(self.rank) if self.rank_scaling == "sqrt" else self.rank)
+
+
+def towers(clf: TextSideClassifier, encoders: str = "both") -> dict[str, nn.Module]:
+    """``{"vision": clf.visual, "text": clf.text}``, or the one ``encoders`` names."""
+    found = {"vision": clf.visual, "text": clf.text}
+    return found if encoders == "both" else {encoders: found[encoders]}
+
+
+def apply(clf: nn.Module, cfg: CLIPLoRAConfig) -> list[dict[str, Any]]:
+    """Freeze ``clf`` (a TextSideClassifier), add LoRA to the chosen towers and train only its A and B."""
+    if not isinstance(clf, TextSideClassifier):
+        raise ConfigError(f"CLIP-LoRA trains a text-side classifier, got a {type(clf).__name__}. Fix: build it "
+                          "with clipft_utils.textside.classifier(course).")
+    freeze(clf)
+    # lora.add_adapter scales by alpha / rank: hand it the alpha that gives cfg.scaling
+    spec = SimpleNamespace(rank=cfg.rank, alpha=cfg.scaling * cfg.rank, dropout=cfg.dropout, targets=cfg.targets)
+    params = []
+    for tower in towers(clf, cfg.encoders).values():
+        lora.add_adapter(tower, ADAPTER, spec)
+        lora.set_adapter(tower, ADAPTER)
+        params += lora.lora_parameters(tower, ADAPTER)
+    return [{"params": params, "name": "lora"}]
+
+
+def lora_counts(clf: TextSideClassifier) -> dict[str, int]:
+    """LoRA parameters per tower (A and B of the active adapter)."""
+    return {name: sum(p.numel() for p in lora.lora_parameters(tower)) for name, tower in towers(clf).items()
+            if lora.adapter_names(tower)}
+
+
+METHOD = register(Method(
+    name="clip_lora", title="CLIP-LoRA", kind="parameter-efficient", notebook="05_lora", order=5.5,
+    config=CLIPLoRAConfig,
+    # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
+    # (parameter table, bench, the `train` command) build; notebook 05 calls clip_lora.apply itself.
+    apply=None, bench="none", short="cliplora",
+    summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}, {cfg.encoders} towers",
+    profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
+))
