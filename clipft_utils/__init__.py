@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "METHODS": "config", "make_config": "config", "get_profile": "config",
+    "make_config": "config", "get_profile": "config",
     "Course": "course", "setup": "course", "train_method": "course",
     "ClipftError": "errors", "ConfigError": "errors", "DatasetError": "errors", "OfflineError": "errors",
     "ResultsError": "errors", "WeightsError": "errors", "seed_everything": "seeding",

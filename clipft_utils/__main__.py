@@ -6,7 +6,8 @@ import importlib
 import sys
 from typing import Sequence
 
-from .config import METHODS, PROFILES
+from .config import PROFILES
+from .methods import names as method_names
 
 
 def error_line(exc: BaseException, prefix: str = "clipft") -> str:
@@ -129,7 +130,7 @@ def _main(argv: list[str]) -> int:
 
     run = sub.add_parser("run", help="execute the notebooks (what run_all.sh does)")
     run.add_argument("--all", action="store_true", help="run every notebook, 01-07")
-    run.add_argument("--only", nargs="+", choices=METHODS, metavar="METHOD", help=f"subset of {METHODS}")
+    run.add_argument("--only", nargs="+", choices=method_names(), metavar="METHOD", help=f"subset of {method_names()}")
     run.add_argument("--compare", action="store_true", help="only 07_comparison (e.g. after every shard finished)")
     run.add_argument("--profile", default="full", choices=list(PROFILES))
     run.add_argument("--smoke", action="store_true", help="shorthand for --profile smoke (offline stand-in)")

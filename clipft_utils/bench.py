@@ -20,20 +20,21 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import METHODS, make_config
+from .config import make_config
 from .engine import PeakMemory
 from .evaluate import autocast_context, resolve_precision
 from .models import CLIPClassifier, count_parameters, load_clip, resolve_device
 
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "linear_probe": ("linear_probe", {}),
-    "bitfit": ("bitfit", {}),
-    "prefix_tuning": ("prefix_tuning", {}),
-    "prefix_tuning-deep": ("prefix_tuning", {"depth": "deep"}),
-    "lora": ("lora", {}),
-    "full_finetune": ("full_finetune", {}),
-    "full_finetune-ckpt": ("full_finetune", {"grad_checkpointing": True}),
-}
+def variants() -> dict[str, tuple[str, dict[str, Any]]]:
+    """Name -> (method, config overrides): every method that `bench` times, then its variants timed by bench."""
+    from .methods import registry
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for m in registry():
+        if m.bench == "none":
+            continue
+        out[m.name] = (m.name, {})
+        out |= {name: (m.name, dict(v.config)) for name, v in m.variants.items() if "bench" in v.shown_in}
+    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -59,7 +60,9 @@ def bench_variant(name: str, visual, num_classes: int, device: torch.device, bat
                   warmup: int, precision: str) -> dict[str, Any]:
     """Training-step throughput and peak memory of one method variant (inference only for the probe)."""
     from .methods import apply_method
-    method, overrides = VARIANTS[name]
+    from .methods import get
+    method, overrides = variants()[name]
+    inference = get(method).bench == "inference"
     cfg = make_config(method, **overrides)
     head = 100 * F.normalize(torch.randn(num_classes, visual.output_dim), dim=-1)
     clf = CLIPClassifier(copy.deepcopy(visual), head).to(device)
@@ -69,7 +72,7 @@ def bench_variant(name: str, visual, num_classes: int, device: torch.device, bat
     images = torch.randn(batch_size, 3, size, size, device=device)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     prec = resolve_precision(precision, device)
-    if method == "linear_probe":  # its cost is one frozen forward per image (feature extraction)
+    if inference:  # a feature-based method: its cost is one frozen forward per image (feature extraction)
         clf.eval()
 
         def step():
@@ -91,11 +94,11 @@ def bench_variant(name: str, visual, num_classes: int, device: torch.device, bat
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     seconds, peak = _timed(step, steps, warmup, device)
-    ckpt = checkpoint_mb(clf, opt) if method != "linear_probe" else None
+    ckpt = checkpoint_mb(clf, opt) if not inference else None
     return {"checkpoint_mb": ckpt, "variant": name, "trainable": trainable, "total": total,
             "trainable_percent": 100 * trainable / total,
             "images_per_second": batch_size / seconds, "ms_per_step": 1000 * seconds, "peak_memory_mb": peak,
-            "precision": prec, "batch_size": batch_size, "kind": "inference" if method == "linear_probe" else "train"}
+            "precision": prec, "batch_size": batch_size, "kind": "inference" if inference else "train"}
 
 
 def checkpoint_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
@@ -157,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--precision", default="auto")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
     p.add_argument("--flowers-root", default=None, help="folder containing flowers-102/ to time the data pipeline")
     p.add_argument("--json", default=None, help="write the rows to this JSON file")
     p.add_argument("--no-loader", action="store_true", help="skip timing the training loader against the steps")

@@ -25,14 +25,18 @@ from .data import ImageSplit
 from .errors import ConfigError
 
 __all__ = [
-    "SHORT_NAMES", "ensemble_probs", "ensemble_logits", "accuracy", "subset_table", "same_predictions",
+    "short_name", "ensemble_probs", "ensemble_logits", "accuracy", "subset_table", "same_predictions",
     "interpolate_state_dicts", "interpolated", "wise_ft", "WiseFT", "set_head", "base_novel_classes",
     "class_subset", "restricted_eval", "Member", "collect_members", "ensemble_result", "combination_result",
     "remove_rows",
 ]
 
-SHORT_NAMES = {"zero_shot": "zs", "linear_probe": "lp", "bitfit": "bitfit", "prefix_tuning": "prefix",
-               "lora": "lora", "full_finetune": "ft"}
+def short_name(method: str) -> str:
+    """A method's part of a combination's name ("lp+ft"): its ``Method.short``; other names as they are."""
+    from .methods.base import REGISTRY
+    from .plugins import load
+    load()
+    return REGISTRY[method].short_name if method in REGISTRY else method
 """Short method names for ensemble variants (``ensemble-zs+lp+ft``)."""
 
 
@@ -84,7 +88,7 @@ def subset_table(preds: Mapping[str, Any], labels: Any, *, val_preds: Mapping[st
     rows = []
     for size in range(max(1, min_size), len(names) + 1):
         for members in combinations(names, size):
-            row = {"subset": "+".join(SHORT_NAMES.get(m, m) for m in members), "members": members, "size": size,
+            row = {"subset": "+".join(short_name(m) for m in members), "members": members, "size": size,
                    "test_acc": accuracy(ensemble_probs([preds[m] for m in members]), labels)}
             if val_preds is not None:
                 row["val_acc"] = accuracy(ensemble_probs([val_preds[m] for m in members]), val_labels)
@@ -149,7 +153,7 @@ def ensemble_result(course: Any, members: Mapping[str, Member], names: Sequence[
     paths = [result_path(course.results_dir, m, course.seed, None, course.shots) for m in names]
     parts = [read_result(p) for p in paths if p.exists()]
     row = combination_result(
-        course, "ensemble", "+".join(SHORT_NAMES.get(m, m) for m in names), test, val_acc=val.top1,
+        course, "ensemble", "+".join(short_name(m) for m in names), test, val_acc=val.top1,
         trainable_params=sum(p["trainable_params"] for p in parts), total_params=sum(p["total_params"] for p in parts),
         train_seconds=sum(p["train_seconds"] for p in parts), config={"members": list(names), "weights": "equal"},
         members=list(names), member_sources={m: members[m].source for m in names}, selected_on="val",

@@ -11,12 +11,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import METHOD_TYPE, METHODS, get_profile
+from .config import get_profile
+from .methods import names as method_names, registry
 from .labels import STANDIN, run_label, warnings_for
 from .paths import atomic_write_text, results_root
 from .results import REQUIRED_KEYS, borrowed_history, load_predictions, load_results
 
 COMBINATION_METHODS = ("ensemble", "lp_ft", "wise_ft", "adapter_fusion")
+
+
+def _kind(method: str) -> str:
+    """The tables' "type" of a method (its ``Method.kind``), or "combination"."""
+    return next((m.kind for m in registry() if m.name == method), "combination")
 """Rows written by the combination part of the course (notebook 06)."""
 
 NEEDS = ("best", "good", "cheap")
@@ -81,7 +87,7 @@ def title(text: str, label: str, width: int = 75) -> str:
 # ----------------------------------------------------------------------------- tables
 def _is_main(df: pd.DataFrame) -> pd.Series:
     """Rows that are a method's main run (variant None) of one of the six methods."""
-    return _col(df, "method").isin(METHODS) & _col(df, "variant").isna()
+    return _col(df, "method").isin(method_names()) & _col(df, "variant").isna()
 
 
 def _shots(df: pd.DataFrame) -> pd.Series:
@@ -179,12 +185,12 @@ def summary_table(df: pd.DataFrame, include_missing: bool = True, shots: Any = "
     """One numeric row per method (main runs at one shots value, mean over seeds); missing ones are "not run"."""
     main = main_rows(df, shots)
     rows = []
-    for method in METHODS:
+    for method in method_names():
         runs = main[main["method"] == method]
         if len(runs):
-            rows.append({"method": method, "type": METHOD_TYPE[method], **_aggregate(runs)})
+            rows.append({"method": method, "type": _kind(method), **_aggregate(runs)})
         elif include_missing:
-            rows.append({"method": method, "type": METHOD_TYPE[method], "status": "not run", "n_seeds": 0})
+            rows.append({"method": method, "type": _kind(method), "status": "not run", "n_seeds": 0})
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
 
@@ -196,8 +202,8 @@ def combination_table(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:
     rest = _at_shots(df[~_is_main(df)], default_shots(df) if shots == "auto" else shots).copy()
     rest = rest[~_col(rest, "selected_on").astype(str).str.contains("test")]  # never a row chosen on test
     rest["variant"] = _col(rest, "variant").fillna("")
-    order = {m: i for i, m in enumerate(METHODS + COMBINATION_METHODS)}
-    rows = [{"method": m, "variant": v or None, "type": METHOD_TYPE.get(m, "combination"), **_aggregate(g)}
+    order = {m: i for i, m in enumerate(method_names() + COMBINATION_METHODS)}
+    rows = [{"method": m, "variant": v or None, "type": _kind(m), **_aggregate(g)}
             for (m, v), g in rest.groupby(["method", "variant"])]
     table = pd.DataFrame(rows)
     if not len(table):
@@ -215,7 +221,7 @@ def shots_table(df: pd.DataFrame) -> pd.DataFrame:
     main = main.assign(_k=_shots(main), _acc=pd.to_numeric(main["test_acc"], errors="coerce"))
     out = main.groupby(["method", "_k"], dropna=False)["_acc"].agg(["mean", "std", "count"]).reset_index()
     out = out.rename(columns={"_k": "shots", "count": "n_seeds"})
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(method_names())}
     return out.assign(_o=out["method"].map(order)).sort_values(["_o", "shots"]).drop(columns="_o").reset_index(drop=True)
 
 
@@ -231,7 +237,7 @@ def shots_display(table: pd.DataFrame) -> pd.DataFrame:
         if wide["all"].drop("zero_shot").isna().all():
             wide = wide.drop(columns="all")
     cols = sorted([c for c in wide.columns if c != "all"]) + (["all"] if "all" in wide.columns else [])
-    return wide.reindex(index=[m for m in METHODS if m in wide.index], columns=cols).fillna("—")
+    return wide.reindex(index=[m for m in method_names() if m in wide.index], columns=cols).fillna("—")
 
 
 def curve_shots(df: pd.DataFrame) -> list[float]:
@@ -413,7 +419,7 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
         n_test = r.get("n_test")
         out.append({
             "method": display_name(r["method"], variant),
-            "type": r.get("type") or METHOD_TYPE.get(r["method"], "combination"),
+            "type": r.get("type") or _kind(r["method"]),
             "measured": r.get("measured") or "test top-1",
             "on images": "mixed" if n_test == -1 else _num(n_test, "{:,.0f}"),
             "epochs": _num(r.get("epochs"), "{:.3g}") if r.get("type") != "no training" else "0",
@@ -465,7 +471,7 @@ def write_summary(profile: str, folder: str | Path) -> str:
                       "accuracy is mean ± std over seeds when several seeds exist. " + tested + " " + memory_note(df),
                       "", *table_notes(table), "",
                       to_markdown(format_table(table)), "",
-                      f"{int((table['status'] == 'ok').sum())} of {len(METHODS)} methods have results.", ""])
+                      f"{int((table['status'] == 'ok').sum())} of {len(method_names())} methods have results.", ""])
     combo = combination_table(df)
     if len(combo):
         text += ("\n## Combinations and variants\n\n"
@@ -732,12 +738,14 @@ def _empty(ax, text: str = "no results yet") -> None:
 
 def method_colour(method: str) -> str:
     """One colour per method in every figure of this notebook (course order: C0 zero-shot ... C5 full fine-tuning)."""
-    return f"C{METHODS.index(method)}" if method in METHODS else "C7"
+    names = method_names()
+    return f"C{names.index(method) % 10}" if method in names else "C7"
 
 
 def method_marker(method: str) -> str:
     """One marker shape per method, so that points at the same place stay apart in the legend's eyes."""
-    return "osD^vP"[METHODS.index(method)] if method in METHODS else "X"
+    names = method_names()
+    return "osD^vP<>hp"[names.index(method) % 10] if method in names else "X"
 
 
 def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool):
@@ -820,7 +828,7 @@ def learning_curves(df: pd.DataFrame) -> tuple[dict[str, pd.Series], dict[str, f
     is another recipe's (the probe's L-BFGS row keeps the AdamW run's) its validation accuracy instead."""
     curves, lines = {}, {}
     main = main_rows(df)
-    for method in METHODS:
+    for method in method_names():
         rows = main[_col(main, "method") == method]
         borrowed = _borrowed_history(rows) != ""
         if borrowed.any():
@@ -906,7 +914,7 @@ def per_class_matrix(df: pd.DataFrame, classnames: Sequence[str] | None = None) 
     from .plots import _floats, unique_labels
     main = main_rows(df)
     rows = {}
-    for method in METHODS:
+    for method in method_names():
         accs = [pd.Series(_floats(list(v))) for v in _col(main, "per_class_acc")[_col(main, "method") == method]
                 if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
         if accs:
@@ -1071,7 +1079,7 @@ def main_runs(df: pd.DataFrame, seed: int = 0) -> list[str]:
     """Run names of the main rows of one seed, in course order."""
     main = main_rows(df)
     main = main[_col(main, "seed") == seed]
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(method_names())}
     return list(main.assign(_k=main["method"].map(order)).sort_values("_k")["run"])
 
 

@@ -120,6 +120,12 @@ class Course:
         return CachedLoader(self.splits[split], bs, shuffle=train, augment=train, seed=self.seed, device=self.device,
                             rank=rank, world=world)
 
+    def default(self, name: str, value: Any = None) -> Any:
+        """A notebook parameter: ``value`` when given, else this profile's default for it (declared by the method
+        that owns the parameter, ``Method.notebook_defaults``; the full profile's when this one sets none)."""
+        from .config import notebook_default
+        return value if value is not None else notebook_default(self.profile.name, name)
+
     def run_id(self, method: str, variant: str | None = None) -> str:
         """What a training checkpoint must match besides its config: model, weights, data, images, seed."""
         parts = [method, variant, self.loaded.name, self.loaded.weights_id, self.data.identity, self.seed,
@@ -233,7 +239,7 @@ def setup(profile: str | None = None, *, model: str | None = None, pretrained: s
         seed_everything(seed)
         loaded = load_clip(model or prof.model, pretrained if pretrained is not None else prof.pretrained, device=dev)
     except (OfflineError, DatasetError) as exc:
-        if prof.name == "full" and not (isinstance(exc, DatasetError) and is_folder(dataset)):  # not for your folder
+        if prof.downloads and not (isinstance(exc, DatasetError) and is_folder(dataset)):  # not for your folder
             raise type(exc)(f"{exc}\n{NOTEBOOK_HINT}") from exc
         raise
     test_per_class = prof.test_per_class if test_per_class is None else test_per_class
@@ -274,7 +280,7 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
     from . import distributed
     from .engine import fit
     from .evaluate import evaluate
-    from .zeroshot import head_path, save_head
+    from .heads import head_path, save_head
     check_method(method)
     name = course.run_name(method, variant)
     ckpt = course.results_dir / "checkpoints" / f"{name}.pt" if checkpoint else None

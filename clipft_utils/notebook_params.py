@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Callable
 
-from .config import METHODS, PRECISIONS, PROFILES
+from .config import PRECISIONS, PROFILES
 from .errors import ConfigError
 
 Check = Callable[[str, Any], None]
@@ -107,26 +107,31 @@ def config_dict(name: str, value: Any) -> None:
         _fail(name, value, "a mapping of the method's config fields, e.g. {rank: 4, lr: 0.001}")
 
 
+PRECISION_CHECK = one_of(*PRECISIONS, optional=False)
+
 CHECKS: dict[str, Check] = {
     # every notebook
     "profile": one_of(*PROFILES), "model": text(), "pretrained": text(), "dataset": text(), "data_root": text(),
     "seed": integer(0, optional=False), "device": device, "batch_size": integer(1), "shots": integer(1),
     "val_shots": integer(1), "results_dir": text(), "epochs": integer(1), "test_per_class": integer(0),
     "extras": flag, "config": config_dict, "data_split": data_split,
-    # notebook-specific
-    "n_show": integer(1, optional=False), "zero_shot_init": flag, "lr_factors": list_of(number(0, open_low=True), min_len=0),
-    "deep": flag, "vit_timing": flag, "vit_timing_batch": integer(1, optional=False), "timing_repeats": integer(3),
-    "timing_batch": integer(1, optional=False),
-    "ranks": list_of(integer(1, optional=False)), "sweep_epochs": integer(1),
-    "warmup_epochs": number(0), "layer_decay": number(0, 1, open_low=True), "grad_checkpointing": flag,
-    "grad_accum_steps": integer(1, optional=False), "precision": one_of(*PRECISIONS, optional=False),
-    "memory_steps": integer(1, optional=False), "extra_epochs": integer(1),
-    "wise_alphas": list_of(number(0, 1, optional=False)), "ensemble_members": list_of(one_of(*METHODS, optional=False)),
-    "fusion_weights": list_of(list_of(number(0, optional=False), optional=False, min_len=2)),
+    # notebooks that train no method of their own (01's grid, 07's recommender and upload)
+    "n_show": integer(1, optional=False),
     "memory_budget_mb": number(0, open_low=True, optional=False), "need": one_of("best", "good", "cheap", optional=False),
     "tasks": integer(1, optional=False), "have_data": flag, "image_index": integer(0),
     "interactive": one_of(True, False), "labelled_per_class": integer(1),
 }
+"""The checks of the parameters every notebook shares; a method's own notebook parameters are checked by the
+checks its module declares (``Method.notebook_checks``)."""
+
+
+def checks() -> dict[str, Check]:
+    """Every known check: the shared ones and each registered method's."""
+    from .methods import registry
+    out = dict(CHECKS)
+    for m in registry():
+        out.update(m.notebook_checks)
+    return out
 
 
 def inferred_check(default_source: str) -> Check | None:
@@ -148,6 +153,6 @@ def inferred_check(default_source: str) -> Check | None:
 
 def check_value(name: str, value: Any, default_source: str | None = None) -> None:
     """Raise a ConfigError if ``value`` is not valid for parameter ``name``."""
-    check = CHECKS.get(name) or (inferred_check(default_source) if default_source is not None else None)
+    check = checks().get(name) or (inferred_check(default_source) if default_source is not None else None)
     if check is not None:
         check(name, value)

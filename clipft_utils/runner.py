@@ -28,23 +28,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .config import METHODS, CONFIGS, PROFILES, check_method, get_profile, make_config
+from . import methods as M
+from .config import PROFILES, check_method, get_profile, make_config, notebook_defaults
 from .errors import ConfigError, ResultsError
 from .paths import PROJECT_ROOT, atomic_write_text, ensure_writable, file_lock, hash_file, results_root
 from .results import point_suffix
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-NOTEBOOKS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("01_zero_shot", ("zero_shot",)),
-    ("02_linear_probe", ("linear_probe",)),
-    ("03_bitfit", ("bitfit",)),
-    ("04_prefix_tuning", ("prefix_tuning",)),
-    ("05_lora", ("lora",)),
-    ("06_full_finetune", ("full_finetune",)),
-    ("07_comparison", ()),
-)
-DEPENDS = {"06_full_finetune": ("01_zero_shot", "02_linear_probe", "05_lora")}
-"""Jobs that read what other jobs of the same (shots, seed) wrote (06 combines 01, 02 and 05); 07 reads all."""
+COMPARISON = "07_comparison"
+
+
+def notebooks() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(notebook, the methods its job trains) in course order, from the method registry; the comparison last."""
+    return (*M.notebooks().items(), (COMPARISON, ()))
+
+
+def depends() -> dict[str, tuple[str, ...]]:
+    """Notebooks that read what other notebooks of the same (shots, seed) wrote (06 combines 01, 02 and 05; from
+    each method's ``reads``); 07 reads all."""
+    return {m.notebook: m.reads for m in M.registry() if m.reads}
+
+
+def config_param(notebook: str, method: str) -> str:
+    """The notebook parameter that holds ``method``'s config overrides: ``config`` for the notebook's first method,
+    ``<method>_config`` for each method that is a section of another's notebook (e.g. ``coop_config`` in 04)."""
+    methods = dict(notebooks()).get(notebook, ())
+    return "config" if not methods or methods[0] == method else f"{method}_config"
+
+
+def _trains_nothing(methods: Sequence[str]) -> bool:
+    """A job whose methods fit nothing (zero-shot): it runs once per seed, whatever the shots."""
+    return bool(methods) and not any(M.get(m).trains for m in methods)
 NOT_FINGERPRINTED = ("device", "results_dir")  # where a job runs, not what it computes
 NOISE = ("Kernel is running over TCP without encryption",)
 
@@ -115,8 +129,8 @@ class Report:
 
 def plan(only: Sequence[str] | None = None) -> list[tuple[str, tuple[str, ...]]]:
     """Notebooks to run for ``only`` (method names; None = all); 07 always comes last."""
-    wanted = set(METHODS) if not only else {check_method(m) for m in only}
-    return [(nb, methods) for nb, methods in NOTEBOOKS if not methods or wanted & set(methods)]
+    wanted = set(M.names()) if not only else {check_method(m) for m in only}
+    return [(nb, methods) for nb, methods in notebooks() if not methods or wanted & set(methods)]
 
 
 def parse_shard(shard: str | None) -> tuple[int, int] | None:
@@ -141,7 +155,7 @@ def make_jobs(only: Sequence[str] | None, seeds: Sequence[int], shots: Sequence[
             if compare:
                 jobs.append(Job(notebook, methods, seeds[0], None))
             continue
-        grid = [None] if methods == ("zero_shot",) else shots
+        grid = [None] if _trains_nothing(methods) else shots
         jobs += [Job(notebook, methods, seed, k) for k in grid for seed in seeds]
     return jobs
 
@@ -161,7 +175,7 @@ def declared(notebook: str) -> dict[str, dict[str, Any]]:
 
 def _scoped_notebook(scope: str, notebooks: Sequence[str]) -> str | None:
     """The planned notebook a scope names (a method or a notebook name)."""
-    for nb, methods in NOTEBOOKS:
+    for nb, methods in globals()["notebooks"]():
         if (scope == nb or scope in methods) and nb in notebooks:
             return nb
     return None
@@ -172,7 +186,7 @@ def split_extra(extra: dict | None, notebooks: Sequence[str], profile: str) -> d
     from .notebook_params import check_value
     specs = {nb: declared(nb) for nb in notebooks}
     per_nb: dict[str, dict[str, Any]] = {nb: {} for nb in notebooks}
-    scopes = set(METHODS) | {nb for nb, _ in NOTEBOOKS}
+    scopes = set(M.names()) | {nb for nb, _ in globals()["notebooks"]()}
     for key, value in (extra or {}).items():
         if key in scopes:
             nb = _scoped_notebook(key, notebooks)
@@ -200,18 +214,23 @@ def _place(params: dict, nb: str, spec: dict, name: str, value: Any, scope: str,
         check_value(name, value, spec[name]["default"])
         params[name] = value
         return
-    method = next((m for m in dict(NOTEBOOKS)[nb] if m in CONFIGS), None)
-    fields = {f for f in CONFIGS[method].__dataclass_fields__} if method else set()
+    methods = dict(notebooks())[nb]
+    method = scope if scope in methods else next(iter(methods), None)
+    fields = M.get(method).config_fields() if method else set()
     if name not in fields:
         raise ConfigError(f"'{scope}.{name}' is neither a parameter of {nb} ({', '.join(spec)}) nor a field of "
-                          f"its config ({', '.join(sorted(fields)) or 'none'}).")
-    params.setdefault("config", {})[name] = value
+                          f"{method or 'its'} config ({', '.join(sorted(fields)) or 'none'}).")
+    key = config_param(nb, method)
+    if key not in spec:
+        raise ConfigError(f"'{scope}.{name}' sets {method}'s config, but {nb} declares no `{key}` parameter. Fix: add "
+                          f"`{key} = None` to the parameters cell of {nb} (the method's notebook section reads it).")
+    params.setdefault(key, {})[name] = value
 
 
 def _unknown(key: str, specs: dict[str, dict]) -> str:
     """The error for a ``-p`` that no planned notebook declares."""
     names = sorted({n for s in specs.values() for n in s})
-    fields = sorted(m for m, cls in CONFIGS.items() if key in cls.__dataclass_fields__)
+    fields = [m.name for m in M.registry() if key in m.config_fields()]
     hint = (f" '{key}' is a field of the config of {', '.join(fields)}: scope it, e.g. -p {fields[-1]}.{key}=…"
             if fields else "")
     return (f"-p {key}=… is not a parameter of any notebook in this run.{hint} The notebooks' parameters are: "
@@ -224,10 +243,10 @@ def check_configs(jobs: Sequence[Job], profile: str) -> None:
         for method in job.methods:
             p = job.params
             values = {k: p[k] for k in ("epochs", "batch_size") if p.get(k) is not None}
-            values.update(p.get("config") or {})
-            if method == "full_finetune" and "warmup_epochs" not in values:
-                values["warmup_epochs"] = 0.0  # notebook 06 derives its warm-up from the epochs
-            values = {k: v for k, v in values.items() if k in CONFIGS[method].__dataclass_fields__}
+            values.update(p.get(config_param(job.notebook, method)) or {})
+            spec = M.get(method)
+            values = dict(spec.fixed_config) | values  # fields its notebook sets itself (06: the warm-up)
+            values = {k: v for k, v in values.items() if k in spec.config_fields()}
             try:
                 make_config(method, profile, **values)
             except ConfigError as exc:
@@ -377,9 +396,9 @@ def input_records(job: Job, folder: Path) -> list[Path]:
     runs = folder / "runs"
     if not job.methods:
         return sorted(p for p in runs.glob("*.json") if p.stem != job.key)
-    deps = dict(NOTEBOOKS)
-    keys = [nb + point_suffix(None if deps.get(nb) == ("zero_shot",) else job.shots, job.seed)
-            for nb in DEPENDS.get(job.notebook, ())]
+    deps = dict(notebooks())
+    keys = [nb + point_suffix(None if _trains_nothing(deps.get(nb, ())) else job.shots, job.seed)
+            for nb in depends().get(job.notebook, ())]
     return [runs / f"{k}.json" for k in keys if (runs / f"{k}.json").exists()]
 
 
@@ -397,15 +416,15 @@ def add_damaged_producers(jobs: list[Job], folder: Path, echo) -> list[Job]:
             if why is None:
                 continue
             nb = record.get("notebook")
-            if nb not in dict(NOTEBOOKS):
+            if nb not in dict(notebooks()):
                 raise ResultsError(f"{why} ({folder}), and {job.notebook} reads it. Fix: "
                                    f"{remake_command(folder / why.split()[0])}.")
-            producer = Job(nb, dict(NOTEBOOKS)[nb], int(record.get("seed", 0)), record.get("shots"))
+            producer = Job(nb, dict(notebooks())[nb], int(record.get("seed", 0)), record.get("shots"))
             if producer.key not in planned:  # a planned producer reruns anyway: why_run finds the same damage
                 planned.add(producer.key)
                 added.append(producer)
                 echo(f"[run_all] also run {producer.describe()}: {why}, and {job.describe()} reads it")
-    order = {nb: i for i, (nb, _) in enumerate(NOTEBOOKS)}
+    order = {nb: i for i, (nb, _) in enumerate(notebooks())}
     return sorted(jobs + added, key=lambda j: order[j.notebook]) if added else jobs
 
 
@@ -423,7 +442,7 @@ def remake_command(path: str | Path) -> str:
             if rel in record.get("files", {}):
                 return _command(record.get("notebook", ""), record.get("fingerprint", {}).get("params", {}))
     m = re.match(r"(?P<method>[a-z_]+?)(?:-.+?)?(?:_shots(?P<shots>\d+))?_seed(?P<seed>\d+)$", path.stem)
-    nb = next((nb for nb, methods in NOTEBOOKS if m and m["method"] in methods), None)
+    nb = next((nb for nb, methods in notebooks() if m and m["method"] in methods), None)
     if nb is None:
         return "re-run the notebook that wrote it (./run_all.sh --only METHOD, with that run's profile and --data)"
     params = {"seed": int(m["seed"]), "shots": None if m["shots"] is None else int(m["shots"])}
@@ -432,32 +451,40 @@ def remake_command(path: str | Path) -> str:
 
 def _command(notebook: str, params: dict[str, Any]) -> str:
     """``./run_all.sh`` options that run ``notebook`` with ``params`` (a completion record's)."""
-    methods, prof = dict(NOTEBOOKS).get(notebook, ()), params.get("profile")
-    parts = ["./run_all.sh", *{"smoke": ["--smoke"], "rehearse": ["--rehearse"], "full": [], None: []}.get(
-        prof, ["--profile", str(prof)])]
+    methods, prof = dict(notebooks()).get(notebook, ()), params.get("profile")
+    flag = PROFILES[prof].flag if prof in PROFILES else "" if prof is None else None
+    parts = ["./run_all.sh", *([flag] if flag else [] if flag == "" else ["--profile", str(prof)])]
     parts += ["--only", *methods] if methods else ["--compare"]
     parts += ["--seeds", str(params.get("seed", 0))]
     parts += ["--shots", str(params["shots"])] if params.get("shots") is not None else []
     if params.get("dataset"):
         parts += ["--data", str(params["data_root"] if params["dataset"] == "imagefolder" else params["dataset"])]
-    parts += [a for name, value in _given(notebook, params) for a in ("-p", f"{_scope(notebook)}.{name}={value}")]
+    parts += [a for name, value in _given(notebook, params) for a in ("-p", f"{_scoped(notebook, name)}={value}")]
     return " ".join(map(shlex.quote, parts))
 
 
 def _scope(notebook: str) -> str:
     """The ``-p SCOPE.name`` prefix that reaches ``notebook`` alone: its method, or its own name."""
-    return (dict(NOTEBOOKS).get(notebook) or (notebook,))[0]
+    return (dict(notebooks()).get(notebook) or (notebook,))[0]
+
+
+def _scoped(notebook: str, name: str) -> str:
+    """``SCOPE.name`` for a parameter of ``notebook`` (a name from ``_given`` that is scoped already stays)."""
+    return name if "." in name else f"{_scope(notebook)}.{name}"
 
 
 def _given(notebook: str, params: dict[str, Any]) -> list[tuple[str, str]]:
     """The parameters a run of ``notebook`` was given beyond the plan's own (profile, data, shots, seed and the
     profile's defaults), as (name, JSON value); a ``config`` dict gives one entry per field."""
     prof = params.get("profile")
-    defaults = PROFILES[prof].extra.get(notebook, {}) if prof in PROFILES else {}
+    defaults = notebook_defaults(prof, notebook) if prof in PROFILES else {}
     out = []
+    methods = dict(notebooks()).get(notebook, ())
     for name, value in params.items():
         if name == "config" and isinstance(value, dict):
             out += [(k, json.dumps(v)) for k, v in value.items()]
+        elif name.endswith("_config") and name[:-len("_config")] in methods and isinstance(value, dict):
+            out += [(f"{name[:-len('_config')]}.{k}", json.dumps(v)) for k, v in value.items()]  # already scoped
         elif name not in BASE_PARAMS and defaults.get(name) != value:
             out.append((name, json.dumps(value)))
     return out
@@ -476,7 +503,7 @@ def run_options(folder: str | Path) -> list[str]:
         if len(set(by_notebook.values())) == 1:
             options += ["-p", f"{name}={next(iter(by_notebook.values()))}"]
         else:
-            options += [a for nb, v in sorted(by_notebook.items()) for a in ("-p", f"{_scope(nb)}.{name}={v}")]
+            options += [a for nb, v in sorted(by_notebook.items()) for a in ("-p", f"{_scoped(nb, name)}={v}")]
     return options
 
 
@@ -738,7 +765,7 @@ def _reads(job: Job, other: Job) -> bool:
     """Whether ``job`` reads what ``other`` writes (same seed; zero-shot runs at shots=None serve every k)."""
     if not job.methods:
         return other is not job
-    return (other.notebook in DEPENDS.get(job.notebook, ()) and other.seed == job.seed
+    return (other.notebook in depends().get(job.notebook, ()) and other.seed == job.seed
             and other.shots in (job.shots, None))
 
 
@@ -752,16 +779,16 @@ def shard_of(jobs: list[Job], i: int, n: int) -> list[Job]:
     A zero-shot job (shots=None) goes with its seed's first group."""
     firsts = {}
     for j in jobs:
-        if j.shots is not None or j.notebook != "01_zero_shot":
+        if j.shots is not None or not _trains_nothing(j.methods):
             firsts.setdefault(j.seed, j.group)
-    unit = lambda j: firsts.get(j.seed, j.group) if j.notebook == "01_zero_shot" else j.group  # noqa: E731
+    unit = lambda j: firsts.get(j.seed, j.group) if _trains_nothing(j.methods) else j.group  # noqa: E731
     groups = sorted({unit(j) for j in jobs})
     mine = {g for k, g in enumerate(groups) if k % n == i - 1}
     return [j for j in jobs if unit(j) in mine]
 
 
 def execute_all(jobs: list[Job], folder: Path, nb_dir: Path, devices: Sequence[str], force: bool, echo) -> list[Step]:
-    """Run (or skip) the jobs in order, on ``devices`` in parallel (one kernel each), respecting DEPENDS."""
+    """Run (or skip) the jobs in order, on ``devices`` in parallel (one kernel each), respecting depends()."""
     steps: dict[str, Step] = {}
     done: dict[str, str] = {}
     lock = threading.Lock()
@@ -846,7 +873,7 @@ def _merge(base: dict, *layers: dict) -> dict:
     out = dict(base)
     for layer in layers:
         for k, v in layer.items():
-            out[k] = {**out.get(k, {}), **v} if k == "config" and isinstance(v, dict) else v
+            out[k] = {**out.get(k, {}), **v} if (k == "config" or k.endswith("_config")) and isinstance(v, dict) else v
     return out
 
 
@@ -882,7 +909,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     method or notebook holds that notebook's parameters or method-config fields). ``shots``: a list of k (None =
     every training image) run as a grid with ``seeds``. ``data``: a dataset name or a folder of images.
     """
-    from .config import QUICK
+    from .config import quick_layer as quick_params
     from .notebook_params import check_value
     prof = get_profile(profile)
     seeds = [int(s) for s in seeds] if seeds else []
@@ -913,18 +940,18 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     if shard_spec is not None:
         jobs = shard_of(jobs, *shard_spec)
     jobs = add_damaged_producers(jobs, folder, echo)
-    notebooks = list(dict.fromkeys(j.notebook for j in jobs))
-    scopes = {nb for nb in notebooks} | {m for nb in notebooks for m in dict(NOTEBOOKS)[nb]}
-    quick_layer = {k: v for k, v in QUICK.items() if not isinstance(v, dict) or k in scopes} if quick else {}
-    layers = split_extra(merge_extra(quick_layer, extra or {}), notebooks, prof.name) if notebooks else {}
-    trained = [j.group for j in jobs if j.methods and j.methods != ("zero_shot",)]
+    planned = list(dict.fromkeys(j.notebook for j in jobs))
+    scopes = {nb for nb in planned} | {m for nb in planned for m in dict(notebooks())[nb]}
+    quick_layer = {k: v for k, v in quick_params().items() if not isinstance(v, dict) or k in scopes} if quick else {}
+    layers = split_extra(merge_extra(quick_layer, extra or {}), planned, prof.name) if planned else {}
+    trained = [j.group for j in jobs if j.methods and not _trains_nothing(j.methods)]
     # the sweeps and combinations run once per grid: at the profile's own point when the grid holds it, else at
     # the most shots (the first seed) -- the point a course run at its default shots has already covered
     home = (-1 if prof.shots is None else prof.shots, seeds[0])
     extras_group = home if home in trained else max(trained, key=lambda g: (g[0] == -1, g[0], -seeds.index(g[1])),
                                                     default=None)
     for job in jobs:
-        defaults = dict(prof.extra.get(job.notebook, {}))
+        defaults = notebook_defaults(prof.name, job.notebook)
         if job.group != extras_group and job.methods and "extras" in declared(job.notebook):
             defaults.setdefault("extras", False)  # a grid's other points: the method's main row only
         job.params = _merge(_base_params(prof, job, folder, data, data_root), defaults, layers.get(job.notebook, {}))
@@ -964,31 +991,27 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
 
 
 def describe_training(job: Job, prof) -> str:
-    """What a job will train, in one line (from its parameters and the profile)."""
-    from .config import extra_epochs
+    """What a job will train, in one line (from its parameters, the profile and the method's own ``plan``)."""
     p = job.params
     if not job.methods:
         return "reads the results, trains nothing"
-    method = job.methods[0]
-    if method == "zero_shot":
-        return "zero-shot: trains nothing"
-    fields = {k: p[k] for k in ("epochs",) if p.get(k) is not None} | (p.get("config") or {})
-    if method == "full_finetune":
-        fields.setdefault("warmup_epochs", 0.0)
-    cfg = make_config(method, prof, **{k: v for k, v in fields.items() if k in CONFIGS[method].__dataclass_fields__})
-    shots = f"{p['shots']} image(s) per class" if p.get("shots") else "every training image"
-    text = f"{method} {cfg.epochs} epoch(s) on {shots}"
-    if p.get("extras", True) is False:
-        return text + " (main row only)"
-    if method == "prefix_tuning" and p.get("deep", True):
-        text += " + the deep variant"
-    if method == "lora":
-        text += f" + rank sweep {list(p.get('ranks') or prof.lora_ranks)}"
-    if method == "full_finetune":
-        e = extra_epochs(prof, p.get("epochs"), p.get("extra_epochs"))
-        text += (" + base-to-novel, LP→FT (full, LoRA), LoRA adapter B: "
-                 + (f"{e} epoch(s) each" if e is not None else "each method's own epochs"))
-    return text
+    lines = []
+    for method in job.methods:
+        spec = M.get(method)
+        if not spec.trains:
+            lines.append(f"{method}: trains nothing")
+            continue
+        fields = (dict(spec.fixed_config) | {k: p[k] for k in ("epochs",) if p.get(k) is not None}
+                  | (p.get(config_param(job.notebook, method)) or {}))
+        cfg = make_config(method, prof, **{k: v for k, v in fields.items() if k in spec.config_fields()})
+        shots = f"{p['shots']} image(s) per class" if p.get("shots") else "every training image"
+        text = f"{method} {cfg.epochs} epoch(s) on {shots}"
+        if p.get("extras", True) is False:
+            text += " (main row only)"
+        elif spec.plan is not None:
+            text += spec.plan(p, prof)
+        lines.append(text)
+    return "; ".join(lines)
 
 
 if __name__ == "__main__":

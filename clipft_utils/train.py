@@ -16,7 +16,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from .config import CONFIGS, METHODS, PROFILES
+from .config import PROFILES
+from .methods import registry
 
 
 def _fields(pairs: Sequence[str] | None) -> dict:
@@ -34,7 +35,7 @@ def _fields(pairs: Sequence[str] | None) -> dict:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clipft_utils train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", choices=[m for m in METHODS if m not in ("zero_shot", "linear_probe")])
+    p.add_argument("method", choices=[m.name for m in registry() if m.image_batches and m.apply is not None])
     p.add_argument("--profile", default=None, choices=list(PROFILES), help="default: $CLIPFT_PROFILE or full")
     p.add_argument("--smoke", action="store_true", help="the offline stand-in")
     p.add_argument("--data", default=None, help="a dataset name or a folder of images")
@@ -64,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import make_config
     from .course import setup, train_method
     from .errors import ClipftError
-    from .methods import apply_method
+    from .methods import apply_method, get
     args = parser().parse_args(argv)
     try:
         device = distributed.init(args.device)
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        batch_size=args.batch_size, shots=args.shots, val_shots=args.val_shots,
                        results_dir=args.results_dir, test_per_class=args.test_per_class)
         fields = _fields(args.param)
-        unknown = sorted(set(fields) - set(CONFIGS[args.method].__dataclass_fields__))
+        unknown = sorted(set(fields) - get(args.method).config_fields())
         if unknown:
             raise SystemExit(f"{args.method} has no config field(s) {unknown}.")
         cfg = make_config(args.method, course.profile, epochs=args.epochs, batch_size=args.batch_size, **fields)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipft_utils.config import BitFitConfig
+from clipft_utils.methods.bitfit import BitFitConfig
 from clipft_utils.methods import bitfit, trainable_parameters
 from clipft_utils.models import CLIPClassifier
 

@@ -10,10 +10,13 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from clipft_utils import comparison as C  # noqa: E402
-from clipft_utils.config import METHODS  # noqa: E402
+from clipft_utils.methods import names  # noqa: E402
+
 from clipft_utils.errors import ConfigError  # noqa: E402
 from clipft_utils.evaluate import EvalResult  # noqa: E402
 from clipft_utils.results import read_result, load_results, make_result, save_result  # noqa: E402
+
+METHODS = names()
 
 # method: (test accuracy, trainable params, train seconds, peak memory MB)
 FAKE = {

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from clipft_utils.config import METHODS, make_config
+from clipft_utils.config import make_config
+from clipft_utils.methods import names
+
 from clipft_utils.errors import ConfigError
+
+METHODS = names()
 
 
 def test_seed_defaults():

@@ -54,7 +54,7 @@ def test_every_notebook_runs_on_the_smallest_folder(smallest, session_data, tmp_
     report = runner.run_all("smoke", root=tmp_path_factory.mktemp("course"), device="cpu", data=str(root),
                             extra={"epochs": 1})
     assert report.ok, "\n".join(report.lines())
-    assert {s.status for s in report.steps} == {"ok"} and len(report.steps) == len(runner.NOTEBOOKS)
+    assert {s.status for s in report.steps} == {"ok"} and len(report.steps) == len(runner.notebooks())
     notebooks = report.folder / "notebooks"
     setup = text_of(notebooks / "01_zero_shot.ipynb")
     # the setup line counts what was loaded: one test image per class, though the smoke profile asks for 20

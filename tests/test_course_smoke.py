@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 
 from clipft_utils import runner
-from clipft_utils.config import METHODS
+from clipft_utils.methods import names
+
 from clipft_utils.results import REQUIRED_KEYS, load_predictions
+
+METHODS = names()
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +60,7 @@ def outputs(path):
 def test_every_notebook_succeeds(course):
     _, first, _ = course
     assert first.ok, "\n".join(first.lines())
-    assert [s.notebook for s in first.steps] == [nb for nb, _ in runner.NOTEBOOKS]
+    assert [s.notebook for s in first.steps] == [nb for nb, _ in runner.notebooks()]
     assert {s.status for s in first.steps} == {"ok"}
 
 
@@ -99,10 +102,10 @@ def test_executed_notebooks_show_no_noise_and_the_figures_exist(course):
     folder, _, _ = course
     figures = {p.stem for p in (folder / "figures").glob("*.png")}
     assert set(FIGURES_07) <= figures
-    for nb, _ in runner.NOTEBOOKS:
+    for nb, _ in runner.notebooks():
         assert any(f.startswith(nb[:3]) for f in figures), f"{nb} saved no figure"
     executed = sorted((folder / "notebooks").glob("*.ipynb"))
-    assert {p.stem for p in executed} == {"01_zero_shot", *(f"{nb}_shots2" for nb, m in runner.NOTEBOOKS[1:-1]),
+    assert {p.stem for p in executed} == {"01_zero_shot", *(f"{nb}_shots2" for nb, m in runner.notebooks()[1:-1]),
                                            "07_comparison"}
     for path in executed:
         outs = outputs(path)
@@ -121,7 +124,7 @@ def test_second_run_skips_everything_but_the_comparison(course):
     _, _, second = course
     assert second.ok, "\n".join(second.lines())
     status = {s.notebook: s.status for s in second.steps}
-    assert status == {**{nb: "skipped" for nb, _ in runner.NOTEBOOKS[:-1]}, "07_comparison": "ok"}
+    assert status == {**{nb: "skipped" for nb, _ in runner.notebooks()[:-1]}, "07_comparison": "ok"}
 
 
 def test_a_shots_by_seeds_grid_adds_only_what_is_missing_and_07_draws_it_from_the_files(course, session_data, images,

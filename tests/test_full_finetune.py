@@ -7,8 +7,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from clipft_utils.config import FullFinetuneConfig
-from clipft_utils.methods import full, trainable_parameters
+from clipft_utils.methods.full_finetune import FullFinetuneConfig
+from clipft_utils.methods import full_finetune as full, trainable_parameters
 from clipft_utils.models import CLIPClassifier
 
 from _helpers import changed_by_one_step

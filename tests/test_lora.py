@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipft_utils.config import LoRAConfig
+from clipft_utils.methods.lora import LoRAConfig
 from clipft_utils.errors import ConfigError
 from clipft_utils.methods import lora, trainable_parameters
 from clipft_utils.models import CLIPClassifier

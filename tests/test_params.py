@@ -7,10 +7,14 @@ import open_clip
 import pytest
 import torch
 
-from clipft_utils.config import METHODS, BitFitConfig
+from clipft_utils.methods import names
+from clipft_utils.methods.bitfit import BitFitConfig
+
 from clipft_utils.errors import ConfigError
 from clipft_utils.methods import apply_method, params
 from clipft_utils.models import CLIPClassifier
+
+METHODS = names()
 
 D, L, C, E = 64, 2, 7, 32  # tiny tower: width, blocks, classes, embedding size
 

@@ -16,7 +16,10 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from clipft_utils import comparison as C, plots  # noqa: E402
-from clipft_utils.config import METHODS  # noqa: E402
+from clipft_utils.methods import names  # noqa: E402
+
+METHODS = names()
+
 
 LABEL = "ToyCLIP / synthflowers on synthflowers (STAND-IN, not CLIP on Flowers102)"
 COLOURS = ("red", "orange", "yellow", "white", "pink", "purple", "blue")

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipft_utils.config import PrefixTuningConfig
-from clipft_utils.methods import prefix, trainable_parameters
+from clipft_utils.methods.prefix_tuning import PrefixTuningConfig
+from clipft_utils.methods import prefix_tuning as prefix, trainable_parameters
 from clipft_utils.models import CLIPClassifier
 
 from _helpers import changed_by_one_step

@@ -8,8 +8,11 @@ import json
 import pytest
 
 from clipft_utils import runner
-from clipft_utils.config import METHODS
+from clipft_utils.methods import names
+
 from clipft_utils.datasets.flowers102 import shared_mats
+
+METHODS = names()
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shared_mats() is None,
                                                    reason="the official Flowers102 .mat files are not beside the project")]
@@ -22,7 +25,7 @@ def test_the_rehearsal_runs_every_notebook_of_the_real_course(tmp_path_factory):
     root = tmp_path_factory.mktemp("rehearsal")
     report = runner.run_all("rehearse", root=root, device="cpu", extra={"extras": False})
     assert report.ok, "\n".join(report.lines())
-    assert {s.status for s in report.steps} == {"ok"} and len(report.steps) == len(runner.NOTEBOOKS)
+    assert {s.status for s in report.steps} == {"ok"} and len(report.steps) == len(runner.notebooks())
     folder = report.folder
     assert folder.name == "rehearse"                               # its own folder: never the real run's
     for method in METHODS:

@@ -19,10 +19,13 @@ import torch
 
 from clipft_utils import __main__ as cli
 from clipft_utils import runner
-from clipft_utils.config import METHODS
+from clipft_utils.methods import names
+
 from clipft_utils.errors import ConfigError, ResultsError
 from clipft_utils.paths import atomic_write_text, file_lock
-from clipft_utils.zeroshot import head_path, save_head
+from clipft_utils.heads import head_path, save_head
+
+METHODS = names()
 
 
 def fake_result(folder: Path, method: str, seed: int, acc: float = 0.5, shots=None) -> Path:
@@ -84,7 +87,7 @@ def statuses(report) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- the plan
 def test_plan_runs_the_chosen_methods_then_the_comparison():
-    assert [nb for nb, _ in runner.plan()] == [nb for nb, _ in runner.NOTEBOOKS]
+    assert [nb for nb, _ in runner.plan()] == [nb for nb, _ in runner.notebooks()]
     assert [nb for nb, _ in runner.plan(["lora", "zero_shot"])] == ["01_zero_shot", "05_lora", "07_comparison"]
     with pytest.raises(ConfigError, match="lora"):
         runner.plan(["lorra"])
@@ -100,7 +103,7 @@ def test_finished_notebooks_are_skipped_only_while_everything_matches(fake, tmp_
     assert len(fake.calls) == 7
     again = runner.run_all("smoke", root=tmp_path, echo=quiet)
     assert fake.notebooks[7:] == ["07_comparison"]
-    assert statuses(again) == {**{nb: "skipped" for nb, _ in runner.NOTEBOOKS[:-1]}, "07_comparison": "ok"}
+    assert statuses(again) == {**{nb: "skipped" for nb, _ in runner.notebooks()[:-1]}, "07_comparison": "ok"}
     runner.run_all("smoke", root=tmp_path, force=True, echo=quiet)
     assert len(fake.calls) == 7 + 1 + 7
 
@@ -413,8 +416,8 @@ def tiny_course(monkeypatch, tmp_path):
     tiny_notebook(nbs / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(1)")
     tiny_notebook(nbs / "07_comparison.ipynb", "print('compare')")
     monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbs)
-    monkeypatch.setattr(runner, "NOTEBOOKS", (("01_zero_shot", ("zero_shot",)), ("02_linear_probe", ("linear_probe",)),
-                                              ("03_bitfit", ("bitfit",)), ("07_comparison", ())))
+    monkeypatch.setattr(runner, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("02_linear_probe", (
+        "linear_probe",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ())))
     monkeypatch.setenv("MPLBACKEND", "Agg")             # what run_all.sh exports
     return nbs
 
@@ -456,7 +459,7 @@ def start_stalled_run(tiny_course: Path, root: Path, call: str) -> tuple[subproc
         from pathlib import Path
         from clipft_utils import __main__ as cli, runner
         runner.NOTEBOOK_DIR = Path({str(tiny_course)!r})
-        runner.NOTEBOOKS = (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
+        runner.notebooks = lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
         """) + call
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "CLIPFT_RESULTS": str(root)})
@@ -476,8 +479,8 @@ def test_a_killed_run_leaves_nothing_that_counts_as_done(tiny_course, tmp_path, 
     proc.wait()
     assert not (folder / "runs" / "03_bitfit.json").exists()  # no completion record: not done
     tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"))
-    monkeypatch.setattr(runner, "NOTEBOOKS", (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
-                                              ("07_comparison", ())))
+    monkeypatch.setattr(runner, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
+                                                      ("07_comparison", ())))
     lines: list[str] = []
     report = runner.run_all("smoke", root=root, echo=lines.append)
     assert statuses(report) == {"01_zero_shot": "skipped", "03_bitfit": "ok", "07_comparison": "ok"}
@@ -487,8 +490,8 @@ def test_a_killed_run_leaves_nothing_that_counts_as_done(tiny_course, tmp_path, 
 
 @pytest.mark.slow
 def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_course, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "NOTEBOOKS", (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
-                                              ("07_comparison", ())))
+    monkeypatch.setattr(runner, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
+                                                      ("07_comparison", ())))
     grid = dict(seeds=[1, 2], shots=[2], echo=quiet)
     sequential = runner.run_all("smoke", root=tmp_path / "seq", **grid)
     parallel = runner.run_all("smoke", root=tmp_path / "par", devices=["cpu", "cpu"], **grid)

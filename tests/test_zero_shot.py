@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipft_utils import zeroshot as Z
+from clipft_utils import heads
+from clipft_utils.methods import zero_shot as Z
 from clipft_utils.errors import ResultsError
 from clipft_utils.models import CLIPClassifier, logit_scale, text_embeddings
 
@@ -40,7 +41,7 @@ def test_zero_shot_logits_on_a_toy_tower():
     x = torch.randn(9, 12)
     clf = CLIPClassifier(visual, 50.0 * text)
     torch.testing.assert_close(Z.zero_shot_logits(visual(x), text, 50.0), clf(x))
-    torch.testing.assert_close(Z.head_logits(visual(x), 50.0 * text, torch.zeros(4)), clf(x))
+    torch.testing.assert_close(heads.head_logits(visual(x), 50.0 * text, torch.zeros(4)), clf(x))
 
 
 def test_ensemble_of_one_template_equals_single(course):
@@ -57,17 +58,17 @@ def test_ensemble_of_one_template_equals_single(course):
 
 def test_head_file_round_trip(tmp_path):
     weight = torch.randn(5, 3)
-    path = Z.save_head(Z.head_path(tmp_path, "zero_shot"), 2 * weight, templates=["a {}."], model="ToyCLIP")
+    path = heads.save_head(heads.head_path(tmp_path, "zero_shot"), 2 * weight, templates=["a {}."], model="ToyCLIP")
     assert path == tmp_path / "heads" / "zero_shot.safetensors" and not list(path.parent.glob(".*tmp"))
-    head = Z.load_head(path)
+    head = heads.load_head(path)
     torch.testing.assert_close(head["weight"], 2 * weight)
     torch.testing.assert_close(head["bias"], torch.zeros(5))
     assert head["templates"] == ["a {}."] and head["model"] == "ToyCLIP"
-    assert Z.find_head(tmp_path, "zero_shot")["model"] == "ToyCLIP" and Z.find_head(tmp_path, "lora_seed0") is None
+    assert heads.find_head(tmp_path, "zero_shot")["model"] == "ToyCLIP" and heads.find_head(tmp_path, "lora_seed0") is None
     with pytest.raises(ResultsError, match="bias"):
-        Z.save_head(tmp_path / "bad.safetensors", weight, torch.zeros(4))
+        heads.save_head(tmp_path / "bad.safetensors", weight, torch.zeros(4))
     with pytest.raises(ResultsError, match="No classifier head"):
-        Z.load_head(tmp_path / "missing.safetensors")
+        heads.load_head(tmp_path / "missing.safetensors")
 
 
 class _Payload:
@@ -85,7 +86,7 @@ def test_a_damaged_or_foreign_head_is_a_weights_error_naming_it_and_nothing_unpi
     import pickle
     from safetensors.torch import save_file
     from clipft_utils.errors import WeightsError
-    path = Z.save_head(Z.head_path(tmp_path, "linear_probe_seed0"), torch.randn(4, 3))
+    path = heads.save_head(heads.head_path(tmp_path, "linear_probe_seed0"), torch.randn(4, 3))
     marker = tmp_path / "unpickled"
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:40])
@@ -96,7 +97,7 @@ def test_a_damaged_or_foreign_head_is_a_weights_error_naming_it_and_nothing_unpi
     else:
         save_file({"weight": torch.zeros(4, 3)}, str(path))
     with pytest.raises(WeightsError) as err:
-        Z.find_head(tmp_path, "linear_probe_seed0")
+        heads.find_head(tmp_path, "linear_probe_seed0")
     text = str(err.value)
     assert str(path) in text and "./run_all.sh" in text and "--only linear_probe --seeds 0" in text, text
     assert "weights_only" not in text and not marker.exists()

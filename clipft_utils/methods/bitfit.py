@@ -28,11 +28,13 @@ D-vector per D x D matrix), so BitFit always lands near 0.1 %, as the paper repo
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from . import freeze, param_groups
+from ..config import TrainConfig
+from .base import Method, freeze, param_groups, register
 
 BIAS_KINDS = ("ln_pre", "ln_1", "attn.in_proj", "attn.out_proj", "ln_2", "mlp.c_fc", "mlp.c_proj", "ln_post")
 """The bias kinds of an open_clip ViT image tower, in forward order."""
@@ -73,3 +75,18 @@ def apply(clf: nn.Module, cfg: Any = None) -> list[dict[str, Any]]:
     for p in biases:
         p.requires_grad_(True)
     return param_groups(biases, clf)
+
+
+@dataclass
+class BitFitConfig(TrainConfig):
+    """BitFit: only bias terms (and the head) train (seed: lr 1e-3, 30 epochs)."""
+
+    epochs: int = 30
+    lr: float = 1e-3
+
+
+METHOD = register(Method(
+    name="bitfit", title="BitFit", kind="parameter-efficient", notebook="03_bitfit", order=3, config=BitFitConfig,
+    apply=apply, summary=lambda cfg: "all biases incl. LayerNorm", short="bitfit",
+    profiles={"smoke": {"epochs": 5}, "rehearse": {"epochs": 1}},
+))

@@ -33,6 +33,8 @@ Ours with q = k = v sharing one A equals peft's fused update (tests/test_lora.py
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import json
 import math
 import re
@@ -43,10 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import LORA_TARGETS
+from ..config import TrainConfig, _integer, _positive, notebook_default
 from ..errors import ConfigError
 from ..paths import atomic_path
-from . import freeze, param_groups
+from ..notebook_params import integer, list_of
+from .base import Method, Variant, freeze, param_groups, register
 
 ATTENTION_SLOTS = ("q", "k", "v", "out")
 FORMAT = "clipft-lora-v1"
@@ -406,3 +409,48 @@ def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     add_adapter(clf, "default", cfg)
     set_adapter(clf, "default")
     return param_groups(lora_parameters(clf, "default"), clf)
+
+
+LORA_TARGETS = ("q", "k", "v", "out", "fc", "proj")
+
+
+@dataclass
+class LoRAConfig(TrainConfig):
+    """LoRA on the image tower (seed: rank 8, alpha 16, lr 1e-4, 40 epochs; targets q and v)."""
+
+    epochs: int = 40
+    lr: float = 1e-4
+    head_lr: float | None = 1e-3
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("q", "v")
+
+    def validate(self) -> None:
+        super().validate()
+        _integer(self, "rank")
+        _positive(self, "rank", "alpha")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout}.")
+        self.targets = tuple(self.targets)
+        bad = [t for t in self.targets if t not in LORA_TARGETS]
+        if bad or not self.targets:
+            raise ConfigError(
+                f"LoRAConfig.targets has unknown entries {bad or '(empty)'}. Fix: choose from {LORA_TARGETS}."
+            )
+
+
+METHOD = register(Method(
+    name="lora", title="LoRA", kind="parameter-efficient", notebook="05_lora", order=5, config=LoRAConfig,
+    apply=apply, short="lora", summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}",
+    # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 30-40 epochs on
+    # ViT-B-32: at 5 epochs LoRA reaches 39.7 % with lr 1e-3 vs 26.0 % with the reference 1e-4 (stand-in test).
+    profiles={"smoke": {"epochs": 5, "lr": 1e-3}, "rehearse": {"epochs": 1}},
+    notebook_defaults={"full": {"ranks": [1, 2, 4, 8, 16]}, "smoke": {"ranks": [1, 8, 32]},
+                       "rehearse": {"ranks": [8]}, "quick": {"ranks": [1, 2]}},
+    notebook_checks={"ranks": list_of(integer(1, optional=False)), "sweep_epochs": integer(1)},
+    plan=lambda p, prof: f" + rank sweep {list(p.get('ranks') or notebook_default(prof.name, 'ranks'))}",
+    variants={"lora-qkvo": Variant({"targets": ("q", "k", "v", "out")}, "r=8, q k v out", ("params",)),
+              "lora-all": Variant({"targets": ("q", "k", "v", "out", "fc", "proj")}, "r=8, all linear layers",
+                                  ("params",))},
+))

@@ -13,16 +13,15 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..config import METHOD_TYPE, METHODS, make_config
+from ..config import make_config
 from ..models import CLIPClassifier
-from . import apply_method, trainable_parameters
+from . import apply_method, get, registry, trainable_parameters
 
-VARIANTS: list[tuple[str, dict[str, Any], str]] = [
-    ("prefix_tuning", {"depth": "deep"}, "deep (VPT-deep), length 10"),
-    ("lora", {"targets": ("q", "k", "v", "out")}, "r=8, q k v out"),
-    ("lora", {"targets": ("q", "k", "v", "out", "fc", "proj")}, "r=8, all linear layers"),
-]
-"""Non-default configs shown with ``variants=True``: (method, overrides, description)."""
+def variants() -> list[tuple[str, dict[str, Any], str]]:
+    """Non-default configs shown with ``variants=True``: (method, overrides, description), from each method's
+    ``variants`` shown in the parameter table."""
+    return [(m.name, dict(v.config), v.note) for m in registry() for v in m.variants.values()
+            if "params" in v.shown_in]
 
 
 def build_clip(model_name: str = "ViT-B-32") -> nn.Module:
@@ -39,19 +38,6 @@ def build_clip(model_name: str = "ViT-B-32") -> nn.Module:
     return load_clip(model_name, "random").model
 
 
-def _describe(method: str, cfg: Any) -> str:
-    """Short description of a method's default config."""
-    if method == "prefix_tuning":
-        return f"{cfg.depth}, length {cfg.prefix_length}, MLP {cfg.prefix_hidden}"
-    if method == "lora":
-        return f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}"
-    if method == "bitfit":
-        return "all biases incl. LayerNorm"
-    if method == "full_finetune":
-        return "image tower + head"
-    return {"zero_shot": "prompts only", "linear_probe": "head only"}.get(method, "")
-
-
 def _row(clip: nn.Module, num_classes: int, method: str, overrides: dict[str, Any], note: str) -> dict[str, Any]:
     """Apply ``method`` to a fresh classifier over a copy of the tower and count its parameters."""
     head = torch.nn.functional.normalize(torch.randn(num_classes, clip.visual.output_dim), dim=-1)
@@ -63,7 +49,7 @@ def _row(clip: nn.Module, num_classes: int, method: str, overrides: dict[str, An
     backbone = sum(p.numel() for g in groups if g["name"] != "head" for p in g["params"])
     total = sum(p.numel() for p in clf.parameters())
     clip_total = sum(p.numel() for p in clip.parameters())
-    return {"method": method, "type": METHOD_TYPE[method], "config": note or _describe(method, cfg),
+    return {"method": method, "type": get(method).kind, "config": note or get(method).summary(cfg),
             "trainable": trainable, "trainable_without_head": backbone, "total": total,
             "fraction_pct": 100 * trainable / total, "fraction_without_head_pct": 100 * backbone / total,
             "added": total - before, "clip_total": clip_total, "fraction_of_clip_pct": 100 * trainable / clip_total}
@@ -73,9 +59,9 @@ def parameter_table(model_name: str = "ViT-B-32", num_classes: int = 102, clip: 
                     variants: bool = False) -> list[dict[str, Any]]:
     """One row per method (default configs): trainable, total (image tower + head + added) and fractions."""
     clip = build_clip(model_name) if clip is None else clip
-    rows = [_row(clip, num_classes, m, {}, "") for m in METHODS]
+    rows = [_row(clip, num_classes, m.name, {}, "") for m in registry() if m.apply is not None or not m.trains]
     if variants:
-        rows += [_row(clip, num_classes, m, o, note) for m, o, note in VARIANTS]
+        rows += [_row(clip, num_classes, m, o, note) for m, o, note in globals()["variants"]()]
     return rows
 
 

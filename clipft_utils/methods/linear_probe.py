@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from .zeroshot import find_head, head_path, save_head
+from ..config import TrainConfig, _positive
+from ..errors import ConfigError
+from ..heads import find_head, head_path, save_head
+from ..notebook_params import flag, list_of, number
+from .base import Method, param_groups, register
 
 class LinearProbe(nn.Module):
     """``head(normalize(f))`` on cached features: a CLIPClassifier whose image tower already ran."""
@@ -141,7 +145,7 @@ def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Se
 
 def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
     """A loader over (features, label) pairs through the engine's reproducible ``make_loader``."""
-    from .engine import make_loader
+    from ..engine import make_loader
     return make_loader(FeatureDataset(features.float(), labels.long()), batch_size=batch_size, shuffle=shuffle,
                        seed=seed, collate_fn=_as_batch)
 
@@ -166,8 +170,8 @@ def train_torch_probe(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch
                       cfg: Any, *, init: torch.Tensor | None = None, num_classes: int | None = None, seed: int = 0,
                       device: str | torch.device = "cpu", progress: bool = False):
     """The reference recipe: a linear head on normalised features trained with ``engine.fit`` -> (probe, TrainResult)."""
-    from .engine import fit
-    from .methods import apply_method
+    from ..engine import fit
+    from . import apply_method
     num_classes = num_classes or (init.shape[0] if init is not None else int(train_y.max()) + 1)
     with torch.random.fork_rng():  # the random init depends on the seed only, not on what ran before
         torch.manual_seed(seed)
@@ -208,7 +212,7 @@ def fit_best_head(course: Any, cfg: Any, progress: bool = False) -> dict[str, An
 
 def head_file(results_dir: str | Path, seed: int, shots: int | None = None) -> Path:
     """``<results_dir>/heads/linear_probe[_shots<k>]_seed<seed>.safetensors``."""
-    from .results import run_name
+    from ..results import run_name
     return head_path(results_dir, run_name("linear_probe", seed, None, shots))
 
 
@@ -221,5 +225,34 @@ def save_probe_head(results_dir: str | Path, seed: int, head: dict[str, Any], sh
 
 def load_head(results_dir: str | Path, seed: int, shots: int | None = None) -> dict[str, Any] | None:
     """The linear probe's saved head for ``seed`` (and ``shots``), or None when notebook 02 has not written it."""
-    from .results import run_name
+    from ..results import run_name
     return find_head(results_dir, run_name("linear_probe", seed, None, shots))
+
+
+@dataclass
+class LinearProbeConfig(TrainConfig):
+    """Linear probe on frozen, cached features (seed: lr 1e-3, wd 1e-4, 50 epochs, patience 10)."""
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int | None = 10
+    zero_shot_init: bool = False
+    c_grid: tuple[float, ...] = (1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+    max_iter: int = 1000
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.c_grid or any(c <= 0 for c in self.c_grid):
+            raise ConfigError(f"LinearProbeConfig.c_grid must hold positive values, got {self.c_grid!r}.")
+        _positive(self, "max_iter")
+
+
+METHOD = register(Method(
+    name="linear_probe", title="Linear probe", kind="frozen features", notebook="02_linear_probe", order=2,
+    config=LinearProbeConfig, apply=lambda clf, cfg: param_groups([], clf), summary=lambda cfg: "head only",
+    short="lp", bench="inference", image_batches=False,
+    profiles={"smoke": {"epochs": 50}, "rehearse": {"epochs": 10}},
+    notebook_checks={"zero_shot_init": flag, "lr_factors": list_of(number(0, open_low=True), min_len=0)},
+))

@@ -1,0 +1,122 @@
+"""What a method is to the rest of the course: one ``Method`` record, registered by the method's own module.
+
+A method module (``clipft_utils/methods/<id>.py``, or any module named in ``CLIPFT_PLUGINS``) defines its typed
+config, its ``apply(classifier, cfg) -> param groups`` and, at the bottom, ``METHOD = register(Method(...))``.
+Everything that lists methods -- the runner's plan and ``--only``, the tables, the shots x seeds grid, the
+recommender, ``bench``, the parameter table, combination names -- reads the registry, so adding a method is adding
+its module, its notebook section and its tests (the way peft's ``register_peft_method`` and torchvision's dataset
+modules work).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from torch import nn
+
+from ..errors import ConfigError
+
+PROFILE_NAMES = ("full", "smoke", "rehearse", "quick")
+"""Keys a method's ``profiles`` / ``notebook_defaults`` may use (``quick`` is ``--quick``'s layer)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A non-default config of a method, shown in the parameter table and/or timed by ``bench``."""
+
+    config: Mapping[str, Any]
+    note: str
+    shown_in: tuple[str, ...] = ("params", "bench")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method as the course sees it. Only ``name``, ``title``, ``kind``, ``notebook``, ``order`` and ``config``
+    are required; the rest has neutral defaults."""
+
+    name: str                        # the id: results, --only, tables ("lora")
+    title: str                       # display name ("LoRA")
+    kind: str                        # the tables' "type" column ("parameter-efficient")
+    notebook: str                    # the notebook whose job trains it ("05_lora")
+    order: float                     # course order, cheapest first (zero_shot 1 ... full_finetune 6)
+    config: type                     # its config dataclass (typed, validated in __post_init__)
+    apply: Callable[[nn.Module, Any], list[dict[str, Any]]] | None = None  # freeze, add, return param groups
+    summary: Callable[[Any], str] = lambda cfg: ""   # one phrase of a config, for the plan and parameter tables
+    short: str = ""                  # its part of a combination's name ("ft" in "lp+ft"); default: name
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # profile -> config-field defaults
+    notebook_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # profile -> notebook params
+    notebook_checks: Mapping[str, Callable[[str, Any], None]] = field(default_factory=dict)  # its notebook's params
+    plan: Callable[[dict[str, Any], Any], str] | None = None  # what else its notebook trains (params, profile)
+    variants: Mapping[str, Variant] = field(default_factory=dict)  # "<name>-<what>" -> Variant
+    reads: tuple[str, ...] = ()      # notebooks whose files its notebook reads at the same (shots, seed)
+    trains: bool = True              # False: nothing is fitted (zero-shot): one run per seed, any shots
+    bench: str = "train"             # how `bench` times it: "train" (a step), "inference" (one frozen forward), "none"
+    image_batches: bool = True       # trains on batches of images: the profile's batch size is its default
+    fixed_config: Mapping[str, Any] = field(default_factory=dict)  # config fields its notebook sets itself
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier() or self.name != self.name.lower():
+            raise ConfigError(f"A method id must be a lower-case identifier, got {self.name!r}.")
+        unknown = (set(self.profiles) | set(self.notebook_defaults)) - set(PROFILE_NAMES)
+        if unknown:
+            raise ConfigError(f"Method {self.name!r}: unknown profile(s) {sorted(unknown)}; use {PROFILE_NAMES}.")
+        fields = {f.name for f in dataclasses.fields(self.config)}
+        for prof, values in self.profiles.items():
+            bad = sorted(set(values) - fields)
+            if bad:
+                raise ConfigError(f"Method {self.name!r}: profiles[{prof!r}] sets {bad}, not fields of "
+                                  f"{self.config.__name__}.")
+
+    @property
+    def short_name(self) -> str:
+        return self.short or self.name
+
+    def config_fields(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self.config)}
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry (a second module claiming the same id is an error) and return it."""
+    old = REGISTRY.get(method.name)
+    if old is not None and (old.config.__module__, old.config.__qualname__) != (
+            method.config.__module__, method.config.__qualname__):
+        raise ConfigError(f"Two modules register the method {method.name!r} ({old.config.__module__} and "
+                          f"{method.config.__module__}). Fix: give one of them another id.")
+    REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests that add a plug-in clean up with this)."""
+    REGISTRY.pop(name, None)
+
+
+# ----------------------------------------------------------------------------- what every apply() shares
+def freeze(module: nn.Module) -> None:
+    """Set ``requires_grad=False`` on every parameter of ``module``."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+
+
+def head_group(clf: nn.Module) -> dict[str, Any]:
+    """Unfreeze the classifier head and return its param group."""
+    params = [p for p in clf.head.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return {"params": params, "name": "head"}
+
+
+def param_groups(backbone: Iterable[nn.Parameter], clf: nn.Module) -> list[dict[str, Any]]:
+    """``[backbone group, head group]``, the backbone group left out when it is empty."""
+    backbone = list(backbone)
+    groups = [{"params": backbone, "name": "backbone"}] if backbone else []
+    return groups + [head_group(clf)]
+
+
+def trainable_parameters(groups: list[dict[str, Any]]) -> list[nn.Parameter]:
+    """All parameters of ``groups``, in order."""
+    return [p for g in groups for p in g["params"]]
