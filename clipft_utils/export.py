@@ -39,9 +39,10 @@ def _load(model: str | Path, results: str | Path | None):
     return saved, loaded, build_classifier(saved, loaded)
 
 
-def _plain(clf: nn.Module, method: str) -> nn.Module:
+def _plain(clf: nn.Module) -> nn.Module:
     """``clf`` with LoRA merged into the weights and its wrappers removed (the stock open_clip modules again)."""
-    if method == "lora":
+    from .modelfolder import _active_lora
+    if _active_lora(clf) is not None:
         from .methods import lora
         lora.merge(clf)
         lora.unload(clf)
@@ -86,16 +87,15 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
     state dict back with ``open_clip.create_model_and_transforms`` and report the max abs logit difference."""
     import open_clip
     from safetensors.torch import save_file
-    from .modelfolder import find_model, read_model
-    from .zeroshot import head_logits, save_head
-    saved = read_model(find_model(model, results))
-    if saved.method == "prefix_tuning":
-        raise ConfigError(f"'{saved.folder}' is a prefix-tuning model: its learned tokens are extra inputs of every "
+    from .heads import head_logits, save_head
+    from .modelfolder import _prefix_visual
+    saved, loaded, clf = _load(model, results)
+    if _prefix_visual(clf) is not None:
+        raise ConfigError(f"'{saved.folder}' is a prefix-tuning model ({saved.method}): its learned tokens are extra inputs of every "
                           "forward pass, not a change of open_clip's weights, so no open_clip state dict can hold it. "
                           "Fix: export it with --format onnx (the prefix is part of that graph), or use "
                           "`python -m clipft_utils predict` on it.")
-    _, loaded, clf = _load(model, results)
-    _plain(clf, saved.method)
+    _plain(clf)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in loaded.model.state_dict().items()}
@@ -123,8 +123,8 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
          f"open_clip.create_model_and_transforms({name!r}, pretrained=...): max |logit difference| {diff:.2e} on "
          f"{len(x)} images")
     if name in _plugin_models():
-        echo(f"[export] '{name}' is this course's own architecture: import clipft_utils.standin first "
-             "(it registers the config with open_clip).")
+        echo(f"[export] '{name}' is this course's own architecture: in another process run "
+             "`from clipft_utils import plugins; plugins.load()` before open_clip (it registers the config).")
     if diff > ONNX_TOLERANCE * 10:
         raise ConfigError(f"The exported open_clip state dict gives logits up to {diff:.2e} away from the model folder's "
                           f"(on {len(x)} images). Fix: report it; meanwhile use --format onnx or predict.")
@@ -153,8 +153,7 @@ def export_onnx(model: str | Path, out: str | Path, results: str | Path | None =
     ort = _need_onnx()
     import onnx
     saved, loaded, clf = _load(model, results)
-    _plain(clf, saved.method)
-    clf = clf.float().eval()
+    clf = _plain(clf).float()
     out = Path(out)
     path = out if out.suffix == ".onnx" else out / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,8 +35,6 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 HEAD_KEYS = ("head.weight", "head.bias")
-HEAD_ONLY = ("zero_shot", "linear_probe")
-"""Methods whose model is a head over the frozen tower (nothing else changed)."""
 PREPROCESS = {"exif_transpose": True, "resize": "shorter side to image_size", "interpolation": "bicubic",
               "crop": "center", "convert": "RGB after the crop", "scale": "x / 255", "normalize": "(x - mean) / std"}
 """open_clip's evaluation preprocessing, as the course decodes (datasets.base.eval_geometry, loader.normalise)."""
@@ -68,8 +66,17 @@ def base_digest(visual: nn.Module) -> str:
 
 
 def _prefix_visual(clf: nn.Module):
-    from .methods.prefix import PrefixVisual
+    from .methods.prefix_tuning import PrefixVisual
     return clf.visual if isinstance(clf.visual, PrefixVisual) else None
+
+
+def _active_lora(clf: nn.Module) -> str | None:
+    """The active LoRA adapter of ``clf`` (None without LoRA, or for a tower LoRA cannot wrap)."""
+    from .methods import lora
+    try:
+        return lora.active_adapter(clf)
+    except ConfigError:
+        return None
 
 
 def _canonical_lora(name: str, active: str | None) -> str:
@@ -80,23 +87,23 @@ def _canonical_lora(name: str, active: str | None) -> str:
     return name
 
 
-def _changed_parameters(method: str, clf: nn.Module) -> dict[str, nn.Parameter]:
-    """File key -> parameter, for the parameters ``method`` trains (``requires_grad``, as ``apply_method`` set them)
-    except the head and the prefix MLP, LoRA's adapter named ``default``."""
-    if method in HEAD_ONLY:
+def _changed_parameters(clf: nn.Module, head_only: bool = False) -> dict[str, nn.Parameter]:
+    """File key -> parameter, for the parameters the method trains (``requires_grad``, as ``apply_method`` set them)
+    except the head and the prefix MLP, LoRA's adapter named ``default``; nothing when ``head_only``."""
+    if head_only:
         return {}
-    from .methods import lora
-    active = lora.active_adapter(clf) if method == "lora" else None
+    active = _active_lora(clf)
     return {_canonical_lora(name, active): p for name, p in clf.named_parameters()
             if p.requires_grad and name not in HEAD_KEYS and not name.startswith("visual.encoder.")}
 
 
-def changed_state(method: str, clf: nn.Module) -> dict[str, torch.Tensor]:
-    """What ``method`` changed in ``clf``, by name: the parameters it trains with the prefix MLP replaced by its
-    folded output, plus the head. Zero-shot and the linear probe: the head only."""
-    state = {k: p.detach() for k, p in _changed_parameters(method, clf).items()}
+def changed_state(clf: nn.Module, head_only: bool = False) -> dict[str, torch.Tensor]:
+    """What the method changed in ``clf``, by name: the parameters it trains (``requires_grad``) with the prefix MLP
+    replaced by its folded output, plus the head. ``head_only``: a head over the frozen tower (zero-shot, the linear
+    probe), whatever the tower's flags say."""
+    state = {k: p.detach() for k, p in _changed_parameters(clf, head_only).items()}
     pv = _prefix_visual(clf)
-    if pv is not None and pv.length > 0 and method not in HEAD_ONLY:
+    if pv is not None and pv.length > 0 and not head_only:
         state["visual.folded"] = pv.prefixes().detach()  # the MLP's output: all that inference needs
     state["head.weight"] = clf.head.weight.detach()
     state["head.bias"] = (clf.head.bias.detach() if clf.head.bias is not None
@@ -104,16 +111,15 @@ def changed_state(method: str, clf: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def rounding_changes(method: str, clf: nn.Module, dtype: str, loader: Any, reference: Any,
-                     precision: str = "auto") -> int:
+def rounding_changes(clf: nn.Module, dtype: str, loader: Any, reference: Any, precision: str = "auto") -> int:
     """How many of ``reference``'s predictions (an ``EvalResult`` of ``clf`` on ``loader``) change when the method's
     tensors are rounded to ``dtype`` as the file stores them; ``clf`` is left exactly as it was."""
     from .evaluate import evaluate
     if dtype == "fp32":
         return 0
-    params = _changed_parameters(method, clf)
+    params = _changed_parameters(clf)
     saved = {k: p.detach().clone() for k, p in params.items()}
-    pv = _prefix_visual(clf) if method not in HEAD_ONLY else None
+    pv = _prefix_visual(clf)
     unfolded = pv is not None and pv.folded is None and pv.length > 0
     device = next(clf.parameters()).device
     try:
@@ -162,28 +168,30 @@ def library_version() -> str:
 # ------------------------------------------------------------------------------------------ writing
 def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None = None, variant: str | None = None,
                config: Any = None, dtype: str = "fp16", templates: list[str] | None = None,
-               folder: str | Path | None = None, check: tuple[Any, Any] | None = None) -> Path:
+               folder: str | Path | None = None, check: tuple[Any, Any] | None = None,
+               head_only: bool = False) -> Path:
     """Write ``<results>/models/<run>/`` (``model.safetensors`` + ``manifest.json``, each atomically) for ``clf``,
     trained by ``method`` in ``course``; ``result``: the run's result row (accuracies). ``check``: (test loader, the
     run's test ``EvalResult``): fp16 is kept only if rounding to it changes none of those predictions (else fp32,
-    and the manifest says why), so that the folder reproduces the run's test accuracy. Returns the folder."""
+    and the manifest says why), so that the folder reproduces the run's test accuracy. ``head_only``: save the head
+    alone (a head over the frozen tower). Returns the folder."""
     from safetensors.torch import save_file
     from .results import _clean
     name = course.run_name(method, variant)
     folder = Path(folder) if folder is not None else model_path(course.results_dir, name)
     note = None
-    if check is not None and dtype != "fp32" and method not in HEAD_ONLY:
-        changed = rounding_changes(method, clf, dtype, *check, precision=(result or {}).get("precision") or "auto")
+    if check is not None and dtype != "fp32" and not head_only:
+        changed = rounding_changes(clf, dtype, *check, precision=(result or {}).get("precision") or "auto")
         if changed:  # the folder must reproduce the run's predictions: keep the exact values instead
             note = (f"{dtype} changed {changed} of {len(check[1].preds)} test predictions, so the tensors are "
                     "stored in fp32")
             dtype = "fp32"
-    tensors = _file_tensors(changed_state(method, clf), dtype)
+    tensors = _file_tensors(changed_state(clf, head_only), dtype)
     loaded = course.loaded
     result = result or {}
     cfg = config.to_dict() if hasattr(config, "to_dict") else (config or result.get("config") or {})
     manifest = {
-        "format": FORMAT, "method": method, "variant": variant, "run": name, "config": cfg,
+        "format": FORMAT, "method": method, "head_only": head_only, "variant": variant, "run": name, "config": cfg,
         "base": {"model": loaded.name, "pretrained": loaded.pretrained, "weights_id": loaded.weights_id,
                  "digest": base_digest(loaded.model.visual), "random_weights": loaded.random_weights},
         "classes": list(course.classnames),
@@ -215,7 +223,7 @@ def save_head_model(course: Any, method: str, weight: torch.Tensor, bias: torch.
         with torch.no_grad():
             clf.head.bias.copy_(bias.detach().float().cpu())
     return save_model(course, method, clf, result=result, variant=variant, config=config, dtype="fp32",
-                      templates=templates)
+                      templates=templates, head_only=True)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -324,9 +332,9 @@ def read_model(folder: str | Path) -> SavedModel:
 
 
 def _config(saved: SavedModel) -> Any:
-    from .config import CONFIGS, check_method
-    method = check_method(saved.method)
-    cls = CONFIGS[method]
+    from .methods import get
+    method = saved.method
+    cls = get(method).config
     known = set(cls.__dataclass_fields__)
     given = dict(saved.manifest.get("config") or {})
     unknown = sorted(set(given) - known)
@@ -359,15 +367,15 @@ def load_base(saved: SavedModel, device: str | torch.device = "cpu"):
 
 def build_classifier(saved: SavedModel, loaded: Any) -> nn.Module:
     """The trained classifier: ``CLIPClassifier`` over ``loaded``'s tower, the method applied, the tensors loaded."""
-    from .methods import apply_method, prefix
+    from .methods import apply_method, prefix_tuning
     from .models import CLIPClassifier
     cfg = _config(saved)
     n, dim = saved.tensors["head.weight"].shape
     clf = CLIPClassifier(loaded.model.visual, torch.zeros(n, dim))
     apply_method(saved.method, clf, cfg)
     if _prefix_visual(clf) is not None:
-        prefix.fold(clf.visual)  # the folder holds the folded prefix (its MLP is not needed for inference)
-    expected = changed_state(saved.method, clf)
+        prefix_tuning.fold(clf.visual)  # the folder holds the folded prefix (its MLP is not needed for inference)
+    expected = changed_state(clf, bool(saved.manifest.get("head_only")))
     file_keys, want = set(saved.tensors), set(expected)
     if file_keys != want:
         extra, lacking = sorted(file_keys - want), sorted(want - file_keys)

@@ -82,11 +82,12 @@ class Predictor:
     @classmethod
     def load(cls, model: str | Path, device: str = "auto", results: str | Path | None = None,
              precision: str = "auto") -> "Predictor":
+        from .export import _plain
         from .modelfolder import load_model
         from .models import resolve_device
         dev = resolve_device(device)
         clf, saved, _ = load_model(model, device=dev, results=results)
-        return cls(clf, saved, dev, precision)
+        return cls(_plain(clf), saved, dev, precision)  # LoRA merged: the stock open_clip forward, no extra matmuls
 
     def logits(self, pixels: np.ndarray) -> torch.Tensor:
         """Logits [B, C] of uint8 images [B, S, S, 3], normalised on the device as the course's loader does."""

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 from clipft_utils import make_config, setup, train_method
-from clipft_utils import linear_probe as LP
+from clipft_utils import heads as Z
 from clipft_utils import results as R
-from clipft_utils import zeroshot as Z
+from clipft_utils.methods import linear_probe as LP
 from clipft_utils.__main__ import main as cli
 from clipft_utils.errors import ConfigError, DatasetError, WeightsError
 from clipft_utils.evaluate import EvalResult
