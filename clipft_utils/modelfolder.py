@@ -405,3 +405,29 @@ def load_model(model: str | Path, device: str | torch.device = "cpu", results: s
     loaded = load_base(saved)
     clf = build_classifier(saved, loaded)
     return clf.to(device), saved, loaded
+
+
+def reload_check(course: Any, method: str, variant: str | None = None) -> dict[str, Any]:
+    """A notebook's "Save and load" step: reload the run's model folder in a fresh object (base weights from
+    ``load_clip``, the folder's tensors on top) and compare its predictions on the first test batch with the
+    predictions the run recorded. Returns the folder, its files and sizes, and the agreement."""
+    from .results import load_predictions
+    name = course.run_name(method, variant)
+    folder = model_path(course.results_dir, name)
+    clf, saved, _ = load_model(folder, device=course.device)
+    from .evaluate import autocast_context
+    images = next(iter(course.loader("test")))[0]
+    with torch.inference_mode(), autocast_context("auto", course.device):  # the precision the run evaluated in
+        logits = clf(images.to(course.device)).float().cpu()
+    recorded, _ = load_predictions(course.results_dir, name)
+    recorded = torch.as_tensor(recorded[:len(logits)])
+    agree = float((logits.argmax(1) == recorded.argmax(1)).float().mean())
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    summary = (f"{folder}\n  files: " + ", ".join(f"{k} ({v / 2**20:.3f} MiB)" for k, v in files.items())
+               + f"\n  saved: {len(saved.tensors)} tensors ({saved.manifest.get('dtype')}"
+               + (f"; {saved.manifest['dtype_note']}" if saved.manifest.get("dtype_note") else "") + ")"
+               + f"\n  reloaded in a fresh object: top-1 agrees with the run's recorded predictions on {agree:.0%} of "
+               f"{len(logits)} test images (max |logit difference| {float((logits - recorded).abs().max()):.2e})"
+               + f"\n  outside the notebook: python -m clipft_utils predict {folder} IMAGE_OR_FOLDER --top 5")
+    return {"folder": folder, "files": files, "agreement": agree, "images": len(logits), "summary": summary,
+            "max_abs_diff": float((logits - recorded).abs().max())}

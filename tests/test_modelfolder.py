@@ -332,3 +332,13 @@ def test_fp16_falls_back_to_fp32_when_rounding_changes_a_prediction(trained, tmp
     m = json.loads((folder / MANIFEST).read_text())
     assert m["dtype"] == "fp32" and "changed 1 of 3 test predictions" in m["dtype_note"]
     assert all(t.dtype == torch.float32 for t in read_model(folder).tensors.values())
+
+
+def test_the_notebooks_save_and_load_step(trained):
+    """What each method notebook's last cell shows: the folder, reloaded in a fresh object, agrees with the run."""
+    from clipft_utils.modelfolder import reload_check
+    course, _ = trained
+    for method in ("zero_shot", "prefix_tuning", "full_finetune"):
+        check = reload_check(course, method)
+        assert check["agreement"] == 1.0 and check["images"] > 0 and MANIFEST in check["files"]
+        assert "python -m clipft_utils predict" in check["summary"]
