@@ -104,6 +104,8 @@ DELEGATED = {
     "synth": ("clipft_utils.standin.synth", "SynthFlowers: sample grid, full-size Flowers102-shaped stand-in folder"),
     "bench": ("clipft_utils.bench", "throughput and peak memory per method (real architecture, random weights)"),
     "train": ("clipft_utils.train", "train one method's main run outside the notebooks (what torchrun launches)"),
+    "predict": ("clipft_utils.predict", "classify image files with a trained run's model folder"),
+    "export": ("clipft_utils.export", "export a model folder: one open_clip state dict + head, or ONNX"),
 }
 """Sub-commands that own their own argument parsing."""
 

@@ -269,8 +269,9 @@ class RunOutput:
 def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: list[dict], *,
                  variant: str | None = None, save: bool = True, progress: bool = True,
                  checkpoint: bool = True, resume: bool | str = "auto", stop_after_epochs: int | None = None,
-                 **extra: Any) -> RunOutput:
-    """Train ``clf`` with the one engine, evaluate it on validation and test, write its result, predictions and head.
+                 model_dtype: str = "fp16", **extra: Any) -> RunOutput:
+    """Train ``clf`` with the one engine, evaluate it on validation and test, write its result, predictions, head and
+    model folder (``<results>/models/<run>``: what the method changed, in ``model_dtype``; see ``modelfolder``).
 
     A checkpoint (``<results>/checkpoints/<run>.pt``) lets a killed run resume; ``resume="auto"`` starts over,
     and says so, when the checkpoint belongs to another run; True refuses it; False ignores it. Under torchrun
@@ -311,6 +312,9 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
         weight, bias = clf.head_tensors() if hasattr(clf, "head_tensors") else (clf.head.weight, clf.head.bias)
         save_head(head_path(course.results_dir, name), weight, bias, method=method,
                   variant=variant or "", model=course.loaded.name, dataset=course.dataset)
+        from .modelfolder import save_model
+        save_model(course, method, clf, result=result, variant=variant, config=cfg, dtype=model_dtype,
+                   check=(course.loader("test"), test))
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)  # the run finished: its resume point is no longer needed
     return RunOutput(clf, train, test, result, path, val)

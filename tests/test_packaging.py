@@ -25,8 +25,14 @@ def _conda_pins() -> dict[str, str]:
 
 def test_every_dependency_is_pinned_exactly():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for req in meta["dependencies"] + meta["optional-dependencies"]["test"]:
+    for req in meta["dependencies"] + [r for extra in meta["optional-dependencies"].values() for r in extra]:
         assert "==" in req, f"{req} is not pinned"
+
+
+def test_the_tests_install_the_export_extra():
+    """The ONNX export is tested, never skipped: the test extra carries the export extra's pins."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras["export"]) <= set(extras["test"])
 
 
 def test_environment_yml_matches_pyproject():
@@ -93,7 +99,9 @@ def test_course_imports_need_no_test_extras():
         return seen
 
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    installed = closure([r.split("==")[0] for r in meta["dependencies"]])
+    # the [export] extra is optional: clipft_utils/export.py imports it on use and says how to install it
+    export = [r.split("==")[0] for r in meta["optional-dependencies"]["export"]]
+    installed = closure([r.split("==")[0] for r in meta["dependencies"]] + export)
     dists = md.packages_distributions()
     missing = {}
     for module in _imported_top_level_modules():

@@ -241,6 +241,7 @@ def save_results(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, 
     counted in ``total_params``; only the head trains. Feature extraction is reported apart (``feature_seconds``)."""
     from ..evaluate import EvalResult
     from ..heads import head_logits
+    from ..modelfolder import save_head_model
     from ..results import make_result, save_result
     trainable = sum(t.numel() for t in heads["torch"])                                   # C·D + C
     total = sum(p.numel() for p in course.loaded.model.visual.parameters()) + trainable
@@ -271,6 +272,7 @@ def save_results(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, 
                              best_epoch=train.best_epoch if name == "torch" else None,
                              best_c=sweep.best_c if name == "sklearn" else None, **common)
         paths.append(save_result(result, course.results_dir, predictions=tests[name], val_predictions=vals_eval[name]))
+        save_head_model(course, "linear_probe", *heads[name], result=result, variant=variant, config=cfg)  # models/<run>
     return paths
 
 

@@ -1,0 +1,433 @@
+"""A model folder per trained run: what the method changed, in safetensors, and a manifest saying how to rebuild it.
+
+``<results folder>/models/<run>/`` holds
+
+- ``model.safetensors``: only what the method changed -- BitFit's biases, the prefix (folded: the MLP's output,
+  not the MLP), LoRA's A and B, the fully fine-tuned tower -- and the classifier head. The method's tensors are
+  stored in fp16 by default (``dtype="fp32"`` on request); the head always in fp32 (it is small and sets the logits).
+- ``manifest.json``: the method, its config, the base weights (model, pretrained, weights id and a digest of the
+  base image tower), the classes in head order, the prompts, the preprocessing, the data, the accuracies and the
+  labels (STAND-IN / RANDOM WEIGHTS) every number of the run carries.
+
+Rebuilding is the course's own path: ``load_clip(base)`` -> ``CLIPClassifier`` over its image tower ->
+``methods.apply_method(method, clf, config)`` (which adds LoRA's or the prefix's structure) -> the saved tensors,
+by name, strictly (every saved key must exist with its shape, every key the method trains must be saved).
+Nothing here unpickles: a results folder can come from someone else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, WeightsError
+from .paths import atomic_path, atomic_write_text
+
+FORMAT = "clipft-model-1"
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+HEAD_KEYS = ("head.weight", "head.bias")
+PREPROCESS = {"exif_transpose": True, "resize": "shorter side to image_size", "interpolation": "bicubic",
+              "crop": "center", "convert": "RGB after the crop", "scale": "x / 255", "normalize": "(x - mean) / std"}
+"""open_clip's evaluation preprocessing, as the course decodes (datasets.base.eval_geometry, loader.normalise)."""
+_LORA_KEY = re.compile(r"(\.lora\.[^.]+\.[AB]\.)([^.]+)$")
+
+
+def models_dir(results_dir: str | Path) -> Path:
+    """``<results folder>/models``."""
+    return Path(results_dir) / "models"
+
+
+def model_path(results_dir: str | Path, run: str) -> Path:
+    """``<results folder>/models/<run>``: a run's model folder."""
+    return models_dir(results_dir) / run
+
+
+# ------------------------------------------------------------------------------------------ what is saved
+def base_digest(visual: nn.Module) -> str:
+    """A digest of the base image tower's weights (a strided sample of every tensor, in key order): it tells the
+    base a model folder was trained on from any other weights of the same architecture, in well under a second."""
+    h = hashlib.sha1()
+    for name, t in sorted(visual.state_dict().items()):
+        flat = t.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(flat[::step].to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _prefix_visual(clf: nn.Module):
+    from .methods.prefix_tuning import PrefixVisual
+    return clf.visual if isinstance(clf.visual, PrefixVisual) else None
+
+
+def _active_lora(clf: nn.Module) -> str | None:
+    """The active LoRA adapter of ``clf`` (None without LoRA, or for a tower LoRA cannot wrap)."""
+    from .methods import lora
+    try:
+        return lora.active_adapter(clf)
+    except ConfigError:
+        return None
+
+
+def _canonical_lora(name: str, active: str | None) -> str:
+    """A LoRA key with its adapter named ``default`` (what ``apply_method`` creates when the model is rebuilt)."""
+    m = _LORA_KEY.search(name)
+    if m and active and m.group(2) == active:
+        return name[:m.start(2)] + "default"
+    return name
+
+
+def _changed_parameters(clf: nn.Module, head_only: bool = False) -> dict[str, nn.Parameter]:
+    """File key -> parameter, for the parameters the method trains (``requires_grad``, as ``apply_method`` set them)
+    except the head and the prefix MLP, LoRA's adapter named ``default``; nothing when ``head_only``."""
+    if head_only:
+        return {}
+    active = _active_lora(clf)
+    return {_canonical_lora(name, active): p for name, p in clf.named_parameters()
+            if p.requires_grad and name not in HEAD_KEYS and not name.startswith("visual.encoder.")}
+
+
+def changed_state(clf: nn.Module, head_only: bool = False) -> dict[str, torch.Tensor]:
+    """What the method changed in ``clf``, by name: the parameters it trains (``requires_grad``) with the prefix MLP
+    replaced by its folded output, plus the head. ``head_only``: a head over the frozen tower (zero-shot, the linear
+    probe), whatever the tower's flags say."""
+    state = {k: p.detach() for k, p in _changed_parameters(clf, head_only).items()}
+    pv = _prefix_visual(clf)
+    if pv is not None and pv.length > 0 and not head_only:
+        state["visual.folded"] = pv.prefixes().detach()  # the MLP's output: all that inference needs
+    state["head.weight"] = clf.head.weight.detach()
+    state["head.bias"] = (clf.head.bias.detach() if clf.head.bias is not None
+                          else torch.zeros(clf.head.weight.shape[0], device=clf.head.weight.device))
+    return state
+
+
+def rounding_changes(clf: nn.Module, dtype: str, loader: Any, reference: Any, precision: str = "auto") -> int:
+    """How many of ``reference``'s predictions (an ``EvalResult`` of ``clf`` on ``loader``) change when the method's
+    tensors are rounded to ``dtype`` as the file stores them; ``clf`` is left exactly as it was."""
+    from .evaluate import evaluate
+    if dtype == "fp32":
+        return 0
+    params = _changed_parameters(clf)
+    saved = {k: p.detach().clone() for k, p in params.items()}
+    pv = _prefix_visual(clf)
+    unfolded = pv is not None and pv.folded is None and pv.length > 0
+    device = next(clf.parameters()).device
+    try:
+        with torch.no_grad():
+            for p in params.values():
+                p.copy_(p.to(DTYPES[dtype]).to(p.dtype))
+            if unfolded:
+                pv.folded = nn.Parameter(pv.prefixes().detach().to(DTYPES[dtype]).float(), requires_grad=False)
+            elif pv is not None and pv.folded is not None:
+                saved["__folded__"] = pv.folded.detach().clone()
+                pv.folded.copy_(pv.folded.to(DTYPES[dtype]).float())
+        rounded = evaluate(clf, loader, device=device, precision=precision)
+    finally:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(saved[k])
+            if unfolded:
+                pv.folded = None
+            elif "__folded__" in saved:
+                pv.folded.copy_(saved["__folded__"])
+    return int((rounded.preds != reference.preds).sum())
+
+
+def _file_tensors(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """CPU copies for the file: the method's tensors in ``dtype``, the head in fp32."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}. Fix: pass dtype='fp16' (half the "
+                          "size) or 'fp32' (exact).")
+    out = {}
+    for k, t in state.items():
+        want = torch.float32 if k in HEAD_KEYS or not t.is_floating_point() else DTYPES[dtype]
+        out[k] = t.detach().to("cpu", want).contiguous().clone()
+    return out
+
+
+def library_version() -> str:
+    """The installed clipft version (the package's own when it is not installed)."""
+    from importlib import metadata
+    try:
+        return metadata.version("clipft")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+        return __version__
+
+
+# ------------------------------------------------------------------------------------------ writing
+def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None = None, variant: str | None = None,
+               config: Any = None, dtype: str = "fp16", templates: list[str] | None = None,
+               folder: str | Path | None = None, check: tuple[Any, Any] | None = None,
+               head_only: bool = False) -> Path:
+    """Write ``<results>/models/<run>/`` (``model.safetensors`` + ``manifest.json``, each atomically) for ``clf``,
+    trained by ``method`` in ``course``; ``result``: the run's result row (accuracies). ``check``: (test loader, the
+    run's test ``EvalResult``): fp16 is kept only if rounding to it changes none of those predictions (else fp32,
+    and the manifest says why), so that the folder reproduces the run's test accuracy. ``head_only``: save the head
+    alone (a head over the frozen tower). Returns the folder."""
+    from safetensors.torch import save_file
+    from .results import _clean
+    name = course.run_name(method, variant)
+    folder = Path(folder) if folder is not None else model_path(course.results_dir, name)
+    note = None
+    if check is not None and dtype != "fp32" and not head_only:
+        changed = rounding_changes(clf, dtype, *check, precision=(result or {}).get("precision") or "auto")
+        if changed:  # the folder must reproduce the run's predictions: keep the exact values instead
+            note = (f"{dtype} changed {changed} of {len(check[1].preds)} test predictions, so the tensors are "
+                    "stored in fp32")
+            dtype = "fp32"
+    tensors = _file_tensors(changed_state(clf, head_only), dtype)
+    loaded = course.loaded
+    result = result or {}
+    cfg = config.to_dict() if hasattr(config, "to_dict") else (config or result.get("config") or {})
+    manifest = {
+        "format": FORMAT, "method": method, "head_only": head_only, "variant": variant, "run": name, "config": cfg,
+        "base": {"model": loaded.name, "pretrained": loaded.pretrained, "weights_id": loaded.weights_id,
+                 "digest": base_digest(loaded.model.visual), "random_weights": loaded.random_weights},
+        "classes": list(course.classnames),
+        "templates": list(templates if templates is not None else result.get("templates") or course.templates()),
+        "image_size": int(loaded.image_size), "mean": list(loaded.mean), "std": list(loaded.std),
+        "preprocess": PREPROCESS,
+        "dataset": course.dataset, "dataset_id": course.data.identity, "profile": course.profile.name,
+        "shots": course.shots, "seed": course.seed,
+        "val_acc": result.get("val_acc"), "test_acc": result.get("test_acc"), "n_test": result.get("n_test"),
+        "precision": result.get("precision") or "auto",
+        "dtype": dtype, "dtype_note": note, "tensors": {k: list(t.shape) for k, t in tensors.items()},
+        "standin": bool(course.standin), "warnings": list(course.warnings), "label": course.label,
+        "library_version": library_version(),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": method})
+    atomic_write_text(folder / MANIFEST, json.dumps(_clean(manifest), indent=1) + "\n")
+    return folder
+
+
+def save_head_model(course: Any, method: str, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                    result: dict | None = None, variant: str | None = None, config: Any = None,
+                    templates: list[str] | None = None) -> Path:
+    """The model folder of a head over the frozen image tower (zero-shot, the linear probe)."""
+    from .models import CLIPClassifier
+    clf = CLIPClassifier(course.loaded.model.visual, weight.detach().float().cpu())  # the tower is shared, not copied
+    if bias is not None:
+        with torch.no_grad():
+            clf.head.bias.copy_(bias.detach().float().cpu())
+    return save_model(course, method, clf, result=result, variant=variant, config=config, dtype="fp32",
+                      templates=templates, head_only=True)
+
+
+# ------------------------------------------------------------------------------------------ reading
+@dataclass
+class SavedModel:
+    """A model folder, read and checked (nothing loaded into a network yet)."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    @property
+    def method(self) -> str:
+        return self.manifest["method"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def label(self) -> str:
+        return self.manifest.get("label", "")
+
+
+def remake_hint(folder: Path, run: str | None = None) -> str:
+    """The command that rewrites a model folder (the run that trained it)."""
+    from .runner import remake_command
+    results = folder.parent.parent if folder.parent.name == "models" else folder.parent
+    return remake_command(results / f"{run or folder.name}.json")
+
+
+def _bad(path: Path, why: str, run: str | None = None) -> WeightsError:
+    folder = path.parent
+    return WeightsError(f"Cannot load the model folder '{folder}': {path.name} {why}. Nothing was loaded. Fix: remake "
+                        f"the model folder by re-running the run that trained it: {remake_hint(folder, run)}.")
+
+
+def find_model(model: str | Path, results: str | Path | None = None) -> Path:
+    """A model folder, from its path or from a run name inside a results folder (``results``, else every folder of
+    the results root: ``$CLIPFT_RESULTS`` or ``results/``)."""
+    from .paths import results_root
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if (path / MANIFEST).exists() or (path / WEIGHTS).exists():
+            return path
+        if (path / "models").is_dir():
+            runs = sorted(p.name for p in (path / "models").iterdir() if p.is_dir())
+            raise ConfigError(f"'{path}' is a results folder, not a model folder. Fix: pass one of its models, e.g. "
+                              f"{path / 'models' / runs[0] if runs else path / 'models' / '<run>'} (it has: "
+                              f"{', '.join(runs) or 'none yet'}).")
+        raise _bad(path / MANIFEST, "is missing (this folder is no model folder)")
+    if os.sep in str(model) or "/" in str(model):
+        raise ConfigError(f"The model folder '{model}' does not exist. Fix: pass a model folder "
+                          "(<results folder>/models/<run>) or a run name such as lora_seed0.")
+    roots = [Path(results)] if results else [results_root(), *sorted(p for p in results_root().glob("*") if p.is_dir())]
+    hits = [r / "models" / str(model) for r in roots if (r / "models" / str(model)).is_dir()]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise ConfigError(f"The run '{model}' has a model folder in {len(hits)} results folders: "
+                          f"{', '.join(str(h) for h in hits)}. Fix: pass the folder itself, or --results FOLDER.")
+    known = sorted({p.name for r in roots for p in (r / "models").glob("*") if p.is_dir()})
+    where = results or results_root()
+    raise ConfigError(f"No model folder for the run '{model}' in '{where}'. Fix: pass a model folder, or one of the "
+                      f"runs there: {', '.join(known[:12]) or 'none (train a method first: ./run_all.sh)'}.")
+
+
+def read_model(folder: str | Path) -> SavedModel:
+    """Read and check a model folder's manifest and weights (safetensors and JSON only: nothing unpickles)."""
+    from safetensors import SafetensorError, safe_open
+    folder = Path(folder)
+    mpath, wpath = folder / MANIFEST, folder / WEIGHTS
+    if not mpath.exists():
+        raise _bad(mpath, "is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(mpath, f"is damaged ({type(exc).__name__}: {str(exc)[:80]})") from None
+    run = manifest.get("run") if isinstance(manifest, dict) else None
+    missing = [k for k in ("format", "method", "config", "base", "classes", "image_size", "mean", "std")
+               if not isinstance(manifest, dict) or k not in manifest]
+    if missing or manifest.get("format") != FORMAT:
+        why = f"lacks {missing}" if missing else f"has format {manifest.get('format')!r}, not {FORMAT!r}"
+        raise _bad(mpath, f"is not a clipft model manifest (it {why})", run)
+    if not wpath.exists():
+        raise _bad(wpath, "is missing", run)
+    with open(wpath, "rb") as f:
+        head = f.read(16)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise _bad(wpath, "is a pickle (a torch.save file), not safetensors: unpickling can run code hidden in the "
+                   "file, so it is refused", run)
+    try:
+        with safe_open(str(wpath), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _bad(wpath, f"is damaged or not a safetensors file ({str(exc).strip()[:80]})", run) from None
+    absent = [k for k in HEAD_KEYS if k not in tensors]
+    if absent:
+        raise _bad(wpath, f"has no classifier head ({absent} missing)", run)
+    n_classes, n_head = len(manifest["classes"]), tensors["head.weight"].shape[0]
+    if n_classes != n_head or tensors["head.bias"].shape != (n_head,):
+        raise ConfigError(f"The model folder '{folder}' lists {n_classes} classes in {MANIFEST} but its head in "
+                          f"{WEIGHTS} has {n_head} outputs: the two files come from different runs. Fix: remake the "
+                          f"folder: {remake_hint(folder, run)}.")
+    return SavedModel(folder, manifest, tensors)
+
+
+def _config(saved: SavedModel) -> Any:
+    from .methods import get
+    method = saved.method
+    cls = get(method).config
+    known = set(cls.__dataclass_fields__)
+    given = dict(saved.manifest.get("config") or {})
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"The model folder '{saved.folder}' was written with a {method} config field(s) {unknown} "
+                          f"this library ({library_version()}) does not know (written by "
+                          f"{saved.manifest.get('library_version')}). Fix: use the clipft version that wrote it.")
+    return cls(**{k: tuple(v) if isinstance(v, list) and k in ("targets",) else v for k, v in given.items()})
+
+
+def load_base(saved: SavedModel, device: str | torch.device = "cpu"):
+    """The base CLIP a model folder was trained on, checked against its manifest (weights id and tower digest)."""
+    from .models import load_clip
+    from .seeding import seed_everything
+    base = saved.manifest["base"]
+    if base.get("weights_id") == "random":  # the run's random tower came from its seed, set before load_clip
+        seed_everything(int(saved.manifest.get("seed") or 0))
+    loaded = load_clip(base["model"], base["pretrained"], device="cpu")
+    digest = base_digest(loaded.model.visual)
+    if loaded.weights_id != base.get("weights_id") or (base.get("digest") and digest != base["digest"]):
+        raise WeightsError(
+            f"The model folder '{saved.folder}' was trained on {base['model']} / {base['pretrained']} with the "
+            f"weights id {base.get('weights_id')} (tower digest {base.get('digest')}), but the weights available here "
+            f"for {base['model']} / {base['pretrained']} are {loaded.weights_id} (digest {digest}). Its saved tensors "
+            "only make sense on top of the weights it was trained on. Fix: use the same base weights (the same "
+            "file, tag and open_clip version), or retrain the method on these: "
+            f"{remake_hint(saved.folder, saved.manifest.get('run'))}.")
+    return loaded
+
+
+def build_classifier(saved: SavedModel, loaded: Any) -> nn.Module:
+    """The trained classifier: ``CLIPClassifier`` over ``loaded``'s tower, the method applied, the tensors loaded."""
+    from .methods import apply_method, prefix_tuning
+    from .models import CLIPClassifier
+    cfg = _config(saved)
+    n, dim = saved.tensors["head.weight"].shape
+    clf = CLIPClassifier(loaded.model.visual, torch.zeros(n, dim))
+    apply_method(saved.method, clf, cfg)
+    if _prefix_visual(clf) is not None:
+        prefix_tuning.fold(clf.visual)  # the folder holds the folded prefix (its MLP is not needed for inference)
+    expected = changed_state(clf, bool(saved.manifest.get("head_only")))
+    file_keys, want = set(saved.tensors), set(expected)
+    if file_keys != want:
+        extra, lacking = sorted(file_keys - want), sorted(want - file_keys)
+        parts = ([f"{len(extra)} key(s) this {saved.method} model does not have, e.g. {extra[:2]}"] if extra else []) + \
+                ([f"{len(lacking)} key(s) the method trains missing, e.g. {lacking[:2]}"] if lacking else [])
+        raise _bad(saved.folder / WEIGHTS, f"does not fit its manifest: {'; '.join(parts)}", saved.manifest.get("run"))
+    params = dict(clf.named_parameters())
+    shapes = [k for k in file_keys if tuple(saved.tensors[k].shape) != tuple(expected[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise _bad(saved.folder / WEIGHTS, f"holds {k} with shape {list(saved.tensors[k].shape)}, but the "
+                   f"{saved.method} model built from its manifest needs {list(expected[k].shape)}",
+                   saved.manifest.get("run"))
+    with torch.no_grad():
+        for k, t in saved.tensors.items():
+            params[k].copy_(t.to(params[k].dtype))
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    if hasattr(clf.visual, "set_grad_checkpointing"):
+        clf.visual.set_grad_checkpointing(False)  # a training-time switch (full fine-tuning's); inference needs none
+    return clf.eval()
+
+
+def load_model(model: str | Path, device: str | torch.device = "cpu", results: str | Path | None = None):
+    """``(classifier, SavedModel, LoadedCLIP)`` of a model folder or run name, on ``device``, in eval mode."""
+    saved = read_model(find_model(model, results))
+    loaded = load_base(saved)
+    clf = build_classifier(saved, loaded)
+    return clf.to(device), saved, loaded
+
+
+def reload_check(course: Any, method: str, variant: str | None = None) -> dict[str, Any]:
+    """A notebook's "Save and load" step: reload the run's model folder in a fresh object (base weights from
+    ``load_clip``, the folder's tensors on top) and compare its predictions on the first test batch with the
+    predictions the run recorded. Returns the folder, its files and sizes, and the agreement."""
+    from .results import load_predictions
+    name = course.run_name(method, variant)
+    folder = model_path(course.results_dir, name)
+    clf, saved, _ = load_model(folder, device=course.device)
+    from .evaluate import autocast_context
+    images = next(iter(course.loader("test")))[0]
+    with torch.inference_mode(), autocast_context("auto", course.device):  # the precision the run evaluated in
+        logits = clf(images.to(course.device)).float().cpu()
+    recorded, _ = load_predictions(course.results_dir, name)
+    recorded = torch.as_tensor(recorded[:len(logits)])
+    agree = float((logits.argmax(1) == recorded.argmax(1)).float().mean())
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    summary = (f"{folder}\n  files: " + ", ".join(f"{k} ({v / 2**20:.3f} MiB)" for k, v in files.items())
+               + f"\n  saved: {len(saved.tensors)} tensors ({saved.manifest.get('dtype')}"
+               + (f"; {saved.manifest['dtype_note']}" if saved.manifest.get("dtype_note") else "") + ")"
+               + f"\n  reloaded in a fresh object: top-1 agrees with the run's recorded predictions on {agree:.0%} of "
+               f"{len(logits)} test images (max |logit difference| {float((logits - recorded).abs().max()):.2e})"
+               + f"\n  outside the notebook: python -m clipft_utils predict {folder} IMAGE_OR_FOLDER --top 5")
+    return {"folder": folder, "files": files, "agreement": agree, "images": len(logits), "summary": summary,
+            "max_abs_diff": float((logits - recorded).abs().max())}

@@ -1,0 +1,187 @@
+"""``python -m clipft_utils predict MODEL IMAGE_OR_FOLDER... [--top K] [--json] [--device ...]``: classify image files
+with a trained run's model folder, outside the notebooks.
+
+MODEL is a model folder (``<results folder>/models/<run>``) or a run name inside a results folder. The base weights
+load through the course's ``load_clip`` (offline, a missing download is the usual clear error), the folder's tensors
+go on top (``modelfolder``), and every image is preprocessed exactly as the course decodes its test images: EXIF
+orientation, the shorter side resized to the model's size (bicubic), a centre crop, RGB, ``/255`` and the model's
+normalisation. An unreadable file is named on stderr and skipped; the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, DatasetError
+
+
+def list_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named by ``inputs`` (files as given; folders walked, sorted, for every extension PIL opens).
+    A missing path or a folder without images is an error before any work."""
+    from .datasets.base import image_extensions
+    exts = image_extensions()
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(exts)
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise DatasetError(f"The folder '{path}' holds no images (looked for {', '.join(exts[:8])}, ... in it "
+                                   "and its sub-folders). Fix: pass a folder with image files, or the files "
+                                   "themselves.")
+            files += found
+        else:
+            raise DatasetError(f"'{path}' does not exist. Fix: pass image files or folders of images.")
+    if not files:
+        raise ConfigError("No images given. Fix: pass at least one image file or folder of images.")
+    return files
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: the course's decoding (``datasets.base``: EXIF, bicubic resize, centre crop, RGB)."""
+    from .datasets.base import eval_geometry, open_image
+    return eval_geometry(size)(open_image(path))
+
+
+@dataclass
+class Prediction:
+    """One image's top-k classes and probabilities (softmax of the logits), and its logits."""
+
+    image: str
+    top: list[tuple[str, float]]
+    logits: np.ndarray = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"image": self.image, "top": [{"class": c, "prob": round(p, 6)} for c, p in self.top]}
+
+
+class Predictor:
+    """A model folder ready to classify files: ``Predictor.load(model)(paths)``."""
+
+    def __init__(self, clf: torch.nn.Module, saved: Any, device: torch.device, precision: str = "auto"):
+        from .evaluate import resolve_precision
+        self.clf, self.saved, self.device = clf, saved, device
+        self.precision = resolve_precision(precision, device)
+        m = saved.manifest
+        self.size, self.mean, self.std = int(m["image_size"]), tuple(m["mean"]), tuple(m["std"])
+        self.classes = saved.classes
+        self.failed: list[tuple[str, str]] = []
+        self.forward_seconds = 0.0
+
+    @classmethod
+    def load(cls, model: str | Path, device: str = "auto", results: str | Path | None = None,
+             precision: str = "auto") -> "Predictor":
+        from .export import _plain
+        from .modelfolder import load_model
+        from .models import resolve_device
+        dev = resolve_device(device)
+        clf, saved, _ = load_model(model, device=dev, results=results)
+        return cls(_plain(clf), saved, dev, precision)  # LoRA merged: the stock open_clip forward, no extra matmuls
+
+    def logits(self, pixels: np.ndarray) -> torch.Tensor:
+        """Logits [B, C] of uint8 images [B, S, S, 3], normalised on the device as the course's loader does."""
+        from .evaluate import autocast_context
+        from .loader import normalise
+        x = normalise(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(self.device), self.mean, self.std)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode(), autocast_context(self.precision, self.device):
+            out = self.clf(x).float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.forward_seconds += time.perf_counter() - start
+        return out.cpu()
+
+    def __call__(self, files: Iterable[Path], top: int = 5, batch_size: int = 64) -> Iterable[Prediction]:
+        """Predictions, in order, one batch at a time; an unreadable file is noted in ``failed`` and skipped."""
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ConfigError(f"--top must be a whole number >= 1, got {top!r}. Fix: e.g. --top 5 (at most "
+                              f"{len(self.classes)}, the number of classes).")
+        k = min(top, len(self.classes))
+        batch: list[tuple[Path, np.ndarray]] = []
+
+        def flush() -> Iterable[Prediction]:
+            logits = self.logits(np.stack([px for _, px in batch]))
+            probs = logits.softmax(dim=1)
+            p, i = probs.topk(k, dim=1)
+            for (path, _), row_p, row_i, row_l in zip(batch, p.tolist(), i.tolist(), logits.numpy()):
+                yield Prediction(str(path), [(self.classes[c], float(q)) for c, q in zip(row_i, row_p)], row_l)
+            batch.clear()
+
+        for path in files:
+            try:
+                batch.append((path, read_image(path, self.size)))
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is named and skipped
+                self.failed.append((str(path), f"{type(exc).__name__}: {exc}"))
+                print(f"[predict] skipped '{path}': cannot read it as an image ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
+                continue
+            if len(batch) == batch_size:
+                yield from flush()
+        if batch:
+            yield from flush()
+
+
+def format_prediction(pred: Prediction, width: int = 32) -> str:
+    """A readable block: the image, then one line per rank with the class and its probability."""
+    lines = [pred.image]
+    for rank, (name, prob) in enumerate(pred.top, 1):
+        shown = name if len(name) <= width else name[:width - 1] + "…"
+        lines.append(f"  {rank:>2}. {shown:<{width}} {100 * prob:6.2f} %")
+    return "\n".join(lines)
+
+
+def _top(value: str) -> int:
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--top takes a whole number >= 1, got {value!r} (e.g. --top 5)") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"--top must be >= 1, got {k}: it is how many classes to show per image "
+                                         "(e.g. --top 5)")
+    return k
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m clipft_utils predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a model folder (<results folder>/models/<run>) or a run name, e.g. lora_seed0")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    p.add_argument("--top", type=_top, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--json", action="store_true", help='one JSON object per image per line: {"image": PATH, '
+                                                        '"top": [{"class": NAME, "prob": P}, ...]}')
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--results", default=None, metavar="FOLDER",
+                   help="the results folder a run name is looked up in (default: every folder of results/)")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}. Fix: e.g. --batch-size 64.")
+    files = list_images(args.images)                      # every bad input fails here, before the model loads
+    predictor = Predictor.load(args.model, args.device, args.results)
+    label = predictor.saved.label
+    print(f"[predict] {predictor.saved.manifest['run']} ({predictor.saved.method}) · {label}", file=sys.stderr)
+    n = 0
+    for pred in predictor(files, top=args.top, batch_size=args.batch_size):
+        n += 1
+        print(json.dumps(pred.to_json()) if args.json else format_prediction(pred), flush=args.json)
+    skipped = len(predictor.failed)
+    print(f"[predict] {n} image(s) classified" + (f", {skipped} unreadable skipped" if skipped else "")
+          + f" on {predictor.device}", file=sys.stderr)
+    return 0 if n else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Take your model home: every method leaves a model folder that loads, predicts (in a fresh process, reproducing the
+run's test accuracy) and exports (open_clip, ONNX); bad model folders and bad input are clear errors before work."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clipft_utils import make_config, setup, train_method
+from clipft_utils import heads as Z
+from clipft_utils import results as R
+from clipft_utils.methods import linear_probe as LP
+from clipft_utils.__main__ import main as cli
+from clipft_utils.errors import ConfigError, DatasetError, WeightsError
+from clipft_utils.evaluate import EvalResult
+from clipft_utils.methods import apply_method
+from clipft_utils.modelfolder import (MANIFEST, WEIGHTS, load_model, model_path, read_model, save_head_model,
+                                      save_model)
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("zero_shot", "linear_probe", "bitfit", "prefix_tuning", "lora", "full_finetune")
+CLASSES = {"red_rose": (200, 40, 40), "sky_lily": (40, 80, 210), "green_fern": (40, 170, 60)}
+
+
+def colour_folder(root: Path, per_class: int = 8) -> Path:
+    """``ROOT/<class>/<i>.png|jpg``: noisy images around one colour per class, of varied sizes (one EXIF-rotated)."""
+    rng = np.random.default_rng(0)
+    for c, (r, g, b) in CLASSES.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = 30 + 3 * i, 40 - 2 * i
+            px = np.clip(np.array([r, g, b]) + rng.normal(0, 60, (h, w, 3)), 0, 255).astype(np.uint8)
+            im = Image.fromarray(px)
+            if i == 0:
+                exif = Image.Exif()
+                exif[0x0112] = 6  # rotate 90 degrees on display: the course and predict both apply it
+                im.save(root / c / f"{i}.jpg", exif=exif, quality=95)
+            else:
+                im.save(root / c / f"{i}.png")
+    return root
+
+
+def _head_result(course, method, test_fs, val_fs, weight, bias, cfg, val_acc=None):
+    """What notebooks 01 and 02 write for a head over the frozen tower: result row + model folder."""
+    test = EvalResult.from_logits(Z.head_logits(test_fs.features, weight, bias), test_fs.labels)
+    val = EvalResult.from_logits(Z.head_logits(val_fs.features, weight, bias), val_fs.labels)
+    result = R.make_result(method=method, test=test, val_acc=val.top1 if val_acc is None else val_acc,
+                           trainable_params=0, total_params=1, train_seconds=0.0, eval_seconds=0.0,
+                           images_per_second=None, peak_memory_mb=None, config=cfg.to_dict(), history=[],
+                           **course.identity())
+    R.save_result(result, course.results_dir, predictions=test, val_predictions=val)
+    save_head_model(course, method, weight, bias, result=result, config=cfg)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, session_data):
+    """The six methods, 1 epoch each, on a small folder of images (ToyCLIP, the smoke profile): their model folders."""
+    tmp = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLIPFT_DATA", session_data)
+        folder = colour_folder(tmp / "photos")
+        course = setup("smoke", dataset=str(folder), device="cpu", test_per_class=0, results_dir=str(tmp / "results"))
+        test_fs, val_fs = course.features("test", progress=False), course.features("val", progress=False)
+        cfg = make_config("zero_shot", course.profile)
+        _head_result(course, "zero_shot", test_fs, val_fs, course.zero_shot_head(), None, cfg)
+        cfg = make_config("linear_probe", course.profile, epochs=1, c_grid=(1.0,), max_iter=100)
+        best = LP.fit_best_head(course, cfg)
+        _head_result(course, "linear_probe", test_fs, val_fs, best["weight"], best["bias"], cfg, best["val_acc"])
+        for method in METHODS[2:]:
+            extra = {"warmup_epochs": 0.0} if method == "full_finetune" else {}
+            cfg = make_config(method, course.profile, epochs=1, **extra)
+            clf = course.classifier()
+            train_method(course, method, cfg, clf, apply_method(method, clf, cfg), progress=False, checkpoint=False)
+    return course, folder
+
+
+def _folder(course, method) -> Path:
+    return model_path(course.results_dir, course.run_name(method))
+
+
+def test_every_method_leaves_a_model_folder_with_only_what_it_changed(trained):
+    course, _ = trained
+    for method in METHODS:
+        saved = read_model(_folder(course, method))
+        keys, m = set(saved.tensors), saved.manifest
+        assert {"head.weight", "head.bias"} <= keys and saved.tensors["head.weight"].dtype == torch.float32
+        rest = keys - {"head.weight", "head.bias"}
+        if method in ("zero_shot", "linear_probe"):
+            assert not rest
+        elif method == "bitfit":
+            assert rest and all(k.endswith("bias") for k in rest)
+        elif method == "prefix_tuning":
+            assert rest == {"visual.folded"}   # folded: the MLP that made it is not saved
+        elif method == "lora":
+            assert rest and all(".lora." in k and k.endswith((".A.default", ".B.default")) for k in rest)
+        else:
+            tower = {f"visual.{n}" for n, _ in course.loaded.model.visual.named_parameters()}
+            assert rest == tower
+        if method not in ("zero_shot", "linear_probe"):
+            assert m["dtype"] in ("fp16", "fp32") and all(saved.tensors[k].dtype == torch.float16 for k in rest) == \
+                (m["dtype"] == "fp16")
+        result = R.read_result(course.result_path(method))
+        assert m["method"] == method and m["classes"] == course.classnames and m["test_acc"] == result["test_acc"]
+        assert m["base"]["model"] == "ToyCLIP" and m["base"]["weights_id"] == course.loaded.weights_id
+        assert m["image_size"] == course.loaded.image_size and m["mean"] == list(course.loaded.mean)
+        assert m["preprocess"]["interpolation"] == "bicubic" and m["preprocess"]["crop"] == "center"
+        assert m["dataset_id"] == course.data.identity and m["seed"] == 0 and m["templates"]
+        assert m["standin"] and any("STAND-IN" in w for w in m["warnings"]) and "STAND-IN" in m["label"]
+        assert m["library_version"] and m["config"]
+
+
+PREDICT_ALL = """
+import contextlib, io, json, sys
+from clipft_utils.__main__ import main
+files = json.loads(sys.argv[1])
+out = {}
+for folder in json.loads(sys.argv[2]):
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["predict", folder, *files, "--json", "--top", "2", "--device", "cpu"])
+    out[folder] = {"rc": rc, "lines": buf.getvalue().splitlines()}
+print(json.dumps(out))
+"""
+
+
+def test_predict_in_a_fresh_process_reproduces_every_run_test_accuracy(trained):
+    course, _ = trained
+    index = course.data.index("test")
+    files = [str(p) for p in index.files]
+    folders = {m: str(_folder(course, m)) for m in METHODS}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", PREDICT_ALL, json.dumps(files), json.dumps(list(folders.values()))],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for method, folder in folders.items():
+        assert out[folder]["rc"] == 0
+        rows = [json.loads(line) for line in out[folder]["lines"]]
+        assert [r["image"] for r in rows] == files
+        assert all(len(r["top"]) == 2 and r["top"][0]["prob"] >= r["top"][1]["prob"] for r in rows)
+        predicted = np.array([course.classnames.index(r["top"][0]["class"]) for r in rows])
+        logits, labels = R.load_predictions(course.results_dir, course.run_name(method))
+        assert np.array_equal(labels, index.labels)           # the run scored the same files, in the same order
+        assert np.array_equal(predicted, logits.argmax(1)), method  # image by image, the run's own predictions
+        recorded = R.read_result(course.result_path(method))["test_acc"]
+        assert float((predicted == labels).mean()) == recorded, method
+
+
+def test_reloaded_model_gives_the_trained_logits(trained):
+    course, _ = trained
+    images = next(iter(course.loader("test")))[0]
+    for method in ("prefix_tuning", "lora"):
+        clf, saved, _ = load_model(_folder(course, method))
+        logits, _ = R.load_predictions(course.results_dir, course.run_name(method))
+        with torch.no_grad():
+            got = clf(images).numpy()
+        np.testing.assert_allclose(got, logits[:len(got)], atol=0.05 if saved.manifest["dtype"] == "fp16" else 1e-4)
+
+
+def test_export_onnx_for_every_method_matches_torch(trained, tmp_path):
+    from clipft_utils.export import export_onnx
+    course, _ = trained
+    lines = []
+    for method in METHODS:
+        info = export_onnx(_folder(course, method), tmp_path / f"{method}.onnx", echo=lines.append)
+        assert info["max_abs_diff"] <= 1e-4 and Path(info["path"]).exists()
+    assert len(lines) == len(METHODS) and all("max |logit difference|" in line for line in lines)
+
+
+def test_export_open_clip_loads_with_open_clip(trained, tmp_path):
+    import open_clip
+    from safetensors.torch import load_file
+    from clipft_utils.export import export_open_clip
+    course, _ = trained
+    for method in ("bitfit", "lora", "full_finetune"):
+        info = export_open_clip(_folder(course, method), tmp_path / method, echo=lambda *_: None)
+        assert info["max_abs_diff"] < 1e-4
+        model, _, _ = open_clip.create_model_and_transforms(info["open_clip_name"], pretrained=info["state_dict"])
+        head = load_file(str(tmp_path / method / "classifier.safetensors"))
+        assert head["weight"].shape == (len(CLASSES), model.visual.output_dim)
+    with pytest.raises(ConfigError, match="prefix-tuning.*--format onnx"):
+        export_open_clip(_folder(course, "prefix_tuning"), tmp_path / "prefix", echo=lambda *_: None)
+
+
+def test_export_cli_writes_and_reports(trained, tmp_path, capsys):
+    course, _ = trained
+    assert cli(["export", str(_folder(course, "lora")), "--format", "onnx", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "model.onnx").exists() and "onnxruntime vs torch" in capsys.readouterr().out
+
+
+# ---- bad input: every error names the problem and the fix, before any work -------------------------------------
+def _copy(course, method, tmp_path) -> Path:
+    dst = tmp_path / "models" / course.run_name(method)
+    shutil.copytree(_folder(course, method), dst)
+    return dst
+
+
+def _edit_manifest(folder: Path, **changes) -> None:
+    m = json.loads((folder / MANIFEST).read_text())
+    for key, value in changes.items():
+        if isinstance(value, dict):
+            m[key].update(value)
+        else:
+            m[key] = value
+    (folder / MANIFEST).write_text(json.dumps(m))
+
+
+def test_other_base_weights_are_refused_naming_both(trained, tmp_path):
+    course, _ = trained
+    folder = _copy(course, "bitfit", tmp_path)
+    _edit_manifest(folder, base={"weights_id": "file-0123456789ab", "digest": "feedfacefeedface"})
+    with pytest.raises(WeightsError) as err:
+        load_model(folder)
+    msg = str(err.value)
+    assert "file-0123456789ab" in msg and course.loaded.weights_id in msg and "Fix:" in msg
+
+
+def test_missing_or_damaged_files_name_the_file_and_the_command(trained, tmp_path):
+    course, _ = trained
+    folder = _copy(course, "lora", tmp_path)
+    (folder / MANIFEST).unlink()
+    with pytest.raises(WeightsError, match=f"{MANIFEST} is missing.*Fix: .*run_all.sh"):
+        read_model(folder)
+    folder = _copy(course, "bitfit", tmp_path)
+    (folder / MANIFEST).write_text('{"format": "clipft-model-1", "method": ')
+    with pytest.raises(WeightsError, match=f"{MANIFEST} is damaged.*Fix:"):
+        read_model(folder)
+    folder = _copy(course, "full_finetune", tmp_path)
+    (folder / WEIGHTS).unlink()
+    with pytest.raises(WeightsError, match=f"{WEIGHTS} is missing.*Fix: .*--only full_finetune"):
+        read_model(folder)
+    folder = _copy(course, "prefix_tuning", tmp_path)
+    data = (folder / WEIGHTS).read_bytes()
+    (folder / WEIGHTS).write_bytes(data[:len(data) // 2])
+    with pytest.raises(WeightsError, match=f"{WEIGHTS} is damaged.*Fix:"):
+        read_model(folder)
+
+
+class _Boom:
+    """A pickled object that would write a file when unpickled."""
+
+    marker = None
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "unpickled"))
+
+
+def test_a_pickle_in_place_of_the_weights_is_refused_without_unpickling(trained, tmp_path):
+    course, _ = trained
+    folder = _copy(course, "bitfit", tmp_path)
+    marker = tmp_path / "ran.txt"
+    boom = _Boom()
+    boom.marker = str(marker)
+    for writer in (lambda f: torch.save({"head.weight": boom}, f), lambda f: f.write_bytes(pickle.dumps(boom))):
+        writer(folder / WEIGHTS)
+        with pytest.raises(WeightsError, match="pickle.*refused"):
+            load_model(folder)
+        assert not marker.exists()
+
+
+def test_class_count_must_match_the_head(trained, tmp_path):
+    course, _ = trained
+    folder = _copy(course, "linear_probe", tmp_path)
+    _edit_manifest(folder, classes=course.classnames + ["extra"])
+    with pytest.raises(ConfigError, match=f"lists {len(CLASSES) + 1} classes.*head.*has {len(CLASSES)} outputs.*Fix:"):
+        read_model(folder)
+
+
+def test_saved_tensors_must_fit_the_method(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+    course, _ = trained
+    folder = _copy(course, "lora", tmp_path)
+    tensors = load_file(str(folder / WEIGHTS))
+    tensors.pop(next(k for k in tensors if ".lora." in k))
+    save_file(tensors, str(folder / WEIGHTS))
+    with pytest.raises(WeightsError, match="missing.*Fix:"):
+        load_model(folder)
+
+
+def test_predict_bad_input_fails_before_loading(trained, tmp_path, capsys):
+    course, photos = trained
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    model = str(_folder(course, "zero_shot"))
+    assert cli(["predict", model, str(empty)]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli(["predict", model, str(photos), "--top", "0"])
+    assert exit_.value.code == 2 and "--top must be >= 1" in capsys.readouterr().err
+    assert cli(["predict", "no_such_run_seed0", str(photos), "--results", str(course.results_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "No model folder for the run 'no_such_run_seed0'" in err and "lora_seed0" in err
+    with pytest.raises(DatasetError, match="does not exist"):
+        from clipft_utils.predict import list_images
+        list_images([tmp_path / "missing.png"])
+
+
+def test_predict_names_and_skips_an_unreadable_file(trained, tmp_path, capsys):
+    course, photos = trained
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG not really")
+    good = sorted((photos / "sky_lily").glob("*.png"))[:2]
+    rc = cli(["predict", course.run_name("bitfit"), str(good[0]), str(bad), str(good[1]), "--results",
+              str(course.results_dir), "--top", "3"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "broken.png" in err and "skipped" in err and "2 image(s) classified" in err
+    assert out.count(" %") == 6 and str(good[0]) in out and str(good[1]) in out and "STAND-IN" in err
+
+
+def test_fp16_falls_back_to_fp32_when_rounding_changes_a_prediction(trained, tmp_path, monkeypatch):
+    from clipft_utils import modelfolder
+    course, _ = trained
+    clf, _, _ = load_model(_folder(course, "bitfit"))
+    monkeypatch.setattr(modelfolder, "rounding_changes", lambda *a, **k: 1)
+    test = EvalResult.from_logits(torch.zeros(3, len(CLASSES)), torch.arange(3) % len(CLASSES))
+    for p in clf.visual.parameters():
+        p.requires_grad_(False)
+    for n, p in clf.visual.named_parameters():
+        p.requires_grad_(n.endswith("bias"))
+    folder = save_model(course, "bitfit", clf, folder=tmp_path / "m", check=(None, test))
+    m = json.loads((folder / MANIFEST).read_text())
+    assert m["dtype"] == "fp32" and "changed 1 of 3 test predictions" in m["dtype_note"]
+    assert all(t.dtype == torch.float32 for t in read_model(folder).tensors.values())
+
+
+def test_the_notebooks_save_and_load_step(trained):
+    """What each method notebook's last cell shows: the folder, reloaded in a fresh object, agrees with the run."""
+    from clipft_utils.modelfolder import reload_check
+    course, _ = trained
+    for method in ("zero_shot", "prefix_tuning", "full_finetune"):
+        check = reload_check(course, method)
+        assert check["agreement"] == 1.0 and check["images"] > 0 and MANIFEST in check["files"]
+        assert "python -m clipft_utils predict" in check["summary"]
