@@ -114,7 +114,8 @@ CHECKS: dict[str, Check] = {
     "val_shots": integer(1), "results_dir": text(), "epochs": integer(1), "test_per_class": integer(0),
     "extras": flag, "config": config_dict, "data_split": data_split,
     # notebook-specific
-    "n_show": integer(1, optional=False), "zero_shot_init": flag, "lr_factors": list_of(number(0, open_low=True), min_len=0),
+    "n_show": integer(1, optional=False), "ensemble_size": integer(1), "zero_shot_init": flag,
+    "lr_factors": list_of(number(0, open_low=True), min_len=0),
     "deep": flag, "vit_timing": flag, "vit_timing_batch": integer(1, optional=False), "timing_repeats": integer(3),
     "timing_batch": integer(1, optional=False),
     "ranks": list_of(integer(1, optional=False)), "sweep_epochs": integer(1),
