@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from scipy.io import loadmat
 
 from clipft_utils import runner
 from clipft_utils.config import METHODS, get_profile
@@ -21,21 +22,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shared_mats() is None,
 
 
 def write_what_the_rehearsal_reads() -> int:
-    """Write the rehearsal's folder (the official .mat files, byte-identical) with only the JPEGs its course reads:
-    one image per class of each split, drawn as the course draws them (data.load_splits). Writing all 8189 takes
-    ~80 s and nothing reads the rest (torchvision opens an image only when indexed); a course that reads one more
-    image fails naming it. rehearsal_root's own writing: tests/test_synth.py. Returns the images written."""
+    """Write the rehearsal's folder (the official .mat files, byte-identical, so torchvision accepts it) with real
+    500 px JPEGs for just the images its course reads: one per class of each split, drawn as the course draws them
+    (data.load_splits). The other 7883 are empty files: the layout is complete (the loader checks that every file
+    exists) and reading one fails. Writing all 8189 takes ~80 s and nothing reads the rest; rehearsal_root's own
+    writing is tested in tests/test_synth.py. Returns the number of real images written."""
     prof = get_profile("rehearse")
     root = data_dir() / "rehearsal"
-    synth.write_fullsize_standin(root, shared_mats(), ids=[], progress=False)      # the .mat files and jpg/
+    folder = synth.write_fullsize_standin(root, shared_mats(), ids=[], progress=False) / "flowers-102"
+    labels = loadmat(folder / "imagelabels.mat", squeeze_me=True)["labels"]
+    for i in range(1, len(labels) + 1):
+        (folder / "jpg" / f"image_{i:05d}.jpg").touch()
     ds = get_dataset("flowers102", root)
     per_class = {"train": prof.shots, "val": val_per_class(prof.shots, None), "test": prof.test_per_class}
     ids = set()
     for split, k in per_class.items():
         rows = split_rows(ds.labels(split), k, seed=0, cap=split == "test")
         ids |= {int(ds.index(split).files[r].stem.removeprefix("image_")) for r in rows}
-    synth.write_fullsize_standin(root, shared_mats(), ids=sorted(ids), progress=False)
-    (root / "flowers-102" / ".complete").write_text(f"{len(ids)} images the rehearsal test reads\n")
+    synth.write_fullsize_standin(root, shared_mats(), ids=sorted(ids), progress=False, overwrite=True)
+    (folder / ".complete").write_text(f"{len(ids)} images the rehearsal test reads, the rest empty\n")
     return len(ids)
 
 
