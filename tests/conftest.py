@@ -10,7 +10,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# One thread per test worker when ./run_tests.sh runs two (one per core), else up to two.
+# One thread per test worker when ./run_tests.sh runs two (one per core), else up to two. The notebooks' kernels
+# (the course runs) inherit the environment: one thread each too, so that two workers' kernels never run four
+# threads on two cores (torch's threads then wait on each other).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 # The longest test files first (measured: minutes each), so that two workers finish together instead of one

@@ -177,6 +177,7 @@ def test_parameters_reach_only_the_notebooks_that_declare_them(fake, tmp_path):
     ({"seed": "x"}, r"seed='x' is invalid: it must be a whole number"),
     ({"device": "cudaa"}, r"device='cudaa' is invalid"),
     ({"epochs": 0}, r"epochs=0 is invalid: it must be a whole number >= 1"),
+    ({"ensemble_size": 0}, r"ensemble_size=0 is invalid: it must be a whole number >= 1"),
     ({"lora": {"warp": 2}}, r"'lora\.warp' is neither a parameter of 05_lora"),
 ])
 def test_bad_parameters_fail_before_anything_runs(fake, tmp_path, extra, message):

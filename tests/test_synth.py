@@ -137,6 +137,29 @@ def test_standin_with_official_mats_loads_in_unmodified_torchvision(tmp_path):
         assert min(image.size) == 48 and label == official[train_ids[i] - 1] - 1
 
 
+def test_the_rehearsal_writes_its_full_size_folder_once_with_the_official_mats(tmp_path, monkeypatch):
+    """rehearsal_root (what `run --rehearse` calls first): every image, the official .mat files, written once.
+    (tests/test_rehearsal.py writes only the images its course reads, then runs the course through it.)"""
+    from clipft_utils.errors import DatasetError
+    calls = []
+
+    def write(root, mats, **kw):                         # what the real writer leaves: flowers-102/ under root
+        calls.append((root, mats, kw))
+        (root / "flowers-102").mkdir(parents=True)
+    monkeypatch.setattr(synth, "write_fullsize_standin", write)
+    monkeypatch.setenv("CLIPFT_DATA", str(tmp_path))
+    monkeypatch.setenv("CLIPFT_FLOWERS_MATS", str(tmp_path / "mats"))
+    root = synth.rehearsal_root(echo=lambda line: None)
+    assert root == tmp_path / "rehearsal" and calls == [(root, tmp_path / "mats", {})]  # n_images: all 8189
+    assert (root / "flowers-102" / ".complete").read_text().startswith(f"{synth.FLOWERS102_N_IMAGES} images")
+    assert synth.rehearsal_root(echo=lambda line: None) == root and len(calls) == 1      # once
+    monkeypatch.setenv("CLIPFT_DATA", str(tmp_path / "other"))
+    monkeypatch.delenv("CLIPFT_FLOWERS_MATS")
+    monkeypatch.setattr("clipft_utils.datasets.flowers102.shared_mats", lambda: None)
+    with pytest.raises(DatasetError, match="Fix: set CLIPFT_FLOWERS_MATS"):
+        synth.rehearsal_root(echo=lambda line: None)
+
+
 def test_grid_cli(tmp_path):
     out = tmp_path / "grid.png"
     assert synth.main(["grid", "--out", str(out), "--split", "val"]) == 0

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ..config import _integer, _positive
 from ..errors import ConfigError
+from ..notebook_params import integer
 from .base import Method, register
 
 if TYPE_CHECKING:
@@ -70,5 +71,5 @@ def class_embeddings(loaded: Any, classnames: Sequence[str], templates: Sequence
 METHOD = register(Method(
     name="zero_shot", title="Zero-shot", kind="no training", notebook="01_zero_shot", order=1,
     config=ZeroShotConfig, summary=lambda cfg: "prompts only", short="zs", trains=False, bench="none",
-    image_batches=False,
+    image_batches=False, notebook_checks={"ensemble_size": integer(1)},
 ))
