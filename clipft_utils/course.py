@@ -312,9 +312,16 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
         weight, bias = clf.head_tensors() if hasattr(clf, "head_tensors") else (clf.head.weight, clf.head.bias)
         save_head(head_path(course.results_dir, name), weight, bias, method=method,
                   variant=variant or "", model=course.loaded.name, dataset=course.dataset)
-        from .modelfolder import save_model
-        save_model(course, method, clf, result=result, variant=variant, config=cfg, dtype=model_dtype,
-                   check=(course.loader("test"), test))
+        from .modelfolder import save_head_model, save_model
+        if not hasattr(clf, "head_tensors"):
+            save_model(course, method, clf, result=result, variant=variant, config=cfg, dtype=model_dtype,
+                       check=(course.loader("test"), test))
+        elif not any(p.requires_grad for p in clf.visual.parameters()):
+            # CoOp: the image tower is the base one, and its learned prompts reduce to a fixed head once trained
+            save_head_model(course, method, weight, bias, result=result, variant=variant, config=cfg)
+        else:
+            print(f"NOTE: no model folder for {name}: its image tower carries adapters trained with a text-side "
+                  "classifier, which `predict`/`export` do not rebuild yet. Its result and head are saved.")
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)  # the run finished: its resume point is no longer needed
     return RunOutput(clf, train, test, result, path, val)

@@ -454,7 +454,7 @@ def _command(notebook: str, params: dict[str, Any]) -> str:
     methods, prof = dict(notebooks()).get(notebook, ()), params.get("profile")
     flag = PROFILES[prof].flag if prof in PROFILES else "" if prof is None else None
     parts = ["./run_all.sh", *([flag] if flag else [] if flag == "" else ["--profile", str(prof)])]
-    parts += ["--only", *methods] if methods else ["--compare"]
+    parts += ["--only", methods[0]] if methods else ["--compare"]  # one of its methods plans the notebook
     parts += ["--seeds", str(params.get("seed", 0))]
     parts += ["--shots", str(params["shots"])] if params.get("shots") is not None else []
     if params.get("dataset"):
@@ -1005,7 +1005,8 @@ def describe_training(job: Job, prof) -> str:
                   | (p.get(config_param(job.notebook, method)) or {}))
         cfg = make_config(method, prof, **{k: v for k, v in fields.items() if k in spec.config_fields()})
         shots = f"{p['shots']} image(s) per class" if p.get("shots") else "every training image"
-        text = f"{method} {cfg.epochs} epoch(s) on {shots}"
+        epochs = getattr(cfg, "epochs", None)
+        text = f"{method} {epochs} epoch(s) on {shots}" if epochs else f"{method} (fitted without epochs) on {shots}"
         if p.get("extras", True) is False:
             text += " (main row only)"
         elif spec.plan is not None:

@@ -16,12 +16,11 @@ import pytest  # noqa: E402
 
 from clipft_utils import comparison as C  # noqa: E402
 from clipft_utils.config import get_profile  # noqa: E402
-from clipft_utils.methods import names  # noqa: E402
 
 from clipft_utils.evaluate import EvalResult  # noqa: E402
 from clipft_utils.results import load_results, make_result, save_result  # noqa: E402
 
-METHODS = names()
+METHODS = ("zero_shot", "linear_probe", "bitfit", "prefix_tuning", "lora", "full_finetune")  # the results faked here
 
 PER_CLASS = 10
 # method: (trainable params, train seconds, training memory MB, validation accuracy)

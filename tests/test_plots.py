@@ -16,9 +16,8 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 from clipft_utils import comparison as C, plots  # noqa: E402
-from clipft_utils.methods import names  # noqa: E402
 
-METHODS = names()
+METHODS = ("zero_shot", "linear_probe", "bitfit", "prefix_tuning", "lora", "full_finetune")  # the results faked here
 
 
 LABEL = "ToyCLIP / synthflowers on synthflowers (STAND-IN, not CLIP on Flowers102)"

@@ -340,7 +340,8 @@ def test_summary_with_no_results(fake, tmp_path):
     (tmp_path / "smoke" / "lora_seed0.json").unlink()
     from clipft_utils.comparison import write_summary
     text = write_summary("smoke", tmp_path / "smoke")
-    assert report.ok and text.count("not run") == len(METHODS)
+    ran = set(dict(runner.notebooks())["05_lora"]) - {"lora"}   # the other methods of 05 wrote their results
+    assert report.ok and text.count("not run") == len(METHODS) - len(ran)
     assert any("| lora" in line for line in lines)      # the runner printed the table
 
 
