@@ -312,7 +312,9 @@ def read_model(folder: str | Path) -> SavedModel:
         raise _bad(wpath, "is missing", run)
     with open(wpath, "rb") as f:
         head = f.read(16)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # safetensors: an 8-byte little-endian header length, then the JSON header ("{"). Its first byte can be 0x80 (a
+    # header of 128 + 256k bytes), so a pickle is told apart by what follows, not by the first byte alone.
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise _bad(wpath, "is a pickle (a torch.save file), not safetensors: unpickling can run code hidden in the "
                    "file, so it is refused", run)
     try:

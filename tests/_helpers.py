@@ -25,3 +25,17 @@ def make_image_folder(root, counts: dict[str, int]):
         for i in range(n):
             Image.fromarray(np.full((20, 24, 3), 10 * i + len(c), np.uint8)).save(root / c / f"{i}.png")
     return root
+
+
+def toy_clip_and_prompts():
+    """ToyCLIP, SynthFlowers' class names and its single template (the course's zero-shot prompt)."""
+    from clipft_utils.datasets import get_dataset
+    from clipft_utils.models import load_clip
+    data = get_dataset("synthflowers", None)
+    return load_clip("ToyCLIP", "synthflowers"), data.classnames, data.templates()
+
+
+def random_images(n: int = 6, seed: int = 1):
+    """``n`` random 64-px images (ToyCLIP's input size), the same for a given seed."""
+    import torch
+    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))

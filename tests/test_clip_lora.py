@@ -11,22 +11,19 @@ from clipft_utils import textside
 from clipft_utils.config import make_config
 from clipft_utils.course import setup, train_method
 from clipft_utils.results import read_result
-from clipft_utils.datasets import get_dataset
 from clipft_utils.errors import ConfigError
 from clipft_utils.methods import clip_lora, lora
-from clipft_utils.models import build_classifier, load_clip, zero_shot_head
+from clipft_utils.models import build_classifier, zero_shot_head
 
-from _helpers import changed_by_one_step
+from _helpers import changed_by_one_step, random_images, toy_clip_and_prompts
 
 
 @pytest.fixture(scope="module")
 def toy():
-    data = get_dataset("synthflowers", None)
-    return load_clip("ToyCLIP", "synthflowers"), data.classnames, data.templates()
+    return toy_clip_and_prompts()
 
 
-def images(n: int = 6, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+images = random_images
 
 
 def test_zero_B_equals_zero_shot(toy):

@@ -342,3 +342,20 @@ def test_the_notebooks_save_and_load_step(trained):
         check = reload_check(course, method)
         assert check["agreement"] == 1.0 and check["images"] > 0 and MANIFEST in check["files"]
         assert "python -m clipft_utils predict" in check["summary"]
+
+
+def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """Before: a full fine-tuning folder whose header length was 128 + 256k bytes was refused as 'a pickle'."""
+    from safetensors.torch import save_file
+    from clipft_utils import modelfolder as mf
+    manifest = {"format": mf.FORMAT, "method": "linear_probe", "config": {}, "base": {}, "classes": ["a", "b"],
+                "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3}
+    (tmp_path / mf.MANIFEST).write_text(json.dumps(manifest))
+    tensors = {"head.weight": torch.zeros(2, 4), "head.bias": torch.zeros(2)}
+    for pad in range(0, 4096, 1):
+        save_file(tensors, str(tmp_path / mf.WEIGHTS), metadata={"pad": "x" * pad})
+        if (tmp_path / mf.WEIGHTS).read_bytes()[:1] == b"\x80":
+            break
+    assert (tmp_path / mf.WEIGHTS).read_bytes()[:1] == b"\x80"
+    saved = mf.read_model(tmp_path)
+    assert torch.equal(saved.tensors["head.weight"], tensors["head.weight"])
