@@ -120,6 +120,8 @@ def zero_shot_evals(course: Any, rebuilt: Mapping[str, tuple]) -> dict[str, Eval
 # ----------------------------------------------------------------------------- result rows
 def _save(course: Any, row: dict[str, Any], test: Any = None, val: Any = None) -> Path:
     """Write ``row`` (with its test and validation predictions, where given) into the course's results folder."""
+    row.setdefault("no_model_folder", "a combination of other runs' outputs or weights, not one saved model: "
+                                      "predict with its members' model folders")
     return save_result(row, course.results_dir, predictions=test, val_predictions=val)
 
 

@@ -18,8 +18,7 @@ from .config import Profile, check_method, get_profile, profile_data_root
 from .datasets import Dataset, check_noting, get_dataset, is_folder
 from .errors import ConfigError, DatasetError, OfflineError
 from .labels import run_label, warnings_for
-from .models import (STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device,
-                     zero_shot_head)
+from .models import STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device
 from .paths import PROJECT_ROOT, atomic_path, cache_dir, ensure_writable, results_root
 from .results import make_result, point_suffix, result_path, run_name, save_result
 from .seeding import seed_everything
@@ -73,8 +72,9 @@ class Course:
 
     def zero_shot_head(self, ensemble: bool = False) -> torch.Tensor:
         """``logit_scale * text embeddings`` of the class prompts (computed once per course)."""
-        if ensemble not in self._heads:
-            self._heads[ensemble] = zero_shot_head(self.loaded, self.classnames, self.templates(ensemble)).cpu()
+        if ensemble not in self._heads:  # computed once per model, weights, classes and templates (features.py)
+            from .features import zero_shot_head as cached
+            self._heads[ensemble] = cached(self.loaded, self.classnames, self.templates(ensemble))
         return self._heads[ensemble]
 
     def describe(self) -> str:
@@ -319,9 +319,9 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
         elif not any(p.requires_grad for p in clf.visual.parameters()):
             # CoOp: the image tower is the base one, and its learned prompts reduce to a fixed head once trained
             save_head_model(course, method, weight, bias, result=result, variant=variant, config=cfg)
-        else:
-            print(f"NOTE: no model folder for {name}: its image tower carries adapters trained with a text-side "
-                  "classifier, which `predict`/`export` do not rebuild yet. Its result and head are saved.")
+        else:  # CLIP-LoRA: the image tower's adapters, the text side frozen into a head (Method.rebuild reloads it)
+            save_model(course, method, clf.image_side(), result=result, variant=variant, config=cfg,
+                       dtype=model_dtype, check=(course.loader("test"), test))
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)  # the run finished: its resume point is no longer needed
     return RunOutput(clf, train, test, result, path, val)

@@ -81,12 +81,50 @@ def encode_images(visual: nn.Module, split: ImageSplit, *, batch_size: int = 256
     return torch.cat(out)
 
 
+def weights_key(weights_id: str, visual: nn.Module) -> str:
+    """``weights_id`` for cache keys; random weights (the rehearsal's) differ with the seed that drew them, so theirs
+    carries a digest of the tower."""
+    if weights_id != "random":
+        return weights_id
+    from .modelfolder import base_digest
+    return f"random-{base_digest(visual)}"
+
+
+def zero_shot_head(loaded, classnames: list[str], templates: list[str], cache: bool = True) -> torch.Tensor:
+    """``models.zero_shot_head`` (``logit_scale`` · class text embeddings, [C, D] on CPU) from the cache, or computed
+    once and cached: every notebook of a course needs it, and on a CPU the text tower takes seconds to tens of
+    seconds per pass. Keyed by model, weights, classes, templates and the device type; stored as safetensors."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from .models import zero_shot_head as compute
+    device = next(loaded.model.parameters()).device
+    raw = json.dumps([loaded.name, weights_key(loaded.weights_id, loaded.model.visual), list(classnames),
+                      list(templates), device.type, torch.__version__])
+    path = cache_dir("text") / f"{loaded.name}_{hashlib.sha1(raw.encode()).hexdigest()[:20]}.safetensors"
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        if cache and path.exists():
+            try:
+                head = load_file(str(path))["head"]
+                if head.shape[0] == len(classnames) and torch.isfinite(head).all():
+                    return head
+            except Exception as exc:  # noqa: BLE001 - truncated or garbage file
+                warnings.warn(f"The text cache '{path}' is damaged ({type(exc).__name__}: {exc}): rebuilding it.",
+                              stacklevel=2)
+        head = compute(loaded, classnames, templates).float().cpu().contiguous()
+        if cache:
+            with atomic_path(path) as tmp:
+                save_file({"head": head}, str(tmp))
+    return head
+
+
 def extract_features(visual: nn.Module, split: ImageSplit, *, model_name: str, weights_id: str,
                      batch_size: int = 256, device="cpu", precision: str = "fp32", cache: bool = True,
                      progress: bool = True) -> FeatureSet:
     """Features of ``split`` from the cache, or computed once and cached (with the timing of that pass)."""
     from .memory import PeakMemory, module_mb
-    path = cache_dir("features") / f"{feature_key(model_name, weights_id, split, precision)}.pt"
+    path = cache_dir("features") / f"{feature_key(model_name, weights_key(weights_id, visual), split, precision)}.pt"
     labels = torch.as_tensor(np.asarray(split.targets), dtype=torch.long)
     with file_lock(path.with_name(f".{path.name}.lock")):
         stored = _read(path, labels) if cache and path.exists() else None

@@ -369,12 +369,17 @@ def load_base(saved: SavedModel, device: str | torch.device = "cpu"):
 
 def build_classifier(saved: SavedModel, loaded: Any) -> nn.Module:
     """The trained classifier: ``CLIPClassifier`` over ``loaded``'s tower, the method applied, the tensors loaded."""
-    from .methods import apply_method, prefix_tuning
+    from .methods import apply_method, freeze, get, prefix_tuning
     from .models import CLIPClassifier
     cfg = _config(saved)
     n, dim = saved.tensors["head.weight"].shape
     clf = CLIPClassifier(loaded.model.visual, torch.zeros(n, dim))
-    apply_method(saved.method, clf, cfg)
+    rebuild = get(saved.method).rebuild
+    if rebuild is None:
+        apply_method(saved.method, clf, cfg)
+    else:
+        freeze(clf)
+        rebuild(clf, cfg)
     if _prefix_visual(clf) is not None:
         prefix_tuning.fold(clf.visual)  # the folder holds the folded prefix (its MLP is not needed for inference)
     expected = changed_state(clf, bool(saved.manifest.get("head_only")))
@@ -409,16 +414,20 @@ def load_model(model: str | Path, device: str | torch.device = "cpu", results: s
     return clf.to(device), saved, loaded
 
 
+RELOAD_IMAGES = 16
+"""Test images a notebook's "Save and load" step classifies again (``predict`` checks every image: tests)."""
+
+
 def reload_check(course: Any, method: str, variant: str | None = None) -> dict[str, Any]:
     """A notebook's "Save and load" step: reload the run's model folder in a fresh object (base weights from
-    ``load_clip``, the folder's tensors on top) and compare its predictions on the first test batch with the
-    predictions the run recorded. Returns the folder, its files and sizes, and the agreement."""
+    ``load_clip``, the folder's tensors on top) and compare its predictions on the first ``RELOAD_IMAGES`` test
+    images with the predictions the run recorded. Returns the folder, its files and sizes, and the agreement."""
     from .results import load_predictions
     name = course.run_name(method, variant)
     folder = model_path(course.results_dir, name)
     clf, saved, _ = load_model(folder, device=course.device)
     from .evaluate import autocast_context
-    images = next(iter(course.loader("test")))[0]
+    images = next(iter(course.loader("test")))[0][:RELOAD_IMAGES]
     with torch.inference_mode(), autocast_context("auto", course.device):  # the precision the run evaluated in
         logits = clf(images.to(course.device)).float().cpu()
     recorded, _ = load_predictions(course.results_dir, name)

@@ -178,6 +178,19 @@ class TextSideClassifier(nn.Module):
         weight = self.logit_scale * self.text_features()
         return weight, torch.zeros(weight.shape[0], device=weight.device)
 
+    def image_side(self) -> nn.Module:
+        """The same classifier with its text side frozen into a head: ``CLIPClassifier`` over this image tower (shared,
+        not copied) and ``head_tensors()``. Once training ends the class features no longer change, so its logits
+        equal this one's; it is what a model folder saves and ``predict`` rebuilds."""
+        from .models import CLIPClassifier
+        with torch.no_grad():
+            weight, bias = (t.detach().float().cpu() for t in self.head_tensors())
+        clf = CLIPClassifier(self.visual, weight)
+        with torch.no_grad():
+            clf.head.bias.copy_(bias)
+        clf.head.requires_grad_(False)
+        return clf.to(next(self.visual.parameters()).device)
+
 
 def build(loaded: Any, classnames: Sequence[str], templates: Sequence[str],
           device: str | torch.device | None = None) -> TextSideClassifier:

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from clipft_utils import runner
-from clipft_utils.methods import names
+from clipft_utils.methods import get, names
 
 from clipft_utils.results import REQUIRED_KEYS, load_predictions
 
@@ -79,7 +79,8 @@ def test_one_result_per_method_with_validation_predictions(course):
         assert len(val_labels) == res["n_val"] and val_logits.shape[1] == 6
         if method != "zero_shot":
             assert res["shots"] == 2 and res["val_per_class"] == 2          # few-shot validation: min(k, 4)
-            assert (folder / "heads" / f"{name}.safetensors").exists()
+        # every run leaves a model folder, or its result says why not (Tip-Adapter's cache, CLIP-LoRA's towers)
+        assert (folder / "models" / name / "manifest.json").exists() != bool(res.get("no_model_folder")), name
 
 
 def test_combinations_are_chosen_on_validation_and_the_summary_says_what_each_row_measures(course):
@@ -91,7 +92,8 @@ def test_combinations_are_chosen_on_validation_and_the_summary_says_what_each_ro
     table = pd.read_csv(folder / "summary.csv").set_index("method")
     assert list(table.index) == list(METHODS) and set(table["status"]) == {"ok"}
     assert table["label"].str.contains("STAND-IN").all()
-    assert (table["epochs"].drop(["zero_shot", "linear_probe"]) == 1).all()     # REDUCED trains one epoch
+    trained = [m for m in METHODS if "epochs" in get(m).config_fields() and m != "linear_probe"]
+    assert (table.loc[trained, "epochs"] == 1).all()                            # REDUCED trains one epoch
     lp = json.loads((folder / "linear_probe_shots2_seed0.json").read_text())
     # the probe's row has epochs only where AdamW chose it: L-BFGS has none (never the AdamW run's count)
     lp_epochs = table.loc["linear_probe", "epochs"]

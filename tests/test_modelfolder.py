@@ -15,19 +15,20 @@ import pytest
 import torch
 from PIL import Image
 
-from clipft_utils import make_config, setup, train_method
+from clipft_utils import make_config, setup, textside, train_method
 from clipft_utils import heads as Z
 from clipft_utils import results as R
 from clipft_utils.methods import linear_probe as LP
 from clipft_utils.__main__ import main as cli
 from clipft_utils.errors import ConfigError, DatasetError, WeightsError
 from clipft_utils.evaluate import EvalResult
-from clipft_utils.methods import apply_method
+from clipft_utils.methods import apply_method, clip_lora, coop
 from clipft_utils.modelfolder import (MANIFEST, WEIGHTS, load_model, model_path, read_model, save_head_model,
                                       save_model)
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("zero_shot", "linear_probe", "bitfit", "prefix_tuning", "lora", "full_finetune")
+METHODS = ("zero_shot", "linear_probe", "bitfit", "prefix_tuning", "lora", "full_finetune", "coop", "clip_lora")
+TEXT_SIDE = ("coop", "clip_lora")  # trained on a text-side classifier; their folders hold its image-side form
 CLASSES = {"red_rose": (200, 40, 40), "sky_lily": (40, 80, 210), "green_fern": (40, 170, 60)}
 
 
@@ -79,8 +80,13 @@ def trained(tmp_path_factory, session_data):
         for method in METHODS[2:]:
             extra = {"warmup_epochs": 0.0} if method == "full_finetune" else {}
             cfg = make_config(method, course.profile, epochs=1, **extra)
-            clf = course.classifier()
-            train_method(course, method, cfg, clf, apply_method(method, clf, cfg), progress=False, checkpoint=False)
+            if method in TEXT_SIDE:
+                clf = textside.classifier(course)
+                groups = (coop if method == "coop" else clip_lora).apply(clf, cfg)
+            else:
+                clf = course.classifier()
+                groups = apply_method(method, clf, cfg)
+            train_method(course, method, cfg, clf, groups, progress=False, checkpoint=False)
     return course, folder
 
 
@@ -95,18 +101,18 @@ def test_every_method_leaves_a_model_folder_with_only_what_it_changed(trained):
         keys, m = set(saved.tensors), saved.manifest
         assert {"head.weight", "head.bias"} <= keys and saved.tensors["head.weight"].dtype == torch.float32
         rest = keys - {"head.weight", "head.bias"}
-        if method in ("zero_shot", "linear_probe"):
+        if method in ("zero_shot", "linear_probe", "coop"):   # CoOp: its trained prompts are a fixed head
             assert not rest
         elif method == "bitfit":
             assert rest and all(k.endswith("bias") for k in rest)
         elif method == "prefix_tuning":
             assert rest == {"visual.folded"}   # folded: the MLP that made it is not saved
-        elif method == "lora":
+        elif method in ("lora", "clip_lora"):   # CLIP-LoRA: the image tower's A and B (its text side is the head)
             assert rest and all(".lora." in k and k.endswith((".A.default", ".B.default")) for k in rest)
         else:
             tower = {f"visual.{n}" for n, _ in course.loaded.model.visual.named_parameters()}
             assert rest == tower
-        if method not in ("zero_shot", "linear_probe"):
+        if method not in ("zero_shot", "linear_probe", "coop"):
             assert m["dtype"] in ("fp16", "fp32") and all(saved.tensors[k].dtype == torch.float16 for k in rest) == \
                 (m["dtype"] == "fp16")
         result = R.read_result(course.result_path(method))
@@ -159,7 +165,7 @@ def test_predict_in_a_fresh_process_reproduces_every_run_test_accuracy(trained):
 def test_reloaded_model_gives_the_trained_logits(trained):
     course, _ = trained
     images = next(iter(course.loader("test")))[0]
-    for method in ("prefix_tuning", "lora"):
+    for method in ("prefix_tuning", "lora", "clip_lora"):
         clf, saved, _ = load_model(_folder(course, method))
         logits, _ = R.load_predictions(course.results_dir, course.run_name(method))
         with torch.no_grad():

@@ -117,3 +117,30 @@ def test_template_accuracy_ranks_on_validation_and_shows_test():
                                     rank_on="test").index)[0] == "b {}"
     with pytest.raises(ValueError, match="one embedding per template"):
         Z.template_accuracy(per_template, ["a {}"], {"val": val})
+
+
+def test_the_zero_shot_head_is_cached_exactly_and_random_towers_of_other_seeds_get_their_own(monkeypatch):
+    """Every notebook needs the zero-shot head: it is computed once (the text tower takes seconds to tens of seconds
+    per pass on a CPU) and read back bit for bit; random weights drawn with another seed are another model."""
+    from clipft_utils import features, models
+    from clipft_utils.seeding import seed_everything
+    calls = []
+    real = models.zero_shot_head
+    monkeypatch.setattr(models, "zero_shot_head", lambda *a: calls.append(1) or real(*a))
+    names, templates = ["rose", "lily", "tulip"], ["a photo of a {}."]
+    seed_everything(0)
+    first = models.load_clip("ToyCLIP", "random")
+    head = features.zero_shot_head(first, names, templates)
+    again = features.zero_shot_head(first, names, templates)
+    assert len(calls) == 1 and torch.equal(head, again) and torch.equal(head, real(first, names, templates).cpu())
+    features.zero_shot_head(first, names, ["a {} flower."])              # other templates: computed
+    assert len(calls) == 2
+    seed_everything(1)
+    other = models.load_clip("ToyCLIP", "random")                       # another random tower, same weights id
+    assert other.weights_id == first.weights_id == "random"
+    assert features.weights_key("random", other.model.visual) != features.weights_key("random", first.model.visual)
+    assert not torch.equal(features.zero_shot_head(other, names, templates), head) and len(calls) == 3
+    for cached in features.cache_dir("text").glob("ToyCLIP_*.safetensors"):
+        cached.write_bytes(b"\x00" * 10)                                # damaged: a warning, then recomputed
+    with pytest.warns(UserWarning, match="damaged"):
+        assert torch.equal(features.zero_shot_head(first, names, templates), head) and len(calls) == 4

@@ -54,6 +54,9 @@ class Method:
     bench: str = "train"             # how `bench` times it: "train" (a step), "inference" (one frozen forward), "none"
     image_batches: bool = True       # trains on batches of images: the profile's batch size is its default
     fixed_config: Mapping[str, Any] = field(default_factory=dict)  # config fields its notebook sets itself
+    # How a model folder rebuilds the trained model over a frozen ``CLIPClassifier`` (adds what the folder's tensors
+    # fill in): None = ``apply``. A method trained on another classifier (CLIP-LoRA) gives its image-side form.
+    rebuild: Callable[[nn.Module, Any], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():

@@ -101,14 +101,27 @@ def apply(clf: nn.Module, cfg: CLIPLoRAConfig) -> list[dict[str, Any]]:
         raise ConfigError(f"CLIP-LoRA trains a text-side classifier, got a {type(clf).__name__}. Fix: build it "
                           "with clipft_utils.textside.classifier(course).")
     freeze(clf)
-    # lora.add_adapter scales by alpha / rank: hand it the alpha that gives cfg.scaling
-    spec = SimpleNamespace(rank=cfg.rank, alpha=cfg.scaling * cfg.rank, dropout=cfg.dropout, targets=cfg.targets)
     params = []
     for tower in towers(clf, cfg.encoders).values():
-        lora.add_adapter(tower, ADAPTER, spec)
-        lora.set_adapter(tower, ADAPTER)
-        params += lora.lora_parameters(tower, ADAPTER)
+        params += _add(tower, cfg)
     return [{"params": params, "name": "lora"}]
+
+
+def _add(tower: nn.Module, cfg: CLIPLoRAConfig) -> list[nn.Parameter]:
+    """Add and activate the adapter on one tower; its A and B."""
+    # lora.add_adapter scales by alpha / rank: hand it the alpha that gives cfg.scaling
+    spec = SimpleNamespace(rank=cfg.rank, alpha=cfg.scaling * cfg.rank, dropout=cfg.dropout, targets=cfg.targets)
+    lora.add_adapter(tower, ADAPTER, spec)
+    lora.set_adapter(tower, ADAPTER)
+    return lora.lora_parameters(tower, ADAPTER)
+
+
+def rebuild(clf: nn.Module, cfg: CLIPLoRAConfig) -> None:
+    """The trained CLIP-LoRA as its model folder holds it: a ``CLIPClassifier`` whose image tower carries the LoRA
+    (when ``cfg.encoders`` adapted it) and whose head is the adapted text tower's class features, fixed after
+    training (``TextSideClassifier.image_side``). The model folder fills in A, B and the head."""
+    if cfg.encoders in ("both", "vision"):
+        _add(clf.visual, cfg)
 
 
 def lora_counts(clf: TextSideClassifier) -> dict[str, int]:
@@ -122,7 +135,7 @@ METHOD = register(Method(
     config=CLIPLoRAConfig,
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
     # (parameter table, bench, the `train` command) build; notebook 05 calls clip_lora.apply itself.
-    apply=None, bench="none", short="cliplora",
+    apply=None, rebuild=rebuild, bench="none", short="cliplora",
     summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}, {cfg.encoders} towers",
     profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
 ))

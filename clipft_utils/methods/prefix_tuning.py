@@ -287,6 +287,15 @@ class PrefixTuningConfig(TrainConfig):
                               f"kind='vpt_deep'.")
 
 
+def _plan(params: dict[str, Any], prof: Any) -> str:
+    """What else notebook 04 trains: the variants, and their epochs where the profile shortens them."""
+    from ..config import notebook_default
+    if not params.get("variants", True):
+        return ""
+    epochs = params.get("variant_epochs") or notebook_default(prof.name, "variant_epochs")
+    return " + the variants prompt tuning and VPT-deep" + (f" (at most {epochs} epoch(s) each)" if epochs else "")
+
+
 METHOD = register(Method(
     name="prefix_tuning", title="Prefix-tuning", kind="parameter-efficient", notebook="04_prefix_tuning", order=4,
     config=PrefixTuningConfig, apply=apply, short="prefix",
@@ -294,11 +303,14 @@ METHOD = register(Method(
     # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 40 epochs on
     # ViT-B-32 (see lora.py's note).
     profiles={"smoke": {"epochs": 5, "lr": 1e-3}, "rehearse": {"epochs": 1}},
-    notebook_defaults={"rehearse": {"vit_timing": False, "timing_repeats": 3, "timing_batch": 8},
+    # smoke: the two variants train at most 2 epochs each (the main row 5): notebook 04 within the smoke budget
+    notebook_defaults={"smoke": {"variant_epochs": 2},
+                       "rehearse": {"vit_timing": False, "timing_repeats": 3, "timing_batch": 8},
                        "quick": {"variants": False, "vit_timing": False}},
-    notebook_checks={"variants": flag, "vit_timing": flag, "vit_timing_batch": integer(1, optional=False),
+    notebook_checks={"variants": flag, "variant_epochs": integer(1), "vit_timing": flag,
+                     "vit_timing_batch": integer(1, optional=False),
                      "timing_repeats": integer(3), "timing_batch": integer(1, optional=False)},
-    plan=lambda p, prof: " + the variants prompt tuning and VPT-deep" if p.get("variants", True) else "",
+    plan=lambda p, prof: _plan(p, prof),
     variants={"prefix_tuning-prompt": Variant({"kind": "prompt"}, "prompt tuning (input tokens), P=10"),
               "prefix_tuning-vpt_deep": Variant({"kind": "vpt_deep"}, "VPT-deep (tokens per block), P=10")},
 ))

@@ -325,6 +325,8 @@ def save_tip_result(course: Any, fit: TipFit, cfg: Any, feats: dict[str, Any], t
         images_per_second_of="evaluation: test feature extraction + cache model",
         memory_is="the larger of the feature extraction passes" + (" and the keys' training" if train else ""),
         epochs_run=train.epochs_run if train else None, best_epoch=train.best_epoch if train else None,
+        no_model_folder="a cache model (keys, values, α, β) over the frozen tower, which `predict`/`export` do not "
+                        "rebuild yet; its result and predictions are saved",
         **course.identity())
     return R.save_result(result, course.results_dir, predictions=test, val_predictions=val)
 
