@@ -242,6 +242,12 @@ def _check_inputs(train_loader, val_loader, eval_fn, stop_after_epochs) -> int:
     return n
 
 
+def _batches_per_epoch(n: int, cfg: TrainConfig) -> int:
+    """The loader's batches an epoch trains on: all ``n``, or ``cfg.max_steps_per_epoch`` optimizer steps' worth."""
+    cap = getattr(cfg, "max_steps_per_epoch", None)
+    return n if cap is None else min(n, cap * cfg.grad_accum_steps)
+
+
 # ----------------------------------------------------------------------------- building
 def _optimizer_groups(param_groups: list[dict], names: list[str], cfg: TrainConfig) -> list[dict]:
     """Copy the groups, filling in lr (x lr_scale) and weight decay from cfg where a group does not say."""
@@ -302,12 +308,14 @@ def _train_epoch(run: _Run, loader: Any, epoch: int, progress: bool) -> dict[str
     from . import distributed
     run.model.train()
     run.optimizer.zero_grad(set_to_none=True)  # never add to gradients left over from before
-    n, k, world = len(loader), run.cfg.grad_accum_steps, distributed.world()
+    n, k, world = _batches_per_epoch(len(loader), run.cfg), run.cfg.grad_accum_steps, distributed.world()
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device, dtype=torch.float64)
     seen, pending, norms = 0.0, 0, []
     batches = bar(loader, total=n, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
     for i, raw in enumerate(batches):
+        if i >= n:  # max_steps_per_epoch: the rest of the split waits for the next epoch's shuffle
+            break
         images, labels, weights, total = _batch(raw, run.device)
         w = torch.ones(len(labels), device=run.device) if weights is None else weights.float()
         window = max(1, min(k, n - (i // k) * k))  # the last accumulation window may be shorter
@@ -562,7 +570,7 @@ def fit(
     cfg.validate()
     dev = _check_device(device)
     precision = resolve_precision(cfg.precision, dev)
-    steps = _check_inputs(train_loader, val_loader, eval_fn, stop_after_epochs)
+    steps = _batches_per_epoch(_check_inputs(train_loader, val_loader, eval_fn, stop_after_epochs), cfg)
     param_groups = _normalise_groups(param_groups)
     named = _check_groups(model, param_groups)
     _warn_unhanded(model, named)

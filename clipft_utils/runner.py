@@ -1007,6 +1007,8 @@ def describe_training(job: Job, prof) -> str:
         shots = f"{p['shots']} image(s) per class" if p.get("shots") else "every training image"
         epochs = getattr(cfg, "epochs", None)
         text = f"{method} {epochs} epoch(s) on {shots}" if epochs else f"{method} (fitted without epochs) on {shots}"
+        if getattr(cfg, "max_steps_per_epoch", None):
+            text += f" (at most {cfg.max_steps_per_epoch} step(s) per epoch)"
         if p.get("extras", True) is False:
             text += " (main row only)"
         elif spec.plan is not None:

@@ -214,6 +214,25 @@ def test_fit_follows_schedule_and_group_lrs(recorder):
     assert res.history[0]["lr"]["head"] == pytest.approx(1e-2 * sched(3))
 
 
+def test_max_steps_per_epoch_trains_that_many_full_batches_on_the_schedule_of_those_steps(recorder):
+    """The rehearsal's cap: each epoch stops after k optimizer steps (full batches, every group), and the warm-up +
+    cosine schedule spans the steps actually taken."""
+    model = nn.Sequential(nn.Linear(D, 16), nn.Linear(16, C))
+    train, val = loaders(n_train=64, batch=16)                      # 4 batches per epoch
+    cfg = TrainConfig(epochs=3, lr=1e-3, patience=None, max_steps_per_epoch=1, grad_accum_steps=1)
+    res = fit(model, groups(model), train, val, cfg, **quiet())
+    assert len(recorder) == 3 and res.epochs_run == 3                # 1 step per epoch, not 4
+    sched = WarmupCosine(0, 3)
+    assert [r["lr"]["backbone"] for r in recorder] == pytest.approx([1e-3 * sched(s) for s in range(3)])
+    RecordingAdamW.steps.clear()
+    model = mlp()
+    fit(model, groups(model), *loaders(n_train=64, batch=8),
+        TrainConfig(epochs=1, patience=None, max_steps_per_epoch=2, grad_accum_steps=2), **quiet())
+    assert len(recorder) == 2                                        # 2 steps of 2 micro-batches each
+    with pytest.raises(ConfigError, match="max_steps_per_epoch"):
+        TrainConfig(max_steps_per_epoch=0)
+
+
 def test_grad_accumulation_equals_big_batch():
     def run(batch: int, accum: int) -> dict:
         torch.manual_seed(0)
