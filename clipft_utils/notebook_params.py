@@ -8,6 +8,7 @@ value is checked here (type and range) before the first notebook starts; and a m
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 from typing import Any, Callable
 
 from .config import PRECISIONS, PROFILES
@@ -107,6 +108,19 @@ def config_dict(name: str, value: Any) -> None:
         _fail(name, value, "a mapping of the method's config fields, e.g. {rank: 4, lr: 0.001}")
 
 
+def photos(name: str, value: Any) -> None:
+    """None, or image files / folders (a path or a list of paths) that exist."""
+    if value is None:
+        return
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) for v in items):
+        _fail(name, value, "an image file or folder, or a list of them, e.g. [\"~/Pictures/rose.jpg\"]")
+    missing = [v for v in items if not Path(v).expanduser().exists()]
+    if missing:
+        raise ConfigError(f"Parameter {name}={value!r} names '{missing[0]}', which does not exist. Fix: pass image "
+                          f"files or folders that exist, e.g. -p {name}=~/Pictures/rose.jpg.")
+
+
 PRECISION_CHECK = one_of(*PRECISIONS, optional=False)
 
 CHECKS: dict[str, Check] = {
@@ -119,7 +133,7 @@ CHECKS: dict[str, Check] = {
     "n_show": integer(1, optional=False),
     "memory_budget_mb": number(0, open_low=True, optional=False), "need": one_of("best", "good", "cheap", optional=False),
     "tasks": integer(1, optional=False), "have_data": flag, "image_index": integer(0),
-    "interactive": one_of(True, False), "labelled_per_class": integer(1),
+    "interactive": one_of(True, False), "labelled_per_class": integer(1), "photos": photos,
 }
 """The checks of the parameters every notebook shares; a method's own notebook parameters are checked by the
 checks its module declares (``Method.notebook_checks``)."""

@@ -134,6 +134,90 @@ class Predictor:
             yield from flush()
 
 
+# ----------------------------------------------------------------------------- every method on one image (07)
+def course_models(course: Any) -> dict[str, Path]:
+    """Run name -> model folder of each registered method's main run at this course's point (its shots and seed),
+    in course order; methods without a folder there (not run, or none saved: see the result's ``no_model_folder``)
+    are left out. Zero-shot is also found under its name without shots (it trains nothing)."""
+    from .methods import registry
+    from .modelfolder import MANIFEST, model_path
+    from .results import run_name
+    found: dict[str, Path] = {}
+    for spec in registry():
+        for name in dict.fromkeys((course.run_name(spec.name), run_name(spec.name, course.seed))):
+            folder = model_path(course.results_dir, name)
+            if (folder / MANIFEST).exists():
+                found[name] = folder
+                break
+    return found
+
+
+class ModelSet:
+    """Several model folders (a course's runs) that classify the same images side by side. Each base model loads
+    once; each folder's tensors go on a copy of its image tower only while that model classifies, so memory holds one
+    trained tower at a time whatever the number of folders."""
+
+    def __init__(self, folders: Iterable[str | Path], device: str = "auto"):
+        from .modelfolder import load_base, read_model
+        from .models import resolve_device
+        self.device = resolve_device(device)
+        self.saved = [read_model(f) for f in folders]           # damaged folders fail here, before any work
+        self.bases: dict[str, Any] = {}
+        for saved in self.saved:
+            key = json.dumps(saved.manifest["base"], sort_keys=True)
+            if key not in self.bases:
+                self.bases[key] = load_base(saved)
+
+    @property
+    def runs(self) -> list[str]:
+        return [s.manifest.get("run") or s.folder.name for s in self.saved]
+
+    def __len__(self) -> int:
+        return len(self.saved)
+
+    def predictors(self) -> Iterable[tuple[str, Predictor]]:
+        """(run, Predictor), one at a time (the previous one's tower is freed)."""
+        import copy
+        from types import SimpleNamespace
+
+        from .export import _plain
+        from .modelfolder import build_classifier
+        for run, saved in zip(self.runs, self.saved):
+            base = self.bases[json.dumps(saved.manifest["base"], sort_keys=True)]
+            tower = SimpleNamespace(model=SimpleNamespace(visual=copy.deepcopy(base.model.visual)))
+            clf = build_classifier(saved, tower).to(self.device)   # edits its copy of the tower, never the base
+            yield run, Predictor(_plain(clf), saved, self.device)
+
+    def side_by_side(self, images: Sequence[str | Path | np.ndarray], top: int = 5) -> list:
+        """Per image, a table of each model's top-``top`` classes: a column per run, a row per rank, cells
+        "class (p %)". An image is a file (decoded as the course decodes its test images) or a uint8 [S, S, 3] array
+        already at the models' input size (a course's cached test image)."""
+        import pandas as pd
+        columns: list[dict[str, list[str]]] = [{} for _ in images]
+        for run, pred in self.predictors():
+            for i, image in enumerate(images):
+                if isinstance(image, np.ndarray):
+                    if image.shape != (pred.size, pred.size, 3):
+                        raise ConfigError(f"The image array has shape {image.shape}; {run} takes "
+                                          f"({pred.size}, {pred.size}, 3). Fix: pass the image file instead.")
+                    (result,) = _predict_pixels(pred, image[None], top)
+                else:
+                    result = next(iter(pred([Path(image)], top=top)), None)
+                    if result is None:
+                        raise DatasetError(f"Cannot read '{image}' as an image ({pred.failed[-1][1]}). Fix: pass a "
+                                           "JPEG, PNG or another format PIL opens.")
+                columns[i][run] = [f"{name} ({100 * prob:.1f} %)" for name, prob in result.top]
+        return [pd.DataFrame(c, index=pd.RangeIndex(1, len(next(iter(c.values()), [])) + 1, name="rank"))
+                for c in columns]
+
+
+def _predict_pixels(pred: Predictor, pixels: np.ndarray, top: int) -> list[Prediction]:
+    logits = pred.logits(np.ascontiguousarray(pixels))  # a copy where the array is a read-only view of a cache
+    p, i = logits.softmax(dim=1).topk(min(top, len(pred.classes)), dim=1)
+    return [Prediction("(array)", [(pred.classes[c], float(q)) for c, q in zip(ri, rp)], rl)
+            for rp, ri, rl in zip(p.tolist(), i.tolist(), logits.numpy())]
+
+
 def format_prediction(pred: Prediction, width: int = 32) -> str:
     """A readable block: the image, then one line per rank with the class and its probability."""
     lines = [pred.image]

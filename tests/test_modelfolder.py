@@ -365,3 +365,27 @@ def test_a_safetensors_file_whose_header_length_starts_with_0x80_is_not_taken_fo
     assert (tmp_path / mf.WEIGHTS).read_bytes()[:1] == b"\x80"
     saved = mf.read_model(tmp_path)
     assert torch.equal(saved.tensors["head.weight"], tensors["head.weight"])
+
+
+def test_07s_model_set_shows_every_saved_method_on_one_photo_as_predict_does(trained, capsys):
+    """07's "Try it on your own photo": every method's model folder at the course's point, the same top classes as
+    `predict` for the same file; a missing photo is refused before any work."""
+    from clipft_utils import predict
+    from clipft_utils.notebook_params import check_value
+    course, _ = trained
+    found = predict.course_models(course)
+    from clipft_utils.methods import names
+    assert set(found) == {course.run_name(m) for m in METHODS}          # in course order:
+    assert list(found) == [course.run_name(m) for m in names() if course.run_name(m) in found]
+    models = predict.ModelSet(found.values(), device="cpu")
+    assert len(models.bases) == 1                                         # one base tower for all eight folders
+    photo = course.data.index("test").files[0]
+    (table,) = models.side_by_side([photo], top=3)
+    assert list(table.columns) == list(found) and list(table.index) == [1, 2, 3]
+    for run, folder in found.items():
+        assert cli(["predict", str(folder), str(photo), "--json", "--top", "1", "--device", "cpu"]) == 0
+        top1 = json.loads(capsys.readouterr().out.strip())["top"][0]
+        assert table.loc[1, run] == f"{top1['class']} ({100 * top1['prob']:.1f} %)", run
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_value("photos", [str(photo), "/no/such/photo.jpg"])
+    check_value("photos", str(photo))
