@@ -44,3 +44,10 @@ def isolated_dirs(monkeypatch, session_data, tmp_path):
     monkeypatch.setenv("CLIPFT_DATA", session_data)
     monkeypatch.setenv("CLIPFT_RESULTS", str(tmp_path / "results"))
     yield
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A random ToyCLIP with SynthFlowers' class names and the course template (the text-side methods' tests)."""
+    from _helpers import toy_clip_and_prompts
+    return toy_clip_and_prompts()

@@ -15,15 +15,7 @@ from clipft_utils.errors import ConfigError
 from clipft_utils.methods import clip_lora, lora
 from clipft_utils.models import build_classifier, zero_shot_head
 
-from _helpers import changed_by_one_step, random_images, toy_clip_and_prompts
-
-
-@pytest.fixture(scope="module")
-def toy():
-    return toy_clip_and_prompts()
-
-
-images = random_images
+from _helpers import changed_by_one_step, random_images as images  # the `toy` fixture is in conftest.py
 
 
 def test_zero_B_equals_zero_shot(toy):
