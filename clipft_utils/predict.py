@@ -93,6 +93,8 @@ class Predictor:
         """Logits [B, C] of uint8 images [B, S, S, 3], normalised on the device as the course's loader does."""
         from .evaluate import autocast_context
         from .loader import normalise
+        if not pixels.flags.writeable:  # a read-only view of a cache (07's test image): torch wants its own copy
+            pixels = pixels.copy()
         x = normalise(torch.from_numpy(pixels).permute(0, 3, 1, 2).to(self.device), self.mean, self.std)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -212,7 +214,7 @@ class ModelSet:
 
 
 def _predict_pixels(pred: Predictor, pixels: np.ndarray, top: int) -> list[Prediction]:
-    logits = pred.logits(np.ascontiguousarray(pixels))  # a copy where the array is a read-only view of a cache
+    logits = pred.logits(np.ascontiguousarray(pixels))
     p, i = logits.softmax(dim=1).topk(min(top, len(pred.classes)), dim=1)
     return [Prediction("(array)", [(pred.classes[c], float(q)) for c, q in zip(ri, rp)], rl)
             for rp, ri, rl in zip(p.tolist(), i.tolist(), logits.numpy())]

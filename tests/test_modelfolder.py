@@ -8,6 +8,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -386,6 +387,12 @@ def test_07s_model_set_shows_every_saved_method_on_one_photo_as_predict_does(tra
         assert cli(["predict", str(folder), str(photo), "--json", "--top", "1", "--device", "cpu"]) == 0
         top1 = json.loads(capsys.readouterr().out.strip())["top"][0]
         assert table.loc[1, run] == f"{top1['class']} ({100 * top1['prob']:.1f} %)", run
+    pixels = np.array(predict.read_image(photo, course.loaded.image_size))
+    pixels.flags.writeable = False                                      # as 07's cached test images are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                  # no "non-writable array" warning in 07
+        (same,) = models.side_by_side([pixels], top=3)
+    assert same.equals(table)                                           # the file and its decoded pixels agree
     with pytest.raises(ConfigError, match="does not exist"):
         check_value("photos", [str(photo), "/no/such/photo.jpg"])
     check_value("photos", str(photo))
