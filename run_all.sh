@@ -27,7 +27,12 @@ trap 'kill -INT "$pid" 2>/dev/null || true' INT
 trap 'kill -TERM "$pid" 2>/dev/null || true' TERM
 while :; do
     wait "$pid" && status=0 || status=$?
-    kill -0 "$pid" 2>/dev/null || break   # wait returned for a signal: python is still cleaning up
+    kill -0 "$pid" 2>/dev/null && continue   # wait returned for a signal: python is still cleaning up
+    if [ "$status" -gt 128 ]; then           # ... or python ended right after it: its own status, not 128+signal
+        wait "$pid" 2>/dev/null && reaped=0 || reaped=$?
+        if [ "$reaped" -ne 127 ]; then status=$reaped; fi
+    fi
+    break
 done
 trap - INT TERM
 echo "[run_all] finished in $(( $(date +%s) - start )) s (exit status $status)"
