@@ -106,6 +106,13 @@ class Predictor:
         self.forward_seconds += time.perf_counter() - start
         return out.cpu()
 
+    def predict_pixels(self, pixels: np.ndarray, top: int, names: Sequence[str]) -> list[Prediction]:
+        """Top-``top`` predictions of uint8 images [B, S, S, 3] (already decoded and at the model's size)."""
+        logits = self.logits(pixels)
+        p, i = logits.softmax(dim=1).topk(min(top, len(self.classes)), dim=1)
+        return [Prediction(name, [(self.classes[c], float(q)) for c, q in zip(ri, rp)], rl)
+                for name, rp, ri, rl in zip(names, p.tolist(), i.tolist(), logits.numpy())]
+
     def __call__(self, files: Iterable[Path], top: int = 5, batch_size: int = 64) -> Iterable[Prediction]:
         """Predictions, in order, one batch at a time; an unreadable file is noted in ``failed`` and skipped."""
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
@@ -115,11 +122,7 @@ class Predictor:
         batch: list[tuple[Path, np.ndarray]] = []
 
         def flush() -> Iterable[Prediction]:
-            logits = self.logits(np.stack([px for _, px in batch]))
-            probs = logits.softmax(dim=1)
-            p, i = probs.topk(k, dim=1)
-            for (path, _), row_p, row_i, row_l in zip(batch, p.tolist(), i.tolist(), logits.numpy()):
-                yield Prediction(str(path), [(self.classes[c], float(q)) for c, q in zip(row_i, row_p)], row_l)
+            yield from self.predict_pixels(np.stack([px for _, px in batch]), k, [str(path) for path, _ in batch])
             batch.clear()
 
         for path in files:
@@ -164,9 +167,9 @@ class ModelSet:
         from .models import resolve_device
         self.device = resolve_device(device)
         self.saved = [read_model(f) for f in folders]           # damaged folders fail here, before any work
+        self.keys = [json.dumps(s.manifest["base"], sort_keys=True) for s in self.saved]
         self.bases: dict[str, Any] = {}
-        for saved in self.saved:
-            key = json.dumps(saved.manifest["base"], sort_keys=True)
+        for key, saved in zip(self.keys, self.saved):
             if key not in self.bases:
                 self.bases[key] = load_base(saved)
 
@@ -184,8 +187,8 @@ class ModelSet:
 
         from .export import _plain
         from .modelfolder import build_classifier
-        for run, saved in zip(self.runs, self.saved):
-            base = self.bases[json.dumps(saved.manifest["base"], sort_keys=True)]
+        for run, saved, key in zip(self.runs, self.saved, self.keys):
+            base = self.bases[key]
             tower = SimpleNamespace(model=SimpleNamespace(visual=copy.deepcopy(base.model.visual)))
             clf = build_classifier(saved, tower).to(self.device)   # edits its copy of the tower, never the base
             yield run, Predictor(_plain(clf), saved, self.device)
@@ -202,7 +205,7 @@ class ModelSet:
                     if image.shape != (pred.size, pred.size, 3):
                         raise ConfigError(f"The image array has shape {image.shape}; {run} takes "
                                           f"({pred.size}, {pred.size}, 3). Fix: pass the image file instead.")
-                    (result,) = _predict_pixels(pred, image[None], top)
+                    (result,) = pred.predict_pixels(image[None], top, ["(array)"])
                 else:
                     result = next(iter(pred([Path(image)], top=top)), None)
                     if result is None:
@@ -211,13 +214,6 @@ class ModelSet:
                 columns[i][run] = [f"{name} ({100 * prob:.1f} %)" for name, prob in result.top]
         return [pd.DataFrame(c, index=pd.RangeIndex(1, len(next(iter(c.values()), [])) + 1, name="rank"))
                 for c in columns]
-
-
-def _predict_pixels(pred: Predictor, pixels: np.ndarray, top: int) -> list[Prediction]:
-    logits = pred.logits(np.ascontiguousarray(pixels))
-    p, i = logits.softmax(dim=1).topk(min(top, len(pred.classes)), dim=1)
-    return [Prediction("(array)", [(pred.classes[c], float(q)) for c, q in zip(ri, rp)], rl)
-            for rp, ri, rl in zip(p.tolist(), i.tolist(), logits.numpy())]
 
 
 def format_prediction(pred: Prediction, width: int = 32) -> str:

@@ -184,10 +184,8 @@ class TextSideClassifier(nn.Module):
         equal this one's; it is what a model folder saves and ``predict`` rebuilds."""
         from .models import CLIPClassifier
         with torch.no_grad():
-            weight, bias = (t.detach().float().cpu() for t in self.head_tensors())
-        clf = CLIPClassifier(self.visual, weight)
-        with torch.no_grad():
-            clf.head.bias.copy_(bias)
+            weight, _ = self.head_tensors()                     # its bias is zero, as CLIPClassifier's starts
+        clf = CLIPClassifier(self.visual, weight.detach().float().cpu())
         clf.head.requires_grad_(False)
         return clf.to(next(self.visual.parameters()).device)
 

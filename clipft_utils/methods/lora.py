@@ -457,7 +457,7 @@ METHOD = register(Method(
     notebook_defaults={"full": {"ranks": [1, 2, 4, 8, 16]}, "smoke": {"ranks": [1, 8, 32], "sweep_epochs": 2},
                        "rehearse": {"ranks": [8]}, "quick": {"ranks": [1, 2]}},
     notebook_checks={"ranks": list_of(integer(1, optional=False)), "sweep_epochs": integer(1)},
-    plan=lambda p, prof: _plan(p, prof),
+    plan=_plan,
     variants={"lora-qkvo": Variant({"targets": ("q", "k", "v", "out")}, "r=8, q k v out", ("params",)),
               "lora-all": Variant({"targets": ("q", "k", "v", "out", "fc", "proj")}, "r=8, all linear layers",
                                   ("params",))},

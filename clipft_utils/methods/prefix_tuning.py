@@ -310,7 +310,7 @@ METHOD = register(Method(
     notebook_checks={"variants": flag, "variant_epochs": integer(1), "vit_timing": flag,
                      "vit_timing_batch": integer(1, optional=False),
                      "timing_repeats": integer(3), "timing_batch": integer(1, optional=False)},
-    plan=lambda p, prof: _plan(p, prof),
+    plan=_plan,
     variants={"prefix_tuning-prompt": Variant({"kind": "prompt"}, "prompt tuning (input tokens), P=10"),
               "prefix_tuning-vpt_deep": Variant({"kind": "vpt_deep"}, "VPT-deep (tokens per block), P=10")},
 ))
