@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 from . import methods as M
 from .config import PROFILES, check_method, get_profile, make_config, notebook_defaults
 from .errors import ConfigError, ResultsError
+from .nbworker import error_line as _error_line, on_stop
 from .paths import PROJECT_ROOT, atomic_write_text, ensure_writable, file_lock, hash_file, results_root
 from .results import point_suffix
 
@@ -580,8 +581,8 @@ def _kernel_env(job: Job, journal: Path) -> dict[str, str]:
 def _execute(job: Job, out: Path, parameters: dict, env: dict[str, str]) -> None:
     """Run one notebook into ``out`` in a worker process (its own environment); raise with the error line."""
     tmp = out.with_name(f".{out.stem}.running-{os.getpid()}.ipynb")
-    cmd = [sys.executable, "-m", "clipft_utils.runner", str(NOTEBOOK_DIR / f"{job.notebook}.ipynb"), str(tmp),
-           json.dumps(parameters)]
+    cmd = [sys.executable, "-m", "clipft_utils.nbworker", str(NOTEBOOK_DIR / f"{job.notebook}.ipynb"), str(tmp),
+           json.dumps(parameters), str(NOTEBOOK_DIR)]
     proc = subprocess.Popen(cmd, env=env, cwd=str(NOTEBOOK_DIR), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     WORKERS[job.key] = proc
@@ -605,31 +606,6 @@ def _execute(job: Job, out: Path, parameters: dict, env: dict[str, str]) -> None
         raise RuntimeError(tail[-1] if tail else f"the notebook's process ended with status {code}")
     os.replace(tmp, out)
     out.with_name(f"{out.stem}.FAILED.ipynb").unlink(missing_ok=True)
-
-
-def _worker(source: str, target: str, parameters: str) -> int:
-    """``python -m clipft_utils.runner SRC DST PARAMS``: papermill in this process; one error line on failure."""
-    import papermill as pm
-    on_stop(signal.SIGINT, signal.SIGTERM)  # the runner forwards Ctrl-C; the kernel is in its own session
-    try:
-        pm.execute_notebook(source, target, parameters=json.loads(parameters), cwd=str(NOTEBOOK_DIR),
-                            kernel_name="python3", progress_bar=False)
-    except KeyboardInterrupt:
-        print("interrupted", flush=True)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the runner reports the last line
-        print(_error_line(exc), flush=True)
-        return 1
-    return 0
-
-
-def _error_line(exc: BaseException) -> str:
-    """One line naming the error (papermill's ``ename: evalue`` when it has them)."""
-    ename, evalue = getattr(exc, "ename", None), str(getattr(exc, "evalue", "") or "")
-    if ename:
-        return f"{ename}: {(evalue.strip().splitlines() or [''])[-1]}"[:300]
-    msg = str(exc).strip().splitlines()
-    return (msg[-1] if msg else type(exc).__name__)[:300]
 
 
 def _children_cpu() -> float | None:
@@ -713,21 +689,6 @@ STOP = threading.Event()
 """Set when the run is being interrupted: running notebooks are stopped and nothing new starts."""
 WORKERS: dict[str, subprocess.Popen] = {}
 STOP_GRACE_S = 30.0
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    """A signal handler: the first INT/TERM raises KeyboardInterrupt; further ones are ignored while it unwinds."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
-def on_stop(*signals: int) -> dict[int, Any]:
-    """Make ``signals`` raise KeyboardInterrupt once (also when the shell started us with SIGINT ignored); returns
-    the old handlers. Only the main thread can set handlers: elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, _raise_interrupt) for sig in signals}
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
@@ -1015,7 +976,3 @@ def describe_training(job: Job, prof) -> str:
             text += spec.plan(p, prof)
         lines.append(text)
     return "; ".join(lines)
-
-
-if __name__ == "__main__":
-    raise SystemExit(_worker(*sys.argv[1:4]))

@@ -530,3 +530,26 @@ def test_ctrl_c_stops_cleanly_with_one_line_and_status_130(tiny_course, tmp_path
     assert (folder / "failed" / "03_bitfit" / "bitfit_seed0.json").exists()      # set aside, not counted as done
     assert (folder / "runs" / "01_zero_shot.json").exists()                       # what finished stays finished
     assert not list((folder / "runs").glob(".*journal"))
+
+
+def test_the_notebook_worker_runs_a_notebook_without_importing_the_course_or_torch(tmp_path):
+    """Every job starts one worker process: it must stay light (papermill only: torch belongs to the kernel) and
+    end with 0 on success, or 1 and one line naming the error."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 6 * 7", metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("assert x == 42, f'x is {x}'")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "nb.ipynb"
+    nbformat.write(nb, source)
+    probe = ("import sys, runpy\n"
+             "sys.argv = ['nbworker', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('clipft_utils.nbworker', run_name='__main__')\n"
+             "except SystemExit as e:\n"
+             "    print('status', e.code, 'torch' in sys.modules, bool(sys.modules.get('rfc3987_syntax')))\n")
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipy"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    for params, status in (("{}", 0), ('{"x": 41}', 1)):
+        out = subprocess.run([sys.executable, "-c", probe, str(source), str(tmp_path / "out.ipynb"), params,
+                              str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+        lines = [l for l in out.stdout.splitlines() if l.strip()]
+        assert lines[-1] == f"status {status} False False", out.stdout + out.stderr
+        if status:
+            assert lines[-2] == "AssertionError: x is 41"
