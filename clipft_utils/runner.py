@@ -96,7 +96,7 @@ class Step:
 
     notebook: str
     seed: int
-    status: str          # "ok", "skipped", "failed"
+    status: str          # "ok", "skipped", "failed", "interrupted"; "planned" in a dry run
     seconds: float = 0.0
     output: str = ""
     error: str = ""
@@ -779,8 +779,7 @@ def execute_all(jobs: list[Job], folder: Path, nb_dir: Path, devices: Sequence[s
                     if not _ready(job, done, jobs):
                         continue
                     queue.remove(job)
-                    reason = ("forced (--force)" if force else "it reads every result, so it always runs"
-                              if not job.methods else why_run(job, folder, nb_dir / f"{job.key}.ipynb"))
+                    reason = run_reason(job, folder, nb_dir, force)
                     if reason is None:
                         echo(f"[run_all] skip {job.describe()}: finished with the same parameters, code and data")
                         steps[job.key] = Step(job.notebook, job.seed, "skipped", shots=job.shots,
@@ -800,6 +799,15 @@ def execute_all(jobs: list[Job], folder: Path, nb_dir: Path, devices: Sequence[s
         ended = [steps[j.key] for j in jobs if j.key in steps]
         raise Interrupted(_interrupted_line(names, ended), ended) from None
     return [steps[j.key] for j in jobs]
+
+
+def run_reason(job: Job, folder: Path, nb_dir: Path, force: bool) -> str | None:
+    """Why ``job`` runs, or None when it is skipped (its completion record matches)."""
+    if force:
+        return "forced (--force)"
+    if not job.methods:
+        return "it reads every result, so it always runs"
+    return why_run(job, folder, nb_dir / f"{job.key}.ipynb")
 
 
 def _interrupted_line(names: list[str], ended: list[Step]) -> str:
@@ -921,9 +929,15 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
         job.fingerprint = fingerprint(job, ctx)
     report = Report(prof.name, folder=folder)
     echo(f"[run_all] profile {prof.name} on {ds.display}: {len(jobs)} notebook run(s) into {folder}")
-    if dry_run:
+    if dry_run:  # what each job would do: skipped (up to date) or run, and why
         for job in jobs:
-            echo(f"  {job.describe()}: {describe_training(job, prof)}")
+            reason = run_reason(job, folder, folder / "notebooks", force)
+            if reason is None:
+                echo(f"  {job.describe()}: up to date, would be skipped")
+            else:
+                echo(f"  {job.describe()}: would run ({reason}): {describe_training(job, prof)}")
+            report.steps.append(Step(job.notebook, job.seed, "planned" if reason else "skipped", shots=job.shots,
+                                     reason=reason or "up to date"))
         return report
     nb_dir = ensure_writable(folder / "notebooks")
     with FolderLock(folder, shared=shard_spec is not None):

@@ -206,7 +206,7 @@ def test_the_plan_says_what_each_notebook_trains(fake, tmp_path):
     lines: list[str] = []
     runner.run_all("smoke", root=tmp_path, echo=lines.append, extra={"epochs": 2}, dry_run=True)
     text = "\n".join(lines)
-    assert "03_bitfit seed 0: bitfit 2 epoch(s)" in text
+    assert "03_bitfit seed 0: would run (no completion record): bitfit 2 epoch(s)" in text
     assert "LoRA adapter B: 2 epoch(s) each" in text          # one knob reaches every training of 06
     assert fake.calls == []
 
