@@ -198,6 +198,13 @@ class WiseFT:
 
     curve: "pd.DataFrame"                                  # columns: alpha, <split>_acc
     evals: dict[float, dict[str, Any]] = field(repr=False)  # alpha -> split -> EvalResult
+    endpoints: tuple[nn.Module, ...] = field(default=(), repr=False)  # (θ_zs, θ_ft) as given to wise_ft()
+
+    def model(self, alpha: float) -> nn.Module:
+        """``θ(alpha)`` as one model (a copy of the fine-tuned model's structure): what its model folder holds."""
+        if len(self.endpoints) != 2:
+            raise ConfigError("This sweep does not hold its two endpoint models. Fix: build it with wise_ft().")
+        return interpolated(*self.endpoints, alpha)
 
     def best_alpha(self, split: str = "val") -> float:
         """The alpha with the highest accuracy on ``split`` (the smallest such alpha on ties)."""
@@ -225,7 +232,7 @@ def wise_ft(clf_zs: nn.Module, clf_ft: nn.Module, alphas: Iterable[float], loade
         evals[alpha] = {s: done[s] if s in done else evaluate(model, ld, device=device, precision=precision)
                         for s, ld in loaders.items()}
         rows.append({"alpha": alpha, **{f"{s}_acc": e.top1 for s, e in evals[alpha].items()}})
-    return WiseFT(pd.DataFrame(rows), evals)
+    return WiseFT(pd.DataFrame(rows), evals, (clf_zs, clf_ft))
 
 
 # ----------------------------------------------------------------------------- LP→FT
@@ -304,6 +311,7 @@ def remove_rows(folder: Any, method: str, seed: int, keep: Iterable[str | None] 
     must not leave the previous pick behind as a second row. Returns the removed run names.
     """
     import re
+    import shutil
     from pathlib import Path
     from .results import run_name
     folder = Path(folder)
@@ -316,5 +324,6 @@ def remove_rows(folder: Any, method: str, seed: int, keep: Iterable[str | None] 
                 and path.stem not in keep_names:
             path.unlink(missing_ok=True)
             (folder / "predictions" / f"{path.stem}.npz").unlink(missing_ok=True)
+            shutil.rmtree(folder / "models" / path.stem, ignore_errors=True)  # its model folder (WiSE-FT's) too
             removed.append(path.stem)
     return sorted(removed)

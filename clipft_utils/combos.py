@@ -118,11 +118,37 @@ def zero_shot_evals(course: Any, rebuilt: Mapping[str, tuple]) -> dict[str, Eval
 
 
 # ----------------------------------------------------------------------------- result rows
+NO_MODEL = {
+    "ensemble": "an average of several models' probabilities, which no single set of weights computes: predict with "
+                "its members' model folders (config.members) and average their probabilities",
+    "adapter_fusion": "two LoRA adapters with different targets and ranks, mixed at run time; it is not written as "
+                      "one adapter: its members are notebook 05's lora folder (A) and the B trained in 06",
+    "full_finetune-base2novel": "an evaluation of the pretrained and the base-fine-tuned towers on the base and novel classes, "
+                     "not a model of its own",
+}
+"""Why a combination row has no model folder (in its result as ``no_model_folder``), by method or method-variant.
+WiSE-FT and LP→FT are each one model, and leave one (``one_model``)."""
+
+
 def _save(course: Any, row: dict[str, Any], test: Any = None, val: Any = None) -> Path:
-    """Write ``row`` (with its test and validation predictions, where given) into the course's results folder."""
-    row.setdefault("no_model_folder", "a combination of other runs' outputs or weights, not one saved model: "
-                                      "predict with its members' model folders")
+    """Write ``row`` (with its test and validation predictions, where given) into the course's results folder; a
+    row of a kind that leaves no model folder says why."""
+    why = NO_MODEL.get(f"{row['method']}-{row.get('variant')}", NO_MODEL.get(row["method"]))
+    if why:
+        row.setdefault("no_model_folder", why)
     return save_result(row, course.results_dir, predictions=test, val_predictions=val)
+
+
+def one_model(course: Any, row: dict[str, Any], clf: Any, test: Any, shape: str, config: dict[str, Any],
+              how: dict[str, Any]) -> Path:
+    """The model folder of a combination that is one model of ``shape``'s form (a method: its ``config`` rebuilds
+    it), e.g. WiSE-FT's θ(α) or an LP→FT run; ``how``: what made it (in the manifest as ``combination``)."""
+    from .methods import get
+    from .modelfolder import save_model
+    spec = get(shape)
+    spec.apply(clf, spec.config(**config))  # the tensors the shape trains, flagged as a rebuild flags them
+    return save_model(course, row["method"], clf, result=row, variant=row.get("variant"), config=config,
+                      check=(course.loader("test"), test), rebuild_as=shape, combination=how)
 
 
 def write_ensembles(course: Any, members: Mapping[str, combine.Member], table: pd.DataFrame,
@@ -167,6 +193,8 @@ def write_lp_ft(course: Any, lp_ft: Mapping[str, Any], baselines: Mapping[str, t
                "baseline_zero_shot_head": {"test_acc": base_row["test_acc"], "val_acc": base_row["val_acc"],
                                            "source": source}}
         _save(course, row, out.test, out.val)
+        shape = {"full": "full_finetune", "lora": "lora"}[kind]   # one trained model of that method's form
+        one_model(course, row, out.classifier, out.test, shape, out.result["config"], {"init_head": lp_source})
         rows.append({"method": kind, "from zero-shot head": base_row["test_acc"], "from linear-probe head":
                      out.test.top1, "val (zs head)": base_row["val_acc"], "val (LP head)": out.train.best_val_acc,
                      "zs-head run": source})
@@ -174,16 +202,19 @@ def write_lp_ft(course: Any, lp_ft: Mapping[str, Any], baselines: Mapping[str, t
 
 
 def write_wise_ft(course: Any, sweep: combine.WiseFT, alpha: float, alphas: Sequence[float], run: Any) -> Path:
-    """Write the ``wise_ft-alpha<α>`` row of the α chosen on validation (earlier picks of this seed removed)."""
+    """Write the ``wise_ft-alpha<α>`` row of the α chosen on validation (earlier picks of this seed removed), and
+    its model folder: ``θ(α)`` is one model of full fine-tuning's shape (a whole tower and a head)."""
     combine.remove_rows(course.results_dir, "wise_ft", course.seed, keep={f"alpha{alpha:g}"}, shots=course.shots)
     best = sweep.evals[alpha]
+    how = {"alphas": alphas, "chosen_on": "val", "fine_tuned": run.path.name}
     row = combine.combination_result(
         course, "wise_ft", f"alpha{alpha:g}", best["test"], val_acc=best["val"].top1,
         trainable_params=run.result["trainable_params"], total_params=run.result["total_params"],
-        train_seconds=run.train.train_seconds,
-        config={"alphas": alphas, "chosen_on": "val", "fine_tuned": run.path.name}, alpha=alpha,
-        curve=sweep.curve.to_dict("records"))
-    return _save(course, row, best["test"], best["val"])
+        train_seconds=run.train.train_seconds, config=how, alpha=alpha, curve=sweep.curve.to_dict("records"))
+    path = _save(course, row, best["test"], best["val"])
+    one_model(course, row, sweep.model(alpha), best["test"], "full_finetune", run.result["config"],
+              {**how, "alpha": alpha, "zero_shot": "the pretrained tower and the zero-shot head"})
+    return path
 
 
 def base_novel_evals(course: Any, clf_base: Any, base: Sequence[int], novel: Sequence[int]) -> dict[tuple, EvalResult]:

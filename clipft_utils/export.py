@@ -5,7 +5,7 @@
   ``open_clip.create_model_and_transforms(NAME, pretrained=PATH)`` loads, plus the head as ``classifier.safetensors``
   (``logits = weight @ normalize(encode_image(x)) + bias``) and ``export.json`` saying NAME, the classes and the
   preprocessing. Prefix-tuning cannot be merged into open_clip's weights (its tokens are extra inputs of every
-  forward pass): it says so and points to ``--format onnx``.
+  forward pass), nor Tip-Adapter's cache into a linear head: each says so and points to ``--format onnx``.
 - ``onnx``: one graph, normalised image tensor [B, 3, S, S] -> logits [B, C], for every method (the folded prefix
   is part of the graph), checked at export time with onnxruntime against torch on a few images (the max abs
   difference is printed; fp32 must agree within 1e-4). Needs the optional extra: ``pip install -e .[export]``.
@@ -94,6 +94,11 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
         raise ConfigError(f"'{saved.folder}' is a prefix-tuning model ({saved.method}): its learned tokens are extra inputs of every "
                           "forward pass, not a change of open_clip's weights, so no open_clip state dict can hold it. "
                           "Fix: export it with --format onnx (the prefix is part of that graph), or use "
+                          "`python -m clipft_utils predict` on it.")
+    if type(clf.head) is not nn.Linear:
+        raise ConfigError(f"'{saved.folder}' is a {saved.method} model: its head ({type(clf.head).__name__}) is not "
+                          "the linear head that classifier.safetensors holds beside an open_clip state dict. Fix: "
+                          "export it with --format onnx (the whole head is part of that graph), or use "
                           "`python -m clipft_utils predict` on it.")
     _plain(clf)
     out = Path(out)

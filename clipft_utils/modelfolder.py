@@ -89,9 +89,10 @@ def _canonical_lora(name: str, active: str | None) -> str:
 
 def _changed_parameters(clf: nn.Module, head_only: bool = False) -> dict[str, nn.Parameter]:
     """File key -> parameter, for the parameters the method trains (``requires_grad``, as ``apply_method`` set them)
-    except the head and the prefix MLP, LoRA's adapter named ``default``; nothing when ``head_only``."""
+    except the head and the prefix MLP, LoRA's adapter named ``default``. ``head_only``: nothing of the tower, and
+    whatever the head holds besides its weight and bias (Tip-Adapter's cache: keys, values, α, β)."""
     if head_only:
-        return {}
+        return {f"head.{n}": p for n, p in clf.head.named_parameters() if f"head.{n}" not in HEAD_KEYS}
     active = _active_lora(clf)
     return {_canonical_lora(name, active): p for name, p in clf.named_parameters()
             if p.requires_grad and name not in HEAD_KEYS and not name.startswith("visual.encoder.")}
@@ -169,12 +170,15 @@ def library_version() -> str:
 def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None = None, variant: str | None = None,
                config: Any = None, dtype: str = "fp16", templates: list[str] | None = None,
                folder: str | Path | None = None, check: tuple[Any, Any] | None = None,
-               head_only: bool = False) -> Path:
+               head_only: bool = False, rebuild_as: str | None = None,
+               combination: dict[str, Any] | None = None) -> Path:
     """Write ``<results>/models/<run>/`` (``model.safetensors`` + ``manifest.json``, each atomically) for ``clf``,
     trained by ``method`` in ``course``; ``result``: the run's result row (accuracies). ``check``: (test loader, the
     run's test ``EvalResult``): fp16 is kept only if rounding to it changes none of those predictions (else fp32,
     and the manifest says why), so that the folder reproduces the run's test accuracy. ``head_only``: save the head
-    alone (a head over the frozen tower). Returns the folder."""
+    alone (a head over the frozen tower). ``rebuild_as``: a combination that is one model of a method's shape (WiSE-FT:
+    a fully fine-tuned tower) names that method, whose ``config`` rebuilds it; ``combination`` says how it was
+    made. Returns the folder."""
     from safetensors.torch import save_file
     from .results import _clean
     name = course.run_name(method, variant)
@@ -192,6 +196,7 @@ def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None 
     cfg = config.to_dict() if hasattr(config, "to_dict") else (config or result.get("config") or {})
     manifest = {
         "format": FORMAT, "method": method, "head_only": head_only, "variant": variant, "run": name, "config": cfg,
+        **({"rebuild_as": rebuild_as, "combination": combination or {}} if rebuild_as else {}),
         "base": {"model": loaded.name, "pretrained": loaded.pretrained, "weights_id": loaded.weights_id,
                  "digest": base_digest(loaded.model.visual), "random_weights": loaded.random_weights},
         "classes": list(course.classnames),
@@ -238,6 +243,12 @@ class SavedModel:
     @property
     def method(self) -> str:
         return self.manifest["method"]
+
+    @property
+    def structure(self) -> str:
+        """The method whose shape and config rebuild the model: its own, or the one a combination names
+        (``rebuild_as``: WiSE-FT is a fully fine-tuned tower)."""
+        return self.manifest.get("rebuild_as") or self.method
 
     @property
     def classes(self) -> list[str]:
@@ -335,7 +346,7 @@ def read_model(folder: str | Path) -> SavedModel:
 
 def _config(saved: SavedModel) -> Any:
     from .methods import get
-    method = saved.method
+    method = saved.structure
     cls = get(method).config
     known = set(cls.__dataclass_fields__)
     given = dict(saved.manifest.get("config") or {})
@@ -374,12 +385,12 @@ def build_classifier(saved: SavedModel, loaded: Any) -> nn.Module:
     cfg = _config(saved)
     n, dim = saved.tensors["head.weight"].shape
     clf = CLIPClassifier(loaded.model.visual, torch.zeros(n, dim))
-    rebuild = get(saved.method).rebuild
+    rebuild = get(saved.structure).rebuild
     if rebuild is None:
-        apply_method(saved.method, clf, cfg)
+        apply_method(saved.structure, clf, cfg)
     else:
         freeze(clf)
-        rebuild(clf, cfg)
+        rebuild(clf, cfg, saved.tensors)
     if _prefix_visual(clf) is not None:
         prefix_tuning.fold(clf.visual)  # the folder holds the folded prefix (its MLP is not needed for inference)
     expected = changed_state(clf, bool(saved.manifest.get("head_only")))

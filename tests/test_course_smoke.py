@@ -81,8 +81,15 @@ def test_one_result_per_method_with_validation_predictions(course):
         assert len(val_labels) == res["n_val"] and val_logits.shape[1] == 6
         if method != "zero_shot":
             assert res["shots"] == 2 and res["val_per_class"] == 2          # few-shot validation: min(k, 4)
-        # every run leaves a model folder, or its result says why not (Tip-Adapter's cache, CLIP-LoRA's towers)
-        assert (folder / "models" / name / "manifest.json").exists() != bool(res.get("no_model_folder")), name
+    # every row leaves a model folder, or says why not: each method's main run, and the combinations of 06
+    # (WiSE-FT and LP→FT are one model each; an ensemble, the adapter fusion and base-to-novel say why not)
+    with_folder = set()
+    for path in folder.glob("*_seed0.json"):
+        res = json.loads(path.read_text())
+        has = (folder / "models" / path.stem / "manifest.json").exists()
+        assert has != bool(res.get("no_model_folder")), path.stem
+        with_folder |= {res["method"]} if has else set()
+    assert {*METHODS, "wise_ft", "lp_ft"} <= with_folder
 
 
 def test_combinations_are_chosen_on_validation_and_the_summary_says_what_each_row_measures(course):

@@ -23,13 +23,18 @@ from clipft_utils.methods import linear_probe as LP
 from clipft_utils.__main__ import main as cli
 from clipft_utils.errors import ConfigError, DatasetError, WeightsError
 from clipft_utils.evaluate import EvalResult
+from clipft_utils import combine, combos
 from clipft_utils.methods import apply_method, clip_lora, coop
+from clipft_utils.methods import tip_adapter as TA
 from clipft_utils.modelfolder import (MANIFEST, WEIGHTS, load_model, model_path, read_model, save_head_model,
                                       save_model)
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("zero_shot", "linear_probe", "bitfit", "prefix_tuning", "lora", "full_finetune", "coop", "clip_lora")
+METHODS = ("zero_shot", "linear_probe", "bitfit", "prefix_tuning", "lora", "full_finetune", "coop", "clip_lora",
+           "tip_adapter", "tip_adapter_f", "wise_ft")
 TEXT_SIDE = ("coop", "clip_lora")  # trained on a text-side classifier; their folders hold its image-side form
+TIP = ("tip_adapter", "tip_adapter_f")  # a cache head over the frozen tower
+VARIANT = {"wise_ft": "alpha0.5"}  # a combination: WiSE-FT at α = 0.5 is one model of full fine-tuning's shape
 CLASSES = {"red_rose": (200, 40, 40), "sky_lily": (40, 80, 210), "green_fern": (40, 170, 60)}
 
 
@@ -78,7 +83,7 @@ def trained(tmp_path_factory, session_data):
         cfg = make_config("linear_probe", course.profile, epochs=1, c_grid=(1.0,), max_iter=100)
         best = LP.fit_best_head(course, cfg)
         _head_result(course, "linear_probe", test_fs, val_fs, best["weight"], best["bias"], cfg, best["val_acc"])
-        for method in METHODS[2:]:
+        for method in METHODS[2:8]:
             extra = {"warmup_epochs": 0.0} if method == "full_finetune" else {}
             cfg = make_config(method, course.profile, epochs=1, **extra)
             if method in TEXT_SIDE:
@@ -87,12 +92,26 @@ def trained(tmp_path_factory, session_data):
             else:
                 clf = course.classifier()
                 groups = apply_method(method, clf, cfg)
-            train_method(course, method, cfg, clf, groups, progress=False, checkpoint=False)
+            run = train_method(course, method, cfg, clf, groups, progress=False, checkpoint=False)
+            if method == "full_finetune":
+                sweep = combine.wise_ft(course.classifier(), run.classifier, [0.5], {s: course.loader(s) for s in
+                                        ("val", "test")}, device="cpu")
+                combos.write_wise_ft(course, sweep, 0.5, [0.5], run)
+        feats = {s: course.features(s, progress=False) for s in ("train", "val", "test")}
+        tower = sum(p.numel() for p in course.loaded.model.visual.parameters())
+        tip = TA.fit_tip_adapter(course, make_config("tip_adapter", course.profile), feats)
+        TA.save_tip_result(course, tip, make_config("tip_adapter", course.profile), feats, tower)
+        cfg = make_config("tip_adapter_f", course.profile, epochs=2)
+        TA.save_tip_result(course, TA.fit_tip_adapter_f(course, cfg, feats, tip=tip), cfg, feats, tower)
     return course, folder
 
 
+def _run(course, method) -> str:
+    return course.run_name(method, VARIANT.get(method))
+
+
 def _folder(course, method) -> Path:
-    return model_path(course.results_dir, course.run_name(method))
+    return model_path(course.results_dir, _run(course, method))
 
 
 def test_every_method_leaves_a_model_folder_with_only_what_it_changed(trained):
@@ -104,6 +123,12 @@ def test_every_method_leaves_a_model_folder_with_only_what_it_changed(trained):
         rest = keys - {"head.weight", "head.bias"}
         if method in ("zero_shot", "linear_probe", "coop"):   # CoOp: its trained prompts are a fixed head
             assert not rest
+        elif method in TIP:                                    # the cache: keys [N, D], one-hot values [N, C], α, β
+            n = len(course.splits["train"])
+            assert rest == {"head.keys", "head.values", "head.alpha", "head.beta"}
+            assert saved.tensors["head.keys"].shape[0] == n and saved.tensors["head.values"].shape == (n, len(CLASSES))
+            result = R.read_result(course.result_path(method))
+            assert float(saved.tensors["head.alpha"]) == result["alpha"] and "no_model_folder" not in result
         elif method == "bitfit":
             assert rest and all(k.endswith("bias") for k in rest)
         elif method == "prefix_tuning":
@@ -113,11 +138,14 @@ def test_every_method_leaves_a_model_folder_with_only_what_it_changed(trained):
         else:
             tower = {f"visual.{n}" for n, _ in course.loaded.model.visual.named_parameters()}
             assert rest == tower
-        if method not in ("zero_shot", "linear_probe", "coop"):
+        if method not in ("zero_shot", "linear_probe", "coop", *TIP):
             assert m["dtype"] in ("fp16", "fp32") and all(saved.tensors[k].dtype == torch.float16 for k in rest) == \
                 (m["dtype"] == "fp16")
-        result = R.read_result(course.result_path(method))
+        result = R.read_result(course.result_path(method, VARIANT.get(method)))
         assert m["method"] == method and m["classes"] == course.classnames and m["test_acc"] == result["test_acc"]
+        if method == "wise_ft":   # named as what it is, rebuilt as what it is shaped like
+            assert m["rebuild_as"] == "full_finetune" and m["combination"]["alpha"] == 0.5
+            assert m["config"] == R.read_result(course.result_path("full_finetune"))["config"]
         assert m["base"]["model"] == "ToyCLIP" and m["base"]["weights_id"] == course.loaded.weights_id
         assert m["image_size"] == course.loaded.image_size and m["mean"] == list(course.loaded.mean)
         assert m["preprocess"]["interpolation"] == "bicubic" and m["preprocess"]["crop"] == "center"
@@ -156,10 +184,10 @@ def test_predict_in_a_fresh_process_reproduces_every_run_test_accuracy(trained):
         assert [r["image"] for r in rows] == files
         assert all(len(r["top"]) == 2 and r["top"][0]["prob"] >= r["top"][1]["prob"] for r in rows)
         predicted = np.array([course.classnames.index(r["top"][0]["class"]) for r in rows])
-        logits, labels = R.load_predictions(course.results_dir, course.run_name(method))
+        logits, labels = R.load_predictions(course.results_dir, _run(course, method))
         assert np.array_equal(labels, index.labels)           # the run scored the same files, in the same order
         assert np.array_equal(predicted, logits.argmax(1)), method  # image by image, the run's own predictions
-        recorded = R.read_result(course.result_path(method))["test_acc"]
+        recorded = R.read_result(course.result_path(method, VARIANT.get(method)))["test_acc"]
         assert float((predicted == labels).mean()) == recorded, method
 
 
@@ -197,6 +225,9 @@ def test_export_open_clip_loads_with_open_clip(trained, tmp_path):
         assert head["weight"].shape == (len(CLASSES), model.visual.output_dim)
     with pytest.raises(ConfigError, match="prefix-tuning.*--format onnx"):
         export_open_clip(_folder(course, "prefix_tuning"), tmp_path / "prefix", echo=lambda *_: None)
+    with pytest.raises(ConfigError, match="tip_adapter model: its head \\(TipHead\\).*--format onnx"):
+        export_open_clip(_folder(course, "tip_adapter"), tmp_path / "tip", echo=lambda *_: None)
+    assert not (tmp_path / "tip").exists()                           # refused before writing anything
 
 
 def test_export_cli_writes_and_reports(trained, tmp_path, capsys):
@@ -376,10 +407,10 @@ def test_07s_model_set_shows_every_saved_method_on_one_photo_as_predict_does(tra
     course, _ = trained
     found = predict.course_models(course)
     from clipft_utils.methods import names
-    assert set(found) == {course.run_name(m) for m in METHODS}          # in course order:
+    assert set(found) == {course.run_name(m) for m in METHODS if m not in VARIANT}  # each method's main run, in order:
     assert list(found) == [course.run_name(m) for m in names() if course.run_name(m) in found]
     models = predict.ModelSet(found.values(), device="cpu")
-    assert len(models.bases) == 1                                         # one base tower for all eight folders
+    assert len(models.bases) == 1                                         # one base tower for every folder
     photo = course.data.index("test").files[0]
     (table,) = models.side_by_side([photo], top=3)
     assert list(table.columns) == list(found) and list(table.index) == [1, 2, 3]

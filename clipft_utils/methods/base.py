@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -55,8 +56,9 @@ class Method:
     image_batches: bool = True       # trains on batches of images: the profile's batch size is its default
     fixed_config: Mapping[str, Any] = field(default_factory=dict)  # config fields its notebook sets itself
     # How a model folder rebuilds the trained model over a frozen ``CLIPClassifier`` (adds what the folder's tensors
-    # fill in): None = ``apply``. A method trained on another classifier (CLIP-LoRA) gives its image-side form.
-    rebuild: Callable[[nn.Module, Any], None] | None = None
+    # fill in; it is given them too, for shapes the config does not hold): None = ``apply``. A method trained on
+    # another classifier (CLIP-LoRA) gives its image-side form; Tip-Adapter its cache head.
+    rebuild: Callable[[nn.Module, Any, Mapping[str, torch.Tensor]], None] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():

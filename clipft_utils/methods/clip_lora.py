@@ -116,7 +116,7 @@ def _add(tower: nn.Module, cfg: CLIPLoRAConfig) -> list[nn.Parameter]:
     return lora.lora_parameters(tower, ADAPTER)
 
 
-def rebuild(clf: nn.Module, cfg: CLIPLoRAConfig) -> None:
+def rebuild(clf: nn.Module, cfg: CLIPLoRAConfig, tensors: Any = None) -> None:
     """The trained CLIP-LoRA as its model folder holds it: a ``CLIPClassifier`` whose image tower carries the LoRA
     (when ``cfg.encoders`` adapted it) and whose head is the adapted text tower's class features, fixed after
     training (``TextSideClassifier.image_side``). The model folder fills in A, B and the head."""

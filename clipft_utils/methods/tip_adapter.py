@@ -161,6 +161,47 @@ class TipAdapter(nn.Module):
         return tip_logits(features, self.head, self.keys, self.values, self.alpha, self.beta)
 
 
+class TipHead(nn.Module):
+    """The cache model as a classifier head over normalised image features (``CLIPClassifier.head``): what a
+    Tip-Adapter model folder holds and ``predict`` / ``export --format onnx`` run. ``weight``/``bias`` are the
+    zero-shot head (a linear head's names, bias zero); ``keys``, ``values``, ``alpha``, ``beta`` the fitted cache.
+    Everything is a parameter so that the model folder saves it by name; none of it is trained here."""
+
+    def __init__(self, weight: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, alpha: float,
+                 beta: float) -> None:
+        super().__init__()
+        as_param = lambda t: nn.Parameter(torch.as_tensor(t).detach().float().clone(), requires_grad=False)  # noqa: E731
+        self.weight, self.keys, self.values = as_param(weight), as_param(keys), as_param(values)
+        self.bias = as_param(torch.zeros(self.weight.shape[0]))
+        self.alpha, self.beta = as_param(torch.tensor([float(alpha)])), as_param(torch.tensor([float(beta)]))
+
+    @classmethod
+    def from_adapter(cls, adapter: TipAdapter) -> "TipHead":
+        return cls(adapter.head, adapter.keys, adapter.values, adapter.alpha, adapter.beta)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # features: normalised (CLIPClassifier.features)
+        cache = torch.exp(-self.beta * (1.0 - features @ self.keys.T)) @ self.values
+        return features @ self.weight.T + self.bias + self.alpha * cache
+
+
+def rebuild(clf: nn.Module, cfg: Any, tensors: Any) -> None:
+    """A Tip-Adapter model folder's model: the frozen tower under a ``TipHead`` of the folder's shapes (the cache
+    size N is the folder's; the model folder fills in the values)."""
+    n, dim = tensors["head.keys"].shape if "head.keys" in tensors else (0, clf.head.weight.shape[1])
+    classes = clf.head.weight.shape[0]
+    clf.head = TipHead(clf.head.weight, torch.zeros(n, dim), torch.zeros(n, classes), 0.0, 0.0)
+
+
+def save_tip_model(course: Any, fit: TipFit, cfg: Any, result: dict[str, Any]):
+    """The model folder of a fitted Tip-Adapter(-F): the frozen base tower, the zero-shot head and the cache."""
+    from ..modelfolder import save_model
+    from ..models import CLIPClassifier
+    clf = CLIPClassifier(course.loaded.model.visual, fit.adapter.head)  # the tower is shared, not copied
+    clf.head = TipHead.from_adapter(fit.adapter)
+    return save_model(course, fit.method, clf, result=result, config=cfg, dtype="fp32", head_only=True,
+                      templates=course.templates(ensemble=cfg.templates == "ensemble"))
+
+
 def apply(adapter: TipAdapter, cfg: Any = None) -> list[dict[str, Any]]:
     """Freeze the adapter, then hand exactly the cache keys to the optimizer (values and text head stay fixed)."""
     for p in adapter.parameters():
@@ -298,9 +339,11 @@ def fit_tip_adapter_f(course: Any, cfg: TipAdapterFConfig, feats: dict[str, Any]
                   train_alpha=alpha, train_beta=beta, first_search=first)
 
 
-def save_tip_result(course: Any, fit: TipFit, cfg: Any, feats: dict[str, Any], tower_params: int):
+def save_tip_result(course: Any, fit: TipFit, cfg: Any, feats: dict[str, Any], tower_params: int,
+                    model_folder: bool = True):
     """Evaluate ``fit`` on the cached val and test features (``feats``: split -> FeatureSet) and write its result
-    row with both splits' predictions; ``tower_params``: the frozen image tower's size."""
+    row with both splits' predictions, then its model folder (``save_tip_model``; ``model_folder=False``: features
+    without a course's tower, the row alone); ``tower_params``: the frozen image tower's size."""
     from .. import results as R
     from ..evaluate import EvalResult
     start = time.perf_counter()
@@ -325,10 +368,13 @@ def save_tip_result(course: Any, fit: TipFit, cfg: Any, feats: dict[str, Any], t
         images_per_second_of="evaluation: test feature extraction + cache model",
         memory_is="the larger of the feature extraction passes" + (" and the keys' training" if train else ""),
         epochs_run=train.epochs_run if train else None, best_epoch=train.best_epoch if train else None,
-        no_model_folder="a cache model (keys, values, α, β) over the frozen tower, which `predict`/`export` do not "
-                        "rebuild yet; its result and predictions are saved",
         **course.identity())
-    return R.save_result(result, course.results_dir, predictions=test, val_predictions=val)
+    if not model_folder:
+        result["no_model_folder"] = "written without a course's image tower (model_folder=False)"
+    path = R.save_result(result, course.results_dir, predictions=test, val_predictions=val)
+    if model_folder:
+        save_tip_model(course, fit, cfg, result)
+    return path
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -340,10 +386,10 @@ def save_tip_result(course: Any, fit: TipFit, cfg: Any, feats: dict[str, Any], t
 TIP_ADAPTER = register(Method(
     name="tip_adapter", title="Tip-Adapter", kind="frozen features", notebook="02_linear_probe", order=2.3,
     config=TipAdapterConfig, summary=lambda cfg: f"training-free cache; α, β on val ({len(cfg.alphas)}×{len(cfg.betas)})",
-    short="tip", bench="none", image_batches=False,
+    short="tip", bench="none", image_batches=False, rebuild=rebuild,
 ))
 TIP_ADAPTER_F = register(Method(
     name="tip_adapter_f", title="Tip-Adapter-F", kind="frozen features", notebook="02_linear_probe", order=2.6,
     config=TipAdapterFConfig, summary=lambda cfg: f"cache keys (N·D) trained {cfg.epochs} epochs; α, β on val",
-    short="tipf", bench="none", image_batches=False, profiles={"rehearse": {"epochs": 1}},
+    short="tipf", bench="none", image_batches=False, profiles={"rehearse": {"epochs": 1}}, rebuild=rebuild,
 ))
