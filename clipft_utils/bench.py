@@ -3,8 +3,10 @@
     python -m clipft_utils bench --model ViT-B-32 --device cuda --batch-size 64 --steps 20
     python -m clipft_utils bench --flowers-root /tmp/standin   # also time decode + cache + feature extraction
 
-Each row also gives the size of a training checkpoint (trainable parameters + AdamW state), and the training
-loader alone is timed against the steps: on a GPU it must be far faster than the fastest step.
+Each row gives its step time as a multiple of one frozen forward pass of the image tower over the same batch
+("x fwd", the forward timed right before the row), and the size of a training checkpoint (trainable parameters + AdamW
+state); the training loader alone is timed against the steps: on a GPU it must be far faster than the fastest
+step. The text-side methods (CoOp, CLIP-LoRA) run the text tower on all 102 class prompts at every step.
 
 Accuracy is meaningless here (random weights, random pixels); throughput and peak memory are not:
 they depend only on the architecture, the method, the batch and the device.
@@ -56,17 +58,54 @@ def _timed(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, fl
     return seconds, mem.peak_mb
 
 
-def bench_variant(name: str, visual, num_classes: int, device: torch.device, batch_size: int, steps: int,
+def flowers_prompts(num_classes: int) -> tuple[list[str], list[str]]:
+    """(class names, [template]): Flowers102's names and CLIP's flower template, so that a text-side step runs the
+    text tower on prompts of the real lengths (names repeat when ``num_classes`` > 102)."""
+    from importlib import resources
+    assets = resources.files("clipft_utils") / "assets"
+    names = [n.strip() for n in (assets / "flowers102_classnames.txt").read_text().splitlines() if n.strip()]
+    template = next(t.strip() for t in (assets / "flowers102_templates.txt").read_text().splitlines() if t.strip())
+    return [names[i % len(names)] for i in range(num_classes)], [template]
+
+
+def forward_seconds(loaded, device: torch.device, batch_size: int, steps: int, warmup: int,
+                    precision: str) -> float:
+    """Seconds of one frozen forward pass of the image tower over a batch: the unit every row's step is given in."""
+    visual = loaded.model.visual
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    prec = resolve_precision(precision, device)
+    was = visual.training
+    visual.eval()
+
+    def step():
+        with torch.inference_mode(), autocast_context(prec, device):
+            visual(images)
+    try:
+        return _timed(step, steps, warmup, device)[0]
+    finally:
+        visual.train(was)
+
+
+def bench_variant(name: str, loaded, num_classes: int, device: torch.device, batch_size: int, steps: int,
                   warmup: int, precision: str) -> dict[str, Any]:
-    """Training-step throughput and peak memory of one method variant (inference only for the probe)."""
+    """Training-step throughput and peak memory of one method variant (inference only for the probe). A text-side
+    method (CoOp, CLIP-LoRA) trains a ``TextSideClassifier``: its step runs the text tower on every class prompt."""
     from .methods import apply_method
     from .methods import get
     method, overrides = variants()[name]
-    inference = get(method).bench == "inference"
+    spec = get(method)
+    inference = spec.bench == "inference"
     cfg = make_config(method, **overrides)
-    head = 100 * F.normalize(torch.randn(num_classes, visual.output_dim), dim=-1)
-    clf = CLIPClassifier(copy.deepcopy(visual), head).to(device)
-    groups = apply_method(method, clf, cfg)
+    visual = loaded.model.visual
+    if spec.text_apply is not None:
+        from .textside import build
+        clf = build(loaded, *flowers_prompts(num_classes), device)
+        groups = spec.text_apply(clf, cfg)
+    else:
+        head = 100 * F.normalize(torch.randn(num_classes, visual.output_dim), dim=-1)
+        clf = CLIPClassifier(copy.deepcopy(visual), head).to(device)
+        groups = apply_method(method, clf, cfg)
     trainable, total = count_parameters(clf)
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
     images = torch.randn(batch_size, 3, size, size, device=device)
@@ -96,6 +135,7 @@ def bench_variant(name: str, visual, num_classes: int, device: torch.device, bat
     seconds, peak = _timed(step, steps, warmup, device)
     ckpt = checkpoint_mb(clf, opt) if not inference else None
     return {"checkpoint_mb": ckpt, "variant": name, "trainable": trainable, "total": total,
+            "side": "text" if spec.text_apply is not None else "image",
             "trainable_percent": 100 * trainable / total,
             "images_per_second": batch_size / seconds, "ms_per_step": 1000 * seconds, "peak_memory_mb": peak,
             "precision": prec, "batch_size": batch_size, "kind": "inference" if inference else "train"}
@@ -169,14 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     loaded = load_clip(args.model, "random", device=device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{args.model} (random weights) on {name}, batch {args.batch_size}, {args.steps} timed steps")
+    print("x fwd: a row's step time over one frozen forward pass of the image tower on the same batch, timed just "
+          "before it (the machine's load changes between rows; the ratio next to each other does not drift)")
     rows = []
     for v in args.variants:
-        row = bench_variant(v, loaded.model.visual, 102, device, args.batch_size, args.steps, args.warmup,
-                            args.precision)
+        forward = forward_seconds(loaded, device, args.batch_size, args.steps, args.warmup, args.precision)
+        row = bench_variant(v, loaded, 102, device, args.batch_size, args.steps, args.warmup, args.precision)
+        row["forward_ms"] = 1000 * forward
+        row["step_over_forward"] = row["ms_per_step"] / (1000 * forward)
         rows.append(row)
         ckpt = "" if row["checkpoint_mb"] is None else f"  checkpoint {row['checkpoint_mb']:8.1f} MB"
-        print(f"{v:<20} {row['kind']:<9} {row['trainable_percent']:8.4f}% trainable  "
-              f"{row['images_per_second']:9.1f} img/s  {row['peak_memory_mb']:9.1f} MB peak{ckpt}  ({row['precision']})")
+        print(f"{v:<22} {row['kind']:<9} {row['trainable_percent']:8.4f}% trainable  "
+              f"{row['images_per_second']:9.1f} img/s  {row['step_over_forward']:6.2f} x fwd  "
+              f"{row['peak_memory_mb']:9.1f} MB peak{ckpt}  ({row['precision']})")
     report: dict[str, Any] = {"model": args.model, "device": name, "rows": rows, "pretrained": "random"}
     if not args.no_loader:
         size = loaded.image_size

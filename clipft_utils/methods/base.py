@@ -53,6 +53,9 @@ class Method:
     reads: tuple[str, ...] = ()      # notebooks whose files its notebook reads at the same (shots, seed)
     trains: bool = True              # False: nothing is fitted (zero-shot): one run per seed, any shots
     bench: str = "train"             # how `bench` times it: "train" (a step), "inference" (one frozen forward), "none"
+    # The apply of a text-side method (CoOp, CLIP-LoRA): it takes a ``textside.TextSideClassifier`` (both towers and
+    # the class prompts), which `bench` builds for it; None: the method trains a ``CLIPClassifier`` (``apply``).
+    text_apply: Callable[[nn.Module, Any], list[dict[str, Any]]] | None = None
     image_batches: bool = True       # trains on batches of images: the profile's batch size is its default
     fixed_config: Mapping[str, Any] = field(default_factory=dict)  # config fields its notebook sets itself
     # How a model folder rebuilds the trained model over a frozen ``CLIPClassifier`` (adds what the folder's tensors

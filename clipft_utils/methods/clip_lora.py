@@ -134,8 +134,8 @@ METHOD = register(Method(
     name="clip_lora", title="CLIP-LoRA", kind="parameter-efficient", notebook="05_lora", order=5.5,
     config=CLIPLoRAConfig,
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
-    # (parameter table, bench, the `train` command) build; notebook 05 calls clip_lora.apply itself.
-    apply=None, rebuild=rebuild, bench="none", short="cliplora",
+    # (parameter table, the `train` command) build; notebook 05 calls clip_lora.apply itself, `bench` text_apply.
+    apply=None, text_apply=apply, rebuild=rebuild, short="cliplora",
     summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}, {cfg.encoders} towers",
     profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
 ))

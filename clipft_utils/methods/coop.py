@@ -146,8 +146,8 @@ def nearest_words(clf: TextSideClassifier, k: int = 1) -> list[list[str]]:
 METHOD = register(Method(
     name="coop", title="CoOp", kind="prompt learning", notebook="04_prefix_tuning", order=4.5, config=CoOpConfig,
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
-    # (parameter table, bench, the `train` command) build; notebook 04 calls coop.apply itself.
-    apply=None, bench="none", short="coop",
+    # (parameter table, the `train` command) build; notebook 04 calls coop.apply itself, `bench` text_apply.
+    apply=None, text_apply=apply, short="coop",
     summary=lambda cfg: f"M={cfg.n_ctx} context vectors",
     profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
 ))
