@@ -143,10 +143,9 @@ def one_model(course: Any, row: dict[str, Any], clf: Any, test: Any, shape: str,
               how: dict[str, Any]) -> Path:
     """The model folder of a combination that is one model of ``shape``'s form (a method: its ``config`` rebuilds
     it), e.g. WiSE-FT's θ(α) or an LP→FT run; ``how``: what made it (in the manifest as ``combination``)."""
-    from .methods import get
     from .modelfolder import save_model
-    spec = get(shape)
-    spec.apply(clf, spec.config(**config))  # the tensors the shape trains, flagged as a rebuild flags them
+    # ``clf`` is a trained model of that shape (or a copy of one): its requires_grad flags are the ones training set,
+    # which say what the folder holds; the rebuild applies the shape's method and checks the keys against them
     return save_model(course, row["method"], clf, result=row, variant=row.get("variant"), config=config,
                       check=(course.loader("test"), test), rebuild_as=shape, combination=how)
 

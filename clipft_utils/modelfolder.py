@@ -4,7 +4,9 @@
 
 - ``model.safetensors``: only what the method changed -- BitFit's biases, the prefix (folded: the MLP's output,
   not the MLP), LoRA's A and B, the fully fine-tuned tower -- and the classifier head. The method's tensors are
-  stored in fp16 by default (``dtype="fp32"`` on request); the head always in fp32 (it is small and sets the logits).
+  stored in fp16 by default (``dtype="fp32"`` on request) when they are large (``FP16_MIN_MB``; else fp32, exact)
+  and rounding changes none of the run's test predictions; the head always in fp32 (it is small and sets the
+  logits).
 - ``manifest.json``: the method, its config, the base weights (model, pretrained, weights id and a digest of the
   base image tower), the classes in head order, the prompts, the preprocessing, the data, the accuracies and the
   labels (STAND-IN / RANDOM WEIGHTS) every number of the run carries.
@@ -35,6 +37,10 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 HEAD_KEYS = ("head.weight", "head.bias")
+FP16_MIN_MB = 4.0
+"""Below this size in fp32 a method's tensors stay fp32 whatever ``dtype`` asks: halving them saves under 2 MiB, while
+rounding could change a prediction (BitFit's biases, LoRA's A and B, a prefix: all far below it on ViT-B-32); the
+fully fine-tuned tower (350 MB in fp32 on ViT-B-32) is what fp16 is for."""
 PREPROCESS = {"exif_transpose": True, "resize": "shorter side to image_size", "interpolation": "bicubic",
               "crop": "center", "convert": "RGB after the crop", "scale": "x / 255", "normalize": "(x - mean) / std"}
 """open_clip's evaluation preprocessing, as the course decodes (datasets.base.eval_geometry, loader.normalise)."""
@@ -184,6 +190,13 @@ def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None 
     name = course.run_name(method, variant)
     folder = Path(folder) if folder is not None else model_path(course.results_dir, name)
     note = None
+    if dtype != "fp32" and not head_only and dtype in DTYPES:
+        mb = sum(p.numel() for p in _changed_parameters(clf).values()) * 4 / 2**20
+        pv = _prefix_visual(clf)
+        mb += 0 if pv is None or pv.length == 0 else pv.prefixes().numel() * 4 / 2**20
+        if mb < FP16_MIN_MB:
+            note = f"the method's tensors are small ({mb:.2f} MiB in fp32, under {FP16_MIN_MB:g}), so they are kept exact"
+            dtype = "fp32"
     if check is not None and dtype != "fp32" and not head_only:
         changed = rounding_changes(clf, dtype, *check, precision=(result or {}).get("precision") or "auto")
         if changed:  # the folder must reproduce the run's predictions: keep the exact values instead

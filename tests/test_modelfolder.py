@@ -359,17 +359,28 @@ def test_predict_names_and_skips_an_unreadable_file(trained, tmp_path, capsys):
 def test_fp16_falls_back_to_fp32_when_rounding_changes_a_prediction(trained, tmp_path, monkeypatch):
     from clipft_utils import modelfolder
     course, _ = trained
-    clf, _, _ = load_model(_folder(course, "bitfit"))
+    clf, _, _ = load_model(_folder(course, "full_finetune"))
     monkeypatch.setattr(modelfolder, "rounding_changes", lambda *a, **k: 1)
+    monkeypatch.setattr(modelfolder, "FP16_MIN_MB", 0.0)     # ToyCLIP's tower (3 MiB) as large as ViT-B-32's
     test = EvalResult.from_logits(torch.zeros(3, len(CLASSES)), torch.arange(3) % len(CLASSES))
     for p in clf.visual.parameters():
-        p.requires_grad_(False)
-    for n, p in clf.visual.named_parameters():
-        p.requires_grad_(n.endswith("bias"))
-    folder = save_model(course, "bitfit", clf, folder=tmp_path / "m", check=(None, test))
+        p.requires_grad_(True)
+    folder = save_model(course, "full_finetune", clf, folder=tmp_path / "m", check=(None, test))
     m = json.loads((folder / MANIFEST).read_text())
     assert m["dtype"] == "fp32" and "changed 1 of 3 test predictions" in m["dtype_note"]
     assert all(t.dtype == torch.float32 for t in read_model(folder).tensors.values())
+
+
+def test_small_tensors_stay_exact_and_need_no_rounding_check(trained, tmp_path, monkeypatch):
+    from clipft_utils import modelfolder
+    course, _ = trained
+    clf, _, _ = load_model(_folder(course, "bitfit"))
+    monkeypatch.setattr(modelfolder, "rounding_changes", lambda *a, **k: pytest.fail("no check for fp32"))
+    for n, p in clf.visual.named_parameters():
+        p.requires_grad_(n.endswith("bias"))
+    folder = save_model(course, "bitfit", clf, folder=tmp_path / "m", check=(None, None))
+    m = json.loads((folder / MANIFEST).read_text())
+    assert m["dtype"] == "fp32" and "small" in m["dtype_note"] and "kept exact" in m["dtype_note"]
 
 
 def test_the_notebooks_save_and_load_step(trained):
@@ -427,3 +438,21 @@ def test_07s_model_set_shows_every_saved_method_on_one_photo_as_predict_does(tra
     with pytest.raises(ConfigError, match="does not exist"):
         check_value("photos", [str(photo), "/no/such/photo.jpg"])
     check_value("photos", str(photo))
+
+
+def test_a_large_tower_is_stored_in_fp16_when_no_test_prediction_changes(trained, tmp_path, monkeypatch):
+    from clipft_utils import modelfolder
+    from clipft_utils.evaluate import evaluate
+    course, _ = trained
+    monkeypatch.setattr(modelfolder, "FP16_MIN_MB", 0.0)     # ToyCLIP's tower (3 MiB) as large as ViT-B-32's
+    clf, _, _ = load_model(_folder(course, "full_finetune"))
+    for p in clf.visual.parameters():
+        p.requires_grad_(True)
+    test = evaluate(clf, course.loader("test"), device="cpu")
+    folder = save_model(course, "full_finetune", clf, folder=tmp_path / "m", check=(course.loader("test"), test))
+    m = json.loads((folder / MANIFEST).read_text())
+    saved = read_model(folder)
+    tower = [k for k in saved.tensors if k.startswith("visual.")]
+    assert m["dtype"] == "fp16" and not m["dtype_note"] and all(saved.tensors[k].dtype == torch.float16 for k in tower)
+    again = evaluate(load_model(folder)[0], course.loader("test"), device="cpu")
+    assert torch.equal(torch.as_tensor(again.preds), torch.as_tensor(test.preds))  # the check's promise
