@@ -149,7 +149,8 @@ def _main(argv: list[str]) -> int:
     run.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N of the grid (cluster arrays)")
     run.add_argument("--quick", action="store_true", help="every training 1 epoch, 5 test images per class, "
                                                           "smallest sweeps")
-    run.add_argument("--dry-run", action="store_true", help="check everything and print the plan: what would run (and why), what is up to date; run nothing")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check everything and print the plan: what would run (and why), what is up to date; run nothing")
     run.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
                      help="notebook parameter (repeatable), e.g. -p epochs=1 -p test_per_class=5; a METHOD. prefix "
                           "scopes it to that method's notebook and also reaches its config: -p lora.ranks=[1,2] "

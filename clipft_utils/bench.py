@@ -68,11 +68,15 @@ def flowers_prompts(num_classes: int) -> tuple[list[str], list[str]]:
     return [names[i % len(names)] for i in range(num_classes)], [template]
 
 
+def _image_size(visual) -> int:
+    return visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+
+
 def forward_seconds(loaded, device: torch.device, batch_size: int, steps: int, warmup: int,
                     precision: str) -> float:
     """Seconds of one frozen forward pass of the image tower over a batch: the unit every row's step is given in."""
     visual = loaded.model.visual
-    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+    size = _image_size(visual)
     images = torch.randn(batch_size, 3, size, size, device=device)
     prec = resolve_precision(precision, device)
     was = visual.training
@@ -107,7 +111,7 @@ def bench_variant(name: str, loaded, num_classes: int, device: torch.device, bat
         clf = CLIPClassifier(copy.deepcopy(visual), head).to(device)
         groups = apply_method(method, clf, cfg)
     trainable, total = count_parameters(clf)
-    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+    size = _image_size(visual)
     images = torch.randn(batch_size, 3, size, size, device=device)
     labels = torch.randint(0, num_classes, (batch_size,), device=device)
     prec = resolve_precision(precision, device)

@@ -123,8 +123,8 @@ NO_MODEL = {
                 "its members' model folders (config.members) and average their probabilities",
     "adapter_fusion": "two LoRA adapters with different targets and ranks, mixed at run time; it is not written as "
                       "one adapter: its members are notebook 05's lora folder (A) and the B trained in 06",
-    "full_finetune-base2novel": "an evaluation of the pretrained and the base-fine-tuned towers on the base and novel classes, "
-                     "not a model of its own",
+    "full_finetune-base2novel": "an evaluation of the pretrained and the base-fine-tuned towers on the base and "
+                                "novel classes, not a model of its own",
 }
 """Why a combination row has no model folder (in its result as ``no_model_folder``), by method or method-variant.
 WiSE-FT and LP→FT are each one model, and leave one (``one_model``)."""

@@ -190,10 +190,8 @@ def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None 
     name = course.run_name(method, variant)
     folder = Path(folder) if folder is not None else model_path(course.results_dir, name)
     note = None
-    if dtype != "fp32" and not head_only and dtype in DTYPES:
-        mb = sum(p.numel() for p in _changed_parameters(clf).values()) * 4 / 2**20
-        pv = _prefix_visual(clf)
-        mb += 0 if pv is None or pv.length == 0 else pv.prefixes().numel() * 4 / 2**20
+    if dtype in DTYPES and dtype != "fp32" and not head_only:  # an unknown dtype is refused by _file_tensors
+        mb = sum(t.numel() for k, t in changed_state(clf).items() if k not in HEAD_KEYS) * 4 / 2**20
         if mb < FP16_MIN_MB:
             note = f"the method's tensors are small ({mb:.2f} MiB in fp32, under {FP16_MIN_MB:g}), so they are kept exact"
             dtype = "fp32"

@@ -179,9 +179,8 @@ class TipHead(nn.Module):
     def from_adapter(cls, adapter: TipAdapter) -> "TipHead":
         return cls(adapter.head, adapter.keys, adapter.values, adapter.alpha, adapter.beta)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:  # features: normalised (CLIPClassifier.features)
-        cache = torch.exp(-self.beta * (1.0 - features @ self.keys.T)) @ self.values
-        return features @ self.weight.T + self.bias + self.alpha * cache
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # the cached-feature formula, on the tower's features
+        return tip_logits(features, self.weight, self.keys, self.values, self.alpha, self.beta) + self.bias
 
 
 def rebuild(clf: nn.Module, cfg: Any, tensors: Any) -> None:
