@@ -202,7 +202,8 @@ def write_lp_ft(course: Any, lp_ft: Mapping[str, Any], baselines: Mapping[str, t
 
 def write_wise_ft(course: Any, sweep: combine.WiseFT, alpha: float, alphas: Sequence[float], run: Any) -> Path:
     """Write the ``wise_ft-alpha<α>`` row of the α chosen on validation (earlier picks of this seed removed), and
-    its model folder: ``θ(α)`` is one model of full fine-tuning's shape (a whole tower and a head)."""
+    its model folder: ``θ(α)`` is one model of full fine-tuning's shape (a whole tower and a head). At α = 0 or 1
+    it is the zero-shot or the fine-tuned model, whose folders exist: the row names them instead."""
     combine.remove_rows(course.results_dir, "wise_ft", course.seed, keep={f"alpha{alpha:g}"}, shots=course.shots)
     best = sweep.evals[alpha]
     how = {"alphas": alphas, "chosen_on": "val", "fine_tuned": run.path.name}
@@ -210,9 +211,14 @@ def write_wise_ft(course: Any, sweep: combine.WiseFT, alpha: float, alphas: Sequ
         course, "wise_ft", f"alpha{alpha:g}", best["test"], val_acc=best["val"].top1,
         trainable_params=run.result["trainable_params"], total_params=run.result["total_params"],
         train_seconds=run.train.train_seconds, config=how, alpha=alpha, curve=sweep.curve.to_dict("records"))
+    if alpha in (0.0, 1.0):  # an endpoint is a model that already has its folder: no second copy of a tower
+        row["no_model_folder"] = (f"θ({alpha:g}) is the fully fine-tuned model itself: models/{run.path.stem}/"
+                                  if alpha == 1.0 else "θ(0) is the zero-shot model itself: notebook 01's "
+                                  "zero_shot model folder")
     path = _save(course, row, best["test"], best["val"])
-    one_model(course, row, sweep.model(alpha), best["test"], "full_finetune", run.result["config"],
-              {**how, "alpha": alpha, "zero_shot": "the pretrained tower and the zero-shot head"})
+    if alpha not in (0.0, 1.0):
+        one_model(course, row, sweep.model(alpha), best["test"], "full_finetune", run.result["config"],
+                  {**how, "alpha": alpha, "zero_shot": "the pretrained tower and the zero-shot head"})
     return path
 
 

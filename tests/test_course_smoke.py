@@ -89,7 +89,12 @@ def test_one_result_per_method_with_validation_predictions(course):
         has = (folder / "models" / path.stem / "manifest.json").exists()
         assert has != bool(res.get("no_model_folder")), path.stem
         with_folder |= {res["method"]} if has else set()
-    assert {*METHODS, "wise_ft", "lp_ft"} <= with_folder
+    assert {*METHODS, "lp_ft"} <= with_folder
+    (wise,) = [json.loads(p.read_text()) for p in folder.glob("wise_ft-*_seed0.json")]
+    if wise["alpha"] in (0.0, 1.0):   # an endpoint is the zero-shot or the fine-tuned model: named, not copied
+        assert "itself" in wise["no_model_folder"]
+    else:
+        assert "wise_ft" in with_folder
 
 
 def test_combinations_are_chosen_on_validation_and_the_summary_says_what_each_row_measures(course):
