@@ -9,8 +9,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "make_config": "config", "get_profile": "config",
-    "Course": "course", "setup": "course", "train_method": "course",
+    "make_config": "methods", "get_profile": "config",
+    "Course": "course.core", "setup": "course.core", "train_method": "course.core",
     "ClipftError": "errors", "ConfigError": "errors", "DatasetError": "errors", "OfflineError": "errors",
     "ResultsError": "errors", "WeightsError": "errors", "seed_everything": "seeding",
 }

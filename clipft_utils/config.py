@@ -1,6 +1,7 @@
-"""Profiles, the config every trained method shares (``TrainConfig``) and ``make_config``.
+"""Profiles and the config every trained method shares (``TrainConfig``), with the checks its fields use.
 
-Each method's own config class, and its per-profile defaults, live beside it in ``methods/<id>.py``."""
+Each method's own config class, and its per-profile defaults, live beside it in ``methods/<id>.py``;
+``methods.make_config`` builds one for a profile."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,18 +14,13 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def check_method(method: str) -> str:
-    """Return ``method`` if a method module registered it, else raise a ConfigError listing them."""
-    from .methods import get
-    return get(method).name
-
 
 @dataclass(frozen=True)
 class Profile:
     """Which model, weights and dataset a run uses; `smoke` is the offline stand-in, `full` the real course.
 
     What a profile changes in a method (its epochs, its notebook's sweeps) is declared by the method's own module
-    (``Method.profiles`` / ``Method.notebook_defaults``), never by a branch on the profile's name."""
+    (``Method.profiles``; its notebook's parameters: the course's ``Section``), never by a branch on the profile's name."""
 
     name: str
     model: str
@@ -69,37 +65,6 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-QUICK: dict[str, Any] = {"epochs": 1, "test_per_class": 5}
-"""``--quick``: every training 1 epoch, 5 test images per class; each method adds its smallest sweeps
-(``Method.notebook_defaults["quick"]``), see ``quick_layer``."""
-
-
-def quick_layer() -> dict[str, Any]:
-    """``--quick``'s parameters: ``QUICK`` plus every method's own ``quick`` notebook defaults, scoped to it."""
-    from .methods import registry
-    return QUICK | {m.name: dict(m.notebook_defaults["quick"]) for m in registry() if "quick" in m.notebook_defaults}
-
-
-def notebook_defaults(profile: str, notebook: str) -> dict[str, Any]:
-    """The parameters a profile gives ``notebook`` (from the notebook's methods' ``notebook_defaults``)."""
-    from .methods import registry
-    out: dict[str, Any] = {}
-    for m in registry():
-        if m.notebook == notebook:
-            out.update(m.notebook_defaults.get(profile, {}))
-    return out
-
-
-def notebook_default(profile: str, name: str) -> Any:
-    """One notebook parameter's default under ``profile`` (else the full profile's), None when no method sets it."""
-    from .methods import registry
-    for prof in (profile, "full"):
-        for m in registry():
-            if name in m.notebook_defaults.get(prof, {}):
-                return m.notebook_defaults[prof][name]
-    return None
-
-
 PREPARE_DATA: dict[str, Any] = {}
 """Profile name -> a function that makes the profile's own data (once) and returns its root (plug-ins fill it)."""
 
@@ -129,7 +94,8 @@ def get_profile(name: str) -> Profile:
     return PROFILES[name]
 
 
-def _positive(cfg: Any, *names: str) -> None:
+def check_positive(cfg: Any, *names: str) -> None:
+    """Each named field of ``cfg`` is None or a finite number > 0, else a ConfigError naming it."""
     for name in names:
         value = getattr(cfg, name)
         if value is None:
@@ -141,14 +107,16 @@ def _positive(cfg: Any, *names: str) -> None:
             )
 
 
-def _non_negative(cfg: Any, *names: str) -> None:
+def check_non_negative(cfg: Any, *names: str) -> None:
+    """Each named field of ``cfg`` is None or a number >= 0."""
     for name in names:
         value = getattr(cfg, name)
         if value is not None and (not isinstance(value, (int, float)) or value < 0):
             raise ConfigError(f"{type(cfg).__name__}.{name} must be >= 0, got {value!r}.")
 
 
-def _integer(cfg: Any, *names: str) -> None:
+def check_integer(cfg: Any, *names: str) -> None:
+    """Each named field of ``cfg`` is None or a whole number."""
     for name in names:
         value = getattr(cfg, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -178,11 +146,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise a ConfigError naming the first bad field."""
-        _integer(self, "epochs", "batch_size", "grad_accum_steps", "patience", "checkpoint_every",
+        check_integer(self, "epochs", "batch_size", "grad_accum_steps", "patience", "checkpoint_every",
                  "max_steps_per_epoch")
-        _positive(self, "epochs", "batch_size", "lr", "head_lr", "grad_accum_steps", "grad_clip", "patience",
+        check_positive(self, "epochs", "batch_size", "lr", "head_lr", "grad_accum_steps", "grad_clip", "patience",
                   "checkpoint_every", "max_steps_per_epoch")
-        _non_negative(self, "weight_decay", "warmup_epochs", "label_smoothing")
+        check_non_negative(self, "weight_decay", "warmup_epochs", "label_smoothing")
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"{type(self).__name__}.precision must be one of {PRECISIONS}, got {self.precision!r}."
@@ -203,25 +171,3 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view of the config."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-def make_config(method: str, profile: str | Profile = "full", **overrides: Any):
-    """The method's config with the profile's defaults (declared by the method), then ``overrides`` (unknown names
-    are errors)."""
-    from .methods import get
-    spec = get(method)
-    cls = spec.config
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(
-            f"{cls.__name__} has no field(s) {unknown}. Fix: use some of {sorted(known)}."
-        )
-    values: dict[str, Any] = dict(spec.profiles.get(prof.name, {}))
-    if "batch_size" in known and spec.image_batches:
-        values["batch_size"] = prof.batch_size
-    if "max_steps_per_epoch" in known and prof.max_steps_per_epoch:
-        values["max_steps_per_epoch"] = prof.max_steps_per_epoch
-    values.update({k: v for k, v in overrides.items() if v is not None or k in ("head_lr", "patience", "grad_clip", "layer_decay")})
-    return cls(**values)

@@ -69,7 +69,7 @@ def _bad_head(path: Path, why: str) -> WeightsError:
 
 def remake_hint(path: Path) -> str:
     """The command that rewrites a file of a results folder (from the runner's completion records)."""
-    from .runner import remake_command
+    from .records import remake_command
     return remake_command(path)
 
 

@@ -272,7 +272,7 @@ class SavedModel:
 
 def remake_hint(folder: Path, run: str | None = None) -> str:
     """The command that rewrites a model folder (the run that trained it)."""
-    from .runner import remake_command
+    from .records import remake_command
     results = folder.parent.parent if folder.parent.name == "models" else folder.parent
     return remake_command(results / f"{run or folder.name}.json")
 

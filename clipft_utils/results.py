@@ -156,7 +156,7 @@ def read_result(path: str | Path) -> dict[str, Any]:
 
 def damaged_result(path: Path, why: str) -> ResultsError:
     """The error for a result file that cannot be read: which file, why, and the command that remakes it."""
-    from .runner import remake_command
+    from .records import remake_command
     return ResultsError(f"The result file '{path}' is damaged: {why}. Fix: remake it: {remake_command(path)}; "
                         "or delete it if that run is not wanted.")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from clipft_utils import bench
+from clipft_utils.course import bench
 from clipft_utils.methods import get, registry
 
 

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from clipft_utils import __main__ as cli
+from clipft_utils.course import cli
 from clipft_utils.course import Course, setup
 from clipft_utils.data import ImageSplit
 from clipft_utils.errors import ConfigError
-from clipft_utils.notebook_params import check_value
+from clipft_utils.course.params import check_value
 from clipft_utils.paths import PROJECT_ROOT
-from clipft_utils.runner import Context
+from clipft_utils.course.runner import Context
 from _helpers import make_image_folder as make
 
 
@@ -58,7 +58,7 @@ def test_run_split_option_reaches_the_runner_as_the_data_split_parameter(monkeyp
     def fake_run_all(profile, **kwargs):
         seen.update(kwargs)
         raise ConfigError("stop here. Fix: nothing")
-    monkeypatch.setattr("clipft_utils.runner.run_all", fake_run_all)
+    monkeypatch.setattr("clipft_utils.course.runner.run_all", fake_run_all)
     assert cli.main(["run", "--smoke", "--all", "--data", str(tmp_path), "--split", "0.5,0.25,0.25"]) == 2
     assert seen["extra"] == {"data_split": ["rest", 0.25, 0.25]}
     assert cli.main(["run", "--smoke", "--all", "--split", "3,1", "-p", "data_split=[3,1]"]) == 2   # given twice
@@ -108,7 +108,7 @@ def test_describe_prints_the_images_per_class_actually_loaded():
 
 def test_p_data_split_plans_every_notebook_on_that_split_in_its_own_results_folder(tmp_path):
     """The runner's real path (-p data_split): parameters checked, the data checked with the split, its own folder."""
-    from clipft_utils import runner
+    from clipft_utils.course import runner
     from clipft_utils.config import get_profile
     from clipft_utils.course import results_folder
     from clipft_utils.datasets import get_dataset

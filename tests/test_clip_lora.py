@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from clipft_utils import textside
-from clipft_utils.config import make_config
+from clipft_utils.methods import make_config
 from clipft_utils.course import setup, train_method
 from clipft_utils.results import read_result
 from clipft_utils.errors import ConfigError

@@ -262,7 +262,7 @@ def test_wise_ft_reuses_known_evaluations():
 
 def test_write_ensembles_writes_the_best_subset_and_all_members_and_replaces_an_earlier_pick(tmp_path):
     from types import SimpleNamespace
-    from clipft_utils import combos
+    from clipft_utils.course import combos
     labels, val_labels = np.array([0, 1, 1]), np.array([0, 1])
     for method, test, val in (("zero_shot", [0, 1, 0], [0, 1]), ("linear_probe", [0, 1, 1], [0, 0]),
                               ("full_finetune", [1, 1, 1], [0, 1])):
@@ -283,8 +283,9 @@ def test_write_ensembles_writes_the_best_subset_and_all_members_and_replaces_an_
 
 def test_extra_configs_shorten_the_warm_up_with_the_epochs():
     from types import SimpleNamespace
-    from clipft_utils import combos
-    from clipft_utils.config import get_profile, make_config
+    from clipft_utils.course import combos
+    from clipft_utils.config import get_profile
+    from clipft_utils.methods import make_config
     from clipft_utils.methods import full_finetune
     cfg = full_finetune.recipe("smoke", epochs=9)
     assert cfg.epochs == 9 and cfg.warmup_epochs == 3                  # min(5, epochs // 3)

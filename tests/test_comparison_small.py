@@ -242,11 +242,11 @@ def course_like(profile: str = "smoke", name: str = "synthflowers", root=None, r
                            results_dir=results_dir or "/nonexistent")
 
 
-def record(folder, notebook: str, **params) -> None:
-    """A completion record as the runner writes it (only what run_options reads)."""
+def record(folder, notebook: str, scope: str, **given) -> None:
+    """A completion record as the runner writes it (only what run_options reads: the options the run was given)."""
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     (folder / "runs" / f"{notebook}.json").write_text(json.dumps(
-        {"notebook": notebook, "fingerprint": {"params": {"profile": "smoke", "seed": 0, **params}}}))
+        {"notebook": notebook, "given": [[k, f"{scope}.{k}", json.dumps(v)] for k, v in given.items()]}))
 
 
 def test_the_printed_command_reproduces_this_run(tmp_path):
@@ -259,9 +259,9 @@ def test_the_printed_command_reproduces_this_run(tmp_path):
     assert C.run_command(course_like(), df) == "./run_all.sh --profile smoke --shots 2 4 --seeds 0 1"
     assert C.run_command(course_like(), df, seeds=[0, 1, 2]).endswith("--shots 2 4 --seeds 0 1 2")
     # the -p values the runs were given come from their completion records: shared ones plain, others scoped
-    record(folder, "01_zero_shot", epochs=1, test_per_class=0)
-    record(folder, "05_lora", epochs=1, test_per_class=0, ranks=[1, 2])
-    record(folder, "06_full_finetune", epochs=2, test_per_class=0)
+    record(folder, "01_zero_shot", "zero_shot", epochs=1, test_per_class=0)
+    record(folder, "05_lora", "lora", epochs=1, test_per_class=0, ranks=[1, 2])
+    record(folder, "06_full_finetune", "full_finetune", epochs=2, test_per_class=0)
     mine = course_like(name="imagefolder", root=tmp_path / "my flowers", results_dir=folder)
     assert C.run_command(mine, df, shots=[1, 8]) == (
         f"./run_all.sh --profile smoke --data '{tmp_path}/my flowers' --shots 1 8 --seeds 0 1 "

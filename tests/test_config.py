@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipft_utils.config import make_config
+from clipft_utils.methods import make_config
 from clipft_utils.methods import names
 
 from clipft_utils.errors import ConfigError

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clipft_utils import textside
-from clipft_utils.config import make_config
+from clipft_utils.methods import make_config
 from clipft_utils.course import setup, train_method
 from clipft_utils.evaluate import evaluate
 from clipft_utils.heads import head_path, load_head
@@ -59,11 +59,15 @@ def test_eval_cache_follows_the_context(toy):
     coop.apply(clf, coop.CoOpConfig(n_ctx=4))
     x = images(2)
     with torch.no_grad():
-        before = clf(x)
-        assert torch.equal(clf(x), before)  # served from the cache
-        clf.prompts.ctx.add_(0.5)           # an in-place change bumps the version: the cache must not be used
-        after = clf(x)
-    assert not torch.allclose(before, after)
+        before, features = clf(x), clf.text_features()
+        assert torch.equal(clf(x), before) and clf.text_features() is features  # served from the cache
+        clf.prompts.ctx.add_(torch.randn_like(clf.prompts.ctx))  # in place: bumps the version, so no stale cache
+        after, changed = clf(x), clf.text_features()
+        clf._cache = None
+        fresh = clf.text_features()                                # computed from scratch
+    assert changed is not features and not torch.equal(changed, features)
+    torch.testing.assert_close(changed, fresh, rtol=0, atol=0)
+    assert not torch.equal(before, after)
     with torch.no_grad():
         torch.testing.assert_close(clf.head_tensors()[0], clf.logit_scale * clf.text_features())
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from clipft_utils import course as C
+from clipft_utils.course import core as C
 from clipft_utils.errors import ConfigError, OfflineError
 
 

@@ -10,8 +10,8 @@ import shutil
 import nbformat
 import pytest
 
-from clipft_utils import runner
-from clipft_utils.__main__ import main
+from clipft_utils.course import runner
+from clipft_utils.course.cli import main
 from clipft_utils.datasets.base import SplitSpec
 from clipft_utils.standin import synth
 

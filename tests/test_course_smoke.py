@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipft_utils import runner
+from clipft_utils.course import runner
 from clipft_utils.methods import get, names
 
 from clipft_utils.results import REQUIRED_KEYS, load_predictions

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clipft_utils.methods import linear_probe as LP
-from clipft_utils.config import make_config
+from clipft_utils.methods import make_config
 from clipft_utils.heads import head_logits
 
 GRID = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)

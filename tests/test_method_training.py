@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clipft_utils.config import make_config
+from clipft_utils.methods import make_config
 from clipft_utils.course import setup, train_method
 from clipft_utils.evaluate import evaluate
 from clipft_utils.methods import apply_method

@@ -20,10 +20,11 @@ from clipft_utils import make_config, setup, textside, train_method
 from clipft_utils import heads as Z
 from clipft_utils import results as R
 from clipft_utils.methods import linear_probe as LP
-from clipft_utils.__main__ import main as cli
+from clipft_utils.course.cli import main as cli
 from clipft_utils.errors import ConfigError, DatasetError, WeightsError
 from clipft_utils.evaluate import EvalResult
-from clipft_utils import combine, combos
+from clipft_utils import combine
+from clipft_utils.course import combos
 from clipft_utils.methods import apply_method, clip_lora, coop
 from clipft_utils.methods import tip_adapter as TA
 from clipft_utils.modelfolder import (MANIFEST, WEIGHTS, load_model, model_path, read_model, save_head_model,
@@ -156,7 +157,7 @@ def test_every_method_leaves_a_model_folder_with_only_what_it_changed(trained):
 
 PREDICT_ALL = """
 import contextlib, io, json, sys
-from clipft_utils.__main__ import main
+from clipft_utils.course.cli import main
 files = json.loads(sys.argv[1])
 out = {}
 for folder in json.loads(sys.argv[2]):
@@ -414,7 +415,7 @@ def test_07s_model_set_shows_every_saved_method_on_one_photo_as_predict_does(tra
     """07's "Try it on your own photo": every method's model folder at the course's point, the same top classes as
     `predict` for the same file; a missing photo is refused before any work."""
     from clipft_utils import predict
-    from clipft_utils.notebook_params import check_value
+    from clipft_utils.course.params import check_value
     course, _ = trained
     found = predict.course_models(course)
     from clipft_utils.methods import names

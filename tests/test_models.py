@@ -179,7 +179,7 @@ def test_vit_b_32_state_dict_with_one_changed_shape(tmp_path):
 
 
 def test_prefetch_offline_prints_one_line_and_returns_2(empty_hf_cache, monkeypatch, capsys):
-    from clipft_utils.__main__ import main
+    from clipft_utils.course.cli import main
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["prefetch", "--weights-only"]) == 2
     err = capsys.readouterr().err

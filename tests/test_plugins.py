@@ -2,7 +2,8 @@
 (plan, ``--only``, ``-p METHOD.field``, ``--data NAME``), the tables and the recommender — no library file changes.
 
 The toy method lives in a module written to a temporary folder and named in ``CLIPFT_PLUGINS`` (how a plug-in
-outside the project is found; the runner's notebook kernels inherit the variable)."""
+outside the project is found; the runner's notebook kernels inherit the variable). It registers the algorithm with
+the library (``Method``) and its place in the course with the course layer (``Section``: a section of notebook 03)."""
 from __future__ import annotations
 
 import importlib
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipft_utils import comparison, plugins, runner
+from clipft_utils import comparison, plugins
+from clipft_utils.course import runner, sections
 from clipft_utils import methods as M
-from clipft_utils.config import make_config
+from clipft_utils.methods import make_config
 from clipft_utils.errors import ConfigError
 from clipft_utils.models import CLIPClassifier
 from clipft_utils.paths import atomic_write_text
@@ -27,6 +29,7 @@ TOY = textwrap.dedent('''
 
     from clipft_utils.config import TrainConfig
     from clipft_utils.errors import ConfigError
+    from clipft_utils.course.sections import Section, register as register_section
     from clipft_utils.methods.base import Method, freeze, param_groups, register
 
 
@@ -50,9 +53,10 @@ TOY = textwrap.dedent('''
 
 
     METHOD = register(Method(
-        name="toy_norm", title="Toy (final LayerNorm)", kind="parameter-efficient", notebook="03_bitfit",
-        order=3.5, config=ToyConfig, apply=apply, summary=lambda cfg: f"ln_post, scale {cfg.scale:g}",
-        short="toy", profiles={"smoke": {"epochs": 1}}))
+        name="toy_norm", title="Toy (final LayerNorm)", kind="parameter-efficient", order=3.5, config=ToyConfig,
+        apply=apply, summary=lambda cfg: f"ln_post, scale {cfg.scale:g}", short="toy",
+        profiles={"smoke": {"epochs": 1}}))
+    SECTION = register_section(Section(method="toy_norm", notebook="03_bitfit"))
 ''')
 
 
@@ -66,6 +70,7 @@ def toy_method(tmp_path, monkeypatch):
     plugins.load()
     yield M.get("toy_norm")
     M.unregister("toy_norm")
+    sections.unregister("toy_norm")
     sys.modules.pop("toy_plugin", None)
 
 
@@ -78,8 +83,9 @@ def write_result(folder: Path, method: str, val: float, test: float, memory: flo
 
 
 def test_a_method_plug_in_is_registered_with_its_config_and_profile_defaults(toy_method):
-    assert M.names().index("toy_norm") == M.names().index("bitfit") + 1         # its order: after BitFit
-    assert M.notebooks()["03_bitfit"] == ("bitfit", "toy_norm")                  # a section of the BitFit notebook
+    order = M.names()
+    assert order.index("bitfit") < order.index("toy_norm") < order.index("prefix_tuning")  # order 3.5: between them
+    assert sections.notebooks()["03_bitfit"][-1] == "toy_norm"                 # a section of the BitFit notebook
     assert make_config("toy_norm", "smoke").epochs == 1 and make_config("toy_norm", "full").epochs == 3
     with pytest.raises(ConfigError, match="scale must be > 0"):
         make_config("toy_norm", scale=0)
@@ -96,7 +102,7 @@ def section_of_03(folder: Path) -> Path:
     import shutil
     folder.mkdir()
     for nb in ("03_bitfit", "07_comparison"):
-        shutil.copy(runner.NOTEBOOK_DIR / f"{nb}.ipynb", folder / f"{nb}.ipynb")
+        shutil.copy(runner.jobs.NOTEBOOK_DIR / f"{nb}.ipynb", folder / f"{nb}.ipynb")
     book = nbformat.read(folder / "03_bitfit.ipynb", as_version=4)
     cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
     cell.source += "\ntoy_norm_config = None  # overrides of the toy method's config"
@@ -108,7 +114,7 @@ def test_the_runner_plans_checks_and_runs_a_method_plug_in(toy_method, tmp_path,
     calls = []
     with pytest.raises(ConfigError, match="declares no `toy_norm_config` parameter. Fix: add `toy_norm_config = None`"):
         runner.run_all("smoke", only=["toy_norm"], root=tmp_path, echo=print, extra={"toy_norm": {"scale": 2.0}})
-    monkeypatch.setattr(runner, "NOTEBOOK_DIR", section_of_03(tmp_path / "notebooks"))
+    monkeypatch.setattr(runner.jobs, "NOTEBOOK_DIR", section_of_03(tmp_path / "notebooks"))
 
     def execute(job, out, parameters, env):
         calls.append((job.notebook, job.methods, parameters))
@@ -116,18 +122,37 @@ def test_the_runner_plans_checks_and_runs_a_method_plug_in(toy_method, tmp_path,
             write_result(Path(parameters["results_dir"]), m, 0.5, 0.5, 10.0, 10)
         out.write_text("{}")
 
-    monkeypatch.setattr(runner, "_execute", execute)
+    monkeypatch.setattr(runner.execute, "_execute", execute)
     lines: list[str] = []
     report = runner.run_all("smoke", only=["toy_norm"], root=tmp_path, echo=lines.append,
                             extra={"toy_norm": {"scale": 2.0}})
     assert report.ok and [c[0] for c in calls] == ["03_bitfit", "07_comparison"]
-    assert calls[0][1] == ("bitfit", "toy_norm") and calls[0][2]["toy_norm_config"] == {"scale": 2.0}
+    assert calls[0][1][-1] == "toy_norm" and calls[0][2]["toy_norm_config"] == {"scale": 2.0}
     assert "config" not in calls[0][2]                                             # BitFit's own config: untouched
     assert any("toy_norm 1 epoch(s)" in line for line in lines)                # the plan describes it
     with pytest.raises(ConfigError, match="scale must be > 0"):                  # its config checks -p before work
         runner.run_all("smoke", only=["toy_norm"], root=tmp_path, echo=lines.append, extra={"toy_norm": {"scale": -1}})
-    from clipft_utils import __main__ as cli
+    from clipft_utils.course import cli
     assert cli.main(["run", "--smoke", "--only", "toy_norm", "--dry-run"]) == 0  # --only accepts it
+
+
+def test_a_planned_method_whose_notebook_writes_no_result_fails_naming_the_section_to_add(toy_method, tmp_path,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(runner.jobs, "NOTEBOOK_DIR", section_of_03(tmp_path / "notebooks"))
+
+    def execute(job, out, parameters, env):  # 03 as it is: BitFit's section, none for the toy method
+        for m in job.methods:
+            if m != "toy_norm":
+                write_result(Path(parameters["results_dir"]), m, 0.5, 0.5, 10.0, 10)
+        out.write_text("{}")
+
+    monkeypatch.setattr(runner.execute, "_execute", execute)
+    lines: list[str] = []
+    report = runner.run_all("smoke", only=["toy_norm"], root=tmp_path, echo=lines.append)
+    assert not report.ok and report.steps[0].status == "failed"
+    assert "wrote no result for the method 'toy_norm'" in report.steps[0].error
+    text = "\n".join(lines)
+    assert "notebooks/03_bitfit.ipynb" in text and "toy_norm_config" in text   # which section to add, and where
 
 
 def test_the_tables_and_the_recommender_pick_up_a_method_plug_in(toy_method, tmp_path):
@@ -141,7 +166,8 @@ def test_the_tables_and_the_recommender_pick_up_a_method_plug_in(toy_method, tmp
     table = comparison.summary_table(df)
     row = table[table["method"] == "toy_norm"].iloc[0]
     assert row["type"] == "parameter-efficient" and row["status"] == "ok"
-    assert list(table["method"]).index("toy_norm") == list(table["method"]).index("bitfit") + 1
+    rows = list(table["method"])
+    assert rows.index("bitfit") < rows.index("toy_norm")                         # in display order, after BitFit
     rec = comparison.recommend(df, memory_budget_mb=1e6, need="best")
     assert rec.method == "toy_norm"                                              # best on validation
     assert comparison.method_colour("toy_norm") != comparison.method_colour("bitfit")

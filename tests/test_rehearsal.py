@@ -8,9 +8,9 @@ import json
 import pytest
 from scipy.io import loadmat
 
-from clipft_utils import runner
+from clipft_utils.course import runner
 from clipft_utils.config import get_profile
-from clipft_utils.course import val_per_class
+from clipft_utils.course.core import val_per_class
 from clipft_utils.data import split_rows
 from clipft_utils.datasets import get_dataset
 from clipft_utils.methods import names

@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 import torch
 
-from clipft_utils import __main__ as cli
-from clipft_utils import runner
+from clipft_utils.course import cli
+from clipft_utils.course import runner
+from clipft_utils import records
 from clipft_utils.methods import names
 
 from clipft_utils.errors import ConfigError, ResultsError
@@ -73,7 +74,7 @@ class FakeExecute:
 @pytest.fixture
 def fake(monkeypatch) -> FakeExecute:
     fake = FakeExecute()
-    monkeypatch.setattr(runner, "_execute", fake)
+    monkeypatch.setattr(runner.execute, "_execute", fake)
     return fake
 
 
@@ -133,7 +134,7 @@ def test_a_missing_or_changed_result_file_or_new_code_reruns(fake, tmp_path, mon
     lines.clear()
     runner.run_all("smoke", only=["lora"], root=tmp_path, echo=lines.append)
     assert any("lora_seed0.json changed since it was written" in line for line in lines)
-    monkeypatch.setattr(runner, "code_version", lambda: "another-version")
+    monkeypatch.setattr(runner.fingerprints, "code_version", lambda: "another-version")
     lines.clear()
     runner.run_all("smoke", only=["lora"], root=tmp_path, echo=lines.append)
     assert any("the library code changed" in line for line in lines)
@@ -214,7 +215,7 @@ def test_the_plan_says_what_each_notebook_trains(fake, tmp_path):
 # ----------------------------------------------------------------------------- failures
 def test_a_failing_notebook_is_reported_its_files_set_aside_and_the_others_still_run(monkeypatch, tmp_path):
     fake = FakeExecute(fail=("03_bitfit",))
-    monkeypatch.setattr(runner, "_execute", fake)
+    monkeypatch.setattr(runner.execute, "_execute", fake)
     lines: list[str] = []
     report = runner.run_all("smoke", root=tmp_path, echo=lines.append)
     folder = tmp_path / "smoke"
@@ -230,11 +231,11 @@ def test_a_failing_notebook_is_reported_its_files_set_aside_and_the_others_still
 
 
 def test_a_success_after_a_failure_removes_the_stale_failed_folder_and_says_so(monkeypatch, tmp_path):
-    monkeypatch.setattr(runner, "_execute", FakeExecute(fail=("06_full_finetune",)))
+    monkeypatch.setattr(runner.execute, "_execute", FakeExecute(fail=("06_full_finetune",)))
     runner.run_all("smoke", only=["full_finetune"], root=tmp_path, echo=quiet)
     failed = tmp_path / "smoke" / "failed" / "06_full_finetune"
     assert (failed / "full_finetune_seed0.json").exists()
-    monkeypatch.setattr(runner, "_execute", FakeExecute())
+    monkeypatch.setattr(runner.execute, "_execute", FakeExecute())
     lines: list[str] = []
     report = runner.run_all("smoke", only=["full_finetune"], root=tmp_path, echo=lines.append)
     assert report.ok and not failed.exists() and not (tmp_path / "smoke" / "failed").exists()
@@ -281,10 +282,10 @@ def test_a_damaged_result_without_a_record_fails_the_run_naming_it(fake, tmp_pat
 def test_remake_command_repeats_the_recorded_run(fake, tmp_path, monkeypatch):
     runner.run_all("smoke", only=["lora"], seeds=[1], shots=[4], extra={"epochs": 1, "lora": {"alpha": 8}},
                    root=tmp_path, echo=quiet)
-    command = runner.remake_command(tmp_path / "smoke" / "lora_shots4_seed1.json")
+    command = records.remake_command(tmp_path / "smoke" / "lora_shots4_seed1.json")
     assert command.startswith("./run_all.sh --smoke --only lora --seeds 1 --shots 4 ")
     assert "-p lora.alpha=8" in command and "-p lora.epochs=1" in command
-    assert runner.remake_command(tmp_path / "smoke" / "heads" / "lora_shots4_seed1.safetensors") == command
+    assert records.remake_command(tmp_path / "smoke" / "heads" / "lora_shots4_seed1.safetensors") == command
     fake.calls.clear()
     monkeypatch.setenv("CLIPFT_RESULTS", str(tmp_path / "again"))
     assert cli.main(["run", *shlex.split(command)[1:]]) == 0          # the command runs as printed
@@ -311,10 +312,10 @@ def test_a_dataset_plugin_is_reached_with_data_name(fake, tmp_path):
 
 def test_cli_exit_status_says_whether_everything_succeeded(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("CLIPFT_RESULTS", str(tmp_path / "ok"))
-    monkeypatch.setattr(runner, "_execute", FakeExecute())
+    monkeypatch.setattr(runner.execute, "_execute", FakeExecute())
     assert cli.main(["run", "--smoke", "--all"]) == 0
     monkeypatch.setenv("CLIPFT_RESULTS", str(tmp_path / "bad"))
-    monkeypatch.setattr(runner, "_execute", FakeExecute(fail=("05_lora",)))
+    monkeypatch.setattr(runner.execute, "_execute", FakeExecute(fail=("05_lora",)))
     assert cli.main(["run", "--smoke", "--all"]) == 1
     assert cli.main(["run", "--smoke"]) == 2          # neither --all nor --only: nothing to do
     assert cli.main(["run", "--smoke", "--all", "-p", "rank=0"]) == 2
@@ -323,7 +324,7 @@ def test_cli_exit_status_says_whether_everything_succeeded(monkeypatch, tmp_path
 
 def test_cli_params_become_notebook_parameters(monkeypatch, tmp_path):
     fake = FakeExecute()
-    monkeypatch.setattr(runner, "_execute", fake)
+    monkeypatch.setattr(runner.execute, "_execute", fake)
     monkeypatch.setenv("CLIPFT_RESULTS", str(tmp_path))
     assert cli.main(["run", "--smoke", "--only", "lora", "-p", "epochs=1", "-p", "lora.ranks=[1, 2]",
                      "-p", "test_per_class=5", "-p", "lora.alpha=8"]) == 0
@@ -350,7 +351,7 @@ def test_a_second_run_on_the_same_folder_is_refused_while_the_first_holds_it(fak
     folder.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from clipft_utils.runner import FolderLock
+        from clipft_utils.course.runner import FolderLock
         from pathlib import Path
         with FolderLock(Path({str(folder)!r}), shared=False):
             print("held", flush=True)
@@ -417,8 +418,8 @@ def tiny_course(monkeypatch, tmp_path):
                   "plt.plot([1, 2]); plt.show()")
     tiny_notebook(nbs / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(1)")
     tiny_notebook(nbs / "07_comparison.ipynb", "print('compare')")
-    monkeypatch.setattr(runner, "NOTEBOOK_DIR", nbs)
-    monkeypatch.setattr(runner, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("02_linear_probe", (
+    monkeypatch.setattr(runner.jobs, "NOTEBOOK_DIR", nbs)
+    monkeypatch.setattr(runner.jobs, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("02_linear_probe", (
         "linear_probe",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ())))
     monkeypatch.setenv("MPLBACKEND", "Agg")             # what run_all.sh exports
     return nbs
@@ -459,9 +460,9 @@ def start_stalled_run(tiny_course: Path, root: Path, call: str) -> tuple[subproc
     tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"), "import time\ntime.sleep(60)")
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from clipft_utils import __main__ as cli, runner
-        runner.NOTEBOOK_DIR = Path({str(tiny_course)!r})
-        runner.notebooks = lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
+        from clipft_utils.course import cli, runner
+        runner.jobs.NOTEBOOK_DIR = Path({str(tiny_course)!r})
+        runner.jobs.notebooks = lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)), ("07_comparison", ()))
         """) + call
     proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "CLIPFT_RESULTS": str(root)})
@@ -481,7 +482,7 @@ def test_a_killed_run_leaves_nothing_that_counts_as_done(tiny_course, tmp_path, 
     proc.wait()
     assert not (folder / "runs" / "03_bitfit.json").exists()  # no completion record: not done
     tiny_notebook(tiny_course / "03_bitfit.ipynb", WRITE.replace("{METHOD}", "bitfit"))
-    monkeypatch.setattr(runner, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
+    monkeypatch.setattr(runner.jobs, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
                                                       ("07_comparison", ())))
     lines: list[str] = []
     report = runner.run_all("smoke", root=root, echo=lines.append)
@@ -492,7 +493,7 @@ def test_a_killed_run_leaves_nothing_that_counts_as_done(tiny_course, tmp_path, 
 
 @pytest.mark.slow
 def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_course, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
+    monkeypatch.setattr(runner.jobs, "notebooks", lambda: (("01_zero_shot", ("zero_shot",)), ("03_bitfit", ("bitfit",)),
                                                       ("07_comparison", ())))
     grid = dict(seeds=[1, 2], shots=[2], echo=quiet)
     sequential = runner.run_all("smoke", root=tmp_path / "seq", **grid)
@@ -542,7 +543,7 @@ def test_the_notebook_worker_runs_a_notebook_without_importing_the_course_or_tor
     nbformat.write(nb, source)
     probe = ("import sys, runpy\n"
              "sys.argv = ['nbworker', *sys.argv[1:]]\n"
-             "try:\n    runpy.run_module('clipft_utils.nbworker', run_name='__main__')\n"
+             "try:\n    runpy.run_module('clipft_utils.course.nbworker', run_name='__main__')\n"
              "except SystemExit as e:\n"
              "    print('status', e.code, 'torch' in sys.modules, bool(sys.modules.get('rfc3987_syntax')))\n")
     env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipy"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from clipft_utils import data as D
-from clipft_utils.__main__ import main as cli
+from clipft_utils.course.cli import main as cli
 from clipft_utils.datasets import get_dataset
 from clipft_utils.datasets.base import SplitSpec
 from clipft_utils.errors import DatasetError, DatasetWarning

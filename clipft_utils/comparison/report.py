@@ -165,6 +165,6 @@ def run_command(course: Any, df: pd.DataFrame, seeds: Sequence[int] | None = Non
         parts += ["--shots", *map(str, shots)]
     seeds = seeds if seeds is not None else sorted({int(v) for v in _col(main, "seed").dropna()}) or [course.seed]
     parts += ["--seeds", *map(str, seeds)]
-    from ..runner import run_options   # the -p values the runs were given (epochs=1, lora.ranks=[1,2], ...)
+    from ..records import run_options   # the -p values the runs were given (epochs=1, lora.ranks=[1,2], ...)
     return " ".join(parts + [shlex.quote(o) for o in run_options(course.results_dir)])
 

@@ -1,11 +1,11 @@
-"""What a method is to the rest of the course: one ``Method`` record, registered by the method's own module.
+"""What a method is to the library: one ``Method`` record, registered by the method's own module.
 
 A method module (``clipft_utils/methods/<id>.py``, or any module named in ``CLIPFT_PLUGINS``) defines its typed
 config, its ``apply(classifier, cfg) -> param groups`` and, at the bottom, ``METHOD = register(Method(...))``.
-Everything that lists methods -- the runner's plan and ``--only``, the tables, the shots x seeds grid, the
-recommender, ``bench``, the parameter table, combination names -- reads the registry, so adding a method is adding
-its module, its notebook section and its tests (the way peft's ``register_peft_method`` and torchvision's dataset
-modules work).
+Everything in the library that lists methods -- the tables, the shots x seeds grid, the recommender, the parameter
+table, combination names, model folders -- reads this registry (the way peft's ``register_peft_method`` and
+torchvision's dataset modules work). Where the course runs a method (its notebook, plan text, notebook parameters)
+is its ``clipft_utils.course.sections.Section``, registered beside it in the course layer.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import ConfigError
 
 PROFILE_NAMES = ("full", "smoke", "rehearse", "quick")
-"""Keys a method's ``profiles`` / ``notebook_defaults`` may use (``quick`` is ``--quick``'s layer)."""
+"""Keys a method's ``profiles`` (and its course section's notebook defaults) may use (``quick``: ``--quick``'s layer)."""
 
 
 @dataclass(frozen=True)
@@ -33,31 +33,24 @@ class Variant:
 
 @dataclass(frozen=True)
 class Method:
-    """A method as the course sees it. Only ``name``, ``title``, ``kind``, ``notebook``, ``order`` and ``config``
-    are required; the rest has neutral defaults."""
+    """A method as the library sees it. Only ``name``, ``title``, ``kind``, ``order`` and ``config`` are required;
+    the rest has neutral defaults."""
 
     name: str                        # the id: results, --only, tables ("lora")
     title: str                       # display name ("LoRA")
     kind: str                        # the tables' "type" column ("parameter-efficient")
-    notebook: str                    # the notebook whose job trains it ("05_lora")
-    order: float                     # course order, cheapest first (zero_shot 1 ... full_finetune 6)
+    order: float                     # display order in tables and figures, cheapest first (zero_shot 1 ... full 6)
     config: type                     # its config dataclass (typed, validated in __post_init__)
     apply: Callable[[nn.Module, Any], list[dict[str, Any]]] | None = None  # freeze, add, return param groups
     summary: Callable[[Any], str] = lambda cfg: ""   # one phrase of a config, for the plan and parameter tables
     short: str = ""                  # its part of a combination's name ("ft" in "lp+ft"); default: name
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # profile -> config-field defaults
-    notebook_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # profile -> notebook params
-    notebook_checks: Mapping[str, Callable[[str, Any], None]] = field(default_factory=dict)  # its notebook's params
-    plan: Callable[[dict[str, Any], Any], str] | None = None  # what else its notebook trains (params, profile)
     variants: Mapping[str, Variant] = field(default_factory=dict)  # "<name>-<what>" -> Variant
-    reads: tuple[str, ...] = ()      # notebooks whose files its notebook reads at the same (shots, seed)
     trains: bool = True              # False: nothing is fitted (zero-shot): one run per seed, any shots
-    bench: str = "train"             # how `bench` times it: "train" (a step), "inference" (one frozen forward), "none"
     # The apply of a text-side method (CoOp, CLIP-LoRA): it takes a ``textside.TextSideClassifier`` (both towers and
-    # the class prompts), which `bench` builds for it; None: the method trains a ``CLIPClassifier`` (``apply``).
+    # the class prompts); None: the method trains a ``CLIPClassifier`` (``apply``).
     text_apply: Callable[[nn.Module, Any], list[dict[str, Any]]] | None = None
     image_batches: bool = True       # trains on batches of images: the profile's batch size is its default
-    fixed_config: Mapping[str, Any] = field(default_factory=dict)  # config fields its notebook sets itself
     # How a model folder rebuilds the trained model over a frozen ``CLIPClassifier`` (adds what the folder's tensors
     # fill in; it is given them too, for shapes the config does not hold): None = ``apply``. A method trained on
     # another classifier (CLIP-LoRA) gives its image-side form; Tip-Adapter its cache head.
@@ -66,7 +59,7 @@ class Method:
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():
             raise ConfigError(f"A method id must be a lower-case identifier, got {self.name!r}.")
-        unknown = (set(self.profiles) | set(self.notebook_defaults)) - set(PROFILE_NAMES)
+        unknown = set(self.profiles) - set(PROFILE_NAMES)
         if unknown:
             raise ConfigError(f"Method {self.name!r}: unknown profile(s) {sorted(unknown)}; use {PROFILE_NAMES}.")
         fields = {f.name for f in dataclasses.fields(self.config)}

@@ -86,7 +86,7 @@ class BitFitConfig(TrainConfig):
 
 
 METHOD = register(Method(
-    name="bitfit", title="BitFit", kind="parameter-efficient", notebook="03_bitfit", order=3, config=BitFitConfig,
+    name="bitfit", title="BitFit", kind="parameter-efficient", order=3, config=BitFitConfig,
     apply=apply, summary=lambda cfg: "all biases incl. LayerNorm", short="bitfit",
     profiles={"smoke": {"epochs": 5}, "rehearse": {"epochs": 1}},
 ))

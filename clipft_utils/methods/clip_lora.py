@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import TrainConfig, _integer, _positive
+from ..config import TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
 from ..textside import TextSideClassifier
 from . import lora
@@ -68,8 +68,8 @@ class CLIPLoRAConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        _integer(self, "rank")
-        _positive(self, "rank", "alpha")
+        check_integer(self, "rank")
+        check_positive(self, "rank", "alpha")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"CLIPLoRAConfig.dropout must be in [0, 1), got {self.dropout}.")
         self.targets = tuple(self.targets)
@@ -131,7 +131,7 @@ def lora_counts(clf: TextSideClassifier) -> dict[str, int]:
 
 
 METHOD = register(Method(
-    name="clip_lora", title="CLIP-LoRA", kind="parameter-efficient", notebook="05_lora", order=5.5,
+    name="clip_lora", title="CLIP-LoRA", kind="parameter-efficient", order=5.5,
     config=CLIPLoRAConfig,
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
     # (parameter table, the `train` command) build; notebook 05 calls clip_lora.apply itself, `bench` text_apply.

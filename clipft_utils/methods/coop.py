@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..config import TrainConfig, _integer, _positive
+from ..config import TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
 from ..textside import TextSideClassifier, TextTower, tokenize
 from .base import Method, freeze, register
@@ -57,8 +57,8 @@ class CoOpConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        _integer(self, "n_ctx")
-        _positive(self, "n_ctx")
+        check_integer(self, "n_ctx")
+        check_positive(self, "n_ctx")
         if self.init not in INITS:
             raise ConfigError(f"CoOpConfig.init must be one of {INITS}, got {self.init!r}.")
         if not isinstance(self.ctx_init, str) or self.ctx_init.count("{}") > 1:
@@ -144,7 +144,7 @@ def nearest_words(clf: TextSideClassifier, k: int = 1) -> list[list[str]]:
 
 
 METHOD = register(Method(
-    name="coop", title="CoOp", kind="prompt learning", notebook="04_prefix_tuning", order=4.5, config=CoOpConfig,
+    name="coop", title="CoOp", kind="prompt learning", order=4.5, config=CoOpConfig,
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
     # (parameter table, the `train` command) build; notebook 04 calls coop.apply itself, `bench` text_apply.
     apply=None, text_apply=apply, short="coop",

@@ -19,7 +19,6 @@ from torch import nn
 
 from ..config import TrainConfig, extra_epochs
 from ..errors import ConfigError
-from ..notebook_params import PRECISION_CHECK, flag, integer, list_of, number, one_of
 from .base import Method, Variant, freeze, head_group, register
 
 _EMBED = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.")
@@ -79,41 +78,17 @@ def recipe(profile: Any, epochs: int | None = None, warmup_epochs: float | None 
            **options: Any) -> FullFinetuneConfig:
     """Notebook 06's config: the profile's recipe with ``options`` and ``config`` (its overrides); the warm-up is
     ``config``'s or ``warmup_epochs``, else min(5, epochs // 3), so that it stays shorter than training."""
-    from ..config import make_config
+    from . import make_config
     overrides = {k: v for k, v in (config or {}).items() if k != "warmup_epochs"}
     n = make_config("full_finetune", profile, epochs=epochs, warmup_epochs=0, **overrides).epochs
     warmup = (config or {}).get("warmup_epochs", warmup_epochs if warmup_epochs is not None else min(5, n // 3))
     return make_config("full_finetune", profile, epochs=n, warmup_epochs=warmup, **options, **overrides)
 
 
-def _plan(p: dict[str, Any], prof: Any) -> str:
-    e = extra_epochs(prof, p.get("epochs"), p.get("extra_epochs"))
-    return (" + base-to-novel, LP→FT (full, LoRA), LoRA adapter B: "
-            + (f"{e} epoch(s) each" if e is not None else "each method's own epochs"))
-
-
-def _ensemble_member(name: str, value: Any) -> None:
-    from . import names
-    one_of(*names(), optional=False)(name, value)
-
-
 METHOD = register(Method(
-    name="full_finetune", title="Full fine-tuning", kind="full", notebook="06_full_finetune", order=6,
+    name="full_finetune", title="Full fine-tuning", kind="full", order=6,
     config=FullFinetuneConfig, apply=apply, short="ft", summary=lambda cfg: "image tower + head",
-    reads=("01_zero_shot", "02_linear_probe", "05_lora"),
     profiles={"smoke": {"epochs": 5, "lr": 3e-5, "warmup_epochs": 1.0},
               "rehearse": {"epochs": 1, "warmup_epochs": 0.0}},
-    fixed_config={"warmup_epochs": 0.0},  # notebook 06 derives its warm-up from the epochs
-    notebook_defaults={"full": {"wise_alphas": [round(0.1 * i, 1) for i in range(11)]},
-                       "smoke": {"wise_alphas": [0.0, 0.5, 1.0]},
-                       "rehearse": {"memory_steps": 1, "wise_alphas": [0.0, 0.5, 1.0], "fusion_weights": [[0.5, 0.5]]},
-                       "quick": {"wise_alphas": [0.0, 0.5, 1.0], "memory_steps": 1}},
-    notebook_checks={
-        "warmup_epochs": number(0), "layer_decay": number(0, 1, open_low=True), "grad_checkpointing": flag,
-        "grad_accum_steps": integer(1, optional=False), "precision": PRECISION_CHECK,
-        "memory_steps": integer(1, optional=False), "extra_epochs": integer(1),
-        "wise_alphas": list_of(number(0, 1, optional=False)), "ensemble_members": list_of(_ensemble_member),
-        "fusion_weights": list_of(list_of(number(0, optional=False), optional=False, min_len=2))},
-    plan=_plan,
     variants={"full_finetune-ckpt": Variant({"grad_checkpointing": True}, "gradient checkpointing", ("bench",))},
 ))

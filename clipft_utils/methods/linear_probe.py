@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from ..config import TrainConfig, _positive
+from ..config import TrainConfig, check_positive
 from ..errors import ConfigError
 from ..heads import find_head, head_path, save_head
-from ..notebook_params import flag, list_of, number
 from .base import Method, param_groups, register
 
 class LinearProbe(nn.Module):
@@ -293,13 +292,12 @@ class LinearProbeConfig(TrainConfig):
         super().validate()
         if not self.c_grid or any(c <= 0 for c in self.c_grid):
             raise ConfigError(f"LinearProbeConfig.c_grid must hold positive values, got {self.c_grid!r}.")
-        _positive(self, "max_iter")
+        check_positive(self, "max_iter")
 
 
 METHOD = register(Method(
-    name="linear_probe", title="Linear probe", kind="frozen features", notebook="02_linear_probe", order=2,
+    name="linear_probe", title="Linear probe", kind="frozen features", order=2,
     config=LinearProbeConfig, apply=lambda clf, cfg: param_groups([], clf), summary=lambda cfg: "head only",
-    short="lp", bench="inference", image_batches=False,
+    short="lp", image_batches=False,
     profiles={"smoke": {"epochs": 50}, "rehearse": {"epochs": 10}},
-    notebook_checks={"zero_shot_init": flag, "lr_factors": list_of(number(0, open_low=True), min_len=0)},
 ))

@@ -45,10 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig, _integer, _positive, notebook_default
+from ..config import TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
 from ..paths import atomic_path
-from ..notebook_params import integer, list_of
 from .base import Method, Variant, freeze, param_groups, register
 
 ATTENTION_SLOTS = ("q", "k", "v", "out")
@@ -428,8 +427,8 @@ class LoRAConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        _integer(self, "rank")
-        _positive(self, "rank", "alpha")
+        check_integer(self, "rank")
+        check_positive(self, "rank", "alpha")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout}.")
         self.targets = tuple(self.targets)
@@ -440,24 +439,12 @@ class LoRAConfig(TrainConfig):
             )
 
 
-def _plan(params: dict[str, Any], prof: Any) -> str:
-    """What else notebook 05 trains: the rank sweep, and its epochs where the profile caps them."""
-    ranks = list(params.get("ranks") or notebook_default(prof.name, "ranks"))
-    epochs = params.get("sweep_epochs") or notebook_default(prof.name, "sweep_epochs")
-    return f" + rank sweep {ranks}" + (f" (at most {epochs} epoch(s) each)" if epochs else "")
-
-
 METHOD = register(Method(
-    name="lora", title="LoRA", kind="parameter-efficient", notebook="05_lora", order=5, config=LoRAConfig,
+    name="lora", title="LoRA", kind="parameter-efficient", order=5, config=LoRAConfig,
     apply=apply, short="lora", summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}",
     # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 30-40 epochs on
     # ViT-B-32: at 5 epochs LoRA reaches 39.7 % with lr 1e-3 vs 26.0 % with the reference 1e-4 (stand-in test).
     profiles={"smoke": {"epochs": 5, "lr": 1e-3}, "rehearse": {"epochs": 1}},
-    # smoke: the sweep's ranks train at most 2 epochs each (the main run 5): notebook 05 within the smoke budget
-    notebook_defaults={"full": {"ranks": [1, 2, 4, 8, 16]}, "smoke": {"ranks": [1, 8, 32], "sweep_epochs": 2},
-                       "rehearse": {"ranks": [8]}, "quick": {"ranks": [1, 2]}},
-    notebook_checks={"ranks": list_of(integer(1, optional=False)), "sweep_epochs": integer(1)},
-    plan=_plan,
     variants={"lora-qkvo": Variant({"targets": ("q", "k", "v", "out")}, "r=8, q k v out", ("params",)),
               "lora-all": Variant({"targets": ("q", "k", "v", "out", "fc", "proj")}, "r=8, all linear layers",
                                   ("params",))},

@@ -13,9 +13,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..config import make_config
 from ..models import CLIPClassifier
-from . import apply_method, get, registry, trainable_parameters
+from . import apply_method, get, make_config, registry, trainable_parameters
 
 def variants() -> list[tuple[str, dict[str, Any], str]]:
     """Non-default configs shown with ``variants=True``: (method, overrides, description), from each method's

@@ -49,9 +49,8 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import TrainConfig, _integer, _positive
+from ..config import TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
-from ..notebook_params import flag, integer
 from .base import Method, Variant, freeze, param_groups, register
 
 KINDS = {"prefix": "prefix-tuning", "prompt": "prompt tuning", "vpt_deep": "VPT-deep"}
@@ -278,8 +277,8 @@ class PrefixTuningConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        _integer(self, "prefix_length", "prefix_hidden")
-        _positive(self, "prefix_length", "prefix_hidden")
+        check_integer(self, "prefix_length", "prefix_hidden")
+        check_positive(self, "prefix_length", "prefix_hidden")
         if self.kind not in KINDS:
             raise ConfigError(f"PrefixTuningConfig.kind must be 'prefix' (Li & Liang's key/value prefixes), "
                               f"'prompt' (prompt tuning: input tokens) or 'vpt_deep' (VPT-deep), got "
@@ -287,30 +286,13 @@ class PrefixTuningConfig(TrainConfig):
                               f"kind='vpt_deep'.")
 
 
-def _plan(params: dict[str, Any], prof: Any) -> str:
-    """What else notebook 04 trains: the variants, and their epochs where the profile shortens them."""
-    from ..config import notebook_default
-    if not params.get("variants", True):
-        return ""
-    epochs = params.get("variant_epochs") or notebook_default(prof.name, "variant_epochs")
-    return " + the variants prompt tuning and VPT-deep" + (f" (at most {epochs} epoch(s) each)" if epochs else "")
-
-
 METHOD = register(Method(
-    name="prefix_tuning", title="Prefix-tuning", kind="parameter-efficient", notebook="04_prefix_tuning", order=4,
+    name="prefix_tuning", title="Prefix-tuning", kind="parameter-efficient", order=4,
     config=PrefixTuningConfig, apply=apply, short="prefix",
     summary=lambda cfg: f"{KINDS[cfg.kind]}, P={cfg.prefix_length}, MLP {cfg.prefix_hidden}",
     # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 40 epochs on
     # ViT-B-32 (see lora.py's note).
     profiles={"smoke": {"epochs": 5, "lr": 1e-3}, "rehearse": {"epochs": 1}},
-    # smoke: the two variants train at most 2 epochs each (the main row 5): notebook 04 within the smoke budget
-    notebook_defaults={"smoke": {"variant_epochs": 2},
-                       "rehearse": {"vit_timing": False, "timing_repeats": 3, "timing_batch": 8},
-                       "quick": {"variants": False, "vit_timing": False}},
-    notebook_checks={"variants": flag, "variant_epochs": integer(1), "vit_timing": flag,
-                     "vit_timing_batch": integer(1, optional=False),
-                     "timing_repeats": integer(3), "timing_batch": integer(1, optional=False)},
-    plan=_plan,
     variants={"prefix_tuning-prompt": Variant({"kind": "prompt"}, "prompt tuning (input tokens), P=10"),
               "prefix_tuning-vpt_deep": Variant({"kind": "vpt_deep"}, "VPT-deep (tokens per block), P=10")},
 ))

@@ -383,12 +383,12 @@ def save_tip_result(course: Any, fit: TipFit, cfg: Any, feats: dict[str, Any], t
 # parameter table and `bench` (which apply a method to a CLIPClassifier) leave them out; the result rows carry the
 # real counts (0 and N·D).
 TIP_ADAPTER = register(Method(
-    name="tip_adapter", title="Tip-Adapter", kind="frozen features", notebook="02_linear_probe", order=2.3,
+    name="tip_adapter", title="Tip-Adapter", kind="frozen features", order=2.3,
     config=TipAdapterConfig, summary=lambda cfg: f"training-free cache; α, β on val ({len(cfg.alphas)}×{len(cfg.betas)})",
-    short="tip", bench="none", image_batches=False, rebuild=rebuild,
+    short="tip", image_batches=False, rebuild=rebuild,
 ))
 TIP_ADAPTER_F = register(Method(
-    name="tip_adapter_f", title="Tip-Adapter-F", kind="frozen features", notebook="02_linear_probe", order=2.6,
+    name="tip_adapter_f", title="Tip-Adapter-F", kind="frozen features", order=2.6,
     config=TipAdapterFConfig, summary=lambda cfg: f"cache keys (N·D) trained {cfg.epochs} epochs; α, β on val",
-    short="tipf", bench="none", image_batches=False, profiles={"rehearse": {"epochs": 1}}, rebuild=rebuild,
+    short="tipf", image_batches=False, profiles={"rehearse": {"epochs": 1}}, rebuild=rebuild,
 ))

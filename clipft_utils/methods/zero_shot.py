@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..config import _integer, _positive
+from ..config import check_integer, check_positive
 from ..errors import ConfigError
-from ..notebook_params import integer
 from .base import Method, register
 
 if TYPE_CHECKING:
@@ -25,8 +24,8 @@ class ZeroShotConfig:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        _integer(self, "batch_size")
-        _positive(self, "batch_size")
+        check_integer(self, "batch_size")
+        check_positive(self, "batch_size")
         if self.templates not in ("single", "ensemble"):
             raise ConfigError(f"ZeroShotConfig.templates must be 'single' or 'ensemble', got {self.templates!r}.")
 
@@ -69,7 +68,6 @@ def class_embeddings(loaded: Any, classnames: Sequence[str], templates: Sequence
 
 
 METHOD = register(Method(
-    name="zero_shot", title="Zero-shot", kind="no training", notebook="01_zero_shot", order=1,
-    config=ZeroShotConfig, summary=lambda cfg: "prompts only", short="zs", trains=False, bench="none",
-    image_batches=False, notebook_checks={"ensemble_size": integer(1)},
+    name="zero_shot", title="Zero-shot", kind="no training", order=1,
+    config=ZeroShotConfig, summary=lambda cfg: "prompts only", short="zs", trains=False, image_batches=False,
 ))

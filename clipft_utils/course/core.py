@@ -13,15 +13,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import data as D
-from .config import Profile, check_method, get_profile, profile_data_root
-from .datasets import Dataset, check_noting, get_dataset, is_folder
-from .errors import ConfigError, DatasetError, OfflineError
-from .labels import run_label, warnings_for
-from .models import STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device
-from .paths import PROJECT_ROOT, atomic_path, cache_dir, ensure_writable, results_root
-from .results import make_result, point_suffix, result_path, run_name, save_result
-from .seeding import seed_everything
+from .. import data as D
+from ..config import Profile, get_profile, profile_data_root
+from ..datasets import Dataset, check_noting, get_dataset, is_folder
+from ..errors import ConfigError, DatasetError, OfflineError
+from ..labels import run_label, warnings_for
+from ..methods import get as get_method
+from ..models import STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device
+from ..paths import PROJECT_ROOT, atomic_path, cache_dir, ensure_writable, results_root
+from ..results import make_result, point_suffix, result_path, run_name, save_result
+from ..seeding import seed_everything
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Course:
     def zero_shot_head(self, ensemble: bool = False) -> torch.Tensor:
         """``logit_scale * text embeddings`` of the class prompts (computed once per course)."""
         if ensemble not in self._heads:  # computed once per model, weights, classes and templates (features.py)
-            from .features import zero_shot_head as cached
+            from ..features import zero_shot_head as cached
             self._heads[ensemble] = cached(self.loaded, self.classnames, self.templates(ensemble))
         return self._heads[ensemble]
 
@@ -113,8 +114,8 @@ class Course:
         """Batches of a split on the course's device: shuffled and augmented for training, plain for evaluation.
 
         ``sharded``: under torchrun each rank gets its part of every (global) batch."""
-        from . import distributed
-        from .loader import CachedLoader
+        from .. import distributed
+        from ..loader import CachedLoader
         bs = batch_size or (self.batch_size if train else self.eval_batch_size)
         rank, world = (distributed.rank(), distributed.world()) if sharded else (0, 1)
         return CachedLoader(self.splits[split], bs, shuffle=train, augment=train, seed=self.seed, device=self.device,
@@ -123,7 +124,7 @@ class Course:
     def default(self, name: str, value: Any = None) -> Any:
         """A notebook parameter: ``value`` when given, else this profile's default for it (declared by the method
         that owns the parameter, ``Method.notebook_defaults``; the full profile's when this one sets none)."""
-        from .config import notebook_default
+        from .sections import notebook_default
         return value if value is not None else notebook_default(self.profile.name, name)
 
     def run_id(self, method: str, variant: str | None = None) -> str:
@@ -134,7 +135,7 @@ class Course:
 
     def features(self, split: str, progress: bool = True):
         """Cached frozen features of a split (see features.extract_features)."""
-        from .features import extract_features
+        from ..features import extract_features
         return extract_features(self.loaded.model.visual, self.splits[split], model_name=self.loaded.name,
                                 weights_id=self.loaded.weights_id, batch_size=self.eval_batch_size,
                                 device=self.device, progress=progress)
@@ -221,7 +222,7 @@ def setup(profile: str | None = None, *, model: str | None = None, pretrained: s
     test split, k = a fixed, balanced subset of k test images per class (the same for every seed). ``data_split``:
     how a folder of images is split (train, val[, test] per class: counts, fractions or 'rest'; None = its default).
     """
-    from .notebook_params import check_value
+    from .params import check_value
     check_checkout()
     prof = resolve_profile(profile)
     for name, value in dict(seed=seed, device=device, batch_size=batch_size, shots=shots, val_shots=val_shots,
@@ -277,11 +278,11 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
     and says so, when the checkpoint belongs to another run; True refuses it; False ignores it. Under torchrun
     every rank trains and rank 0 evaluates and writes.
     """
-    from . import distributed
-    from .engine import fit
-    from .evaluate import evaluate
-    from .heads import head_path, save_head
-    check_method(method)
+    from .. import distributed
+    from ..engine import fit
+    from ..evaluate import evaluate
+    from ..heads import head_path, save_head
+    get_method(method)
     name = course.run_name(method, variant)
     ckpt = course.results_dir / "checkpoints" / f"{name}.pt" if checkpoint else None
     train = fit(clf, groups, course.loader("train", train=True, sharded=True), course.loader("val", sharded=True),
@@ -312,7 +313,7 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
         weight, bias = clf.head_tensors() if hasattr(clf, "head_tensors") else (clf.head.weight, clf.head.bias)
         save_head(head_path(course.results_dir, name), weight, bias, method=method,
                   variant=variant or "", model=course.loaded.name, dataset=course.dataset)
-        from .modelfolder import save_head_model, save_model
+        from ..modelfolder import save_head_model, save_model
         if not hasattr(clf, "head_tensors"):
             save_model(course, method, clf, result=result, variant=variant, config=cfg, dtype=model_dtype,
                        check=(course.loader("test"), test))

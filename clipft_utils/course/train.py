@@ -16,8 +16,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from .config import PROFILES
-from .methods import registry
+from ..config import PROFILES
+from ..methods import registry
 
 
 def _fields(pairs: Sequence[str] | None) -> dict:
@@ -61,11 +61,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Train one method (on every rank under torchrun); rank 0 prints and writes."""
     import torch
-    from . import distributed
-    from .config import make_config
-    from .course import setup, train_method
-    from .errors import ClipftError
-    from .methods import apply_method, get
+    from .. import distributed
+    from ..methods import make_config
+    from .core import setup, train_method
+    from ..errors import ClipftError
+    from ..methods import apply_method, get
     args = parser().parse_args(argv)
     try:
         device = distributed.init(args.device)

@@ -1,4 +1,4 @@
-"""One notebook through papermill, in a process of its own: ``python -m clipft_utils.nbworker SRC DST PARAMS``.
+"""One notebook through papermill, in a process of its own: ``python -m clipft_utils.course.nbworker SRC DST PARAMS``.
 
 The runner starts one of these per job. It imports papermill and nothing of the course (torch is imported by
 the notebook's kernel, not here), so each job's start costs what papermill costs and no more (measured on 2

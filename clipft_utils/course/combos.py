@@ -14,10 +14,10 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from . import combine
-from .evaluate import EvalResult, evaluate
-from .heads import find_head, head_logits
-from .results import read_result, save_result
+from .. import combine
+from ..evaluate import EvalResult, evaluate
+from ..heads import find_head, head_logits
+from ..results import read_result, save_result
 
 __all__ = [
     "extra_configs", "short_run", "linear_probe_head", "Adapter", "lora_adapter", "rebuilt_members",
@@ -33,7 +33,8 @@ def extra_configs(course: Any, cfg: Any, epochs: int | None, extra_epochs: int |
                   batch_size: int | None = None) -> tuple[Any, Any]:
     """(full fine-tuning's, LoRA's) recipe for the extra trainings: ``extra_epochs``, else ``epochs``, else the
     profile's (None: each method's own epochs); a shorter run gets a warm-up of at most a third of it."""
-    from .config import extra_epochs as epochs_of_extras, make_config
+    from ..config import extra_epochs as epochs_of_extras
+    from ..methods import make_config
     n = epochs_of_extras(course.profile, epochs, extra_epochs)
     cfg_extra = cfg if n is None else dataclasses.replace(cfg, epochs=n, warmup_epochs=min(cfg.warmup_epochs, n // 3))
     return cfg_extra, make_config("lora", course.profile, epochs=n, batch_size=batch_size)
@@ -41,8 +42,8 @@ def extra_configs(course: Any, cfg: Any, epochs: int | None, extra_epochs: int |
 
 def short_run(course: Any, method: str, cfg: Any, variant: str, head: Mapping[str, Any] | None = None):
     """Train ``method`` with recipe ``cfg`` from the zero-shot head (or ``head``); its row is not written."""
-    from .course import train_method
-    from .methods import apply_method
+    from .core import train_method
+    from ..methods import apply_method
     model = course.classifier()
     if head is not None:
         combine.set_head(model, head["weight"], head["bias"])
@@ -52,8 +53,8 @@ def short_run(course: Any, method: str, cfg: Any, variant: str, head: Mapping[st
 
 def linear_probe_head(course: Any) -> tuple[dict[str, Any], str]:
     """(head, where it came from): notebook 02's saved head, else one fitted here on the cached features."""
-    from .config import make_config
-    from .methods import linear_probe
+    from ..methods import make_config
+    from ..methods import linear_probe
     head = linear_probe.load_head(course.results_dir, course.seed, course.shots)
     if head is not None:
         return head, "notebook 02's saved head"
@@ -81,7 +82,7 @@ class Adapter:
 def lora_adapter(course: Any, lora_cfg: Any, precision: str) -> Adapter:
     """Notebook 05's adapter with its saved head (together they rebuild its model exactly), else one trained here
     from the zero-shot head with ``lora_cfg`` — a model of its own, not notebook 05's."""
-    from .methods import lora
+    from ..methods import lora
     adapter_file = course.results_dir / "adapters" / f"{course.run_name('lora')}.pt"
     head = find_head(course.results_dir, course.run_name("lora"))
     if adapter_file.exists() and head is not None:
@@ -143,7 +144,7 @@ def one_model(course: Any, row: dict[str, Any], clf: Any, test: Any, shape: str,
               how: dict[str, Any]) -> Path:
     """The model folder of a combination that is one model of ``shape``'s form (a method: its ``config`` rebuilds
     it), e.g. WiSE-FT's θ(α) or an LP→FT run; ``how``: what made it (in the manifest as ``combination``)."""
-    from .modelfolder import save_model
+    from ..modelfolder import save_model
     # ``clf`` is a trained model of that shape (or a copy of one): its requires_grad flags are the ones training set,
     # which say what the folder holds; the rebuild applies the shape's method and checks the keys against them
     return save_model(course, row["method"], clf, result=row, variant=row.get("variant"), config=config,
@@ -225,7 +226,7 @@ def write_wise_ft(course: Any, sweep: combine.WiseFT, alpha: float, alphas: Sequ
 def base_novel_evals(course: Any, clf_base: Any, base: Sequence[int], novel: Sequence[int]) -> dict[tuple, EvalResult]:
     """Test top-1 on the base and the novel classes with the pretrained and the base-fine-tuned image tower, keyed
     (classes, tower). Base classes use each model's head; novel ones the zero-shot text head (never trained)."""
-    from .features import encode_images
+    from ..features import encode_images
     zs_head = course.zero_shot_head()
     test_pre = course.features("test", progress=False)                       # pretrained tower (cached)
     test_ft = encode_images(clf_base.visual, course.splits["test"], batch_size=course.eval_batch_size,
@@ -244,7 +245,7 @@ def write_base_to_novel(course: Any, evals: Mapping[tuple, EvalResult], table: p
                         clf_base: Any, cfg: Any, base: Sequence[int], novel: Sequence[int]) -> Path:
     """Write the ``full_finetune-base2novel`` row: novel-class zero-shot top-1 with the base-fine-tuned tower (and the
     base, novel and harmonic-mean numbers of ``table`` for both towers)."""
-    from .models import count_parameters
+    from ..models import count_parameters
     trainable, total = count_parameters(clf_base)
     row = combine.combination_result(
         course, "full_finetune", "base2novel", evals[("novel", "fine-tuned")], val_acc=fit.best_val_acc,
@@ -265,7 +266,7 @@ def fusion_evals(course: Any, adapter: Adapter, run_b: Any, pairs: Sequence[Sequ
                  precision: str) -> dict[str, dict[str, EvalResult]]:
     """Validation and test evaluations of A alone, B alone and each fused adapter ``fused<i>`` (weights ``pairs[i]``)
     held by ``adapter.model``; B's test evaluation is its training run's."""
-    from .methods import lora
+    from ..methods import lora
 
     def on(name: str, splits: Sequence[str] = SPLITS) -> dict[str, EvalResult]:
         lora.set_adapter(adapter.model, name)
@@ -282,7 +283,7 @@ def write_adapter_fusion(course: Any, adapter: Adapter, run_b: Any, cfg_b: Any, 
     """Write the ``adapter_fusion-qv+mlp`` row of the fused weights best on validation; returns (its name, file).
 
     Parameters: both adapters and the head train; the model is the frozen tower plus them."""
-    from .methods import lora
+    from ..methods import lora
     fused = [k for k in fusion if k.startswith("fused")]
     pick = max(fused, key=lambda k: fusion[k]["val"].top1)
     weights = pairs[fused.index(pick)]

@@ -22,17 +22,19 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import make_config
-from .memory import PeakMemory
-from .evaluate import autocast_context, resolve_precision
-from .models import CLIPClassifier, count_parameters, load_clip, resolve_device
+from ..methods import make_config
+from ..memory import PeakMemory
+from ..evaluate import autocast_context, resolve_precision
+from ..models import CLIPClassifier, count_parameters, load_clip, resolve_device
 
 def variants() -> dict[str, tuple[str, dict[str, Any]]]:
     """Name -> (method, config overrides): every method that `bench` times, then its variants timed by bench."""
-    from .methods import registry
+    from ..methods import get
+    from .sections import sections
     out: dict[str, tuple[str, dict[str, Any]]] = {}
-    for m in registry():
-        if m.bench == "none":
+    for s in sections():
+        m = get(s.method)
+        if s.bench == "none":
             continue
         out[m.name] = (m.name, {})
         out |= {name: (m.name, dict(v.config)) for name, v in m.variants.items() if "bench" in v.shown_in}
@@ -95,15 +97,15 @@ def bench_variant(name: str, loaded, num_classes: int, device: torch.device, bat
                   warmup: int, precision: str) -> dict[str, Any]:
     """Training-step throughput and peak memory of one method variant (inference only for the probe). A text-side
     method (CoOp, CLIP-LoRA) trains a ``TextSideClassifier``: its step runs the text tower on every class prompt."""
-    from .methods import apply_method
-    from .methods import get
+    from ..methods import apply_method, get
+    from .sections import section
     method, overrides = variants()[name]
     spec = get(method)
-    inference = spec.bench == "inference"
+    inference = section(method).bench == "inference"
     cfg = make_config(method, **overrides)
     visual = loaded.model.visual
     if spec.text_apply is not None:
-        from .textside import build
+        from ..textside import build
         clf = build(loaded, *flowers_prompts(num_classes), device)
         groups = spec.text_apply(clf, cfg)
     else:
@@ -160,7 +162,7 @@ def bench_loader(size: int, device: torch.device, batch_size: int, n: int = 512,
     on ``device``), over ``n`` random cached images of ``size`` px."""
     import numpy as np
     from types import SimpleNamespace
-    from .loader import CachedLoader
+    from ..loader import CachedLoader
     images = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     split = SimpleNamespace(images=images, labels=np.arange(n) % 102, indices=None, image_size=size,
                             mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28))
@@ -180,8 +182,8 @@ def bench_loader(size: int, device: torch.device, batch_size: int, n: int = 512,
 
 def bench_pipeline(loaded, root: str, device: torch.device, batch_size: int) -> dict[str, Any]:
     """Decode + cache + feature extraction of a Flowers102-shaped folder (the real pipeline, timed)."""
-    from .data import get_split
-    from .features import extract_features
+    from ..data import get_split
+    from ..features import extract_features
     out: dict[str, Any] = {}
     for split in ("train", "val", "test"):
         start = time.perf_counter()
@@ -238,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["pipeline"] = bench_pipeline(loaded, args.flowers_root, device, 256)
         print(json.dumps(report["pipeline"], indent=1))
     if args.json:
-        from .paths import atomic_write_text
+        from ..paths import atomic_write_text
         atomic_write_text(args.json, json.dumps(report, indent=1))
     return 0
 

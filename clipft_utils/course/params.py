@@ -11,8 +11,8 @@ import ast
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import PRECISIONS, PROFILES
-from .errors import ConfigError
+from ..config import PRECISIONS, PROFILES
+from ..errors import ConfigError
 
 Check = Callable[[str, Any], None]
 
@@ -98,7 +98,7 @@ def device(name: str, value: Any) -> None:
 
 def data_split(name: str, value: Any) -> None:
     """None, or how a folder of images is split: train, val[, test] per class (``imagefolder.SplitSpec``)."""
-    from .datasets.base import SplitSpec
+    from ..datasets.base import SplitSpec
     SplitSpec.parse(value)
 
 
@@ -136,15 +136,15 @@ CHECKS: dict[str, Check] = {
     "interactive": one_of(True, False), "labelled_per_class": integer(1), "photos": photos,
 }
 """The checks of the parameters every notebook shares; a method's own notebook parameters are checked by the
-checks its module declares (``Method.notebook_checks``)."""
+checks its course section declares (``Section.notebook_checks``)."""
 
 
 def checks() -> dict[str, Check]:
     """Every known check: the shared ones and each registered method's."""
-    from .methods import registry
+    from .sections import sections
     out = dict(CHECKS)
-    for m in registry():
-        out.update(m.notebook_checks)
+    for s in sections():
+        out.update(s.notebook_checks)
     return out
 
 
