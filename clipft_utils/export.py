@@ -39,16 +39,6 @@ def _load(model: str | Path, results: str | Path | None):
     return saved, loaded, build_classifier(saved, loaded)
 
 
-def _plain(clf: nn.Module) -> nn.Module:
-    """``clf`` with LoRA merged into the weights and its wrappers removed (the stock open_clip modules again)."""
-    from .modelfolder import _active_lora
-    if _active_lora(clf) is not None:
-        from .methods import lora
-        lora.merge(clf)
-        lora.unload(clf)
-    return clf.eval()
-
-
 def check_images(saved: Any, n: int = CHECK_IMAGES, seed: int = 0) -> torch.Tensor:
     """``n`` normalised test inputs [n, 3, S, S]: random pixels 0..255 through the course's normalisation."""
     from .loader import normalise
@@ -88,11 +78,13 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
     import open_clip
     from safetensors.torch import save_file
     from .heads import head_logits, save_head
-    from .modelfolder import _prefix_visual
+    from .methods import get
+    from .modelfolder import plain
     saved, loaded, clf = _load(model, results)
-    if _prefix_visual(clf) is not None:
-        raise ConfigError(f"'{saved.folder}' is a prefix-tuning model ({saved.method}): its learned tokens are extra inputs of every "
-                          "forward pass, not a change of open_clip's weights, so no open_clip state dict can hold it. "
+    if not get(saved.structure).tower_weights:
+        raise ConfigError(f"'{saved.folder}' is a {saved.method} model: what it learned is not a change of open_clip's "
+                          "weights (prefix-tuning's tokens are extra inputs of every forward pass), so no open_clip "
+                          "state dict can hold it. "
                           "Fix: export it with --format onnx (the prefix is part of that graph), or use "
                           "`python -m clipft_utils predict` on it.")
     if type(clf.head) is not nn.Linear:
@@ -100,7 +92,7 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
                           "the linear head that classifier.safetensors holds beside an open_clip state dict. Fix: "
                           "export it with --format onnx (the whole head is part of that graph), or use "
                           "`python -m clipft_utils predict` on it.")
-    _plain(clf)
+    plain(clf, saved.structure)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in loaded.model.state_dict().items()}
@@ -158,7 +150,8 @@ def export_onnx(model: str | Path, out: str | Path, results: str | Path | None =
     ort = _need_onnx()
     import onnx
     saved, loaded, clf = _load(model, results)
-    clf = _plain(clf).float()
+    from .modelfolder import plain
+    clf = plain(clf, saved.structure).float()
     out = Path(out)
     path = out if out.suffix == ".onnx" else out / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ fully fine-tuned tower (350 MB in fp32 on ViT-B-32) is what fp16 is for."""
 PREPROCESS = {"exif_transpose": True, "resize": "shorter side to image_size", "interpolation": "bicubic",
               "crop": "center", "convert": "RGB after the crop", "scale": "x / 255", "normalize": "(x - mean) / std"}
 """open_clip's evaluation preprocessing, as the course decodes (datasets.base.eval_geometry, loader.normalise)."""
-_LORA_KEY = re.compile(r"(\.lora\.[^.]+\.[AB]\.)([^.]+)$")
 
 
 def models_dir(results_dir: str | Path) -> Path:
@@ -71,82 +69,51 @@ def base_digest(visual: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _prefix_visual(clf: nn.Module):
-    from .methods.prefix_tuning import PrefixVisual
-    return clf.visual if isinstance(clf.visual, PrefixVisual) else None
+def deployable(method: str, clf: nn.Module) -> tuple[nn.Module, bool]:
+    """The trained classifier of ``method`` as a model folder saves it: (a ``CLIPClassifier``, head only). The method's
+    ``deployed`` hook decides (CoOp: a head over the frozen tower; CLIP-LoRA: its image side); else ``clf`` itself."""
+    from .methods import get
+    hook = get(method).deployed
+    return (clf, False) if hook is None else hook(clf)
 
 
-def _active_lora(clf: nn.Module) -> str | None:
-    """The active LoRA adapter of ``clf`` (None without LoRA, or for a tower LoRA cannot wrap)."""
-    from .methods import lora
-    try:
-        return lora.active_adapter(clf)
-    except ConfigError:
-        return None
+def _method_tensors(clf: nn.Module, method: str) -> dict[str, torch.Tensor]:
+    """What ``method`` changed in the tower of ``clf``, by file key: its ``saved_tensors`` hook, else the parameters
+    it trains (``requires_grad``, as ``apply_method`` set them) other than the head."""
+    from .methods import get
+    hook = get(method).saved_tensors
+    if hook is not None:
+        return dict(hook(clf))
+    return {name: p.detach() for name, p in clf.named_parameters() if p.requires_grad and name not in HEAD_KEYS}
 
 
-def _canonical_lora(name: str, active: str | None) -> str:
-    """A LoRA key with its adapter named ``default`` (what ``apply_method`` creates when the model is rebuilt)."""
-    m = _LORA_KEY.search(name)
-    if m and active and m.group(2) == active:
-        return name[:m.start(2)] + "default"
-    return name
-
-
-def _changed_parameters(clf: nn.Module, head_only: bool = False) -> dict[str, nn.Parameter]:
-    """File key -> parameter, for the parameters the method trains (``requires_grad``, as ``apply_method`` set them)
-    except the head and the prefix MLP, LoRA's adapter named ``default``. ``head_only``: nothing of the tower, and
-    whatever the head holds besides its weight and bias (Tip-Adapter's cache: keys, values, α, β)."""
+def changed_state(clf: nn.Module, method: str, head_only: bool = False) -> dict[str, torch.Tensor]:
+    """What ``method`` changed in ``clf``, by name, plus the head. ``head_only``: a head over the frozen tower (zero-shot,
+    the linear probe, CoOp), whatever the tower's flags say, with whatever the head holds besides its weight and bias
+    (Tip-Adapter's cache: keys, values, α, β)."""
     if head_only:
-        return {f"head.{n}": p for n, p in clf.head.named_parameters() if f"head.{n}" not in HEAD_KEYS}
-    active = _active_lora(clf)
-    return {_canonical_lora(name, active): p for name, p in clf.named_parameters()
-            if p.requires_grad and name not in HEAD_KEYS and not name.startswith("visual.encoder.")}
-
-
-def changed_state(clf: nn.Module, head_only: bool = False) -> dict[str, torch.Tensor]:
-    """What the method changed in ``clf``, by name: the parameters it trains (``requires_grad``) with the prefix MLP
-    replaced by its folded output, plus the head. ``head_only``: a head over the frozen tower (zero-shot, the linear
-    probe), whatever the tower's flags say."""
-    state = {k: p.detach() for k, p in _changed_parameters(clf, head_only).items()}
-    pv = _prefix_visual(clf)
-    if pv is not None and pv.length > 0 and not head_only:
-        state["visual.folded"] = pv.prefixes().detach()  # the MLP's output: all that inference needs
+        state = {f"head.{n}": p.detach() for n, p in clf.head.named_parameters() if f"head.{n}" not in HEAD_KEYS}
+    else:
+        state = _method_tensors(clf, method)
     state["head.weight"] = clf.head.weight.detach()
     state["head.bias"] = (clf.head.bias.detach() if clf.head.bias is not None
                           else torch.zeros(clf.head.weight.shape[0], device=clf.head.weight.device))
     return state
 
 
-def rounding_changes(clf: nn.Module, dtype: str, loader: Any, reference: Any, precision: str = "auto") -> int:
-    """How many of ``reference``'s predictions (an ``EvalResult`` of ``clf`` on ``loader``) change when the method's
-    tensors are rounded to ``dtype`` as the file stores them; ``clf`` is left exactly as it was."""
+def rounding_changes(clf: nn.Module, method: str, config: Any, dtype: str, base_visual: nn.Module, loader: Any,
+                     reference: Any, precision: str = "auto") -> int:
+    """How many of ``reference``'s predictions (an ``EvalResult`` of ``clf`` on ``loader``) change when the model is
+    rebuilt from the tensors a folder would store in ``dtype``, over a copy of the base tower ``base_visual`` (the
+    model ``predict`` would load); ``clf`` and the base tower are left as they were."""
+    import copy
     from .evaluate import evaluate
     if dtype == "fp32":
         return 0
-    params = _changed_parameters(clf)
-    saved = {k: p.detach().clone() for k, p in params.items()}
-    pv = _prefix_visual(clf)
-    unfolded = pv is not None and pv.folded is None and pv.length > 0
+    tensors = _file_tensors(changed_state(clf, method), dtype)
     device = next(clf.parameters()).device
-    try:
-        with torch.no_grad():
-            for p in params.values():
-                p.copy_(p.to(DTYPES[dtype]).to(p.dtype))
-            if unfolded:
-                pv.folded = nn.Parameter(pv.prefixes().detach().to(DTYPES[dtype]).float(), requires_grad=False)
-            elif pv is not None and pv.folded is not None:
-                saved["__folded__"] = pv.folded.detach().clone()
-                pv.folded.copy_(pv.folded.to(DTYPES[dtype]).float())
-        rounded = evaluate(clf, loader, device=device, precision=precision)
-    finally:
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(saved[k])
-            if unfolded:
-                pv.folded = None
-            elif "__folded__" in saved:
-                pv.folded.copy_(saved["__folded__"])
+    rebuilt = _rebuild(method, config, tensors, copy.deepcopy(base_visual), False).to(device)
+    rounded = evaluate(rebuilt, loader, device=device, precision=precision)
     return int((rounded.preds != reference.preds).sum())
 
 
@@ -189,22 +156,26 @@ def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None 
     from .results import _clean
     name = course.run_name(method, variant)
     folder = Path(folder) if folder is not None else model_path(course.results_dir, name)
+    structure = rebuild_as or method  # the method whose hooks save (and rebuild) the model
     note = None
-    if dtype in DTYPES and dtype != "fp32" and not head_only:  # an unknown dtype is refused by _file_tensors
-        mb = sum(t.numel() for k, t in changed_state(clf).items() if k not in HEAD_KEYS) * 4 / 2**20
+    if head_only and dtype in DTYPES:
+        dtype = "fp32"  # a head (and Tip-Adapter's cache) is small and sets the logits: always exact
+    if dtype in DTYPES and dtype != "fp32":  # an unknown dtype is refused by _file_tensors
+        mb = sum(t.numel() for k, t in changed_state(clf, structure).items() if k not in HEAD_KEYS) * 4 / 2**20
         if mb < FP16_MIN_MB:
             note = f"the method's tensors are small ({mb:.2f} MiB in fp32, under {FP16_MIN_MB:g}), so they are kept exact"
             dtype = "fp32"
-    if check is not None and dtype != "fp32" and not head_only:
-        changed = rounding_changes(clf, dtype, *check, precision=(result or {}).get("precision") or "auto")
+    result = result or {}
+    cfg = config.to_dict() if hasattr(config, "to_dict") else (config or result.get("config") or {})
+    if check is not None and dtype != "fp32":
+        changed = rounding_changes(clf, structure, _config(structure, cfg, folder), dtype, course.loaded.model.visual,
+                                   *check, precision=result.get("precision") or "auto")
         if changed:  # the folder must reproduce the run's predictions: keep the exact values instead
             note = (f"{dtype} changed {changed} of {len(check[1].preds)} test predictions, so the tensors are "
                     "stored in fp32")
             dtype = "fp32"
-    tensors = _file_tensors(changed_state(clf, head_only), dtype)
+    tensors = _file_tensors(changed_state(clf, structure, head_only), dtype)
     loaded = course.loaded
-    result = result or {}
-    cfg = config.to_dict() if hasattr(config, "to_dict") else (config or result.get("config") or {})
     manifest = {
         "format": FORMAT, "method": method, "head_only": head_only, "variant": variant, "run": name, "config": cfg,
         **({"rebuild_as": rebuild_as, "combination": combination or {}} if rebuild_as else {}),
@@ -355,18 +326,21 @@ def read_model(folder: str | Path) -> SavedModel:
     return SavedModel(folder, manifest, tensors)
 
 
-def _config(saved: SavedModel) -> Any:
+def _config(method: str, given: dict[str, Any], folder: Path, written_by: str | None = None) -> Any:
+    """``method``'s config from a manifest's ``config`` dict (lists back to the tuples the dataclass declares)."""
+    import dataclasses
+    import typing
     from .methods import get
-    method = saved.structure
     cls = get(method).config
-    known = set(cls.__dataclass_fields__)
-    given = dict(saved.manifest.get("config") or {})
-    unknown = sorted(set(given) - known)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(given) - set(known))
     if unknown:
-        raise ConfigError(f"The model folder '{saved.folder}' was written with a {method} config field(s) {unknown} "
+        raise ConfigError(f"The model folder '{folder}' was written with a {method} config field(s) {unknown} "
                           f"this library ({library_version()}) does not know (written by "
-                          f"{saved.manifest.get('library_version')}). Fix: use the clipft version that wrote it.")
-    return cls(**{k: tuple(v) if isinstance(v, list) and k in ("targets",) else v for k, v in given.items()})
+                          f"{written_by or 'another version'}). Fix: use the clipft version that wrote it.")
+    hints = typing.get_type_hints(cls)
+    tuples = {k for k in known if typing.get_origin(hints.get(k)) is tuple}
+    return cls(**{k: tuple(v) if isinstance(v, list) and k in tuples else v for k, v in given.items()})
 
 
 def load_base(saved: SavedModel, device: str | torch.device = "cpu"):
@@ -389,43 +363,63 @@ def load_base(saved: SavedModel, device: str | torch.device = "cpu"):
     return loaded
 
 
-def build_classifier(saved: SavedModel, loaded: Any) -> nn.Module:
-    """The trained classifier: ``CLIPClassifier`` over ``loaded``'s tower, the method applied, the tensors loaded."""
-    from .methods import apply_method, freeze, get, prefix_tuning
+class _Mismatch(ValueError):
+    """The tensors of a model folder do not fit the model its manifest builds (the message says how)."""
+
+
+def _rebuild(structure: str, cfg: Any, tensors: dict[str, torch.Tensor], visual: nn.Module,
+             head_only: bool) -> nn.Module:
+    """``CLIPClassifier`` over ``visual`` with ``structure`` applied (its ``rebuild`` hook, else ``apply``) and
+    ``tensors`` loaded by name, strictly; frozen, in eval mode. A mismatch raises ``_Mismatch``."""
+    from .methods import apply_method, freeze, get
     from .models import CLIPClassifier
-    cfg = _config(saved)
-    n, dim = saved.tensors["head.weight"].shape
-    clf = CLIPClassifier(loaded.model.visual, torch.zeros(n, dim))
-    rebuild = get(saved.structure).rebuild
+    n, dim = tensors["head.weight"].shape
+    clf = CLIPClassifier(visual, torch.zeros(n, dim))
+    rebuild = get(structure).rebuild
     if rebuild is None:
-        apply_method(saved.structure, clf, cfg)
+        apply_method(structure, clf, cfg)
     else:
         freeze(clf)
-        rebuild(clf, cfg, saved.tensors)
-    if _prefix_visual(clf) is not None:
-        prefix_tuning.fold(clf.visual)  # the folder holds the folded prefix (its MLP is not needed for inference)
-    expected = changed_state(clf, bool(saved.manifest.get("head_only")))
-    file_keys, want = set(saved.tensors), set(expected)
+        rebuild(clf, cfg, tensors)
+    expected = changed_state(clf, structure, head_only)
+    file_keys, want = set(tensors), set(expected)
     if file_keys != want:
         extra, lacking = sorted(file_keys - want), sorted(want - file_keys)
-        parts = ([f"{len(extra)} key(s) this {saved.method} model does not have, e.g. {extra[:2]}"] if extra else []) + \
+        parts = ([f"{len(extra)} key(s) this {structure} model does not have, e.g. {extra[:2]}"] if extra else []) + \
                 ([f"{len(lacking)} key(s) the method trains missing, e.g. {lacking[:2]}"] if lacking else [])
-        raise _bad(saved.folder / WEIGHTS, f"does not fit its manifest: {'; '.join(parts)}", saved.manifest.get("run"))
-    params = dict(clf.named_parameters())
-    shapes = [k for k in file_keys if tuple(saved.tensors[k].shape) != tuple(expected[k].shape)]
+        raise _Mismatch(f"does not fit its manifest: {'; '.join(parts)}")
+    shapes = [k for k in file_keys if tuple(tensors[k].shape) != tuple(expected[k].shape)]
     if shapes:
         k = shapes[0]
-        raise _bad(saved.folder / WEIGHTS, f"holds {k} with shape {list(saved.tensors[k].shape)}, but the "
-                   f"{saved.method} model built from its manifest needs {list(expected[k].shape)}",
-                   saved.manifest.get("run"))
+        raise _Mismatch(f"holds {k} with shape {list(tensors[k].shape)}, but the {structure} model built from its "
+                        f"manifest needs {list(expected[k].shape)}")
+    params = dict(clf.named_parameters())
     with torch.no_grad():
-        for k, t in saved.tensors.items():
+        for k, t in tensors.items():
             params[k].copy_(t.to(params[k].dtype))
     for p in clf.parameters():
         p.requires_grad_(False)
     if hasattr(clf.visual, "set_grad_checkpointing"):
         clf.visual.set_grad_checkpointing(False)  # a training-time switch (full fine-tuning's); inference needs none
     return clf.eval()
+
+
+def build_classifier(saved: SavedModel, loaded: Any) -> nn.Module:
+    """The trained classifier: ``CLIPClassifier`` over ``loaded``'s tower, the method applied, the tensors loaded."""
+    cfg = _config(saved.structure, dict(saved.manifest.get("config") or {}), saved.folder,
+                  saved.manifest.get("library_version"))
+    try:
+        return _rebuild(saved.structure, cfg, saved.tensors, loaded.model.visual, bool(saved.manifest.get("head_only")))
+    except _Mismatch as exc:
+        raise _bad(saved.folder / WEIGHTS, str(exc), saved.manifest.get("run")) from None
+
+
+def plain(clf: nn.Module, structure: str) -> nn.Module:
+    """``clf`` with the method folded into the tower's own weights (its ``merge`` hook: LoRA merged and its wrappers
+    removed, the stock open_clip modules again), in eval mode: the same logits, no extra work per forward pass."""
+    from .methods import get
+    hook = get(structure).merge
+    return (clf if hook is None else hook(clf)).eval()
 
 
 def load_model(model: str | Path, device: str | torch.device = "cpu", results: str | Path | None = None):

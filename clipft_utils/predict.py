@@ -82,12 +82,11 @@ class Predictor:
     @classmethod
     def load(cls, model: str | Path, device: str = "auto", results: str | Path | None = None,
              precision: str = "auto") -> "Predictor":
-        from .export import _plain
-        from .modelfolder import load_model
+        from .modelfolder import load_model, plain
         from .models import resolve_device
         dev = resolve_device(device)
         clf, saved, _ = load_model(model, device=dev, results=results)
-        return cls(_plain(clf), saved, dev, precision)  # LoRA merged: the stock open_clip forward, no extra matmuls
+        return cls(plain(clf, saved.structure), saved, dev, precision)  # LoRA merged: the stock open_clip forward, no extra matmuls
 
     def logits(self, pixels: np.ndarray) -> torch.Tensor:
         """Logits [B, C] of uint8 images [B, S, S, 3], normalised on the device as the course's loader does."""
@@ -185,13 +184,12 @@ class ModelSet:
         import copy
         from types import SimpleNamespace
 
-        from .export import _plain
-        from .modelfolder import build_classifier
+        from .modelfolder import build_classifier, plain
         for run, saved, key in zip(self.runs, self.saved, self.keys):
             base = self.bases[key]
             tower = SimpleNamespace(model=SimpleNamespace(visual=copy.deepcopy(base.model.visual)))
             clf = build_classifier(saved, tower).to(self.device)   # edits its copy of the tower, never the base
-            yield run, Predictor(_plain(clf), saved, self.device)
+            yield run, Predictor(plain(clf, saved.structure), saved, self.device)
 
     def side_by_side(self, images: Sequence[str | Path | np.ndarray], top: int = 5) -> list:
         """Per image, a table of each model's top-``top`` classes: a column per run, a row per rank, cells

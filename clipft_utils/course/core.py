@@ -308,21 +308,13 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
         resumed_from_epoch=train.resumed_from_epoch, **extra)
     path = course.result_path(method, variant)
     if save:
+        from ..modelfolder import deployable, save_model
         path = save_result(result, course.results_dir, predictions=test, val_predictions=val)
-        # a text-side classifier (CoOp, CLIP-LoRA) has no head module: it reports its text features as one
-        weight, bias = clf.head_tensors() if hasattr(clf, "head_tensors") else (clf.head.weight, clf.head.bias)
-        save_head(head_path(course.results_dir, name), weight, bias, method=method,
+        model, head_only = deployable(method, clf)  # CoOp: a head over the frozen tower; CLIP-LoRA: its image side
+        save_head(head_path(course.results_dir, name), model.head.weight, model.head.bias, method=method,
                   variant=variant or "", model=course.loaded.name, dataset=course.dataset)
-        from ..modelfolder import save_head_model, save_model
-        if not hasattr(clf, "head_tensors"):
-            save_model(course, method, clf, result=result, variant=variant, config=cfg, dtype=model_dtype,
-                       check=(course.loader("test"), test))
-        elif not any(p.requires_grad for p in clf.visual.parameters()):
-            # CoOp: the image tower is the base one, and its learned prompts reduce to a fixed head once trained
-            save_head_model(course, method, weight, bias, result=result, variant=variant, config=cfg)
-        else:  # CLIP-LoRA: the image tower's adapters, the text side frozen into a head (Method.rebuild reloads it)
-            save_model(course, method, clf.image_side(), result=result, variant=variant, config=cfg,
-                       dtype=model_dtype, check=(course.loader("test"), test))
+        save_model(course, method, model, result=result, variant=variant, config=cfg, dtype=model_dtype,
+                   head_only=head_only, check=None if head_only else (course.loader("test"), test))
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)  # the run finished: its resume point is no longer needed
     return RunOutput(clf, train, test, result, path, val)

@@ -55,6 +55,22 @@ class Method:
     # fill in; it is given them too, for shapes the config does not hold): None = ``apply``. A method trained on
     # another classifier (CLIP-LoRA) gives its image-side form; Tip-Adapter its cache head.
     rebuild: Callable[[nn.Module, Any, Mapping[str, torch.Tensor]], None] | None = None
+    # What a model folder stores of the trained model (``modelfolder``), each None for the plain case of a method that
+    # trains parameters of a ``CLIPClassifier`` in place (BitFit, full fine-tuning):
+    # - ``deployed(clf) -> (CLIPClassifier, head_only)``: the trained classifier as a folder saves it (CoOp: its
+    #   prompts' class features as the head over the frozen tower; CLIP-LoRA: the image side with its text side
+    #   frozen into a head); None: ``clf`` itself, tower included;
+    # - ``saved_tensors(clf) -> {file key: tensor}``: what the method changed in the tower, named as a rebuilt model
+    #   names it (LoRA: A and B of the active adapter, as "default"; prefix-tuning: the folded prefix, not its MLP);
+    #   None: the parameters it trains (``requires_grad``) other than the head;
+    # - ``merge(clf)``: fold the method into the tower's own weights, so that the stock open_clip modules hold it (LoRA:
+    #   merge and unload); None: its tensors already are tower weights;
+    # - ``tower_weights``: False when no open_clip state dict can hold the trained model (prefix-tuning's learned
+    #   tokens are extra inputs of every forward pass): ``export --format open_clip`` refuses it.
+    deployed: Callable[[nn.Module], tuple[nn.Module, bool]] | None = None
+    saved_tensors: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
+    merge: Callable[[nn.Module], nn.Module] | None = None
+    tower_weights: bool = True
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():

@@ -124,6 +124,12 @@ def rebuild(clf: nn.Module, cfg: CLIPLoRAConfig, tensors: Any = None) -> None:
         _add(clf.visual, cfg)
 
 
+def deployed(clf: TextSideClassifier) -> tuple[nn.Module, bool]:
+    """What a model folder saves of a trained CLIP-LoRA: its image side (the image tower's LoRA, the adapted text
+    tower's class features frozen into a head; ``rebuild`` rebuilds it)."""
+    return clf.image_side(), False
+
+
 def lora_counts(clf: TextSideClassifier) -> dict[str, int]:
     """LoRA parameters per tower (A and B of the active adapter)."""
     return {name: sum(p.numel() for p in lora.lora_parameters(tower)) for name, tower in towers(clf).items()
@@ -135,7 +141,8 @@ METHOD = register(Method(
     config=CLIPLoRAConfig,
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
     # (parameter table, the `train` command) build; notebook 05 calls clip_lora.apply itself, `bench` text_apply.
-    apply=None, text_apply=apply, rebuild=rebuild, short="cliplora",
+    apply=None, text_apply=apply, rebuild=rebuild, deployed=deployed, saved_tensors=lora.saved_tensors,
+    merge=lora.merged, short="cliplora",
     summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}, {cfg.encoders} towers",
     profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
 ))

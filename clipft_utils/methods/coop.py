@@ -132,6 +132,18 @@ def apply(clf: nn.Module, cfg: CoOpConfig) -> list[dict[str, Any]]:
     return [{"params": [clf.prompts.ctx], "name": "context"}]
 
 
+def deployed(clf: TextSideClassifier) -> tuple[nn.Module, bool]:
+    """What a model folder saves of a trained CoOp: its learned prompts, run through the text tower once, are a
+    fixed head over the frozen image tower (head only: the tower is the base one)."""
+    from ..models import CLIPClassifier
+    with torch.no_grad():
+        weight, bias = clf.head_tensors()
+    head = CLIPClassifier(clf.visual, weight.detach().float().cpu())
+    with torch.no_grad():
+        head.head.bias.copy_(bias.detach().float().cpu())
+    return head, True
+
+
 @torch.no_grad()
 def nearest_words(clf: TextSideClassifier, k: int = 1) -> list[list[str]]:
     """For each context vector, the ``k`` vocabulary words whose embeddings are nearest (Euclidean, as CoOp's
@@ -147,7 +159,7 @@ METHOD = register(Method(
     name="coop", title="CoOp", kind="prompt learning", order=4.5, config=CoOpConfig,
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
     # (parameter table, the `train` command) build; notebook 04 calls coop.apply itself, `bench` text_apply.
-    apply=None, text_apply=apply, short="coop",
+    apply=None, text_apply=apply, deployed=deployed, short="coop",
     summary=lambda cfg: f"M={cfg.n_ctx} context vectors",
     profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
 ))

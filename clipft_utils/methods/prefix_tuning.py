@@ -207,6 +207,20 @@ def fold(pv: PrefixVisual) -> PrefixVisual:
     return pv
 
 
+def saved_tensors(clf: nn.Module) -> dict[str, torch.Tensor]:
+    """What a model folder stores of a prefix-tuned model: the folded prefix (the MLP's output; the MLP, a training
+    device, is not needed for inference)."""
+    pv = clf.visual
+    return {"visual.folded": pv.prefixes().detach()} if isinstance(pv, PrefixVisual) and pv.length > 0 else {}
+
+
+def rebuild(clf: nn.Module, cfg: Any, tensors: Any = None) -> None:
+    """A model folder's prefix-tuned model: the tower wrapped as in training with its MLP folded away (the folder
+    fills in the folded prefix)."""
+    apply(clf, cfg)
+    fold(clf.visual)
+
+
 def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     """Freeze ``clf``, wrap its tower in a PrefixVisual (``clf.visual`` replaced) and train the encoder."""
     freeze(clf)
@@ -288,7 +302,8 @@ class PrefixTuningConfig(TrainConfig):
 
 METHOD = register(Method(
     name="prefix_tuning", title="Prefix-tuning", kind="parameter-efficient", order=4,
-    config=PrefixTuningConfig, apply=apply, short="prefix",
+    config=PrefixTuningConfig, apply=apply, rebuild=rebuild, saved_tensors=saved_tensors, tower_weights=False,
+    short="prefix",
     summary=lambda cfg: f"{KINDS[cfg.kind]}, P={cfg.prefix_length}, MLP {cfg.prefix_hidden}",
     # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 40 epochs on
     # ViT-B-32 (see lora.py's note).
