@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..methods import names as method_names
 from .report import display_name
-from .tables import (COMBINATION_METHODS, TOP_K, _borrowed_history, _col, _num, _numeric, combination_table,
+from .tables import (COMBINATION_METHODS, TOP_K, borrowed_histories, column, number_text, numeric, combination_table,
                      learning_curves, main_rows, memory_kind, per_class_matrix, shots_table, summary_table, top_k,
                      zero_shot_val)
 
@@ -36,7 +36,7 @@ def _plt():
 
 def _ok(table: pd.DataFrame) -> pd.DataFrame:
     """The rows of methods that ran."""
-    return table[_col(table, "status") == "ok"] if len(table) else table
+    return table[column(table, "status") == "ok"] if len(table) else table
 
 
 def method_colour(method: str) -> str:
@@ -53,20 +53,20 @@ def method_marker(method: str) -> str:
 
 def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool):
     """One point per method, named in a legend outside the axes (labels beside points overlap and leave the frame)."""
-    from ..plots import _empty, legend_outside
+    from ..plots import empty_note, legend_outside
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    rows = _numeric(_ok(table), x, "test_acc", "test_acc_std")
+    rows = numeric(_ok(table), x, "test_acc", "test_acc_std")
     shown = rows[rows[x].notna() & rows["test_acc"].notna()] if len(rows) else rows
     if not len(shown):
-        _empty(ax, NO_RESULTS)
+        empty_note(ax, NO_RESULTS)
     for r in shown.to_dict("records"):
         xv = max(r[x], 1.0) if logx else r[x]
         err = 100 * r["test_acc_std"] if not pd.isna(r["test_acc_std"]) else None
         ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt=method_marker(r["method"]), ms=8, capsize=3, alpha=0.85,
                     color=method_colour(r["method"]),
                     label=r["method"] + (" (0 trained: drawn at 1)" if logx and r[x] == 0 else ""))
-    missing = [str(m) for m in _col(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
+    missing = [str(m) for m in column(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
     if logx and len(shown):
         ax.set_xscale("log")
     ax.set(xlabel=xlabel + (f"\n(not measured: {', '.join(missing)})" if missing else ""),
@@ -90,23 +90,23 @@ def plot_accuracy_vs_time(table: pd.DataFrame, label: str):
 
 def plot_peak_memory(table: pd.DataFrame, label: str):
     """Measured training memory per method (bars; "not run" methods are left empty); the title says what it is."""
-    from ..plots import _empty
+    from ..plots import empty_note
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    rows = _numeric(table, "peak_memory_mb")
+    rows = numeric(table, "peak_memory_mb")
     mem = rows["peak_memory_mb"].to_numpy(dtype=float) if len(rows) else np.array([])
     pos = np.arange(len(mem))
     bars = ax.bar(pos, np.nan_to_num(mem), color="tab:blue")
-    for bar, v, status in zip(bars, mem, _col(rows, "status")):
-        ax.annotate("not run" if status != "ok" else _num(v, "{:.0f}"), (bar.get_x() + bar.get_width() / 2,
+    for bar, v, status in zip(bars, mem, column(rows, "status")):
+        ax.annotate("not run" if status != "ok" else number_text(v, "{:.0f}"), (bar.get_x() + bar.get_width() / 2,
                     bar.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(pos, [str(m) for m in _col(rows, "method")], rotation=30, ha="right")
+    ax.set_xticks(pos, [str(m) for m in column(rows, "method")], rotation=30, ha="right")
     if not np.isfinite(mem).any():
-        _empty(ax, NO_RESULTS)
+        empty_note(ax, NO_RESULTS)
     else:
         ax.set_ylim(0, 1.12 * np.nanmax(mem))   # room for the value labels
     heading = ("Training memory (model + peak increase while training)\nmeasured as "
-               + memory_kind(_col(rows, "memory_measure")))
+               + memory_kind(column(rows, "memory_measure")))
     ax.set(ylabel="training memory (MB)", title=title(heading, label))
     ax.title.set_fontsize(9)
     return fig
@@ -115,7 +115,7 @@ def plot_peak_memory(table: pd.DataFrame, label: str):
 def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):
     """Test accuracy against training images per class: one line per method, mean ± std band over seeds,
     zero-shot (which trains nothing) as a horizontal line."""
-    from ..plots import _empty
+    from ..plots import empty_note
     plt = _plt()
     table = shots_table(df)
     fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
@@ -130,7 +130,7 @@ def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):
         ax.axhline(100 * zs["mean"].mean(), color="grey", ls="--", label="zero_shot (no training)")
     logx = len(curves) > 0
     if not logx:
-        _empty(ax, "no trained runs at a shots value: nothing to draw a curve through")
+        empty_note(ax, "no trained runs at a shots value: nothing to draw a curve through")
     else:
         ax.set_xscale("log", base=2)
         ticks = sorted(curves["shots"].unique())
@@ -146,7 +146,7 @@ def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):
 def _recipe(rows: pd.DataFrame) -> str:
     """The recipe of these rows in words ("" when they record none)."""
     from ..plots import RECIPE_NAMES
-    names = sorted({RECIPE_NAMES.get(str(r), str(r)) for r in _col(rows, "recipe").dropna()})
+    names = sorted({RECIPE_NAMES.get(str(r), str(r)) for r in column(rows, "recipe").dropna()})
     return "/".join(names)
 
 
@@ -162,7 +162,7 @@ def plot_learning_curves(df: pd.DataFrame, label: str):
 
     Runs of different lengths (a 50-epoch linear probe, 5-epoch fine-tuning) share a fraction-of-training axis.
     """
-    from ..plots import FRACTION_LABEL, _empty, best_marker_handle, legend_outside, mark_best, progress_axis
+    from ..plots import FRACTION_LABEL, empty_note, best_marker_handle, legend_outside, mark_best, progress_axis
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.5, 4.5), layout="constrained")
     curves, lines = learning_curves(df)
@@ -173,19 +173,19 @@ def plot_learning_curves(df: pd.DataFrame, label: str):
         x = curve.index.to_numpy(dtype=float)
         x = x / lengths[method] if fraction and lengths[method] else x
         y = 100 * curve.to_numpy(dtype=float)
-        rows = main[(_col(main, "method") == method) & (_borrowed_history(main) == "")]
+        rows = main[(column(main, "method") == method) & (borrowed_histories(main) == "")]
         ax.plot(x, y, marker="o", ms=3, color=method_colour(method),
                 label=_curve_name(method, rows, lengths[method] if fraction else None))
         mark_best(ax, x, y, method_colour(method))
     for method, val in lines.items():
-        recipe = _recipe(main[_col(main, "method") == method]) or "its recipe"
+        recipe = _recipe(main[column(main, "method") == method]) or "its recipe"
         ax.axhline(100 * val, ls="-.", color=method_colour(method),
                    label=f"{method} ({recipe}, no epochs)")
     zs = zero_shot_val(df)
     if zs is not None:
         ax.axhline(100 * zs, ls="--", color="grey", label="zero_shot (no training)")
     if not curves and not lines:
-        _empty(ax, "no learning curves yet")
+        empty_note(ax, "no learning curves yet")
     elif not fraction:
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(xlabel=FRACTION_LABEL if fraction else "epoch", ylabel="validation accuracy (%)",
@@ -197,7 +197,7 @@ def plot_learning_curves(df: pd.DataFrame, label: str):
 
 def plot_per_class_heatmap(df: pd.DataFrame, label: str, classnames: Sequence[str] | None = None):
     """Per-class test accuracy, methods × classes (classes sorted by mean accuracy when there are many)."""
-    from ..plots import _empty, unique_labels
+    from ..plots import empty_note, unique_labels
     plt = _plt()
     mat = per_class_matrix(df, classnames)
     many = mat.shape[1] > 30
@@ -205,7 +205,7 @@ def plot_per_class_heatmap(df: pd.DataFrame, label: str, classnames: Sequence[st
                            layout="constrained")
     values = mat.to_numpy(dtype=float)
     if not values.size or not np.isfinite(values).any():
-        _empty(ax, NO_RESULTS)
+        empty_note(ax, NO_RESULTS)
     else:
         im = ax.imshow(100 * values, aspect="auto", cmap="viridis", vmin=0, vmax=100)
         fig.colorbar(im, ax=ax, label="test accuracy (%)", fraction=0.03)
@@ -245,8 +245,8 @@ def curve_points(curve: Any, ykeys: Sequence[str] = ("test_acc", "acc", "top1", 
 
 def _wise_panel(ax, df: pd.DataFrame) -> None:
     """WiSE-FT accuracy along the interpolation (test, validation, chosen α), in 06's validation/test colours."""
-    from ..plots import TEST_COLOR, VAL_COLOR, _empty, legend_outside
-    wise = df[_col(df, "method") == "wise_ft"] if len(df) else df
+    from ..plots import TEST_COLOR, VAL_COLOR, empty_note, legend_outside
+    wise = df[column(df, "method") == "wise_ft"] if len(df) else df
     rows = [r for r in wise.to_dict("records") if isinstance(r.get("curve"), (list, dict))]
     xs, ys = curve_points(rows[0]["curve"]) if rows else (np.array([]), np.array([]))
     if len(xs):
@@ -261,20 +261,20 @@ def _wise_panel(ax, df: pd.DataFrame) -> None:
         ax.set(xlabel="α (0 = zero-shot weights, 1 = fine-tuned weights)", ylabel="accuracy (%)")
         ax.grid(alpha=0.3)
     else:
-        _empty(ax, "no WiSE-FT curve in the results")
+        empty_note(ax, "no WiSE-FT curve in the results")
     ax.set_title("WiSE-FT interpolation", fontsize=10)
 
 
 def _combination_panel(ax, df: pd.DataFrame) -> None:
     """Ensembles and combinations (orange) next to the single methods (grey), each bar labelled."""
-    from ..plots import _empty, _floats
+    from ..plots import empty_note, floats
     combo = combination_table(df)
     combo = combo[combo["method"].isin(COMBINATION_METHODS)] if len(combo) else combo
     main = _ok(summary_table(df, include_missing=False))
     names = [display_name(str(m), v) for m, v in zip(combo.get("method", []), combo.get("variant", []))]
-    singles = [str(m) for m in _col(main, "method")] if len(main) else []
-    accs = 100 * np.concatenate([_floats(list(_col(combo, "test_acc"))) if len(combo) else [],
-                                 _floats(list(_col(main, "test_acc"))) if len(main) else []])
+    singles = [str(m) for m in column(main, "method")] if len(main) else []
+    accs = 100 * np.concatenate([floats(list(column(combo, "test_acc"))) if len(combo) else [],
+                                 floats(list(column(main, "test_acc"))) if len(main) else []])
     if len(accs):
         pos = np.arange(len(accs))
         ax.barh(pos, np.nan_to_num(accs), color=["tab:orange"] * len(names) + ["tab:grey"] * len(singles))
@@ -287,7 +287,7 @@ def _combination_panel(ax, df: pd.DataFrame) -> None:
         ax.set_xlim(0, 1.15 * top or 100)
         ax.set_xlabel("test accuracy (%) — orange: combinations, grey: single methods")
     else:
-        _empty(ax, "no ensemble rows in the results")
+        empty_note(ax, "no ensemble rows in the results")
     ax.set_title("Ensembles and combinations", fontsize=10)
 
 
@@ -326,7 +326,7 @@ def top_k_heading(n_classes: int) -> str:
 def plot_top5(image: np.ndarray, true_name: str, probs: dict[str, np.ndarray], index: int,
               classnames: Sequence[str], label: str, true_class: int | None = None):
     """The image and every run's top-min(5, C) probabilities side by side (true class in green)."""
-    from ..plots import _empty
+    from ..plots import empty_note
     plt = _plt()
     n = max(len(probs), 1)
     cols, rows = min(3, n), math.ceil(n / 3)
@@ -343,7 +343,7 @@ def plot_top5(image: np.ndarray, true_name: str, probs: dict[str, np.ndarray], i
     if not probs:
         ax = fig.add_subplot(grid[0, 1])
         ax.axis("off")
-        _empty(ax, "no saved predictions match these test images")
+        empty_note(ax, "no saved predictions match these test images")
     fig.suptitle(title(f"{top_k_heading(len(classnames))} of each method (probability %, true class in green)",
                        label), fontsize=9)
     return fig

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..methods import names as method_names
 from ..results import load_predictions
-from .tables import _col, main_rows, top_k
+from .tables import column, main_rows, top_k
 
 
 def test_image(split, index: int) -> np.ndarray:
@@ -36,7 +36,7 @@ def aligned_runs(folder: str | Path, runs: Iterable[str], targets: np.ndarray) -
 def main_runs(df: pd.DataFrame, seed: int = 0) -> list[str]:
     """Run names of the main rows of one seed, in course order."""
     main = main_rows(df)
-    main = main[_col(main, "seed") == seed]
+    main = main[column(main, "seed") == seed]
     order = {m: i for i, m in enumerate(method_names())}
     return list(main.assign(_k=main["method"].map(order)).sort_values("_k")["run"])
 

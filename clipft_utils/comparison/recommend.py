@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from .tables import (_col, _count, _is_main, _num, _numeric, _shots, default_shots, is_standin, ordering, shots_table,
+from .tables import (column, count_text, is_main, number_text, numeric, shots_of, default_shots, is_standin, ordering, shots_table,
                      summary_table)
 
 NEEDS = ("best", "good", "cheap")
@@ -82,7 +82,7 @@ def _share_backbone(cand: pd.DataFrame, tasks: int) -> tuple[pd.DataFrame, list[
                f"(the course's rule: many tasks → LoRA)."]
     for r in dropped.itertuples():
         reasons.append(f"{r.method} trains {r.trainable_percent:.1f}% of the model: {tasks} tasks would store "
-                       f"{_count(r.trainable_params * tasks)} parameters, so it is set aside.")
+                       f"{count_text(r.trainable_params * tasks)} parameters, so it is set aside.")
     return (keep if len(keep) else cand), reasons
 
 
@@ -109,7 +109,7 @@ def _pick(cand: pd.DataFrame, need: str) -> tuple[pd.Series, list[str]]:
         pick = close.sort_values(["trainable_params", "train_seconds"]).iloc[0]
         return pick, [f"need='good': within {GOOD_ENOUGH_POINTS:g} {split} accuracy points of the best that fits "
                       f"({best['method']}, {acc(best)}): {', '.join(close['method'])}; of these "
-                      f"{pick['method']} trains the fewest parameters ({_count(pick['trainable_params'])}) "
+                      f"{pick['method']} trains the fewest parameters ({count_text(pick['trainable_params'])}) "
                       f"at {acc(pick)}."]
     return _cheapest(cand, key, split, acc)
 
@@ -133,7 +133,7 @@ def _cheapest(cand: pd.DataFrame, key: str, split: str, acc) -> tuple[pd.Series,
         return pick, [f"{how}: no trained method that fits beats zero-shot, so {pick['method']} ({acc(pick)}), "
                       "which trains nothing."]
     pick = gains.iloc[0]
-    per = lambda r: f"{r['method']} {100 * (r[key] - base):+.1f} points in {_num(r['train_seconds'])} s"  # noqa: E731
+    per = lambda r: f"{r['method']} {100 * (r[key] - base):+.1f} points in {number_text(r['train_seconds'])} s"  # noqa: E731
     others = "; ".join(per(r) for _, r in gains.iloc[1:].iterrows())
     return pick, [f"{how}: {per(pick)} ({100 * pick['_rate']:.2f} points/s) at {acc(pick)}"
                   + (f" (next: {others})." if others else ".")]
@@ -142,12 +142,12 @@ def _cheapest(cand: pd.DataFrame, key: str, split: str, acc) -> tuple[pd.Series,
 def _caveats(df: pd.DataFrame) -> list[str]:
     """Where the measurements came from (CPU memory is not GPU memory; the stand-in is not CLIP)."""
     notes = []
-    devices = sorted({str((e or {}).get("device", "?")) for e in _col(df, "env")} - {"None"})
+    devices = sorted({str((e or {}).get("device", "?")) for e in column(df, "env")} - {"None"})
     if devices and not any(d.startswith("cuda") for d in devices):
         notes.append(f"Peak memory was measured on {', '.join(devices)} (process memory, not GPU memory): "
                      "rerun on your GPU before trusting the memory filter.")
     if is_standin(df):
-        data = sorted({str(d) for d in _col(df, "dataset").dropna()}) or ["its data"]
+        data = sorted({str(d) for d in column(df, "dataset").dropna()}) or ["its data"]
         notes.append(f"These numbers come from the offline STAND-IN (ToyCLIP, not CLIP, on {', '.join(data)}): "
                      "rerun with the real model (profile='full') before acting on them.")
     return notes
@@ -155,7 +155,7 @@ def _caveats(df: pd.DataFrame) -> list[str]:
 
 def curve_point(df: pd.DataFrame, labelled_per_class: int | None) -> tuple[Any, str]:
     """The measured shots value to decide at: the largest k <= the user's labelled images per class."""
-    measured = sorted({float(k) for k in _shots(df[_is_main(df)]).dropna()}) if len(df) and "method" in df else []
+    measured = sorted({float(k) for k in shots_of(df[is_main(df)]).dropna()}) if len(df) and "method" in df else []
     if labelled_per_class is None or not measured:
         return "auto", ""
     below = [k for k in measured if k <= labelled_per_class]
@@ -208,9 +208,9 @@ def memory_budgets(df: pd.DataFrame, shots: Any = "auto") -> dict[float, str]:
     """Budgets (MB) from what this run measured: each trained method's training memory, rounded up to the MB so
     that it just fits, with the methods it admits last."""
     table = summary_table(df, include_missing=False, shots=shots) if len(df) else pd.DataFrame()
-    mem = _numeric(table[table["method"] != "zero_shot"], "peak_memory_mb") if len(table) else table
+    mem = numeric(table[table["method"] != "zero_shot"], "peak_memory_mb") if len(table) else table
     budgets: dict[float, list[str]] = {}
-    for m, v in zip(_col(mem, "method"), _col(mem, "peak_memory_mb")):
+    for m, v in zip(column(mem, "method"), column(mem, "peak_memory_mb")):
         if not pd.isna(v):
             budgets.setdefault(float(math.ceil(v)), []).append(str(m))
     return {b: f"{memory_str(b)} (= {' = '.join(ms)}'s training memory)" for b, ms in sorted(budgets.items())}

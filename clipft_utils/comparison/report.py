@@ -10,7 +10,7 @@ import pandas as pd
 from ..methods import names as method_names
 from ..paths import atomic_write_text
 from ..results import load_results
-from .tables import (TOP_K, _acc, _col, _count, _is_main, _kind, _num, _shots, check_one_dataset, combination_table,
+from .tables import (TOP_K, accuracy_text, column, count_text, is_main, kind_of, number_text, shots_of, check_one_dataset, combination_table,
                      default_shots, label_of, main_rows, memory_kind, profile_warnings, shots_display, shots_table,
                      summary_table)
 
@@ -48,17 +48,17 @@ def _top5_cell(r: dict) -> str:
     n = r.get("n_classes")
     if n is not None and not pd.isna(n) and n <= TOP_K:
         return f"— ({int(n)} classes)"
-    return _acc(r.get("test_top5"), np.nan, 1)
+    return accuracy_text(r.get("test_top5"), np.nan, 1)
 
 
 def table_notes(table: pd.DataFrame) -> list[str]:
     """What the columns of ``format_table(table)`` mean where a cell is left empty on purpose."""
     notes = ["trainable %: trainable parameters as a percentage of the model's parameters."]
-    methods = set(_col(table, "method"))
+    methods = set(column(table, "method"))
     if methods & set(SEVERAL_MODELS):
         notes.append("Ensembles are several models: their trainable params are the sum over the members, and "
                      "trainable % is left empty (a percentage of one model is not defined for several).")
-    n = pd.to_numeric(_col(table, "n_classes"), errors="coerce")
+    n = pd.to_numeric(column(table, "n_classes"), errors="coerce")
     few = n[n <= TOP_K].astype(int)
     if len(few):
         counts = f"{few.min()}" if few.min() == few.max() else f"{few.min()}-{few.max()}"
@@ -80,18 +80,18 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
         n_test = r.get("n_test")
         out.append({
             "method": display_name(r["method"], variant),
-            "type": r.get("type") or _kind(r["method"]),
+            "type": r.get("type") or kind_of(r["method"]),
             "measured": r.get("measured") or "test top-1",
-            "on images": "mixed" if n_test == -1 else _num(n_test, "{:,.0f}"),
-            "epochs": _num(r.get("epochs"), "{:.3g}") if r.get("type") != "no training" else "0",
+            "on images": "mixed" if n_test == -1 else number_text(n_test, "{:,.0f}"),
+            "epochs": number_text(r.get("epochs"), "{:.3g}") if r.get("type") != "no training" else "0",
             "shots": ("0" if r.get("type") == "no training" else   # zero-shot uses no training image
-                      "all" if pd.isna(r.get("shots", np.nan)) else _num(r.get("shots"), "{:.0f}")),
-            "trainable params": _count(r.get("trainable_params")),
-            "trainable %": "—" if r["method"] in SEVERAL_MODELS else _num(r.get("trainable_percent"), "{:.2f}"),
-            "train time (s)": _num(r.get("train_seconds")),
-            "training memory (MB)": _num(r.get("peak_memory_mb"), "{:.0f}"),
-            "accuracy (%)": _acc(r.get("test_acc"), r.get("test_acc_std"), n), "seeds": str(n),
-            "top-5 (%)": _top5_cell(r), "images / s": _num(r.get("images_per_second"), "{:.0f}"),
+                      "all" if pd.isna(r.get("shots", np.nan)) else number_text(r.get("shots"), "{:.0f}")),
+            "trainable params": count_text(r.get("trainable_params")),
+            "trainable %": "—" if r["method"] in SEVERAL_MODELS else number_text(r.get("trainable_percent"), "{:.2f}"),
+            "train time (s)": number_text(r.get("train_seconds")),
+            "training memory (MB)": number_text(r.get("peak_memory_mb"), "{:.0f}"),
+            "accuracy (%)": accuracy_text(r.get("test_acc"), r.get("test_acc_std"), n), "seeds": str(n),
+            "top-5 (%)": _top5_cell(r), "images / s": number_text(r.get("images_per_second"), "{:.0f}"),
         })
     return pd.DataFrame(out, columns=list(DISPLAY_COLUMNS))
 
@@ -107,7 +107,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 def memory_note(df: pd.DataFrame) -> str:
     """What the training-memory column measured (on CPU it is not GPU memory)."""
     return ("Training memory (MB): the model plus the peak increase while it trained, measured as "
-            f"{memory_kind(_col(df, 'memory_measure'))}.")
+            f"{memory_kind(column(df, 'memory_measure'))}.")
 
 
 def write_summary(profile: str, folder: str | Path) -> str:
@@ -120,11 +120,11 @@ def write_summary(profile: str, folder: str | Path) -> str:
     atomic_write_text(folder / "summary.csv", pd.concat([pd.Series(label, index=table.index, name="label"), table],
                                                         axis=1).to_csv(index=False))
     alarm = [f"\n> **{w.split(':')[0]}**: {w.split(':', 1)[1].strip()}" for w in
-             ({w for ws in _col(df, "warnings").dropna() for w in (ws if isinstance(ws, list) else [])} or warnings)]
+             ({w for ws in column(df, "warnings").dropna() for w in (ws if isinstance(ws, list) else [])} or warnings)]
     if alarm:
         alarm.append("\n> These numbers say whether the code works, not how CLIP does on real data.")
     k = default_shots(df)
-    sizes = sorted({int(n) for n in pd.to_numeric(_col(main_rows(df), "n_test"), errors="coerce").dropna()})
+    sizes = sorted({int(n) for n in pd.to_numeric(column(main_rows(df), "n_test"), errors="coerce").dropna()})
     tested = f"Test split: {' / '.join(f'{n:,}' for n in sizes)} images" + (
         " (runs differ: compare rows with care)." if len(sizes) > 1 else ".") if sizes else ""
     text = "\n".join([f"# clipft summary — profile {profile}", "", f"**{label}**", *alarm, "",
@@ -157,13 +157,13 @@ def run_command(course: Any, df: pd.DataFrame, seeds: Sequence[int] | None = Non
         parts += ["--data", shlex.quote(str(data.root))]
     elif data.name != prof.dataset:
         parts += ["--data", data.name]
-    main = df[_is_main(df)] if len(df) and "method" in df.columns else pd.DataFrame()
+    main = df[is_main(df)] if len(df) and "method" in df.columns else pd.DataFrame()
     if shots is None:
-        ks = _shots(main[main["method"] != "zero_shot"]) if len(main) else pd.Series(dtype=float)
+        ks = shots_of(main[main["method"] != "zero_shot"]) if len(main) else pd.Series(dtype=float)
         shots = [int(k) for k in sorted(ks.dropna().unique())] + (["all"] if ks.isna().any() else [])
     if [str(k) for k in shots] not in ([], [str(prof.shots if prof.shots is not None else "all")]):
         parts += ["--shots", *map(str, shots)]
-    seeds = seeds if seeds is not None else sorted({int(v) for v in _col(main, "seed").dropna()}) or [course.seed]
+    seeds = seeds if seeds is not None else sorted({int(v) for v in column(main, "seed").dropna()}) or [course.seed]
     parts += ["--seeds", *map(str, seeds)]
     from ..records import run_options   # the -p values the runs were given (epochs=1, lora.ranks=[1,2], ...)
     return " ".join(parts + [shlex.quote(o) for o in run_options(course.results_dir)])

@@ -19,7 +19,7 @@ COMBINATION_METHODS = ("ensemble", "lp_ft", "wise_ft", "adapter_fusion")
 TOP_K = 5                        # top-k lists; with C < 5 classes they show the top C (a top-5 of 3 classes is a top-3)
 
 
-def _kind(method: str) -> str:
+def kind_of(method: str) -> str:
     """The tables' "type" of a method (its ``Method.kind``), or "combination"."""
     return next((m.kind for m in registry() if m.name == method), "combination")
 
@@ -35,7 +35,7 @@ def load(profile: str, results_dir: str | Path | None = None, root: str | Path |
     return load_results(folder.name, folder.parent)
 
 
-def _col(df: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
+def column(df: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
     """A column, or a column of ``default`` when the results lack it."""
     return df[name] if name in df.columns else pd.Series([default] * len(df), index=df.index, dtype=object)
 
@@ -56,14 +56,14 @@ def profile_warnings(profile: str) -> list[str]:
 def is_standin(df: pd.DataFrame, profile: str | None = None) -> bool:
     """True if any result (or, with no results, the profile) is the offline stand-in."""
     if len(df) and "standin" in df.columns:
-        return bool(_col(df, "standin", False).fillna(False).astype(bool).any())
+        return bool(column(df, "standin", False).fillna(False).astype(bool).any())
     return profile is not None and any(w.startswith(STANDIN) for w in profile_warnings(profile))
 
 
 def label_of(df: pd.DataFrame, profile: str) -> str:
     """The label of the results (or of the profile when nothing ran); several setups are all named."""
-    if len(df) and "label" in df.columns and _col(df, "label").notna().any():
-        labels = list(dict.fromkeys(str(v) for v in _col(df, "label").dropna()))
+    if len(df) and "label" in df.columns and column(df, "label").notna().any():
+        labels = list(dict.fromkeys(str(v) for v in column(df, "label").dropna()))
         return labels[0] if len(labels) == 1 else "MIXED SETUPS: " + " || ".join(labels)
     prof = get_profile(profile)
     return run_label(prof.model, prof.pretrained, prof.dataset, profile_warnings(profile))
@@ -83,22 +83,22 @@ def check_one_dataset(df: pd.DataFrame) -> None:
                            "runs that do not belong.")
 
 
-def _is_main(df: pd.DataFrame) -> pd.Series:
+def is_main(df: pd.DataFrame) -> pd.Series:
     """Rows that are a method's main run (variant None) of one of the six methods."""
-    return _col(df, "method").isin(method_names()) & _col(df, "variant").isna()
+    return column(df, "method").isin(method_names()) & column(df, "variant").isna()
 
 
-def _shots(df: pd.DataFrame) -> pd.Series:
+def shots_of(df: pd.DataFrame) -> pd.Series:
     """Training images per class of each row (NaN: every image)."""
-    return pd.to_numeric(_col(df, "shots"), errors="coerce")
+    return pd.to_numeric(column(df, "shots"), errors="coerce")
 
 
 def default_shots(df: pd.DataFrame) -> float | None:
     """The shots value the overview shows: every training image when trained rows at it exist, else the largest k."""
-    main = df[_is_main(df) & (_col(df, "method") != "zero_shot")] if len(df) and "method" in df.columns else df
+    main = df[is_main(df) & (column(df, "method") != "zero_shot")] if len(df) and "method" in df.columns else df
     if not len(main):
         return None
-    k = _shots(main)
+    k = shots_of(main)
     return None if k.isna().any() else float(k.max())
 
 
@@ -107,11 +107,11 @@ def _at_shots(df: pd.DataFrame, shots: Any) -> pd.DataFrame:
     exactly that value when there are some, else those run on every image)."""
     if not len(df):
         return df
-    k = _shots(df)
+    k = shots_of(df)
     if shots == "auto":
         shots = default_shots(df)
     at = k.isna() if shots is None or pd.isna(shots) else k == float(shots)
-    zs = _col(df, "method") == "zero_shot"
+    zs = column(df, "method") == "zero_shot"
     zs_at = zs & (at if (zs & at).any() else k.isna())
     return df[(at & ~zs) | zs_at]
 
@@ -120,35 +120,35 @@ def main_rows(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:
     """The main rows at one shots value ("auto": every training image, or the largest k of a grid)."""
     if not len(df) or "method" not in df.columns:
         return pd.DataFrame(columns=["run", "variant", "standin", "shots", *REQUIRED_KEYS])
-    return _at_shots(df[_is_main(df)], shots)
+    return _at_shots(df[is_main(df)], shots)
 
 
 def _measured(rows: pd.DataFrame) -> str:
     """What the accuracy column measures for these rows."""
-    what = [str(v) for v in _col(rows, "test_acc_is").dropna().unique()]
+    what = [str(v) for v in column(rows, "test_acc_is").dropna().unique()]
     return what[0] if len(what) == 1 else "test top-1"
 
 
-def _borrowed_history(rows: pd.DataFrame) -> pd.Series:
+def borrowed_histories(rows: pd.DataFrame) -> pd.Series:
     """Per row, the recipe whose history it carries when that is not its own (the probe's L-BFGS row keeps the
     AdamW run's), else ""."""
-    pairs = zip(_col(rows, "history_of"), _col(rows, "recipe"))
+    pairs = zip(column(rows, "history_of"), column(rows, "recipe"))
     return pd.Series([borrowed_history(h, r) for h, r in pairs], index=rows.index, dtype=object)
 
 
 def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
     """Mean over seeds of one method's (or variant's) runs; accuracy also gets its std."""
-    num = lambda c: pd.to_numeric(_col(rows, c), errors="coerce")  # noqa: E731
+    num = lambda c: pd.to_numeric(column(rows, c), errors="coerce")  # noqa: E731
     acc = num("test_acc")
-    from_history = pd.Series([len(h) if isinstance(h, list) and h else np.nan for h in _col(rows, "history")],
+    from_history = pd.Series([len(h) if isinstance(h, list) and h else np.nan for h in column(rows, "history")],
                              index=rows.index, dtype=float)
     # trained epochs; rows written before epochs_run: their own history's length (never another recipe's)
-    epochs = num("epochs_run").fillna(from_history.where(_borrowed_history(rows) == ""))
+    epochs = num("epochs_run").fillna(from_history.where(borrowed_histories(rows) == ""))
     sizes = sorted({int(n) for n in num("n_test").dropna()})
-    classes = [len(v) for v in _col(rows, "per_class_acc") if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
-    measures = sorted({str(v) for v in _col(rows, "memory_measure").dropna() if str(v)})
+    classes = [len(v) for v in column(rows, "per_class_acc") if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
+    measures = sorted({str(v) for v in column(rows, "memory_measure").dropna() if str(v)})
     return {
-        "status": "ok", "n_seeds": int(_col(rows, "seed").nunique()),
+        "status": "ok", "n_seeds": int(column(rows, "seed").nunique()),
         "measured": _measured(rows), "n_test": sizes[0] if len(sizes) == 1 else (np.nan if not sizes else -1),
         "epochs": epochs.mean(), "shots": num("shots").max(),
         "trainable_params": num("trainable_params").max(), "total_params": num("total_params").max(),
@@ -172,9 +172,9 @@ def summary_table(df: pd.DataFrame, include_missing: bool = True, shots: Any = "
     for method in method_names():
         runs = main[main["method"] == method]
         if len(runs):
-            rows.append({"method": method, "type": _kind(method), **_aggregate(runs)})
+            rows.append({"method": method, "type": kind_of(method), **_aggregate(runs)})
         elif include_missing:
-            rows.append({"method": method, "type": _kind(method), "status": "not run", "n_seeds": 0})
+            rows.append({"method": method, "type": kind_of(method), "status": "not run", "n_seeds": 0})
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
 
@@ -183,11 +183,11 @@ def combination_table(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:
     empty = pd.DataFrame(columns=["variant", *TABLE_COLUMNS])
     if not len(df) or "method" not in df.columns:
         return empty
-    rest = _at_shots(df[~_is_main(df)], default_shots(df) if shots == "auto" else shots).copy()
-    rest = rest[~_col(rest, "selected_on").astype(str).str.contains("test")]  # never a row chosen on test
-    rest["variant"] = _col(rest, "variant").fillna("")
+    rest = _at_shots(df[~is_main(df)], default_shots(df) if shots == "auto" else shots).copy()
+    rest = rest[~column(rest, "selected_on").astype(str).str.contains("test")]  # never a row chosen on test
+    rest["variant"] = column(rest, "variant").fillna("")
     order = {m: i for i, m in enumerate(method_names() + COMBINATION_METHODS)}
-    rows = [{"method": m, "variant": v or None, "type": _kind(m), **_aggregate(g)}
+    rows = [{"method": m, "variant": v or None, "type": kind_of(m), **_aggregate(g)}
             for (m, v), g in rest.groupby(["method", "variant"])]
     table = pd.DataFrame(rows)
     if not len(table):
@@ -199,10 +199,10 @@ def combination_table(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:
 
 def shots_table(df: pd.DataFrame) -> pd.DataFrame:
     """Main rows by method and shots: mean and std of test accuracy over seeds, and how many seeds."""
-    main = df[_is_main(df)] if len(df) and "method" in df.columns else pd.DataFrame()
+    main = df[is_main(df)] if len(df) and "method" in df.columns else pd.DataFrame()
     if not len(main):
         return pd.DataFrame(columns=["method", "shots", "mean", "std", "n_seeds"])
-    main = main.assign(_k=_shots(main), _acc=pd.to_numeric(main["test_acc"], errors="coerce"))
+    main = main.assign(_k=shots_of(main), _acc=pd.to_numeric(main["test_acc"], errors="coerce"))
     out = main.groupby(["method", "_k"], dropna=False)["_acc"].agg(["mean", "std", "count"]).reset_index()
     out = out.rename(columns={"_k": "shots", "count": "n_seeds"})
     order = {m: i for i, m in enumerate(method_names())}
@@ -213,7 +213,7 @@ def shots_display(table: pd.DataFrame) -> pd.DataFrame:
     """``shots_table`` as methods x shots cells "mean ± std (n)" in percent."""
     if not len(table):
         return pd.DataFrame()
-    cell = lambda r: _acc(r["mean"], r["std"], int(r["n_seeds"])) + f" ({int(r['n_seeds'])})"  # noqa: E731
+    cell = lambda r: accuracy_text(r["mean"], r["std"], int(r["n_seeds"])) + f" ({int(r['n_seeds'])})"  # noqa: E731
     t = table.assign(cell=table.apply(cell, axis=1), col=table["shots"].map(lambda k: "all" if pd.isna(k) else int(k)))
     wide = t.pivot(index="method", columns="col", values="cell")
     if "zero_shot" in wide.index and "all" in wide.columns:   # it trains on nothing: its number holds at every k
@@ -267,13 +267,13 @@ def learning_curves(df: pd.DataFrame) -> tuple[dict[str, pd.Series], dict[str, f
     curves, lines = {}, {}
     main = main_rows(df)
     for method in method_names():
-        rows = main[_col(main, "method") == method]
-        borrowed = _borrowed_history(rows) != ""
+        rows = main[column(main, "method") == method]
+        borrowed = borrowed_histories(rows) != ""
         if borrowed.any():
-            val = pd.to_numeric(_col(rows[borrowed], "val_acc"), errors="coerce").dropna()
+            val = pd.to_numeric(column(rows[borrowed], "val_acc"), errors="coerce").dropna()
             if len(val):
                 lines[method] = float(val.mean())
-        points = [(h.get("epoch"), h.get("val_acc")) for hist in _col(rows[~borrowed], "history")
+        points = [(h.get("epoch"), h.get("val_acc")) for hist in column(rows[~borrowed], "history")
                   for h in (hist if isinstance(hist, list) else []) if isinstance(h, dict)]
         pts = pd.DataFrame(points, columns=["epoch", "val"]).apply(pd.to_numeric, errors="coerce").dropna()
         if len(pts):
@@ -283,8 +283,8 @@ def learning_curves(df: pd.DataFrame) -> tuple[dict[str, pd.Series], dict[str, f
 
 def zero_shot_val(df: pd.DataFrame) -> float | None:
     """Zero-shot's validation accuracy (the dashed line of the learning curves), or None."""
-    zs = _numeric(main_rows(df), "val_acc")
-    zs = zs[_col(zs, "method") == "zero_shot"] if len(zs) else zs
+    zs = numeric(main_rows(df), "val_acc")
+    zs = zs[column(zs, "method") == "zero_shot"] if len(zs) else zs
     return float(zs["val_acc"].mean()) if len(zs) and zs["val_acc"].notna().any() else None
 
 
@@ -304,11 +304,11 @@ def curve_starts(df: pd.DataFrame) -> pd.DataFrame:
 
 def per_class_matrix(df: pd.DataFrame, classnames: Sequence[str] | None = None) -> pd.DataFrame:
     """Methods × classes test accuracy (mean over seeds); many classes are sorted by mean accuracy."""
-    from ..plots import _floats, unique_labels
+    from ..plots import floats, unique_labels
     main = main_rows(df)
     rows = {}
     for method in method_names():
-        accs = [pd.Series(_floats(list(v))) for v in _col(main, "per_class_acc")[_col(main, "method") == method]
+        accs = [pd.Series(floats(list(v))) for v in column(main, "per_class_acc")[column(main, "method") == method]
                 if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
         if accs:
             rows[method] = pd.concat(accs, axis=1).mean(axis=1)
@@ -354,16 +354,16 @@ def memory_kind(measures: Iterable[Any]) -> str:
     return (" and ".join(kinds) if len(kinds) < 2 else "mixed: " + " and ".join(kinds)) or "measure not recorded"
 
 
-def _numeric(table: pd.DataFrame, *columns: str) -> pd.DataFrame:
+def numeric(table: pd.DataFrame, *columns: str) -> pd.DataFrame:
     """A copy whose ``columns`` are floats (None, strings, pd.NA and missing columns become NaN)."""
-    from ..plots import _floats
+    from ..plots import floats
     out = table.copy()
     for c in columns:
-        out[c] = _floats(list(_col(table, c))) if len(table) else pd.Series(dtype=float)
+        out[c] = floats(list(column(table, c))) if len(table) else pd.Series(dtype=float)
     return out
 
 
-def _count(n: Any) -> str:
+def count_text(n: Any) -> str:
     """Parameter count for humans: 0, 9.8K, 87.8M."""
     if n is None or pd.isna(n):
         return "—"
@@ -374,12 +374,12 @@ def _count(n: Any) -> str:
     return f"{int(n)}"
 
 
-def _num(x: Any, fmt: str = "{:.1f}") -> str:
+def number_text(x: Any, fmt: str = "{:.1f}") -> str:
     """A number for display, "—" when missing."""
     return "—" if x is None or pd.isna(x) else fmt.format(float(x))
 
 
-def _acc(mean: Any, std: Any, n: int) -> str:
+def accuracy_text(mean: Any, std: Any, n: int) -> str:
     """``85.3 ± 1.2`` (percent) when several seeds exist, else ``85.3``."""
     if mean is None or pd.isna(mean):
         return "—"

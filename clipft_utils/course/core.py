@@ -20,7 +20,7 @@ from ..errors import ConfigError, DatasetError, OfflineError
 from ..labels import run_label, warnings_for
 from ..methods import get as get_method
 from ..models import STANDIN_MODELS, CLIPClassifier, LoadedCLIP, count_parameters, load_clip, resolve_device
-from ..paths import PROJECT_ROOT, atomic_path, cache_dir, ensure_writable, results_root
+from ..paths import PROJECT_ROOT, atomic_path, ensure_writable, results_root
 from ..results import make_result, point_suffix, result_path, run_name, save_result
 from ..seeding import seed_everything
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import TrainConfig, extra_epochs
+from ..config import TrainConfig
 from ..errors import ConfigError
 from .base import Method, Variant, freeze, head_group, register
 

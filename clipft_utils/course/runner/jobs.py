@@ -3,6 +3,7 @@ the shards of a grid."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from ... import methods as M

@@ -1,12 +1,6 @@
-"""Figure helpers shared by the notebooks; every one takes a ``title`` (use ``course.title(...)``) and returns the Figure.
-
-Every figure uses matplotlib's constrained layout (no ``tight_layout`` warnings), puts its legend outside the
-axes (it never covers data) and uses numeric bar positions with :func:`unique_labels` (equal names never merge).
-"""
+"""The figures every notebook shares: predictions, per-class bars, training curves, metric curves and grids, bars."""
 from __future__ import annotations
 
-import textwrap
-from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -14,109 +8,12 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import MaxNLocator
 
-CORRECT, WRONG = "#1a7f37", "#cf222e"
-VAL_COLOR, TEST_COLOR = "tab:blue", "tab:orange"   # validation and test, in every figure that shows both
-FRACTION_LABEL = "fraction of training (epoch / epochs run)"
-RECIPE_NAMES = {"torch": "AdamW", "sklearn": "L-BFGS"}   # the linear probe's two recipes, as the legends name them
+from .style import (CORRECT, FRACTION_LABEL, RECIPE_NAMES, WRONG, best_marker_handle, empty_note, floats,
+                    legend_outside, mark_best, percent_axis, progress_axis, split_color, unique_labels, value_format,
+                    zoom_limits, zoom_note)
 
-
-def _wrap(name: str, width: int = 24) -> str:
-    """A class name wrapped onto lines of ``width`` characters (never truncated)."""
-    return "\n".join(textwrap.wrap(str(name), width)) or str(name)
-
-
-def unique_labels(names: Sequence[str], width: int = 24, ids: Sequence[int] | None = None) -> list[str]:
-    """Full names wrapped to ``width``; labels that are still equal get their class index (``ids``) appended."""
-    labels = [_wrap(n, width) for n in names]
-    ids = list(range(len(labels))) if ids is None else [int(i) for i in ids]
-    counts = Counter(labels)
-    return [f"{lab} (#{i})" if counts[lab] > 1 else lab for lab, i in zip(labels, ids)]
-
-
-def _floats(values: Any) -> np.ndarray:
-    """Any sequence of numbers / None / NaN / objects as a float array (non-numbers become NaN)."""
-    out = []
-    for v in np.atleast_1d(np.asarray(values if values is not None else [], dtype=object)).ravel():
-        try:
-            out.append(float(v) if v is not None else np.nan)
-        except (TypeError, ValueError):
-            out.append(np.nan)
-    return np.asarray(out, dtype=float)
-
-
-def _empty(ax: Axes, text: str = "no results") -> None:
-    """A grey note in the middle of an axes that has nothing to show."""
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
-
-
-def legend_outside(ax: Axes, fontsize: float = 8, extra: Sequence[Any] = (), **kw: Any) -> None:
-    """The axes' legend (plus ``extra`` handles) to the right of it, where it cannot cover data."""
-    handles, labels = ax.get_legend_handles_labels()
-    handles, labels = handles + list(extra), labels + [h.get_label() for h in extra]
-    if handles:
-        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
-                  fontsize=fontsize, **kw)
-
-
-def split_color(name: str, default: Any) -> Any:
-    """:data:`VAL_COLOR` for a series named "val…"/"validation…", :data:`TEST_COLOR` for "test…", else ``default``."""
-    low = str(name).lower()
-    return VAL_COLOR if low.startswith("val") else TEST_COLOR if low.startswith("test") else default
-
-
-class TickPercent(PercentFormatter):
-    """Fractions as percentages with as few decimals as the tick spacing needs (never two equal labels)."""
-
-    def __init__(self) -> None:
-        super().__init__(1.0)
-
-    def format_ticks(self, values: Sequence[float]) -> list[str]:
-        steps = np.diff(np.asarray(values, dtype=float))
-        step = 100 * float(np.min(np.abs(steps[steps != 0]))) if (steps != 0).any() else 100.0
-        decimals = max(0, int(np.ceil(-np.log10(step) - 1e-9)))
-        return [f"{100 * v:.{decimals}f}%" for v in values]
-
-
-def percent_axis(axis: Any, cap: bool = False) -> None:
-    """Show fractions (0..1) on this x or y axis as percentages.
-
-    ``cap``: when the data stop at 100 %, the axis stops just above it (no ticks at 102 %, 104 %, ...); call it
-    after everything is drawn.
-    """
-    axis.set_major_formatter(TickPercent())
-    ax = axis.axes
-    is_y = axis is ax.yaxis
-    low, high = ax.get_ylim() if is_y else ax.get_xlim()
-    top = ax.dataLim.y1 if is_y else ax.dataLim.x1
-    if cap and high > 1.0 >= top and low < 1.0:
-        (ax.set_ylim if is_y else ax.set_xlim)(low, 1.0 + 0.15 * (1.0 - low))
-
-
-def _fmt(percent: bool):
-    """Value formatter for labels: ``41.2%`` for fractions, else three significant digits."""
-    return (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3g}")
-
-
-def zoom_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float, bool]:
-    """Axis limits around the data range (``lows`` = values - errors, ``highs`` = values + errors); True if > 0."""
-    lo, hi = _floats(lows), _floats(highs)
-    lo, hi = lo[np.isfinite(lo)], hi[np.isfinite(hi)]
-    if not len(lo) or not len(hi):
-        return 0.0, 1.0, False
-    lo_v, hi_v = float(lo.min()), float(hi.max())
-    span = hi_v - lo_v or abs(hi_v) * 0.05 or 1e-3
-    low = lo_v - 0.5 * span
-    return (max(low, 0.0), hi_v + 0.3 * span, low > 0)
-
-
-def _zoom_note(low: float, percent: bool) -> str:
-    """The visible note on a zoomed axis."""
-    return f"axis starts at {_fmt(percent)(low)}, not at 0"
-
-
-# ----------------------------------------------------------------------------- images and classes
 def prediction_grid(images: np.ndarray, labels: Sequence[int], preds: Sequence[int], classnames: Sequence[str],
                     n: int = 16, cols: int = 4, title: str = "", fontsize: float = 8.5) -> Figure:
     """Images [N, H, W, 3] (uint8) with full true and predicted names; green = right, red = wrong."""
@@ -134,7 +31,7 @@ def prediction_grid(images: np.ndarray, labels: Sequence[int], preds: Sequence[i
         ax.set_title(f"true: {names[int(labels[i])]}\npred: {names[int(preds[i])]}", fontsize=fontsize,
                      color=CORRECT if ok else WRONG, loc="left")
     if not n:
-        _empty(axes.flat[0], "no images")
+        empty_note(axes.flat[0], "no images")
     fig.suptitle(title, fontsize=9)
     return fig
 
@@ -147,7 +44,7 @@ def _tie_note(acc: np.ndarray, value: float) -> str:
 
 def per_class_bars(per_class_acc: Sequence[float], classnames: Sequence[str], k: int = 10, title: str = "") -> Figure:
     """The ``k`` best and ``k`` worst classes by accuracy, as two horizontal bar charts (ties are counted)."""
-    acc = _floats(per_class_acc)
+    acc = floats(per_class_acc)
     order = [int(i) for i in np.argsort(acc, kind="stable") if np.isfinite(acc[i])]
     k = max(1, min(k, len(order) // 2 or 1))
     worst, best = order[:k], order[::-1][:k]
@@ -159,7 +56,7 @@ def per_class_bars(per_class_acc: Sequence[float], classnames: Sequence[str], k:
         ax.set_xlabel("accuracy")
         percent_axis(ax.xaxis)
         if not idx:
-            _empty(ax, "no per-class accuracy")
+            empty_note(ax, "no per-class accuracy")
             ax.set_title(f"{name} classes", fontsize=9)
             continue
         pos = np.arange(len(idx))[::-1]  # numeric positions: equal names must not merge into one bar
@@ -176,29 +73,9 @@ def per_class_bars(per_class_acc: Sequence[float], classnames: Sequence[str], k:
     return fig
 
 
-# ----------------------------------------------------------------------------- curves
 def _histories(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]) -> dict[str, Sequence[Mapping]]:
     """One history (list of epoch records) or ``{name: history}`` -> ``{name: history}``."""
     return dict(history) if isinstance(history, Mapping) else {"": history}
-
-
-def progress_axis(lengths: Sequence[float]) -> bool:
-    """True when runs of different lengths are compared: plot against the fraction of training, not epochs."""
-    return len({float(n) for n in lengths if n}) > 1
-
-
-def mark_best(ax: Axes, x: Sequence[float], y: Sequence[float], color: Any) -> None:
-    """A star on the highest point of one curve (its best epoch)."""
-    ys = _floats(y)
-    if np.isfinite(ys).any():
-        i = int(np.nanargmax(ys))
-        ax.plot([_floats(x)[i]], [ys[i]], marker="*", ms=12, color=color, mec="k", mew=0.6, ls="none", zorder=4,
-                clip_on=False)
-
-
-def best_marker_handle() -> Line2D:
-    """The legend entry for :func:`mark_best`."""
-    return Line2D([], [], marker="*", ms=10, color="w", mfc="grey", mec="k", mew=0.6, ls="none", label="best epoch")
 
 
 def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]], title: str = "",
@@ -209,7 +86,7 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
     ``baselines`` (``{"zero-shot head": 0.21}``) become dotted horizontal lines on the accuracy panel.
     """
     runs = {name: list(hist or []) for name, hist in _histories(history).items()}
-    epochs = {name: _floats([r.get("epoch") for r in hist]) for name, hist in runs.items()}
+    epochs = {name: floats([r.get("epoch") for r in hist]) for name, hist in runs.items()}
     lengths = {name: float(np.nanmax(e)) if np.isfinite(e).any() else 0.0 for name, e in epochs.items()}
     fraction = progress_axis(list(lengths.values()))
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
@@ -217,15 +94,15 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
         x = epochs[name] / lengths[name] if fraction and lengths[name] else epochs[name]
         tag = f"{name} ({lengths[name]:.0f} ep)" if fraction else name
         color = f"C{i}"
-        ax_loss.plot(x, _floats([r.get("train_loss") for r in hist]), marker=".", color=color, label=tag or "train")
+        ax_loss.plot(x, floats([r.get("train_loss") for r in hist]), marker=".", color=color, label=tag or "train")
         if any(r.get("val_loss") is not None for r in hist):
-            ax_loss.plot(x, _floats([r.get("val_loss") for r in hist]), ls="--", color=color,
+            ax_loss.plot(x, floats([r.get("val_loss") for r in hist]), ls="--", color=color,
                          label=None if tag else "val")
-        val = _floats([r.get("val_acc") for r in hist])
+        val = floats([r.get("val_acc") for r in hist])
         ax_acc.plot(x, val, marker=".", color=color, label=tag or "val")
         mark_best(ax_acc, x, val, color)
     for j, (name, value) in enumerate((baselines or {}).items()):
-        if np.isfinite(_floats([value])[0]):
+        if np.isfinite(floats([value])[0]):
             color = "grey" if len(baselines) == 1 else f"C{len(runs) + j}"
             ax_acc.axhline(float(value), ls=":", color=color, label=name)
     xlabel = FRACTION_LABEL if fraction else "epoch"
@@ -239,7 +116,7 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         if not trained:
-            _empty(ax, "no training history")
+            empty_note(ax, "no training history")
     styles = [Line2D([], [], color="grey", marker=".", label="train"),
               Line2D([], [], color="grey", ls="--", label="val")]
     legend_outside(ax_loss, extra=styles if any(runs) and trained else [])
@@ -251,7 +128,7 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
 def _own_history(row: Mapping) -> list:
     """The row's per-epoch history with validation accuracy, if it is the row's own recipe's (else [])."""
     hist = row.get("history") or []
-    from .results import borrowed_history
+    from ..results import borrowed_history
     borrowed = borrowed_history(row.get("history_of"), row.get("recipe"))
     ok = isinstance(hist, list) and hist and isinstance(hist[0], Mapping) and "val_acc" in hist[0]
     return list(hist) if ok and not borrowed else []
@@ -270,7 +147,7 @@ def curves_and_lines(rows: Mapping[str, Mapping]) -> tuple[dict[str, list], dict
         hist = _own_history(row)
         if hist:
             curves[f"{method} ({recipe})" if recipe else method] = hist
-        elif np.isfinite(_floats([row.get("val_acc")])[0]):
+        elif np.isfinite(floats([row.get("val_acc")])[0]):
             lines[f"{method} ({recipe}, no epochs)" if recipe else f"{method} (no epochs)"] = float(row["val_acc"])
     return curves, lines
 
@@ -284,16 +161,16 @@ def metric_curve(x: Sequence[float], y: Mapping[str, Sequence[float]] | Sequence
     """
     series = dict(y) if isinstance(y, Mapping) else {"": y}
     fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
-    xs = _floats(list(x))
+    xs = floats(list(x))
     for i, (name, ys) in enumerate(series.items()):
-        ys = _floats(list(ys))
+        ys = floats(list(ys))
         ax.plot(xs[:len(ys)], ys[:len(xs)], marker="o", label=name or None, color=split_color(name, f"C{i}"))
     if mark is not None:
         ax.axvline(mark, color="grey", ls=":", label=f"chosen: {mark:g}")
     if logx and (xs[np.isfinite(xs)] > 0).any():
         ax.set_xscale("log")
     if not np.isfinite(xs).any():
-        _empty(ax)
+        empty_note(ax)
     ax.set(xlabel=xlabel, ylabel=ylabel)
     if percent:
         percent_axis(ax.yaxis, cap=True)
@@ -310,7 +187,7 @@ def value_grid(values: Any, rows: Sequence[float], cols: Sequence[float], title:
     values = np.asarray(values, dtype=float)
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.42 * len(rows)), layout="constrained")
     image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower")
-    fmt = _fmt(percent)
+    fmt = value_format(percent)
     middle = np.nanmean(values) if np.isfinite(values).any() else 0.0
     for i in range(len(rows)):
         for j in range(len(cols)):
@@ -331,14 +208,13 @@ def value_grid(values: Any, rows: Sequence[float], cols: Sequence[float], title:
 
 def label_points(ax: Axes, x: Sequence[float], y: Sequence[float], labels: Sequence[str]) -> None:
     """A label centred above each point, with margins so that no label reaches the frame."""
-    for xx, yy, text in zip(_floats(list(x)), _floats(list(y)), labels):
+    for xx, yy, text in zip(floats(list(x)), floats(list(y)), labels):
         if np.isfinite(xx) and np.isfinite(yy):
             ax.annotate(text, (xx, yy), xytext=(0, 6), textcoords="offset points", ha="center", va="bottom",
                         fontsize=8)
     ax.margins(x=0.1, y=0.18)
 
 
-# ----------------------------------------------------------------------------- bars
 def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], title: str = "",
                 ylabel: str = "test top-1", errors: Mapping[str, float] | None = None,
                 percent: bool = True, series: Sequence[str] | None = None, zoom: bool = False) -> Figure:
@@ -351,13 +227,13 @@ def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], tit
     width_n = max((len(np.atleast_1d(values[n])) for n in names), default=1)
     data = np.full((len(names), width_n), np.nan)
     for i, n in enumerate(names):
-        row = _floats(values[n])
+        row = floats(values[n])
         data[i, :len(row)] = row
-    err = np.array([_floats([(errors or {}).get(n, 0)])[0] for n in names]) if errors and not grouped else None
+    err = np.array([floats([(errors or {}).get(n, 0)])[0] for n in names]) if errors and not grouped else None
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) * width_n + 1.5), 3.8), layout="constrained")
     if not names or not np.isfinite(data).any():
-        _empty(ax)
-    fmt = _fmt(percent)
+        empty_note(ax)
+    fmt = value_format(percent)
     width = 0.8 / width_n
     for j in range(width_n):
         x = np.arange(len(names)) + (j - (width_n - 1) / 2) * width
@@ -371,7 +247,7 @@ def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], tit
                                     (data + np.atleast_2d(e).T).ravel() if err is not None else data.ravel())
     if zoom and zoomed:
         ax.set_ylim(low, high)
-        ylabel = f"{ylabel}\n({_zoom_note(low, percent)})"
+        ylabel = f"{ylabel}\n({zoom_note(low, percent)})"
     elif percent and np.isfinite(data).any():
         ax.set_ylim(0, min(1.08, max(0.05, float(np.nanmax(data))) * 1.15))
     ax.set_ylabel(ylabel)
@@ -385,11 +261,11 @@ def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], tit
 def _series(values: Sequence[float] | Mapping[str, Sequence[float]],
             errors: Sequence[float] | Mapping[str, Sequence[float]] | None) -> tuple[dict, dict]:
     """``{series: float array}`` and matching error arrays (0 where none) from one sequence or a mapping."""
-    series = ({str(k): _floats(list(v)) for k, v in values.items()} if isinstance(values, Mapping)
-              else {"": _floats(list(values))})
+    series = ({str(k): floats(list(v)) for k, v in values.items()} if isinstance(values, Mapping)
+              else {"": floats(list(values))})
     if not isinstance(errors, Mapping):
         errors = {next(iter(series)): errors} if errors is not None else {}
-    errs = {k: np.nan_to_num(_floats(list(errors[k]))) if errors.get(k) is not None else np.zeros(len(v))
+    errs = {k: np.nan_to_num(floats(list(errors[k]))) if errors.get(k) is not None else np.zeros(len(v))
             for k, v in series.items()}
     return series, errs
 
@@ -413,7 +289,7 @@ def ranked_bars(names: Sequence[str], values: Sequence[float] | Mapping[str, Seq
     highs = np.concatenate([v + errs[k] for k, v in series.items()])
     low, high, zoomed = zoom_limits(lows, highs) if zoom else (0.0, 0.0, False)
     low = low if zoomed else 0.0
-    fmt, height = _fmt(percent), 0.8 / s
+    fmt, height = value_format(percent), 0.8 / s
     y0 = np.arange(len(names))[::-1].astype(float)
     for j, (name, v) in enumerate(series.items()):
         y = y0 + 0.4 - height * (j + 0.5)
@@ -426,82 +302,17 @@ def ranked_bars(names: Sequence[str], values: Sequence[float] | Mapping[str, Seq
                         textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(y0, unique_labels([names[i] for i in order], 40), fontsize=8)
     if not len(names) or not np.isfinite(lows).any():
-        _empty(ax)
+        empty_note(ax)
     elif zoomed:
         ax.set_xlim(low, high)
     else:
         ax.set_xlim(0, float(np.nanmax(highs)) * 1.15 or 1.0)
-    ax.set_xlabel(f"{xlabel} ({_zoom_note(low, percent)})" if zoomed else xlabel)
+    ax.set_xlabel(f"{xlabel} ({zoom_note(low, percent)})" if zoomed else xlabel)
     if percent:
         percent_axis(ax.xaxis)
     ax.grid(axis="x", alpha=0.3)
     legend_outside(ax)
     ax.set_title(title, fontsize=9)
-    return fig
-
-
-def slowdown_bars(table: Any, title: str = "", xlabel: str = "inference time with prefix / without") -> Figure:
-    """Measured inference-time ratio per model (bars) with the token ratio (black tick) and 1.0 (no slowdown).
-
-    ``table``: a DataFrame indexed by model name with columns ``ratio``, ``token ratio`` and ``measured``.
-    """
-    rows = list(table.iterrows()) if table is not None else []
-    fig, ax = plt.subplots(figsize=(8, 0.75 * max(len(rows), 1) + 1.6), layout="constrained")
-    get = lambda row, key: row[key] if key in row.index else None  # noqa: E731
-    names = [f"{name} ({get(row, 'measured')})" if get(row, "measured") is not None else str(name)
-             for name, row in rows]
-    ratio = _floats([get(row, "ratio") for _, row in rows])
-    tokens = _floats([get(row, "token ratio") for _, row in rows])
-    y = np.arange(len(rows))[::-1]
-    ax.barh(y, np.nan_to_num(ratio), 0.6, color="C0", label="measured time ratio")
-    if np.isfinite(tokens).any():
-        ax.plot(tokens, y, ls="none", marker="|", ms=24, mew=2.5, color="k", label="token ratio (prefix / base)")
-    ax.axvline(1.0, color="grey", lw=1, ls="--", label="1.0 = no slowdown")
-    for r, t, yy in zip(ratio, tokens, y):   # inside the bar, so labels never run into the legend
-        text = f"measured {r:.2f}×" if np.isfinite(r) else "not measured"
-        text += f" · tokens {t:.2f}×" if np.isfinite(t) else ""
-        ax.annotate(text, (0, yy), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8,
-                    color="white" if np.isfinite(r) and r > 0 else "black")
-    ax.set_yticks(y, unique_labels(names, 40), fontsize=8)
-    top = np.nanmax(np.concatenate([ratio, tokens, [1.0]]))
-    ax.set_xlim(0, 1.15 * top)
-    ax.set_xlabel(xlabel)
-    if not rows:
-        _empty(ax)
-    legend_outside(ax, markerscale=0.5)
-    ax.set_title(title, fontsize=9)
-    return fig
-
-
-def _bias_kind_panel(ax: Axes, per_kind: Any) -> float:
-    """Bars of the mean RMS change per bias kind (first kind on top), each labelled; returns the largest value."""
-    kinds, values = [str(k) for k in per_kind.index][::-1], _floats(list(per_kind.values))[::-1]
-    top = (float(np.nanmax(values)) if np.isfinite(values).any() else 0.0) or 1.0
-    ax.barh(np.arange(len(kinds)), np.nan_to_num(values))
-    for v, y in zip(values, range(len(kinds))):
-        ax.annotate(f"{v:.3g}", (np.nan_to_num(v), y), xytext=(3, 0), textcoords="offset points", va="center",
-                    fontsize=7)
-    ax.set_yticks(np.arange(len(kinds)), kinds)
-    ax.set(xlim=(0, 1.25 * top), xlabel="RMS change of the bias", title="per kind (mean over blocks)")
-    ax.xaxis.set_major_locator(MaxNLocator(4))   # small numbers: few ticks, so that their labels never collide
-    return top
-
-
-def bias_change(per_kind: Any, per_block: Any, title: str = "") -> Figure:
-    """BitFit's RMS bias change per kind (bars from 0) and per kind x block (a colour scale from 0, so that
-    similar moves look similar). ``per_kind``: a Series indexed by kind; ``per_block``: a DataFrame kinds x blocks.
-    """
-    fig, (ax_kind, ax_block) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.4]},
-                                            layout="constrained")
-    top = _bias_kind_panel(ax_kind, per_kind)
-    grid = np.asarray(per_block.values, dtype=float)   # kinds x blocks (a DataFrame: always 2-D)
-    high = (float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0) or top
-    im = ax_block.imshow(grid if grid.size else np.zeros((1, 1)), aspect="auto", cmap="viridis", vmin=0, vmax=high)
-    ax_block.set(xticks=range(grid.shape[1]), xticklabels=[f"{float(c):g}" for c in per_block.columns],
-                 yticks=range(grid.shape[0]), yticklabels=[str(k) for k in per_block.index], xlabel="block",
-                 title="per block")
-    fig.colorbar(im, ax=ax_block, label="RMS change (scale from 0)")
-    fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -514,6 +325,6 @@ def table_figure(rows: Sequence[Sequence[Any]], columns: Sequence[str], title: s
         tab.auto_set_font_size(False)
         tab.set_fontsize(8)
     else:
-        _empty(ax)
+        empty_note(ax)
     ax.set_title(title, fontsize=9)
     return fig

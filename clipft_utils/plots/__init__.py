@@ -1,0 +1,19 @@
+"""Figure helpers shared by the notebooks; every one takes a ``title`` (use ``course.title(...)``) and returns the Figure.
+
+Every figure uses matplotlib's constrained layout (no ``tight_layout`` warnings), puts its legend outside the
+axes (it never covers data) and uses numeric bar positions with :func:`unique_labels` (equal names never merge).
+``style`` holds the shared look (colours, percent axes, legends), ``figures`` the figures every notebook draws,
+``method_figures`` those of one method's own measurements; ``comparison.figures`` builds 07's on the same style.
+"""
+from .figures import (bar_compare, curves_and_lines, label_points, metric_curve, per_class_bars, prediction_grid,
+                      ranked_bars, table_figure, training_curves, value_grid)
+from .method_figures import bias_change, slowdown_bars
+from .style import (CORRECT, FRACTION_LABEL, RECIPE_NAMES, TEST_COLOR, VAL_COLOR, WRONG, TickPercent,
+                    best_marker_handle, empty_note, floats, legend_outside, mark_best, percent_axis, progress_axis,
+                    split_color, unique_labels, value_format, zoom_limits, zoom_note)
+
+__all__ = ["CORRECT", "FRACTION_LABEL", "RECIPE_NAMES", "TEST_COLOR", "VAL_COLOR", "WRONG", "TickPercent",
+           "bar_compare", "best_marker_handle", "bias_change", "curves_and_lines", "empty_note", "floats",
+           "label_points", "legend_outside", "mark_best", "metric_curve", "per_class_bars", "percent_axis",
+           "prediction_grid", "progress_axis", "ranked_bars", "slowdown_bars", "split_color", "table_figure",
+           "training_curves", "unique_labels", "value_format", "value_grid", "zoom_limits", "zoom_note"]
