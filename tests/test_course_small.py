@@ -13,7 +13,7 @@ import pytest
 from clipft_utils.course import runner
 from clipft_utils.course.cli import main
 from clipft_utils.datasets.base import SplitSpec
-from clipft_utils.standin import synth
+from clipft_utils.standin import folders
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def text_of(path) -> str:
 def smallest(tmp_path_factory):
     """2 classes with exactly the minimum images per class of the default split (one per split)."""
     n = SplitSpec().minimum()
-    root = synth.write_imagefolder_standin(tmp_path_factory.mktemp("images") / "two", n_classes=2, per_class=n,
+    root = folders.write_imagefolder_standin(tmp_path_factory.mktemp("images") / "two", n_classes=2, per_class=n,
                                            faults=False)
     return root, n
 

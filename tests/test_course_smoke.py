@@ -37,8 +37,8 @@ def images(tmp_path_factory):
     """A folder of "your own" images: 6 classes x 13 drawn flowers (the folder that once crashed 06), JPEG and PNG,
     one class nested deeper, and the faults real folders hold (grayscale, CMYK and RGBA images, a truncated JPEG,
     a text file)."""
-    from clipft_utils.standin import synth
-    return synth.write_imagefolder_standin(tmp_path_factory.mktemp("images") / "my_flowers", n_classes=6, per_class=13)
+    from clipft_utils.standin import folders
+    return folders.write_imagefolder_standin(tmp_path_factory.mktemp("images") / "my_flowers", n_classes=6, per_class=13)
 
 
 @pytest.fixture(scope="module")

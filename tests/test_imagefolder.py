@@ -15,7 +15,7 @@ from clipft_utils import data as D
 from clipft_utils.course.cli import main as cli
 from clipft_utils.datasets import get_dataset
 from clipft_utils.errors import ConfigError, DatasetError, DatasetWarning
-from clipft_utils.standin import synth
+from clipft_utils.standin import folders, synth
 
 MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 
@@ -23,7 +23,7 @@ MEAN, STD = open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """12 classes x 25 drawn images: JPEG and PNG, one nested class, grayscale, CMYK, RGBA, a truncated JPEG, a text file."""
-    return synth.write_imagefolder_standin(tmp_path_factory.mktemp("images") / "my_flowers", n_classes=12, per_class=25)
+    return folders.write_imagefolder_standin(tmp_path_factory.mktemp("images") / "my_flowers", n_classes=12, per_class=25)
 
 
 def copy_of(folder, tmp_path):

@@ -16,7 +16,7 @@ from clipft_utils.datasets import get_dataset
 from clipft_utils.methods import names
 from clipft_utils.datasets.flowers102 import shared_mats
 from clipft_utils.paths import data_dir
-from clipft_utils.standin import synth
+from clipft_utils.standin import folders
 
 METHODS = names()
 
@@ -32,7 +32,7 @@ def write_what_the_rehearsal_reads() -> int:
     writing is tested in tests/test_synth.py. Returns the number of real images written."""
     prof = get_profile("rehearse")
     root = data_dir() / "rehearsal"
-    folder = synth.write_fullsize_standin(root, shared_mats(), ids=[], progress=False) / "flowers-102"
+    folder = folders.write_fullsize_standin(root, shared_mats(), ids=[], progress=False) / "flowers-102"
     labels = loadmat(folder / "imagelabels.mat", squeeze_me=True)["labels"]
     for i in range(1, len(labels) + 1):
         (folder / "jpg" / f"image_{i:05d}.jpg").touch()
@@ -42,7 +42,7 @@ def write_what_the_rehearsal_reads() -> int:
     for split, k in per_class.items():
         rows = split_rows(ds.labels(split), k, seed=0, cap=split == "test")
         ids |= {int(ds.index(split).files[r].stem.removeprefix("image_")) for r in rows}
-    synth.write_fullsize_standin(root, shared_mats(), ids=sorted(ids), progress=False, overwrite=True)
+    folders.write_fullsize_standin(root, shared_mats(), ids=sorted(ids), progress=False, overwrite=True)
     (folder / ".complete").write_text(f"{len(ids)} images the rehearsal test reads, the rest empty\n")
     return len(ids)
 

@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 
 from clipft_utils.datasets import get_dataset  # noqa: E402
 from clipft_utils.datasets.flowers102 import shared_mats  # noqa: E402
-from clipft_utils.standin import synth, toyclip  # noqa: E402
+from clipft_utils.standin import folders, synth, toyclip  # noqa: E402
 from clipft_utils.errors import ConfigError  # noqa: E402
 
 
@@ -92,7 +92,7 @@ def test_sample_grid_returns_a_figure(train_split):
 
 
 def test_fullsize_standin_with_self_made_mats_round_trips(tmp_path):
-    root = synth.write_fullsize_standin(tmp_path, n_images=310, size=40, progress=False, workers=1)
+    root = folders.write_fullsize_standin(tmp_path, n_images=310, size=40, progress=False, workers=1)
     folder = root / "flowers-102"
     total = 0
     for split in ("train", "val", "test"):
@@ -104,11 +104,11 @@ def test_fullsize_standin_with_self_made_mats_round_trips(tmp_path):
     with Image.open(files[0]) as im:
         assert im.format == "JPEG" and min(im.size) == 40 and max(im.size) <= 56
     with pytest.raises(ConfigError):
-        synth.write_fullsize_standin(tmp_path / "tiny", n_images=50, progress=False)
+        folders.write_fullsize_standin(tmp_path / "tiny", n_images=50, progress=False)
 
 
 def test_fullsize_image_is_photo_sized(tmp_path):
-    root = synth.write_fullsize_standin(tmp_path, n_images=400, ids=[1, 2], progress=False, workers=1)
+    root = folders.write_fullsize_standin(tmp_path, n_images=400, ids=[1, 2], progress=False, workers=1)
     paths = sorted((root / "flowers-102" / "jpg").glob("*.jpg"))
     assert [p.name for p in paths] == ["image_00001.jpg", "image_00002.jpg"]
     for path in paths:
@@ -125,7 +125,7 @@ def test_standin_with_official_mats_loads_in_unmodified_torchvision(tmp_path):
     from torchvision.datasets import Flowers102
     from scipy.io import loadmat
     train_ids = loadmat(OFFICIAL / "setid.mat", squeeze_me=True)["trnid"][:3].tolist()
-    root = synth.write_fullsize_standin(tmp_path, size=48, ids=train_ids, progress=False, workers=1)
+    root = folders.write_fullsize_standin(tmp_path, size=48, ids=train_ids, progress=False, workers=1)
     for name in ("imagelabels.mat", "setid.mat"):
         assert (hashlib.md5((root / "flowers-102" / name).read_bytes()).hexdigest()
                 == hashlib.md5((OFFICIAL / name).read_bytes()).hexdigest())
@@ -146,21 +146,21 @@ def test_the_rehearsal_writes_its_full_size_folder_once_with_the_official_mats(t
     def write(root, mats, **kw):                         # what the real writer leaves: flowers-102/ under root
         calls.append((root, mats, kw))
         (root / "flowers-102").mkdir(parents=True)
-    monkeypatch.setattr(synth, "write_fullsize_standin", write)
+    monkeypatch.setattr(folders, "write_fullsize_standin", write)
     monkeypatch.setenv("CLIPFT_DATA", str(tmp_path))
     monkeypatch.setenv("CLIPFT_FLOWERS_MATS", str(tmp_path / "mats"))
-    root = synth.rehearsal_root(echo=lambda line: None)
+    root = folders.rehearsal_root(echo=lambda line: None)
     assert root == tmp_path / "rehearsal" and calls == [(root, tmp_path / "mats", {})]  # n_images: all 8189
-    assert (root / "flowers-102" / ".complete").read_text().startswith(f"{synth.FLOWERS102_N_IMAGES} images")
-    assert synth.rehearsal_root(echo=lambda line: None) == root and len(calls) == 1      # once
+    assert (root / "flowers-102" / ".complete").read_text().startswith(f"{folders.FLOWERS102_N_IMAGES} images")
+    assert folders.rehearsal_root(echo=lambda line: None) == root and len(calls) == 1      # once
     monkeypatch.setenv("CLIPFT_DATA", str(tmp_path / "other"))
     monkeypatch.delenv("CLIPFT_FLOWERS_MATS")
     monkeypatch.setattr("clipft_utils.datasets.flowers102.shared_mats", lambda: None)
     with pytest.raises(DatasetError, match="Fix: set CLIPFT_FLOWERS_MATS"):
-        synth.rehearsal_root(echo=lambda line: None)
+        folders.rehearsal_root(echo=lambda line: None)
 
 
 def test_grid_cli(tmp_path):
     out = tmp_path / "grid.png"
-    assert synth.main(["grid", "--out", str(out), "--split", "val"]) == 0
+    assert folders.main(["grid", "--out", str(out), "--split", "val"]) == 0
     assert out.stat().st_size > 1000

@@ -101,7 +101,7 @@ SPLIT_HELP = ("how a folder of images is split, per class: counts, fractions or 
 DELEGATED = {
     "params": ("clipft_utils.methods.params", "trainable vs total parameters of every method (no download)"),
     "toyclip": ("clipft_utils.standin.toyclip", "build or evaluate the offline ToyCLIP checkpoint"),
-    "synth": ("clipft_utils.standin.synth", "SynthFlowers: sample grid, full-size Flowers102-shaped stand-in folder"),
+    "synth": ("clipft_utils.standin.folders", "SynthFlowers: sample grid, full-size Flowers102-shaped stand-in folder"),
     "bench": ("clipft_utils.course.bench", "throughput and peak memory per method (real architecture, random weights)"),
     "train": ("clipft_utils.course.train", "train one method's main run outside the notebooks (what torchrun launches)"),
     "predict": ("clipft_utils.predict", "classify image files with a trained run's model folder"),
