@@ -127,3 +127,10 @@ def test_an_error_in_your_folder_does_not_suggest_the_stand_in_profile(tmp_path,
     with pytest.raises(DatasetError) as err:
         setup("full", dataset=str(root))
     assert "Class 'b' has 2" in str(err.value) and 'profile = "smoke"' not in str(err.value)
+
+
+def test_data_check_takes_a_registered_dataset_name_as_run_data_does(capsys):
+    from clipft_utils.course.cli import main
+    assert main(["data", "check", "synthflowers"]) == 0                # before: "The image folder 'synthflowers'..."
+    out = capsys.readouterr().out
+    assert out.startswith("dataset: synthflowers") and "102 classes" in out

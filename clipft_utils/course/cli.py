@@ -89,9 +89,16 @@ def _prefetch(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
+    """``data check PATH`` (a folder of images, or a dataset's files with ``--dataset``) or ``data check NAME`` (a
+    registered dataset, as ``run --data NAME`` takes it)."""
+    from pathlib import Path
     from ..data import report
-    options = {"seed": args.split_seed, "strict": args.strict} if args.dataset == "imagefolder" else {}
-    print(report(args.dataset, args.path, split=_split_option(args.split), **options))
+    from ..datasets import available
+    dataset, root = args.dataset, args.path
+    if dataset == "imagefolder" and root in available() and not Path(root).expanduser().is_dir():
+        dataset, root = root, None  # a registered name, e.g. `data check synthflowers`
+    options = {"seed": args.split_seed, "strict": args.strict} if dataset == "imagefolder" else {}
+    print(report(dataset, root, split=_split_option(args.split), **options))
     return 0
 
 
@@ -168,7 +175,8 @@ def _main(argv: list[str]) -> int:
     data = sub.add_parser("data", help="what the course sees of a dataset (before any work)")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     check = data_sub.add_parser("check", help="classes, images per class and split, skipped files, prompts")
-    check.add_argument("path", help="the dataset's folder (for imagefolder: ROOT with one sub-folder per class)")
+    check.add_argument("path", help="a folder of images (ROOT with one sub-folder per class), a registered dataset's "
+                                    "name (e.g. synthflowers), or with --dataset the folder of that dataset's files")
     check.add_argument("--dataset", default="imagefolder", help="dataset name (default: imagefolder)")
     check.add_argument("--split", default=None, metavar="TRAIN,VAL[,TEST]", help=SPLIT_HELP)
     check.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (imagefolder)")
