@@ -271,11 +271,11 @@ def load_compact(path: str | Path = ASSET_PATH) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"The ToyCLIP checkpoint '{path}' is missing. Fix: rebuild it with "
-                           "`python -m clipft_utils.toyclip build` (about 4 minutes on 2 CPU cores).")
+                           "`python -m clipft_utils toyclip build` (about 4 minutes on 2 CPU cores).")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if ckpt.get("format") != FORMAT or ckpt.get("format_version") != FORMAT_VERSION:
         raise DatasetError(f"'{path}' is not a version-{FORMAT_VERSION} ToyCLIP checkpoint. Fix: rebuild it "
-                           "with `python -m clipft_utils.toyclip build`.")
+                           "with `python -m clipft_utils toyclip build`.")
     return ckpt
 
 
@@ -332,8 +332,8 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m clipft_utils.toyclip build [--steps N] [--out PATH]`` or ``... eval``."""
-    parser = argparse.ArgumentParser(prog="python -m clipft_utils.toyclip", description=__doc__.splitlines()[0])
+    """``python -m clipft_utils toyclip build [--steps N] [--out PATH]`` or ``... eval``."""
+    parser = argparse.ArgumentParser(prog="python -m clipft_utils toyclip", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="pretrain ToyCLIP and write the compact checkpoint")
     b.add_argument("--steps", type=int, default=DEFAULTS["steps"])
