@@ -147,7 +147,7 @@ def test_bad_folders_fail_before_any_work_with_the_fix(tmp_path, layout, message
 
 
 def test_strict_mode_fails_on_an_unreadable_file(folder):
-    with pytest.raises(DatasetError, match="(?s)truncated.*strict=False"):
+    with pytest.raises(DatasetError, match="(?s)truncated.*dataset_options={\"strict\": False}"):
         get_dataset("imagefolder", folder, strict=True).check()
 
 
