@@ -168,10 +168,10 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
     import open_clip
     from safetensors.torch import save_file
     from .heads import head_logits, save_head
+    out = Path(out).expanduser()
+    _check_out(out)                                   # before the model loads
     saved, loaded, clf = _load(model, results)
     _refuse_unlinear(saved, clf)
-    out = Path(out).expanduser()
-    _check_out(out)
     name = open_clip_name(loaded)
     _plain(clf)
     out.mkdir(parents=True, exist_ok=True)
