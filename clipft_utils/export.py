@@ -133,19 +133,22 @@ def _check_out(out: Path) -> None:
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if entries and not _is_export(out):
         raise ConfigError(f"'{out}' already holds files ({', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}) "
-                          "and is not an earlier export; nothing was written. Fix: pass a new or empty folder as --out.")
+                          "and is not an earlier export; nothing was written. Fix: give --out a new or empty folder.")
 
 
 def _open_clip_config(saved: Any, name: str, head: torch.Tensor) -> dict[str, Any]:
     """``open_clip_config.json``: what open_clip reads (``model_cfg``, ``preprocess_cfg``) and what a client needs."""
     import open_clip
-    m = saved.manifest
+    m, model_cfg = saved.manifest, open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ConfigError(f"open_clip has no config for '{name}' to write into {CONFIG_FILE}; nothing was written. "
+                          "Fix: export with --format onnx.")
     return {
-        "model_cfg": open_clip.get_model_config(name),
+        "model_cfg": model_cfg,
         "preprocess_cfg": {"size": m["image_size"], "mean": list(m["mean"]), "std": list(m["std"]),
                            "interpolation": "bicubic", "resize_mode": "shortest"},   # how the course decodes
         "classes": saved.classes,
-        "templates": m.get("templates"),
+        "templates": m.get("templates"), "templates_format": "str.format: {} is the class name, {{ }} literal braces",
         "classifier": {"file": HEAD_FILE, "shape": list(head.shape), "logits": HEAD_CONVENTION},
         "label": saved.label, "warnings": m.get("warnings"), "note": NOTE,
         "usage": USAGE,
@@ -173,6 +176,7 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
     saved, loaded, clf = _load(model, results)
     _refuse_unlinear(saved, clf)
     name = open_clip_name(loaded)
+    config = _open_clip_config(saved, name, clf.head.weight)
     _plain(clf)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in loaded.model.state_dict().items()}
@@ -180,7 +184,7 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "exported_by": "clipft"})
     head = save_head(out / HEAD_FILE, clf.head.weight, clf.head.bias, **_head_meta(saved, open_clip_name=name))
-    atomic_write_text(out / CONFIG_FILE, json.dumps(_open_clip_config(saved, name, clf.head.weight), indent=1) + "\n")
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
     _write_client(out)
     x = check_images(saved)
     with torch.inference_mode():

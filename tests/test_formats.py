@@ -196,7 +196,7 @@ def test_the_export_never_overwrites_a_users_folder(home, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="already holds files \\(notes.txt\\).*Fix: pass a new or empty folder"):
+    with pytest.raises(ConfigError, match="already holds files \\(notes.txt\\).*Fix: give --out a new or empty folder"):
         export_open_clip(models["zero_shot"], mine, echo=lambda *_: None)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     export_open_clip(models["zero_shot"], tmp_path / "again", echo=lambda *_: None)

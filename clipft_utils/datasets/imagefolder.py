@@ -44,7 +44,7 @@ class ImageFolder(FileDataset):
         super().__init__(root)
         self.split, self.seed, self.strict = SplitSpec.parse(split), int(seed), bool(strict)
         self.skipped: list[tuple[str, str]] = []                # (file, why): unreadable, left out
-        self.ignored, self.converted = [], {}   # not images by extension; high-bit-depth mode -> images scaled to 8 bits
+        self.ignored, self.converted = [], {}   # not images by extension; deep mode -> images scaled to 8 bits
 
     # ---- the folder's classes and files ------------------------------------------------------------------
     def check(self) -> None:

@@ -66,7 +66,7 @@ class SplitFile:
                                "class at least one image in every split (move rows of the file, or add images).")
 
     def write(self, assign: dict[Path, str]) -> None:
-        """Write ``assign`` (image -> split), sorted by path, in the file's own columns (rows read from it as written)."""
+        """Write ``assign`` (image -> split), sorted by path, in the file's columns (rows read from it as written)."""
         buf = io.StringIO()
         at = self._positions(self.header)
         rows = []
