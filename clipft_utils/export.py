@@ -1,11 +1,15 @@
 """``python -m clipft_utils export MODEL --format open_clip|onnx --out PATH``: a model folder as files other tools load.
 
-- ``open_clip``: one open_clip state dict (``open_clip_model.safetensors``: LoRA merged into its weights, BitFit's
-  biases and a fine-tuned tower in place, the text tower as the base had it) that
-  ``open_clip.create_model_and_transforms(NAME, pretrained=PATH)`` loads, plus the head as ``classifier.safetensors``
-  (``logits = weight @ normalize(encode_image(x)) + bias``) and ``export.json`` saying NAME, the classes and the
-  preprocessing. Prefix-tuning cannot be merged into open_clip's weights (its tokens are extra inputs of every
-  forward pass), nor Tip-Adapter's cache into a linear head: each says so and points to ``--format onnx``.
+- ``open_clip``: open_clip's own folder layout, the one every open_clip model on the Hugging Face hub has
+  (``open_clip_config.json`` with ``model_cfg`` and ``preprocess_cfg``, beside ``open_clip_model.safetensors``: LoRA
+  merged into its weights, BitFit's biases and a fine-tuned tower in place, the text tower as the base had it), so
+  ``open_clip.create_model_and_transforms("local-dir:" + OUT)`` loads it (uploaded: ``hf-hub:user/repo``), and
+  ``create_model_and_transforms(NAME, pretrained=OUT + "/open_clip_model.safetensors")`` still does where NAME is
+  registered. The config also holds the ``classes``, the ``templates``, the label and a ``note``; the head is
+  ``classifier.safetensors`` (``logits = weight @ normalize(encode_image(x)) + bias``); ``classify.py`` (with
+  ``pixels.py``) classifies files as ``predict`` does without this project. Prefix-tuning cannot be merged into
+  open_clip's weights (its tokens are extra inputs of every forward pass), nor Tip-Adapter's cache into a linear
+  head: each says so and points to ``--format onnx``. A folder holding anything but an earlier export is refused.
 - ``onnx``: one graph, normalised image tensor [B, 3, S, S] -> logits [B, C], for every method (the folded prefix
   is part of the graph), checked at export time with onnxruntime against torch on a few images (the max abs
   difference is printed; fp32 must agree within 1e-4). Needs the optional extra: ``pip install -e .[export]``.
@@ -25,11 +29,25 @@ from torch import nn
 
 from .errors import ConfigError
 from .paths import atomic_path, atomic_write_text
+from .pixels import BIT_DEPTH_NOTE
 
 ONNX_TOLERANCE = 1e-4
 CHECK_IMAGES = 4
 OPEN_CLIP_FILE = "open_clip_model.safetensors"
+"""open_clip's own weights name (HF_SAFE_WEIGHTS_NAME): ``local-dir:``, ``hf-hub:`` and ``pretrained=PATH`` all load it;
+it is also the first name ``local-dir:`` looks for, so ``classifier.safetensors`` beside it is never taken instead."""
+CONFIG_FILE = "open_clip_config.json"
 HEAD_FILE = "classifier.safetensors"
+EXPORT_FORMAT = "clipft-open_clip-1"
+CLIENT_FILES = {"classify.py": "export_client.py", "pixels.py": "pixels.py"}
+HEAD_CONVENTION = "logits = weight @ normalize(encode_image(x)) + bias (normalize: L2 over the feature dimension)"
+NOTE = ("open_clip's transform does not apply EXIF orientation: call PIL.ImageOps.exif_transpose(image) first; a "
+        "16-bit, 32-bit or float image must be scaled to 8 bits before it (pixels.to_8bit, beside this file), or "
+        "PIL's convert('RGB') inside it turns the image white. `python classify.py IMAGE...` does both.")
+USAGE = ("model, _, preprocess = open_clip.create_model_and_transforms('local-dir:' + FOLDER); head = "
+         "safetensors.torch.load_file(FOLDER + '/classifier.safetensors'); x = preprocess(to_8bit(ImageOps."
+         "exif_transpose(Image.open(PATH))))[None]; logits = F.normalize(model.encode_image(x), dim=-1) @ "
+         "head['weight'].T + head['bias']")
 
 
 def _load(model: str | Path, results: str | Path | None):
@@ -71,16 +89,10 @@ def _head_meta(saved: Any, **extra: Any) -> dict[str, Any]:
             "label": m.get("label"), "warnings": m.get("warnings"), **extra}
 
 
-def export_open_clip(model: str | Path, out: str | Path, results: str | Path | None = None,
-                     echo=print) -> dict[str, Any]:
-    """Write ``out/open_clip_model.safetensors``, ``out/classifier.safetensors`` and ``out/export.json``; load the
-    state dict back with ``open_clip.create_model_and_transforms`` and report the max abs logit difference."""
-    import open_clip
-    from safetensors.torch import save_file
-    from .heads import head_logits, save_head
+def _refuse_unlinear(saved: Any, clf: nn.Module) -> None:
+    """A model that is not open_clip's weights (prefix-tuning's tokens) or whose head is not linear cannot live in
+    open_clip's weights + classifier.safetensors: say so."""
     from .methods import get
-    from .modelfolder import plain
-    saved, loaded, clf = _load(model, results)
     if not get(saved.structure).tower_weights:
         raise ConfigError(f"'{saved.folder}' is a {saved.method} model: what it learned is not a change of open_clip's "
                           "weights (prefix-tuning's tokens are extra inputs of every forward pass), so no open_clip "
@@ -92,45 +104,98 @@ def export_open_clip(model: str | Path, out: str | Path, results: str | Path | N
                           "the linear head that classifier.safetensors holds beside an open_clip state dict. Fix: "
                           "export it with --format onnx (the whole head is part of that graph), or use "
                           "`python -m clipft_utils predict` on it.")
+
+
+def _is_export(out: Path) -> bool:
+    """True for a folder an earlier ``export --format open_clip`` wrote (this layout, or the older export.json)."""
+    for name, key, value in ((CONFIG_FILE, "clipft", EXPORT_FORMAT), ("export.json", "format", "open_clip")):
+        try:
+            found = json.loads((out / name).read_text())[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if found == value or isinstance(found, dict) and found.get("format") == value:
+            return True
+    return False
+
+
+def _check_out(out: Path) -> None:
+    """``out`` is new, empty or an earlier export: a user's own files are never overwritten."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out '{out}' is a file. Fix: name a new folder for the export.")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not _is_export(out):
+        raise ConfigError(f"'{out}' already holds files ({', '.join(entries[:5])}{' ...' if len(entries) > 5 else ''}) "
+                          "and is not an earlier export; nothing was written. Fix: give --out a new or empty folder.")
+
+
+def _open_clip_config(saved: Any, name: str, head: torch.Tensor) -> dict[str, Any]:
+    """``open_clip_config.json``: what open_clip reads (``model_cfg``, ``preprocess_cfg``) and what a client needs."""
+    import open_clip
+    m, model_cfg = saved.manifest, open_clip.get_model_config(name)
+    if model_cfg is None:
+        raise ConfigError(f"open_clip has no config for '{name}' to write into {CONFIG_FILE}; nothing was written. "
+                          "Fix: export with --format onnx.")
+    return {
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"size": m["image_size"], "mean": list(m["mean"]), "std": list(m["std"]),
+                           "interpolation": "bicubic", "resize_mode": "shortest"},   # how the course decodes
+        "classes": saved.classes,
+        "templates": m.get("templates"), "templates_format": "str.format: {} is the class name, {{ }} literal braces",
+        "classifier": {"file": HEAD_FILE, "shape": list(head.shape), "logits": HEAD_CONVENTION},
+        "label": saved.label, "warnings": m.get("warnings"), "note": NOTE,
+        "usage": USAGE,
+        "clipft": {"format": EXPORT_FORMAT, "run": m.get("run"), "method": saved.method, "base": m["base"],
+                   "open_clip_name": name, "bit_depth": BIT_DEPTH_NOTE},
+    }
+
+
+def _write_client(out: Path) -> None:
+    """``classify.py`` and ``pixels.py``: the standalone client (``export_client``), copied verbatim."""
+    for target, source in CLIENT_FILES.items():
+        atomic_write_text(out / target, (Path(__file__).parent / source).read_text())
+
+
+def export_open_clip(model: str | Path, out: str | Path, results: str | Path | None = None,
+                     echo=print) -> dict[str, Any]:
+    """Write open_clip's own folder layout (``open_clip_config.json`` + ``open_clip_model.safetensors``), the head
+    (``classifier.safetensors``) and the client (``classify.py``, ``pixels.py``) to ``out``; load the folder back with
+    ``open_clip.create_model_and_transforms("local-dir:" + out)`` and report the max abs logit difference."""
+    import open_clip
+    from safetensors.torch import save_file
+    from .heads import head_logits, save_head
+    from .modelfolder import plain
+    out = Path(out).expanduser()
+    _check_out(out)                                   # before the model loads
+    saved, loaded, clf = _load(model, results)
+    _refuse_unlinear(saved, clf)
+    name = open_clip_name(loaded)
+    config = _open_clip_config(saved, name, clf.head.weight)
     plain(clf, saved.structure)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous().clone() for k, v in loaded.model.state_dict().items()}
     weights = out / OPEN_CLIP_FILE
     with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": "open_clip state dict", "exported_by": "clipft"})
-    name = open_clip_name(loaded)
+        save_file(state, str(tmp), metadata={"format": "pt", "exported_by": "clipft"})
     head = save_head(out / HEAD_FILE, clf.head.weight, clf.head.bias, **_head_meta(saved, open_clip_name=name))
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
+    _write_client(out)
     x = check_images(saved)
     with torch.inference_mode():
         want = clf(x).float()
-        rebuilt, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(weights))
-        rebuilt.eval()
-        got = head_logits(rebuilt.encode_image(x), clf.head.weight, clf.head.bias)
+        rebuilt, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out}")
+        got = head_logits(rebuilt.eval().encode_image(x), clf.head.weight, clf.head.bias)
     diff = float((want - got).abs().max())
-    info = {"format": "open_clip", "open_clip_name": name, "state_dict": str(weights), "classifier": str(head),
-            "check_images": len(x), "max_abs_diff": diff, "method": saved.method, "run": saved.manifest.get("run"),
-            "classes": saved.classes, "image_size": saved.manifest["image_size"], "mean": saved.manifest["mean"],
-            "std": saved.manifest["std"], "label": saved.label,
-            "usage": (f"model, _, preprocess = open_clip.create_model_and_transforms({name!r}, pretrained={str(weights)!r}); "
-                      f"head = safetensors.torch.load_file({str(head)!r}); logits = "
-                      "F.normalize(model.encode_image(preprocess(img)[None]), dim=-1) @ head['weight'].T + head['bias']")}
-    atomic_write_text(out / "export.json", json.dumps(info, indent=1) + "\n")
-    echo(f"[export] open_clip: {weights} ({weights.stat().st_size / 2**20:.2f} MiB) + {head.name}; reloaded with "
-         f"open_clip.create_model_and_transforms({name!r}, pretrained=...): max |logit difference| {diff:.2e} on "
-         f"{len(x)} images")
-    if name in _plugin_models():
-        echo(f"[export] '{name}' is this course's own architecture: in another process run "
-             "`from clipft_utils import plugins; plugins.load()` before open_clip (it registers the config).")
+    info = {"format": "open_clip", "folder": str(out), "open_clip_name": name, "state_dict": str(weights),
+            "classifier": str(head), "config": str(out / CONFIG_FILE), "check_images": len(x), "max_abs_diff": diff,
+            "method": saved.method, "run": saved.manifest.get("run"), "classes": saved.classes, "label": saved.label}
+    echo(f"[export] open_clip: {out} ({CONFIG_FILE}, {OPEN_CLIP_FILE} {weights.stat().st_size / 2**20:.2f} MiB, "
+         f"{HEAD_FILE}, classify.py); reloaded with open_clip.create_model_and_transforms('local-dir:{out}'): "
+         f"max |logit difference| {diff:.2e} on {len(x)} images")
+    echo(f"[export] {NOTE}")
     if diff > ONNX_TOLERANCE * 10:
         raise ConfigError(f"The exported open_clip state dict gives logits up to {diff:.2e} away from the model folder's "
                           f"(on {len(x)} images). Fix: report it; meanwhile use --format onnx or predict.")
     return info
-
-
-def _plugin_models() -> set[str]:
-    from .models import STANDIN_MODELS
-    return set(STANDIN_MODELS)
 
 
 def _need_onnx():
@@ -150,7 +215,6 @@ def export_onnx(model: str | Path, out: str | Path, results: str | Path | None =
     ort = _need_onnx()
     import onnx
     saved, loaded, clf = _load(model, results)
-    from .modelfolder import plain
     clf = plain(clf, saved.structure).float()
     out = Path(out)
     path = out if out.suffix == ".onnx" else out / "model.onnx"
@@ -203,12 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.format == "onnx":
         _need_onnx()  # before any work
-        export_onnx(args.model, args.out, args.results)
+        info = export_onnx(args.model, args.out, args.results)
     else:
-        export_open_clip(args.model, args.out, args.results)
-    label = json.loads((Path(args.out) / "export.json").read_text()).get("label") if args.format == "open_clip" else None
-    if label:
-        print(f"[export] {label}")
+        info = export_open_clip(args.model, args.out, args.results)
+    if info.get("label"):
+        print(f"[export] {info['label']}")
     return 0
 
 

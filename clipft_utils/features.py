@@ -96,7 +96,7 @@ def zero_shot_head(loaded, classnames: list[str], templates: list[str], cache: b
     seconds per pass. Keyed by model, weights, classes, templates and the device type; stored as safetensors."""
     import json
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from .models import zero_shot_head as compute
     device = next(loaded.model.parameters()).device
@@ -105,18 +105,34 @@ def zero_shot_head(loaded, classnames: list[str], templates: list[str], cache: b
     path = cache_dir("text") / f"{loaded.name}_{hashlib.sha1(raw.encode()).hexdigest()[:20]}.safetensors"
     with file_lock(path.with_name(f".{path.name}.lock")):
         if cache and path.exists():
-            try:
-                head = load_file(str(path))["head"]
-                if head.shape[0] == len(classnames) and torch.isfinite(head).all():
-                    return head
-            except Exception as exc:  # noqa: BLE001 - truncated or garbage file
-                warnings.warn(f"The text cache '{path}' is damaged ({type(exc).__name__}: {exc}): rebuilding it.",
-                              stacklevel=2)
+            head, problem = _read_head(path, len(classnames))
+            if problem is None:
+                return head
+            warnings.warn(f"The zero-shot head cache '{path}' {problem}: rebuilding it.", stacklevel=2)
         head = compute(loaded, classnames, templates).float().cpu().contiguous()
         if cache:
             with atomic_path(path) as tmp:
-                save_file({"head": head}, str(tmp))
+                save_file({"head": head}, str(tmp), metadata={"sha1": _digest(head)})
     return head
+
+
+def _read_head(path, classes: int) -> tuple[torch.Tensor | None, str | None]:
+    """A cached zero-shot head, or None and what is wrong with the file (unreadable, shape, values, digest)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            recorded, head = (f.metadata() or {}).get("sha1"), f.get_tensor("head")
+    except Exception as exc:  # noqa: BLE001 - truncated or garbage file
+        return None, f"is damaged ({type(exc).__name__}: {exc})"
+    if recorded is None:
+        return None, "records no digest of its values (written by an older version)"
+    if head.ndim != 2 or head.shape[0] != classes:
+        return None, f"holds a head of shape {list(head.shape)}, not one row for each of the {classes} classes"
+    if recorded != _digest(head):
+        return None, "does not match its recorded digest (its values were changed)"
+    if not torch.isfinite(head).all():
+        return None, "holds values that are not finite"
+    return head, None
 
 
 def extract_features(visual: nn.Module, split: ImageSplit, *, model_name: str, weights_id: str,

@@ -4,8 +4,11 @@ with a trained run's model folder, outside the notebooks.
 MODEL is a model folder (``<results folder>/models/<run>``) or a run name inside a results folder. The base weights
 load through the course's ``load_clip`` (offline, a missing download is the usual clear error), the folder's tensors
 go on top (``modelfolder``), and every image is preprocessed exactly as the course decodes its test images: EXIF
-orientation, the shorter side resized to the model's size (bicubic), a centre crop, RGB, ``/255`` and the model's
-normalisation. An unreadable file is named on stderr and skipped; the others go on.
+orientation, 16-bit / 32-bit / float images scaled to 8 bits (``pixels.to_8bit``), the shorter side resized to the
+model's size (bicubic), a centre crop, RGB, ``/255`` and the model's normalisation. An unreadable file, and an input
+that holds no image (a missing path, an empty folder), is named on stderr and skipped; the others go on. Exit status:
+0 when at least one image was classified, 1 when images were found but none could be read, 2 when no input holds an
+image (refused before the model loads, each input named with why).
 """
 from __future__ import annotations
 
@@ -23,12 +26,13 @@ import torch
 from .errors import ConfigError, DatasetError
 
 
-def list_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """The image files named by ``inputs`` (files as given; folders walked, sorted, for every extension PIL opens).
-    A missing path or a folder without images is an error before any work."""
+def find_images(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files named by ``inputs`` (files as given; folders walked, sorted, for every extension PIL opens),
+    and (input, why) for each input that holds no image (a missing path, a folder without images)."""
     from .datasets.base import image_extensions
     exts = image_extensions()
     files: list[Path] = []
+    empty: list[tuple[str, str]] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_file():
@@ -36,20 +40,37 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(exts)
                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not found:
-                raise DatasetError(f"The folder '{path}' holds no images (looked for {', '.join(exts[:8])}, ... in it "
-                                   "and its sub-folders). Fix: pass a folder with image files, or the files "
-                                   "themselves.")
             files += found
+            if not found:
+                empty.append((str(path), f"the folder holds no images (looked for {', '.join(exts[:8])}, ... in it "
+                                         "and its sub-folders)"))
         else:
-            raise DatasetError(f"'{path}' does not exist. Fix: pass image files or folders of images.")
-    if not files:
+            empty.append((str(path), "it does not exist"))
+    return files, empty
+
+
+def list_images(inputs: Sequence[str | Path], echo=None) -> list[Path]:
+    """The image files named by ``inputs`` (``find_images``). An input without images is named through ``echo``
+    (default: stderr) and skipped; when no input holds an image, a DatasetError names each input and why, before any
+    work."""
+    if not inputs:
         raise ConfigError("No images given. Fix: pass at least one image file or folder of images.")
+    files, empty = find_images(inputs)
+    if not files:
+        why = "; ".join(f"'{item}': {reason}" for item, reason in empty)
+        raise DatasetError(f"Nothing to classify: {why}. Fix: pass image files, or folders that hold images.")
+    for item, reason in empty:
+        (echo or _stderr)(f"[predict] skipped the input '{item}': {reason}")
     return files
 
 
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def read_image(path: Path, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: the course's decoding (``datasets.base``: EXIF, bicubic resize, centre crop, RGB)."""
+    """uint8 [size, size, 3]: the course's decoding (``datasets.base``: EXIF, 8 bits, bicubic resize, centre crop,
+    RGB)."""
     from .datasets.base import eval_geometry, open_image
     return eval_geometry(size)(open_image(path))
 
@@ -249,7 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}. Fix: e.g. --batch-size 64.")
-    files = list_images(args.images)                      # every bad input fails here, before the model loads
+    empty: list[str] = []
+    files = list_images(args.images, echo=empty.append)   # if no input holds an image, it fails here, before the model
+    for line in empty:
+        print(line, file=sys.stderr)
     predictor = Predictor.load(args.model, args.device, args.results)
     label = predictor.saved.label
     print(f"[predict] {predictor.saved.manifest['run']} ({predictor.saved.method}) · {label}", file=sys.stderr)
@@ -259,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(pred.to_json()) if args.json else format_prediction(pred), flush=args.json)
     skipped = len(predictor.failed)
     print(f"[predict] {n} image(s) classified" + (f", {skipped} unreadable skipped" if skipped else "")
-          + f" on {predictor.device}", file=sys.stderr)
+          + (f", {len(empty)} input(s) without images skipped" if empty else "") + f" on {predictor.device}",
+          file=sys.stderr)
     return 0 if n else 1
 
 

@@ -33,6 +33,7 @@ def test_data_check_on_bad_data_prints_one_line_with_the_fix_and_returns_2(tmp_p
     (["data", "check", "{root}", "--split", "3,1,1"], "ConfigError: data_split='3,1,1'"),
     (["data", "check", "synthflowers", "--dataset", "synthflowers", "--split", "3,1"], "comes with its own"),
     (["run", "--smoke", "--all", "--data", "{root}", "--split", "2,x"], "ConfigError: data_split='2,x'"),
+    (["data", "check", "{root}", "--split", "0,0"], "train must be at least 1 image per class (got 0"),
 ])
 def test_every_subcommand_turns_a_clipft_error_into_one_line_and_rc_2(tmp_path, capsys, argv, message):
     root = make(tmp_path / "imgs", {"a": 5, "b": 5})
@@ -134,3 +135,30 @@ def test_data_check_takes_a_registered_dataset_name_as_run_data_does(capsys):
     assert main(["data", "check", "synthflowers"]) == 0                # before: "The image folder 'synthflowers'..."
     out = capsys.readouterr().out
     assert out.startswith("dataset: synthflowers") and "102 classes" in out
+
+
+def test_templates_other_braces_are_text_and_the_prompts_data_check_prints_are_the_models(tmp_path, capsys,
+                                                                                         monkeypatch):
+    """Only ``{}`` is the class name: ``{curly}`` is literal text (not a KeyError 19 s into notebook 01); a class name
+    with ``{}`` or ``%`` is text too. A line with two ``{}`` is refused with its line number, before any work."""
+    import torch
+    from clipft_utils import models
+    from clipft_utils.datasets import get_dataset
+    root = make(tmp_path / "imgs", {"red_rose": 5, "odd": 5})
+    (root / "classnames.txt").write_text("odd: rose {} 100%\n")
+    (root / "templates.txt").write_text("a {} with {curly} braces\n{0} and {}\n")
+    assert cli.main(["data", "check", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "prompt template: 'a {} with {curly} braces', e.g. 'a rose {} 100% with {curly} braces'" in out
+    assert "'rose {} 100%': a rose {} 100% with {curly} braces | {0} and rose {} 100%" in out
+    seen: list[str] = []
+    monkeypatch.setattr(models, "text_embeddings", lambda loaded, texts: seen.extend(texts) or torch.ones(len(texts), 4))
+    ds = get_dataset(str(root))
+    models.zero_shot_weights(None, ds.classnames, ds.templates(ensemble=True))   # what the text tower is given
+    assert seen == ["a rose {} 100% with {curly} braces", "{0} and rose {} 100%", "a red rose with {curly} braces",
+                    "{0} and red rose"]
+    (root / "templates.txt").write_text("a photo of a {}.\na {} next to a {}\n")
+    for argv in (["data", "check", str(root)], ["run", "--smoke", "--all", "--data", str(root), "--dry-run"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "templates.txt, line 2: the template 'a {} next to a {}' has 2 {}" in err and "Fix: write one {}" in err

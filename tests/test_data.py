@@ -190,6 +190,26 @@ def test_a_damaged_cache_file_is_detected_and_rebuilt(small_flowers, damage):
     np.testing.assert_array_equal(np.asarray(again.images), expected)
 
 
+def test_bytes_changed_anywhere_in_a_decoded_cache_entry_are_found_and_the_entry_rebuilt(tmp_path):
+    """Every byte is hashed on every read: a change outside the first, middle and last MiB (what an entry's hash once
+    covered) is named and rebuilt, never served."""
+    import glob
+    import os
+    from _helpers import make_image_folder
+    root = make_image_folder(tmp_path / "imgs", {"a": 4, "b": 4})
+    first = D.get_split(str(root), "train", 640, MEAN, STD)                 # 4 images of 1.2 MB: a 4.7 MB entry
+    expected = np.array(first.images)
+    path = next(p for p in glob.glob(os.path.join(os.environ["CLIPFT_DATA"], "cache", "decoded", "*_images.npy"))
+                if first.source_key in p)
+    assert os.path.getsize(path) > 4 * 2**20
+    with open(path, "r+b") as f:
+        f.seek(int(1.5 * 2**20))                                                # between the first and middle MiB
+        f.write(bytes([255 - b for b in f.read(3)]))
+    with pytest.warns(UserWarning, match=f"'{path}' is changed since it was written.*rebuilding it"):
+        again = D.get_split(str(root), "train", 640, MEAN, STD)
+    np.testing.assert_array_equal(np.asarray(again.images), expected)
+
+
 def test_a_corrupt_jpeg_is_named_not_a_worker_crash(small_flowers):
     root, _, splits = small_flowers
     bad = root / "flowers-102" / "jpg" / f"image_{splits['train'][1]:05d}.jpg"

@@ -147,8 +147,16 @@ def test_bad_folders_fail_before_any_work_with_the_fix(tmp_path, layout, message
 
 
 def test_strict_mode_fails_on_an_unreadable_file(folder):
-    with pytest.raises(DatasetError, match="(?s)truncated.*strict=False"):
+    with pytest.raises(DatasetError, match="(?s)truncated.*dataset_options={\"strict\": False}"):
         get_dataset("imagefolder", folder, strict=True).check()
+
+
+def test_the_strict_fix_is_the_one_of_the_entry_point_in_use(folder, capsys):
+    """The command line cannot pass strict=False: its fix is to drop --strict (the notebook's: dataset_options)."""
+    assert cli(["data", "check", str(folder), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert "truncated" in err and "Fix: repair or delete them, or drop --strict to leave them out." in err
+    assert "strict=False" not in err and "dataset_options" not in err
 
 
 def test_given_splits_are_used_and_a_missing_val_is_carved_from_train(tmp_path):

@@ -44,6 +44,9 @@ BAD_ROWS = {
     "deleted header": (1, None, "not the header 'path,class,split'"),
     "class disagrees with folder": (3, "a/1.png,b,train", "is in the class folder 'a' but the row says class 'b'"),
     "listed twice": (3, None, "is listed again"),
+    "missing column": (1, "split,PATH,notes", "has no column 'class'"),
+    "column twice": (1, "path,class,split,Split", "names the column 'split' twice"),
+    "field too many": (3, "a/1.png,a,train,extra", "4 field(s)"),
 }
 
 
@@ -61,6 +64,28 @@ def test_a_bad_row_is_an_error_naming_the_file_line_and_fix_and_the_file_is_kept
     msg = str(err.value)
     assert str(path) in msg and f"line {line}" in msg and "Fix:" in msg, msg
     assert path.read_bytes() == before and not list(path.parent.glob("*.bak-*"))
+
+
+def test_columns_are_read_by_name_in_any_order_and_other_columns_are_said_once_and_kept(written):
+    """A spreadsheet's export: reordered, capitalised columns and a column of notes is a valid split file."""
+    import csv
+    root, path = written
+    before = {s: get_dataset(str(root)).index(s).files for s in D.SPLITS}
+    rows = list(csv.reader(path.read_text().splitlines()))
+    path.write_text("\n".join([" Split,notes,PATH,Class"] + [f"{s},note {i},{p},{c}" for i, (p, c, s)
+                                                                 in enumerate(rows[1:])]) + "\n")
+    written_bytes = path.read_bytes()
+    with pytest.warns(DatasetWarning, match="left the column\\(s\\) 'notes' alone") as caught:
+        ds = get_dataset(str(root))
+        ds.check()
+    assert len([w for w in caught if "notes" in str(w.message)]) == 1                  # said once
+    assert {s: ds.index(s).files for s in D.SPLITS} == before and path.read_bytes() == written_bytes
+    Image.new("RGB", (20, 24)).save(root / "b" / "new.png")
+    with pytest.warns(DatasetWarning, match="1 new image"):
+        get_dataset(str(root)).check()
+    lines = path.read_text().splitlines()
+    assert lines[0] == " Split,notes,PATH,Class" and set(written_bytes.decode().splitlines()) < set(lines)
+    assert any(line.endswith(",,b/new.png,b") for line in lines)                       # in the user's columns
 
 
 def test_non_utf8_bytes_name_the_line_and_the_fix(written):

@@ -1,6 +1,7 @@
 """Zero-shot from cached features equals the classifier with the zero-shot head; heads survive a round trip."""
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -144,3 +145,27 @@ def test_the_zero_shot_head_is_cached_exactly_and_random_towers_of_other_seeds_g
         cached.write_bytes(b"\x00" * 10)                                # damaged: a warning, then recomputed
     with pytest.warns(UserWarning, match="damaged"):
         assert torch.equal(features.zero_shot_head(first, names, templates), head) and len(calls) == 4
+
+
+@pytest.mark.parametrize("change", ["values", "no digest"])
+def test_a_zero_shot_head_cache_with_other_values_is_named_and_rebuilt(change):
+    """A valid safetensors file whose values changed (or that records no digest) is never used: the warning names the
+    file and what is wrong, and the head is computed again."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from clipft_utils import features, models
+    from clipft_utils.seeding import seed_everything
+    seed_everything(0)
+    loaded = models.load_clip("ToyCLIP", "random")
+    names, templates = ["rose", "lily"], [f"a {change} photo of a {{}}."]
+    head = features.zero_shot_head(loaded, names, templates)
+    path = next(p for p in features.cache_dir("text").glob("ToyCLIP_*.safetensors")
+                if torch.equal(safe_open(str(p), "pt").get_tensor("head"), head))
+    meta = safe_open(str(path), "pt").metadata() if change == "values" else None
+    save_file({"head": head * (1.5 if change == "values" else 1)}, str(path), metadata=meta)
+    problem = "does not match its recorded digest" if change == "values" else "records no digest"
+    with pytest.warns(UserWarning, match=f"zero-shot head cache '{path}' {problem}.*rebuilding it"):
+        assert torch.equal(features.zero_shot_head(loaded, names, templates), head)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(features.zero_shot_head(loaded, names, templates), head)    # rebuilt, whole again

@@ -8,7 +8,9 @@ the decoded-image cache, k-shot sampling, feature caches, loaders, notebooks —
 Decoding follows open_clip's evaluation preprocessing step for step: the image is opened in its own mode
 (with its EXIF orientation applied), resized on its shorter side with bicubic interpolation, centre-cropped,
 and only then converted to RGB — exactly where open_clip's ``MaybeConvertMode`` does it. The cached uint8
-pixels divided by 255 are therefore bit-identical to open_clip's ``ToTensor`` output.
+pixels divided by 255 are therefore bit-identical to open_clip's ``ToTensor`` output. The one step open_clip lacks:
+a 16-bit, 32-bit or float image (which its ``convert("RGB")`` clips to white) is first scaled to 8 bits by
+``pixels.to_8bit``; every 8-bit image passes that step untouched.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class Dataset:
     name: ClassVar[str] = ""          # registry key, e.g. "flowers102"
     standin: ClassVar[bool] = False   # True for data the project generated itself (never real photos)
     standin_note: ClassVar[str] = ""  # how a stand-in is labelled, e.g. "SynthFlowers, not Flowers102 photos"
+    command_line: bool = False        # set by `data check`: fixes name command-line options, not Python's
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -125,23 +128,26 @@ def open_image(path: str | os.PathLike) -> Any:
 
 
 def eval_geometry(size: int):
-    """open_clip's evaluation geometry, then RGB, as uint8 [size, size, 3] (see the module docstring)."""
+    """8 bits (``pixels.to_8bit``), open_clip's evaluation geometry, then RGB, as uint8 [size, size, 3] (see the
+    module docstring)."""
     from torchvision import transforms as T
+    from ..pixels import to_8bit
     resize = T.Resize(size, interpolation=T.InterpolationMode.BICUBIC)
     crop = T.CenterCrop(size)
 
     def apply(image: Any) -> np.ndarray:
-        return np.asarray(crop(resize(image)).convert("RGB"), dtype=np.uint8)
+        return np.asarray(crop(resize(to_8bit(image))).convert("RGB"), dtype=np.uint8)
     return apply
 
 
 @dataclass
 class _Decoded:
-    """What one decode job returns: the pixels, or why there are none."""
+    """What one decode job returns: the pixels and the image's own mode, or why there are none."""
 
     position: int
     pixels: np.ndarray | None
     error: str = ""
+    mode: str = ""
 
 
 class _DecodeJobs:
@@ -155,7 +161,8 @@ class _DecodeJobs:
 
     def __getitem__(self, i: int) -> _Decoded:
         try:
-            return _Decoded(i, self.geometry(self.read(self.items[i])))
+            image = self.read(self.items[i])
+            return _Decoded(i, self.geometry(image), mode=image.mode)
         except Exception as exc:  # noqa: BLE001 - reported with the file's name by decode_items
             return _Decoded(i, None, f"{type(exc).__name__}: {exc}")
 
@@ -173,17 +180,19 @@ def default_workers() -> int:
 
 
 def decode_items(items: Sequence[Any], read, size: int, workers: int, desc: str,
-                 names: Sequence[str] | None = None) -> tuple[np.ndarray, list[tuple[str, str]]]:
+                 names: Sequence[str] | None = None) -> tuple[np.ndarray, list[tuple[str, str]], list[str]]:
     """Decode ``items`` with ``read`` (item -> PIL image) in ``workers`` processes.
 
-    Returns uint8 images [len(items), size, size, 3] and the (name, error) of every item that failed
-    (its pixels are left at 0); ``names[i]`` names item i in messages. Progress is shown with tqdm.
+    Returns uint8 images [len(items), size, size, 3], the (name, error) of every item that failed (its pixels are
+    left at 0) and each item's PIL mode as read ('' if it failed); ``names[i]`` names item i in messages. Progress is
+    shown with tqdm.
     """
     import torch
     from ..progress import bar
     jobs = _DecodeJobs(items, read, size)
     out = np.zeros((len(jobs), size, size, 3), dtype=np.uint8)
     failed: list[tuple[str, str]] = []
+    modes = [""] * len(jobs)
     workers = max(0, min(int(workers), len(jobs) // 32)) if workers else 0
     loader = torch.utils.data.DataLoader(jobs, batch_size=32, num_workers=workers, collate_fn=_collate)
     with bar(total=len(jobs), desc=desc, unit="img") as progress:
@@ -192,9 +201,9 @@ def decode_items(items: Sequence[Any], read, size: int, workers: int, desc: str,
                 if d.pixels is None:
                     failed.append((names[d.position] if names else str(jobs.items[d.position]), d.error))
                 else:
-                    out[d.position] = d.pixels
+                    out[d.position], modes[d.position] = d.pixels, d.mode
             progress.update(len(batch))
-    return out, failed
+    return out, failed, modes
 
 
 @dataclass
@@ -245,7 +254,7 @@ class FileDataset(Dataset):
 
     def decode(self, split: str, rows: np.ndarray, size: int, workers: int) -> np.ndarray:
         idx = self.index(split)
-        images, failed = decode_items(self.decode_inputs(split, rows), self.reader(split), size, workers,
+        images, failed, _ = decode_items(self.decode_inputs(split, rows), self.reader(split), size, workers,
                                       desc=f"decode {self.display}/{split} @{size}px",
                                       names=[idx.name(idx.files[int(r)]) for r in rows])
         if failed:
@@ -261,21 +270,30 @@ def image_extensions() -> tuple[str, ...]:
     return tuple(sorted(set(IMG_EXTENSIONS) | {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}))
 
 
-def unreadable(files: Sequence[Path], base: Path) -> list[tuple[Path, str]]:
-    """(file, error) of the ``files`` PIL cannot fully decode; each verdict is cached by (path, size, mtime)."""
+def readable(files: Sequence[Path], base: Path) -> tuple[dict[Path, str], dict[str, int]]:
+    """(file -> error) of the ``files`` PIL cannot fully decode, and how many readable ones are in each mode that
+    ``pixels.to_8bit`` scales (``data check`` lists them); each verdict is cached by (path, size, mtime)."""
+    from ..pixels import HIGH_BIT_MODES
+    seen = _inspect(files, base)
+    modes = [mode for error, mode in seen.values() if not error and mode in HIGH_BIT_MODES]
+    return {p: error for p, (error, _) in seen.items() if error}, {m: modes.count(m) for m in sorted(set(modes))}
+
+
+def _inspect(files: Sequence[Path], base: Path) -> dict[Path, tuple[str, str]]:
+    """Each file's (error, PIL mode): the error '' when PIL decodes the file fully, the mode '' when it cannot."""
     import json
     from ..paths import atomic_write_text, cache_dir
     record = cache_dir("readable") / f"{short_hash(base.resolve())}.json"
     known = json.loads(record.read_text()) if record.exists() else {}
     stamp = {p: f"{p.relative_to(base).as_posix()}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in files}
-    todo = [p for p in files if stamp[p] not in known]
+    todo = [p for p in files if not isinstance(known.get(stamp[p]), list)]   # older records hold no mode
     if todo:
-        _, failed = decode_items(todo, open_image, 8, default_workers(), desc=f"check {base.name}",
-                                 names=[stamp[p] for p in todo])
+        _, failed, modes = decode_items(todo, open_image, 8, default_workers(), desc=f"check {base.name}",
+                                        names=[stamp[p] for p in todo])
         errors = dict(failed)
-        known.update({stamp[p]: errors.get(stamp[p], "") for p in todo})
+        known.update({stamp[p]: [errors.get(stamp[p], ""), mode] for p, mode in zip(todo, modes)})
         atomic_write_text(record, json.dumps(known))
-    return [(p, known[stamp[p]]) for p in files if known[stamp[p]]]
+    return {p: tuple(known[stamp[p]]) for p in files}
 
 
 def stratified_split(by_class: dict[str, list[Any]], counts, seed: int) -> dict[Any, str]:
@@ -294,13 +312,16 @@ REST = "rest"
 Size = Union[int, float, str]
 
 
-def _size_ok(value: Any) -> bool:
-    """A count (whole number >= 1), a fraction (0 < f < 1) or 'rest'."""
-    if value == REST:
-        return True
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) and value >= 1 or isinstance(value, float) and 0 < value < 1
+def _size_problem(split: str, value: Any) -> str | None:
+    """Why ``value`` is not a size of ``split`` (None: it is a count >= 1, a fraction 0 < f < 1, or 'rest')."""
+    if value == REST or not isinstance(value, bool) and (isinstance(value, int) and value >= 1
+                                                         or isinstance(value, float) and 0 < value < 1):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{split} is {value!r}, which is not a count, a fraction or rest"
+    if isinstance(value, int) or value <= 0:
+        return f"{split} must be at least 1 image per class (got {value:g}: it would leave {split} empty)"
+    return f"{split} is {value:g}: a fraction must lie strictly between 0 and 1, and a count must be a whole number"
 
 
 def _token(text: str) -> Size:
@@ -335,8 +356,12 @@ class SplitSpec:
         if isinstance(value, SplitSpec):
             return value
         items = [_token(t) for t in value.replace("/", ",").split(",")] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or len(items) not in (2, 3) or not all(map(_size_ok, items)):
-            raise ConfigError(f"data_split={value!r} is not a split. {cls.HOW}")
+        if not isinstance(items, (list, tuple)) or len(items) not in (2, 3):
+            raise ConfigError(f"data_split={value!r} is not a split: it needs 2 or 3 sizes (train, val[, test]). "
+                              f"{cls.HOW}")
+        problems = [p for p in map(_size_problem, SPLITS, items) if p]
+        if problems:
+            raise ConfigError(f"data_split={value!r} is not a split: {'; '.join(problems)}. {cls.HOW}")
         items = list(items) + [REST] * (3 - len(items))
         rests = items.count(REST)
         if rests == 0 and all(isinstance(v, float) for v in items) and abs(sum(items) - 1) < 1e-6:
@@ -403,10 +428,22 @@ class SplitSpec:
 
 
 def templates_file(path: Path, default: Sequence[str], ensemble: bool) -> list[str]:
-    """Templates from ``path`` (one per line, ``{}`` = the class name) or ``default``; the first one alone unless
-    ``ensemble``."""
-    given = [t.strip() for t in path.read_text().splitlines() if t.strip()] if path.exists() else list(default)
-    bad = [t for t in given if "{}" not in t]
-    if bad:
-        raise DatasetError(f"Template {bad[0]!r} in {path} has no {{}} (where the class name goes). Fix: add it.")
+    """Templates from ``path`` (one per line; ``{}`` = the class name, every other brace literal text) or
+    ``default``, ready for ``str.format``; the first one alone unless ``ensemble``. A line without exactly one ``{}``
+    is a DatasetError naming it."""
+    lines = path.read_text().splitlines() if path.exists() else list(default)
+    given = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            given.append(_template(line.strip(), f"{path}, line {n}" if path.exists() else "a default template"))
     return given if ensemble else given[:1]
+
+
+def _template(text: str, where: str) -> str:
+    """One template line as ``str.format`` takes it: its one ``{}`` the placeholder, other braces escaped (literal)."""
+    count = text.count("{}")
+    if count != 1:
+        problem = "has no {}" if count == 0 else f"has {count} {{}}"
+        raise DatasetError(f"{where}: the template {text!r} {problem}; a template holds exactly one {{}}, where the "
+                           "class name goes. Fix: write one {} in that line (other braces are kept as text).")
+    return "{}".join(part.replace("{", "{{").replace("}", "}}") for part in text.split("{}"))

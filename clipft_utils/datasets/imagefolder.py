@@ -1,16 +1,16 @@
 """Your own images: ``ROOT/<class>/<images>`` (split here, seeded) or ``ROOT/{train,val,test}/<class>/`` (as given).
 
-Classes are found with torchvision's ``find_classes`` and files with its ImageFolder conventions (sorted walk,
-nested folders allowed) over every extension PIL can open. Every file is opened once (cached by size and
-mtime): unreadable ones are reported in one list and left out (``strict=True`` fails instead). Class names are
-the folder names with ``_`` and ``-`` as spaces, or come from ``classnames.txt`` (``folder: name`` per line);
-prompts from ``templates.txt`` (one per line, ``{}`` = the name), else CLIP's generic ones.
+Classes are found with torchvision's ``find_classes`` and files with its ImageFolder conventions (sorted walk, nested
+folders allowed) over every extension PIL can open. Every file is opened once (cached by size and mtime): unreadable
+ones are reported in one list and left out (``strict=True`` fails instead). Class names are the folder names with
+``_`` and ``-`` as spaces, or come from ``classnames.txt`` (``folder: name`` per line); prompts from ``templates.txt``
+(one per line, ``{}`` = the name, other braces literal; checked with the folder), else CLIP's generic ones.
 
 The split (``SplitSpec``: train / val / test per class, default the rest / 20 % / 20 %, seeded) is drawn once and
-written to a split file (``split.csv``; ``split-<spec>[-seed<k>].csv`` for another split or seed). That file is
-the user's: it is used exactly as written, every row is checked (a bad row is an error naming its line and the
-fix, before any work), and it is never overwritten -- images added to the folder later are assigned, written
-with the user's rows, and the previous file is kept as ``<file>.bak-<time>`` (the run says so).
+written to a split file (``split.csv``; ``split-<spec>[-seed<k>].csv`` for another split or seed). That file is the
+user's: it is used exactly as written, every row is checked (a bad row is an error naming its line and the fix,
+before any work), and it is never overwritten -- images added later are assigned, written with the user's rows, and
+the previous file is kept as ``<file>.bak-<time>`` (the run says so).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import ConfigError, DatasetError, DatasetWarning
 from ..paths import cache_dir, file_lock
 from .base import (SPLITS, FileDataset, FileIndex, SplitSpec, image_extensions, listing_hash, short_hash,
-                   stratified_split, templates_file, unreadable)
+                   readable, stratified_split, templates_file)
 from .splitfile import SplitFile
 
 GENERIC_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a close-up photo of a {}.", "a cropped photo of a {}.",
@@ -43,12 +43,13 @@ class ImageFolder(FileDataset):
             raise ConfigError("The imagefolder dataset needs data_root: the folder holding one sub-folder per class.")
         super().__init__(root)
         self.split, self.seed, self.strict = SplitSpec.parse(split), int(seed), bool(strict)
-        self.skipped: list[tuple[str, str]] = []
-        self.ignored: list[str] = []
+        self.skipped: list[tuple[str, str]] = []                # (file, why): unreadable, left out
+        self.ignored, self.converted = [], {}   # not images by extension; deep mode -> images scaled to 8 bits
 
     # ---- the folder's classes and files ------------------------------------------------------------------
     def check(self) -> None:
         self._assignment  # noqa: B018 - scanning and splitting raise every layout error
+        self.templates(ensemble=True)  # a bad templates.txt line fails here, before any work
 
     @property
     def given_splits(self) -> bool:
@@ -105,13 +106,14 @@ class ImageFolder(FileDataset):
         candidates = [(k, c, p) for k, items in found.items() for c, p in items]
         self.ignored = [self._rel(p) for _, _, p in candidates if not p.name.lower().endswith(exts)]
         images = [(k, c, p) for k, c, p in candidates if p.name.lower().endswith(exts)]
-        bad = dict(unreadable([p for _, _, p in images], self.root))
+        bad, self.converted = readable([p for _, _, p in images], self.root)
         self.skipped = [(self._rel(p), bad[p]) for _, _, p in images if p in bad]
         if self.skipped:
             report = "\n".join(f"  {n}: {e}" for n, e in self.skipped)
             if self.strict:
-                raise DatasetError(f"{len(self.skipped)} unreadable image(s) in '{self.root}':\n{report}\n"
-                                   "Fix: repair or delete them, or pass strict=False to leave them out.")
+                leave_out = "drop --strict" if self.command_line else 'pass dataset_options={"strict": False}'
+                raise DatasetError(f"{len(self.skipped)} unreadable image(s) in '{self.root}':\n{report}\nFix: repair "
+                                   f"or delete them, or {leave_out} to leave them out.")
             warnings.warn(f"Left out {len(self.skipped)} unreadable image(s) of '{self.root}':\n{report}", DatasetWarning)
         out: dict[str, list[tuple[str, Path]]] = {}
         for k, c, p in images:

@@ -1,9 +1,11 @@
 """A folder's split file (``path,class,split`` per image): the user's, read row by row and checked, never overwritten.
 
-Every row is checked against the folder before any work: a bad one (a missing or unreadable file, a path leading
-outside the folder, a short row, a split other than train/val/test, a class that is not the image's folder, a row
-listed twice, a broken quote, a deleted header, non-UTF-8 text) is a DatasetError naming the file, the line and
-the fix. Writing is only ever a new file, or a new version beside a timestamped backup of the old one.
+Columns are found by the header's names (any case, any order); other columns are left alone (said once) and kept
+when the file is rewritten. Every row is checked against the folder before any work: a bad one (a missing or
+unreadable file, a path leading outside the folder, a short row, a split other than train/val/test, a class that is
+not the image's folder, a row listed twice, a broken quote, a deleted header or a missing column, non-UTF-8 text) is
+a DatasetError naming the file, the line and the fix. Writing is only ever a new file, or a new version beside a
+timestamped backup of the old one.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +35,8 @@ class SplitFile:
     root: Path
     folder_of: dict[Path, str]
     skipped: dict[str, str]
+    header: list[str] = field(default_factory=lambda: list(HEADER))        # as the file has it
+    rows: dict[Path, list[str]] = field(default_factory=dict)             # each image's row, as written
 
     def reconcile(self, draw: Callable[[], dict[Path, str]]) -> dict[Path, str]:
         """The file as written; ``draw()`` written when there is none; images it lacks added beside a backup."""
@@ -62,11 +66,24 @@ class SplitFile:
                                "class at least one image in every split (move rows of the file, or add images).")
 
     def write(self, assign: dict[Path, str]) -> None:
-        """Write ``assign`` (image -> split), sorted by path."""
+        """Write ``assign`` (image -> split), sorted by path, in the file's columns (rows read from it as written)."""
         buf = io.StringIO()
-        rows = [[p.relative_to(self.root).as_posix(), self.folder_of[p], s] for p, s in sorted(assign.items())]
-        csv.writer(buf, lineterminator="\n").writerows([HEADER, *rows])
+        at = self._positions(self.header)
+        rows = []
+        for p, s in sorted(assign.items()):
+            row = self.rows.get(p)
+            if row is None:
+                row = [""] * len(self.header)
+                for name, value in zip(HEADER, (p.relative_to(self.root).as_posix(), self.folder_of[p], s)):
+                    row[at[name]] = value
+            rows.append(row)
+        csv.writer(buf, lineterminator="\n").writerows([self.header, *rows])
         atomic_write_text(self.path, buf.getvalue())
+
+    @staticmethod
+    def _positions(header: list[str]) -> dict[str, int]:
+        names = [c.strip().lower() for c in header]
+        return {h: names.index(h) for h in HEADER if h in names}
 
     def backup(self) -> Path:
         """A byte-for-byte copy of the file as ``<name>.bak-<time>`` (never replacing an earlier backup)."""
@@ -94,26 +111,47 @@ class SplitFile:
         saved: dict[Path, str] = {}
         first: dict[Path, int] = {}
         line = 1
+        at: dict[str, int] = {}
         try:
             for i, row in enumerate(reader):
-                if i == 0 and [c.strip() for c in row] != HEADER:
-                    raise self.error(line, f"the first line is {','.join(row)!r}, not the header 'path,class,split'",
-                                     "put the header line back at the top")
-                if i > 0 and any(c.strip() for c in row):
-                    p = self._row(line, row, first)
-                    saved[p], first[p] = row[2].strip(), line
+                if i == 0:
+                    at = self._columns(row)
+                elif any(c.strip() for c in row):
+                    p = self._row(line, row, first, at)
+                    saved[p], first[p], self.rows[p] = row[at["split"]].strip(), line, row
                 line = reader.line_num + 1
         except csv.Error as err:
             raise self.error(line, f"the CSV cannot be read ({err}: a quote that never closes?)",
                              "close or remove the quote") from None
         return saved
 
-    def _row(self, line: int, row: list[str], first: dict[Path, int]) -> Path:
+    def _columns(self, row: list[str]) -> dict[str, int]:
+        """Where path, class and split are in the header ``row`` (any case, any order); other columns noted once."""
+        at = self._positions(row)
+        if not at:
+            raise self.error(1, f"the first line is {','.join(row)!r}, not the header 'path,class,split'",
+                             "put the header line back at the top")
+        names = [c.strip().lower() for c in row]
+        twice = [h for h in HEADER if names.count(h) > 1]
+        missing = [h for h in HEADER if h not in at]
+        if twice or missing:
+            problem = f"names the column '{twice[0]}' twice" if twice else f"has no column '{missing[0]}'"
+            raise self.error(1, f"the header {','.join(row)!r} {problem}; a split file has one path, one class and "
+                             "one split column", "write the header with path, class and split (in any order)")
+        extra = [c.strip() for c, n in zip(row, names) if n not in HEADER]
+        if extra:
+            warnings.warn(f"{self.path}: left the column(s) {', '.join(map(repr, extra))} alone; only path, class and "
+                          "split are read (other columns are kept when the file is rewritten).", DatasetWarning)
+        self.header = list(row)
+        return at
+
+    def _row(self, line: int, row: list[str], first: dict[Path, int], at: dict[str, int]) -> Path:
         """The image a data row names, after checking every field of it."""
-        if len(row) != 3:
-            raise self.error(line, f"{len(row)} field(s) {row}; a row is path,class,split",
-                             "write the image's path, its class folder and train, val or test")
-        rel, cls, split = (c.strip() for c in row)
+        if len(row) <= max(at.values()) or len(row) > len(self.header):   # a column missing, or a field too many
+            raise self.error(line, f"{len(row)} field(s) {row}; the header has {len(self.header)} "
+                             f"({','.join(self.header)})", "write the image's path, its class folder and train, val "
+                             "or test, each in its column")
+        rel, cls, split = (row[at[h]].strip() for h in HEADER)
         if split not in SPLITS:
             raise self.error(line, f"unknown split {split!r}", f"write one of {', '.join(SPLITS)} (lower case)")
         norm = Path(os.path.normpath(rel)).as_posix() if rel else ""
