@@ -214,6 +214,7 @@ def export_onnx(model: str | Path, out: str | Path, results: str | Path | None =
     torch: the max abs difference must stay within 1e-4 (fp32)."""
     ort = _need_onnx()
     import onnx
+    from .modelfolder import plain
     saved, loaded, clf = _load(model, results)
     clf = plain(clf, saved.structure).float()
     out = Path(out)
