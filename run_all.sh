@@ -5,9 +5,16 @@
 #   ./run_all.sh --only lora bitfit      a subset of methods (07_comparison always runs)
 #   ./run_all.sh --force --device cuda --seeds 0 1 2
 # Executed notebooks: results/<profile>/notebooks/, results: results/<profile>/, figures: results/<profile>/figures/
-# Ctrl-C (or kill -INT / -TERM of this script) stops the run cleanly: the signal goes on to the runner, which
+# Ctrl-C (or kill -INT / -TERM of this script, also when it was started in the background) stops the run cleanly: the signal goes on to the runner, which
 # sets aside what the interrupted notebook wrote and exits with status 130; a re-run resumes.
 set -euo pipefail
+# A shell without job control (a script's `./run_all.sh &`, nohup, CI) starts a background command with SIGINT
+# ignored, and bash cannot trap a signal that was ignored when it started: `kill -INT` would do nothing. So this
+# script runs itself once more with INT's default action first (coreutils' env); then INT stops it like Ctrl-C.
+if [ -z "${CLIPFT_INT_RESET:-}" ] && env --default-signal=INT true 2>/dev/null; then
+    export CLIPFT_INT_RESET=1
+    exec env --default-signal=INT bash "$0" "$@"
+fi
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
 scratch="$(mktemp -d)"

@@ -264,6 +264,24 @@ def test_run_all_sh_forwards_int_and_term_to_the_runner(stub_venv, sig):
         proc.kill()
     assert f"python got {sig.name}" in out, out + err
     assert proc.returncode == 130 and "(exit status 130)" in out, out + err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_run_all_sh_started_in_the_background_by_a_script_still_stops_on_int_and_term(stub_venv, sig):
+    """A script's `./run_all.sh &` starts it with SIGINT ignored (no job control); before, kill -INT did nothing."""
+    (stub_venv / "bin" / "python").write_text(STUB_RUNNER)
+    env = _env(**_stub_env(stub_venv), REAL_PYTHON=sys.executable)
+    script = f'bash {shlex.quote(str(ROOT / "run_all.sh"))} --smoke & echo "pid $!"; wait $!; echo "status $?"'
+    proc = subprocess.Popen(["bash", "-c", script], cwd="/", env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline().split()[1])
+        assert proc.stdout.readline().strip() == "ready"
+        os.kill(pid, sig)                            # the backgrounded run_all.sh itself
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert f"python got {sig.name}" in out and "(exit status 130)" in out and "status 130" in out, out + err
 def _lab(*args: str, as_user: bool = False, **env: str) -> subprocess.CompletedProcess:
     """Run ./lab.sh; ``as_user``: as an unprivileged user (nobody) when these tests run as root."""
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_user and os.geteuid() == 0 else []
