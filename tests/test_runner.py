@@ -54,7 +54,8 @@ class FakeExecute:
         try:
             for m in job.methods:
                 folder, shots = Path(parameters["results_dir"]), parameters.get("shots")
-                path = fake_result(folder, m, parameters["seed"], shots=shots)
+                acc = float((parameters.get("config") or {}).get("lr", 0.5))  # a notebook's output follows its config
+                path = fake_result(folder, m, parameters["seed"], acc=acc, shots=shots)
                 save_head(head_path(path.parent, path.stem), torch.zeros(3, 2))  # heads 06 reads
             if job.notebook in self.fail:
                 atomic_write_text(Path(parameters["results_dir"]) / "figures" / f"{job.notebook}.png", "png")
@@ -121,6 +122,26 @@ def test_a_result_is_recomputed_when_what_is_asked_changes(fake, tmp_path, chang
     runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=lines.append, **change)
     assert fake.notebooks == ["03_bitfit", "07_comparison"] * 2
     assert any("run  03_bitfit" in line and reason in line for line in lines), lines
+
+
+def test_a_notebook_whose_inputs_were_rewritten_reruns_and_dry_run_says_so(fake, tmp_path):
+    """06 reads what 02 wrote: 02 rerun with another config rewrites its files, so 06 reruns too (before: 06 was
+    skipped as up to date and its ensembles and LP→FT were stale)."""
+    runner.run_all("smoke", root=tmp_path, echo=quiet)
+    lines: list[str] = []
+    report = runner.run_all("smoke", root=tmp_path, echo=lines.append, dry_run=True,
+                            extra={"linear_probe": {"lr": 0.25}})
+    assert statuses(report)["06_full_finetune"] == "planned" and statuses(report)["03_bitfit"] == "skipped"
+    assert any("06_full_finetune seed 0: would run (02_linear_probe seed 0 would run first" in l for l in lines), lines
+    fake.calls.clear()
+    lines.clear()
+    runner.run_all("smoke", root=tmp_path, echo=lines.append, extra={"linear_probe": {"lr": 0.25}})
+    assert fake.notebooks == ["02_linear_probe", "06_full_finetune", "07_comparison"]
+    assert any("run  06_full_finetune" in l and "what it reads from 02_linear_probe changed since it ran" in l
+               for l in lines), lines
+    fake.calls.clear()
+    runner.run_all("smoke", root=tmp_path, echo=quiet, extra={"linear_probe": {"lr": 0.25}})
+    assert fake.notebooks == ["07_comparison"]                                   # and then everything is up to date
 
 
 def test_a_missing_or_changed_result_file_or_new_code_reruns(fake, tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from ...paths import PROJECT_ROOT, atomic_write_text, file_lock
 from ...results import result_path
 from ..nbworker import error_line as _error_line
 from . import jobs as P
-from .fingerprints import job_record, why_run, write_record
+from .fingerprints import job_record, why_run, with_inputs, write_record
 from .jobs import Job, Step, config_param
 
 NOISE = ("Kernel is running over TCP without encryption",)
@@ -261,7 +261,7 @@ class Interrupted(Exception):
 
 
 # ----------------------------------------------------------------------------- scheduling
-def _reads(job: Job, other: Job) -> bool:
+def reads(job: Job, other: Job) -> bool:
     """Whether ``job`` reads what ``other`` writes (same seed; zero-shot runs at shots=None serve every k)."""
     if not job.methods:
         return other is not job
@@ -271,7 +271,7 @@ def _reads(job: Job, other: Job) -> bool:
 
 def _ready(job: Job, done: dict[str, str], jobs: list[Job]) -> bool:
     """A job may start when every job it reads from has ended (ok, failed or skipped)."""
-    return not any(_reads(job, j) and j.key not in done for j in jobs)
+    return not any(reads(job, j) and j.key not in done for j in jobs)
 
 
 def execute_all(jobs: list[Job], folder: Path, nb_dir: Path, devices: Sequence[str], force: bool, echo) -> list[Step]:
@@ -328,7 +328,8 @@ def execute_all(jobs: list[Job], folder: Path, nb_dir: Path, devices: Sequence[s
 
 
 def run_reason(job: Job, folder: Path, nb_dir: Path, force: bool) -> str | None:
-    """Why ``job`` runs, or None when it is skipped (its completion record matches)."""
+    """Why ``job`` runs, or None when it is skipped (its completion record matches, what it reads included)."""
+    with_inputs(job, folder)
     if force:
         return "forced (--force)"
     if not job.methods:

@@ -80,10 +80,14 @@ def job_record(folder: Path, job: Job) -> Path:
 def _diff(old: dict, new: dict) -> str:
     """What changed between two fingerprints, in words."""
     out = []
-    for part in ("params", "notebook", "code", "weights", "data"):
-        if old.get(part) == new.get(part):
+    for part in ("params", "notebook", "code", "weights", "data", "inputs"):
+        if old.get(part, {} if part == "inputs" else None) == new.get(part, {} if part == "inputs" else None):
             continue
-        if part == "params":
+        if part == "inputs":
+            a, b = old.get("inputs", {}), new.get("inputs", {})
+            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            out.append(f"what it reads from {', '.join(changed)} changed since it ran")
+        elif part == "params":
             a, b = old.get("params", {}), new.get("params", {})
             changes = [f"{k} {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             out.append("parameters changed: " + ", ".join(changes))
@@ -151,6 +155,19 @@ def write_record(folder: Path, job: Job, written: Iterable[Path], executed: Path
 
 
 # ----------------------------------------------------------------------------- inputs from other jobs, checked first
+def with_inputs(job: Job, folder: Path) -> Job:
+    """``job`` with the content of what it reads from other jobs in its fingerprint (``inputs``: per producer's
+    completion record, a digest of the hashes of the files it wrote): taken when the job is about to run, after its
+    producers ran, so a producer that rewrote its files puts it back in the plan."""
+    if job.methods:
+        digests = {}
+        for path in input_records(job, folder):
+            record = read_record(path) or {}
+            digests[path.stem] = _sha(json.dumps(record.get("files", {}), sort_keys=True).encode())[:16]
+        job.fingerprint["inputs"] = digests
+    return job
+
+
 def input_records(job: Job, folder: Path) -> list[Path]:
     """Completion records of the jobs whose files ``job`` reads: 07 every one, 06 those of 01, 02, 05 at its point."""
     runs = folder / "runs"

@@ -15,7 +15,7 @@ from ..nbworker import on_stop
 from ..params import check_value
 from . import jobs as P
 from .checks import check_configs, merge_layers, declared, merge_extra, split_extra
-from .execute import FolderLock, Interrupted, clean_leftovers, execute_all, run_reason
+from .execute import FolderLock, Interrupted, clean_leftovers, execute_all, reads, run_reason
 from .fingerprints import Context, add_damaged_producers, fingerprint
 from .jobs import Job, Report, Step, describe_training, make_jobs, parse_shard, shard_of, trains_nothing
 
@@ -109,15 +109,8 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
         job.fingerprint = fingerprint(job, ctx)
     report = Report(prof.name, folder=folder)
     echo(f"[run_all] profile {prof.name} on {ds.display}: {len(jobs)} notebook run(s) into {folder}")
-    if dry_run:  # what each job would do: skipped (up to date) or run, and why
-        for job in jobs:
-            reason = run_reason(job, folder, folder / "notebooks", force)
-            if reason is None:
-                echo(f"  {job.describe()}: up to date, would be skipped")
-            else:
-                echo(f"  {job.describe()}: would run ({reason}): {describe_training(job, prof)}")
-            report.steps.append(Step(job.notebook, job.seed, "planned" if reason else "skipped", shots=job.shots,
-                                     reason=reason or "up to date"))
+    if dry_run:
+        report.steps = dry_run_steps(jobs, folder, force, prof, echo)
         return report
     nb_dir = ensure_writable(folder / "notebooks")
     with FolderLock(folder, shared=shard_spec is not None):
@@ -143,3 +136,22 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     echo("\n".join(["", f"[run_all] profile {prof.name}: {'all succeeded' if report.ok else 'SOME FAILED'}",
                     *report.lines()]))
     return report
+
+
+def dry_run_steps(jobs: list[Job], folder: Path, force: bool, prof: Any, echo) -> list[Step]:
+    """What each job would do — skipped (up to date) or run, and why — without running anything; a job whose producer
+    would run reruns too (what it reads would be rewritten first)."""
+    steps, running = [], []
+    for job in jobs:
+        reason = run_reason(job, folder, folder / "notebooks", force)
+        producers = [j.describe() for j in running if reads(job, j)]
+        if reason is None and producers and job.methods:
+            reason = f"{', '.join(producers)} would run first and rewrite what it reads"
+        if reason is None:
+            echo(f"  {job.describe()}: up to date, would be skipped")
+        else:
+            running.append(job)
+            echo(f"  {job.describe()}: would run ({reason}): {describe_training(job, prof)}")
+        steps.append(Step(job.notebook, job.seed, "planned" if reason else "skipped", shots=job.shots,
+                          reason=reason or "up to date"))
+    return steps
