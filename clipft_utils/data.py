@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +21,7 @@ from torch.utils.data import Dataset as TorchDataset
 from .datasets import SPLITS, Dataset, check_noting, get_dataset
 from .datasets.base import default_workers
 from .errors import ConfigError, DatasetError
-from .paths import atomic_path, cache_dir, file_lock
+from .paths import atomic_path, cache_dir, file_lock, notice
 from .pixels import BIT_DEPTH_NOTE
 
 __all__ = ["SPLITS", "ImageSplit", "eval_transform", "train_transform", "few_shot_indices", "split_rows",
@@ -193,7 +192,7 @@ def _cached(key: str, build) -> tuple[np.ndarray, np.ndarray]:
         problem = _problem(img_path, lab_path, meta_path) if img_path.exists() or meta_path.exists() else "missing"
         if problem is not None:
             if problem != "missing":
-                warnings.warn(f"The decoded-image cache '{img_path}' is {problem}: rebuilding it.", stacklevel=3)
+                notice(f"The decoded-image cache '{img_path}' is {problem}: rebuilding it.", stacklevel=3)
             meta_path.unlink(missing_ok=True)
             images, labels = build()
             save_npy(lab_path, labels)

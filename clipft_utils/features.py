@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from .data import ImageSplit
-from .paths import atomic_path, cache_dir, file_lock
+from .paths import atomic_path, cache_dir, file_lock, notice
 from .progress import bar
 
 
@@ -47,11 +46,10 @@ def _read(path, labels: torch.Tensor) -> dict | None:
         ok = (stored["features"].shape[0] == len(stored["labels"])
               and stored.get("sha1") == _digest(stored["features"]))
     except Exception as exc:  # noqa: BLE001 - truncated or garbage file
-        warnings.warn(f"The feature cache '{path}' is damaged ({type(exc).__name__}: {exc}): rebuilding it.",
-                      stacklevel=3)
+        notice(f"The feature cache '{path}' is damaged ({type(exc).__name__}: {exc}): rebuilding it.", stacklevel=3)
         return None
     if not ok:
-        warnings.warn(f"The feature cache '{path}' does not match its recorded hash: rebuilding it.", stacklevel=3)
+        notice(f"The feature cache '{path}' does not match its recorded hash: rebuilding it.", stacklevel=3)
         return None
     return stored if torch.equal(stored["labels"], labels) else None
 
@@ -108,7 +106,7 @@ def zero_shot_head(loaded, classnames: list[str], templates: list[str], cache: b
             head, problem = _read_head(path, len(classnames))
             if problem is None:
                 return head
-            warnings.warn(f"The zero-shot head cache '{path}' {problem}: rebuilding it.", stacklevel=2)
+            notice(f"The zero-shot head cache '{path}' {problem}: rebuilding it.", stacklevel=2)
         head = compute(loaded, classnames, templates).float().cpu().contiguous()
         if cache:
             with atomic_path(path) as tmp:

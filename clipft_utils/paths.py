@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -64,7 +65,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:  # a full disk fails deep inside torch.save / safetensors with no folder named
+            full = disk_full(path.parent)
+            if full:
+                raise ResultsError(f"Could not write '{path}': {full}. Nothing half-written was left. Fix: free space "
+                                   "there, or point CLIPFT_RESULTS / CLIPFT_DATA at a disk with room, and re-run "
+                                   "(finished work is kept).") from exc
+            raise
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the result the usual permissions
@@ -72,6 +81,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+FULL_MB = 64
+"""Less free space than this on a folder's disk after a failed write: the disk is full (the write failed for that)."""
+
+
+def free_mb(folder: str | os.PathLike) -> float:
+    """Free space (MB) on the disk holding ``folder`` (or its nearest existing parent)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free / 2**20
+
+
+def disk_full(folder: str | os.PathLike) -> str:
+    """A sentence when the disk holding ``folder`` is (nearly) full, else ''."""
+    free = free_mb(folder)
+    return f"the disk holding '{folder}' is full ({free:.0f} MB free)" if free < FULL_MB else ""
+
+
+def note(text: str) -> None:
+    """Tell the runner something it should say in the terminal (a resumed checkpoint, a rebuilt cache): one line
+    appended to ``$CLIPFT_EVENTS`` when a run set it; nothing otherwise (the notebook shows it anyway)."""
+    target = os.environ.get("CLIPFT_EVENTS")
+    if target:
+        with open(target, "a") as f:
+            f.write(" ".join(str(text).split()) + "\n")
+
+
+def notice(text: str, stacklevel: int = 2) -> None:
+    """Warn (the notebook shows it) and ``note`` it for the runner's terminal: a cache rebuilt, a checkpoint resumed."""
+    import warnings
+    note(text)
+    warnings.warn(text, stacklevel=stacklevel + 1)
 
 
 def journal(path: str | os.PathLike) -> None:

@@ -157,6 +157,24 @@ def test_finished_checkpoint_is_reused_and_mismatch_refused(tmp_path):
             **quiet())
 
 
+def test_a_checkpoint_whose_numbers_changed_is_named_and_never_resumed(tmp_path):
+    """Before: a checkpoint edited after it was written (still a valid file) resumed silently with its new numbers."""
+    _resume_run(tmp_path, 2, "d.pt")
+    ckpt = torch.load(tmp_path / "d.pt", weights_only=True)
+    name = next(iter(ckpt["trainable"]))
+    ckpt["trainable"][name] = ckpt["trainable"][name] + 1.0          # changed numbers, same keys and shapes
+    torch.save(ckpt, tmp_path / "d.pt")
+    model = mlp(seed=3, dropout=0.3)
+    train, val = loaders(n_train=88, batch=16)
+    with pytest.raises(ConfigError, match="does not match its digest: its numbers changed"):
+        fit(model, groups(model), train, val, _resume_cfg(), seed=7, checkpoint_path=tmp_path / "d.pt", **quiet())
+    lines: list[str] = []
+    res = fit(model, groups(model), train, val, _resume_cfg(), seed=7, checkpoint_path=tmp_path / "d.pt",
+              resume="auto", progress=False, echo=lines.append)
+    assert res.resumed_from_epoch == 0 and res.completed                    # started over, and said so
+    assert any("not resuming" in line and "does not match its digest" in line for line in lines), lines
+
+
 def test_fit_sets_the_epoch_on_both_loaders():
     model = mlp()
     train, val = loaders()

@@ -59,3 +59,21 @@ def test_short_run_beats_zero_shot(course, zero_shot_val, method, overrides):
     saved = read_result(out.path)
     assert (saved["method"], saved["variant"]) == (method, None)
     assert saved["test_acc"] == pytest.approx(out.test.top1)
+
+
+def test_a_paused_run_resumes_and_the_runners_force_starts_it_over(course, monkeypatch):
+    """train_method resumes its checkpoint; under the runner's --force (CLIPFT_FRESH=1) it starts from scratch
+    (before, --force reran the notebook but resumed the leftover checkpoint)."""
+    cfg = make_config("bitfit", "smoke", epochs=2)
+
+    def run(**kw):
+        clf = course.classifier()
+        return train_method(course, "bitfit", cfg, clf, apply_method("bitfit", clf, cfg), progress=False,
+                            variant="fresh", **kw)
+    assert not run(stop_after_epochs=1).train.completed                  # paused after epoch 1: a checkpoint
+    monkeypatch.setenv("CLIPFT_FRESH", "1")
+    fresh = run(stop_after_epochs=1)
+    assert fresh.train.resumed_from_epoch == 0 and not fresh.train.completed
+    monkeypatch.delenv("CLIPFT_FRESH")
+    resumed = run()
+    assert resumed.train.resumed_from_epoch == 1 and resumed.train.completed

@@ -144,6 +144,26 @@ def test_a_notebook_whose_inputs_were_rewritten_reruns_and_dry_run_says_so(fake,
     assert fake.notebooks == ["07_comparison"]                                   # and then everything is up to date
 
 
+def test_what_a_notebook_notes_is_said_in_the_terminal_and_force_asks_for_no_resume(fake, tmp_path, monkeypatch):
+    """A resumed checkpoint or a rebuilt cache was said only inside the executed notebook; --force resumed leftovers."""
+    seen: list[tuple[str, str | None]] = []
+
+    def execute(job, out, parameters, env):
+        seen.append((job.notebook, env.get("CLIPFT_FRESH")))
+        with open(env["CLIPFT_EVENTS"], "a") as f:                      # what paths.note writes in a kernel
+            f.write(f"{job.notebook}: resuming from checkpoint after epoch 2 of 5\n")
+        fake(job, out, parameters, env)
+    monkeypatch.setattr(runner.execute, "_execute", execute)
+    lines: list[str] = []
+    runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=lines.append)
+    assert "[run_all] 03_bitfit seed 0: 03_bitfit: resuming from checkpoint after epoch 2 of 5" in lines
+    assert seen == [("03_bitfit", None), ("07_comparison", None)]
+    seen.clear()
+    runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=quiet, force=True)
+    assert seen == [("03_bitfit", "1"), ("07_comparison", "1")]
+    assert not list((tmp_path / "smoke" / "runs").glob(".*.events"))
+
+
 def test_a_missing_or_changed_result_file_or_new_code_reruns(fake, tmp_path, monkeypatch):
     runner.run_all("smoke", only=["lora"], root=tmp_path, echo=quiet)
     folder = tmp_path / "smoke"

@@ -285,6 +285,8 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
     get_method(method)
     name = course.run_name(method, variant)
     ckpt = course.results_dir / "checkpoints" / f"{name}.pt" if checkpoint else None
+    if os.environ.get("CLIPFT_FRESH") == "1" and resume:  # the runner's --force: from scratch, never a resume
+        resume = False
     train = fit(clf, groups, course.loader("train", train=True, sharded=True), course.loader("val", sharded=True),
                 cfg, device=course.device, seed=course.seed, checkpoint_path=ckpt, resume=resume, progress=progress,
                 desc=name, run_id=course.run_id(method, variant), stop_after_epochs=stop_after_epochs)

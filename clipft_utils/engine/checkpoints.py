@@ -4,6 +4,7 @@ belongs to another run."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..errors import ConfigError
 from ..paths import atomic_path
 from .state import Run, State
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 RESUME_NEUTRAL = ("checkpoint_every",)
 """Config fields that may change between a checkpoint and its resumption."""
 
@@ -65,9 +66,38 @@ def save_checkpoint(run: Run, state: State, path: Path) -> None:
             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
             "state": dataclasses.asdict(state), "rng": _rng_state(),
         }
+        payload["digest"] = digest(payload)
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
     distributed.barrier()
+
+
+def digest(obj: Any) -> str:
+    """A sha256 of everything a checkpoint holds (tensors by dtype, shape and bytes; other values by their repr),
+    its own ``digest`` left out: a checkpoint whose numbers changed after it was written no longer matches."""
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=str):
+                if k != "digest":
+                    h.update(repr(k).encode())
+                    feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                feed(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+    feed(obj)
+    return h.hexdigest()
 
 
 class CheckpointMismatch(ConfigError):
@@ -99,6 +129,9 @@ def load_checkpoint(run: Run, path: Path) -> State:
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatch(f"Checkpoint '{path}' has format {ckpt.get('format')}. Fix: delete it or pass "
                                  "resume=False.")
+    if ckpt.get("digest") != digest(ckpt):
+        raise CheckpointMismatch(f"Checkpoint '{path}' does not match its digest: its numbers changed after it was "
+                                 "written. Fix: delete it or pass resume=False.")
     _check_meta(ckpt["meta"], _meta(run), path)
     with torch.no_grad():
         for name, p in run.named:

@@ -16,6 +16,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 from ..evaluate import autocast_context, evaluate, resolve_precision, restore_modes, train_modes
 from ..memory import PeakMemory, module_mb
+from ..paths import note
 from ..progress import bar
 from ..seeding import seed_everything
 from .checkpoints import CheckpointMismatch, load_checkpoint, save_checkpoint
@@ -274,13 +275,11 @@ def fit(
     if resume and path is not None and path.exists():
         try:
             state = load_checkpoint(run, path)
-            if echo:
-                echo(f"{desc}: resuming from checkpoint '{path}' after epoch {state.epoch} of {cfg.epochs}")
+            _say(echo, f"{desc}: resuming from checkpoint '{path}' after epoch {state.epoch} of {cfg.epochs}")
         except CheckpointMismatch as exc:
             if resume != "auto":
                 raise
-            if echo:
-                echo(f"{desc}: not resuming: {str(exc).split(' Fix:')[0]} Starting over.")
+            _say(echo, f"{desc}: not resuming: {str(exc).split(' Fix:')[0]} Starting over.")
     if state is None:
         seed_everything(seed, deterministic=False)
         state = State()
@@ -296,6 +295,13 @@ def fit(
     result = _result(state, cfg, precision, peak, first_epoch, how, distributed.world())
     result.best_val = run.best_eval  # None when the best epoch was trained before a resume
     return result
+
+
+def _say(echo: Callable[[str], Any] | None, text: str) -> None:
+    """Say what happened to a checkpoint where the run is watched (``echo``) and in the runner's terminal."""
+    note(text)
+    if echo:
+        echo(text)
 
 
 def _result(state: State, cfg: TrainConfig, precision: str, peak_mb: float, first_epoch: int, how: str = "",

@@ -85,13 +85,17 @@ def clean_leftovers(nb_dir: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- executing one notebook
-def _kernel_env(job: Job, journal: Path) -> dict[str, str]:
-    """The environment a notebook's kernel gets: this checkout first on the path, headless, its journal."""
+def _kernel_env(job: Job, journal: Path, events: Path, fresh: bool) -> dict[str, str]:
+    """The environment a notebook's kernel gets: this checkout first on the path, headless, its journal, where to
+    tell the terminal what happened (``paths.note``), and ``CLIPFT_FRESH`` under --force (no checkpoint resumes)."""
     env = dict(os.environ)
     paths = [str(PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["CLIPFT_HEADLESS"] = "1"       # static figures, no progress bars in the executed copy
     env["CLIPFT_JOURNAL"] = str(journal)
+    env["CLIPFT_EVENTS"] = str(events)
+    if fresh:
+        env["CLIPFT_FRESH"] = "1"
     env.pop("MPLBACKEND", None)         # Agg would keep every figure out of the executed notebooks
     scratch = Path(tempfile.gettempdir()) / f"clipft-kernel-{os.getpid()}"
     env.setdefault("IPYTHONDIR", str(scratch / "ipython"))
@@ -161,18 +165,21 @@ def _quarantine(folder: Path, written: Iterable[Path], name: str) -> list[Path]:
     return moved
 
 
-def run_job(job: Job, folder: Path, nb_dir: Path, device: str, echo) -> Step:
-    """Execute one job; record it as done, or set aside everything it wrote (failed or interrupted)."""
+def run_job(job: Job, folder: Path, nb_dir: Path, device: str, echo, force: bool = False) -> Step:
+    """Execute one job; record it as done, or set aside everything it wrote (failed or interrupted). What the notebook
+    noted for the terminal (a resumed checkpoint, a rebuilt cache) is said after it; ``force``: no resumes."""
     out = nb_dir / f"{job.key}.ipynb"
     journal = folder / "runs" / f".{job.key}.{os.getpid()}.journal"
+    events = journal.with_suffix(".events")
     journal.parent.mkdir(parents=True, exist_ok=True)
     journal.unlink(missing_ok=True)
+    events.unlink(missing_ok=True)
     job_record(folder, job).unlink(missing_ok=True)  # a killed rerun must not look finished
     params = {**job.params, "device": device}
     start, cpu = time.perf_counter(), _children_cpu()
     used = lambda: None if cpu is None else _children_cpu() - cpu  # noqa: E731
     try:
-        _execute(job, out, params, _kernel_env(job, journal))
+        _execute(job, out, params, _kernel_env(job, journal, events, force))
         _check_results(job, params)
         seconds = time.perf_counter() - start
         write_record(folder, job, _written(journal), out, seconds, device)
@@ -190,7 +197,16 @@ def run_job(job: Job, folder: Path, nb_dir: Path, device: str, echo) -> Step:
             echo(f"[run_all]   executed copy: {step.output}" + (f"; {step.note}" if moved else ""))
         return step
     finally:
+        _say_events(job, events, echo)
         journal.unlink(missing_ok=True)
+
+
+def _say_events(job: Job, events: Path, echo) -> None:
+    """Say in the terminal what the job's notebook noted (``paths.note``), then forget it."""
+    if events.exists():
+        for line in dict.fromkeys(events.read_text().splitlines()):
+            echo(f"[run_all] {job.describe()}: {line}")
+        events.unlink(missing_ok=True)
 
 
 def _check_results(job: Job, params: dict[str, Any]) -> None:
@@ -285,7 +301,7 @@ def execute_all(jobs: list[Job], folder: Path, nb_dir: Path, devices: Sequence[s
 
     def start(job: Job, device: str) -> None:
         def work() -> None:
-            step = run_job(job, folder, nb_dir, device, echo)
+            step = run_job(job, folder, nb_dir, device, echo, force)
             with lock:
                 steps[job.key], done[job.key] = step, step.status
                 free.append(device)
