@@ -36,6 +36,7 @@ class Profile:
     flag: str | None = None  # run_all.sh's option for it: "--smoke"; "" for the default profile; None: --profile NAME
     downloads: bool = False  # its weights or data come from the network (offline errors then say how to switch)
     max_steps_per_epoch: int | None = None  # every training's cap on steps per epoch (the rehearsal: 1)
+    disk_mb: int = 6000  # free disk a course run needs for its results, checkpoints and caches (checked before work)
 
 
 PROFILES: dict[str, Profile] = {
@@ -49,7 +50,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=64, eval_batch_size=64,  # on this CPU a batch of 512 evaluates 1.75x slower than 64 (measured)
         # ~20 test evaluations per course run: 20 per class (2,040 of 6,149 images, same subset for every method)
         # keeps the course under 10 minutes; the standard error of a top-1 near 35 % is then about 1 point.
-        test_per_class=20, flag="--smoke",
+        test_per_class=20, flag="--smoke", disk_mb=400,
         note="STAND-IN: ToyCLIP pretrained by this project on SynthFlowers (not CLIP, not Flowers102)",
     ),
     # The real profile's code at the real shapes (ViT-B-32 at 224 px, torchvision's Flowers102 on the official
@@ -60,7 +61,7 @@ PROFILES: dict[str, Profile] = {
     "rehearse": Profile(
         name="rehearse", model="ViT-B-32", pretrained="random", dataset="flowers102",
         batch_size=32, eval_batch_size=256, rehearsal=True, shots=1, test_per_class=1, flag="--rehearse",
-        max_steps_per_epoch=1,
+        max_steps_per_epoch=1, disk_mb=3000,
         note="REHEARSAL: ViT-B-32 with random weights on generated Flowers102-shaped images",
     ),
 }

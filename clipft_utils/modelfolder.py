@@ -271,7 +271,9 @@ def find_model(model: str | Path, results: str | Path | None = None) -> Path:
     if os.sep in str(model) or "/" in str(model):
         raise ConfigError(f"The model folder '{model}' does not exist. Fix: pass a model folder "
                           "(<results folder>/models/<run>) or a run name such as lora_seed0.")
-    roots = [Path(results)] if results else [results_root(), *sorted(p for p in results_root().glob("*") if p.is_dir())]
+    top = Path(results).expanduser() if results else results_root()
+    # a results folder, or a root holding several (results/ itself, or --results pointed at it): search them all
+    roots = [top] if (top / "models").is_dir() else [top, *sorted(p for p in top.glob("*") if p.is_dir())]
     hits = [r / "models" / str(model) for r in roots if (r / "models" / str(model)).is_dir()]
     if len(hits) == 1:
         return hits[0]

@@ -101,6 +101,16 @@ def disk_full(folder: str | os.PathLike) -> str:
     return f"the disk holding '{folder}' is full ({free:.0f} MB free)" if free < FULL_MB else ""
 
 
+def check_free_space(folders: "list[str | os.PathLike]", need_mb: float, what: str) -> None:
+    """A ResultsError before any work when a disk holding one of ``folders`` has less than ``need_mb`` free."""
+    for folder in dict.fromkeys(Path(f) for f in folders):
+        free = free_mb(folder)
+        if free < need_mb:
+            raise ResultsError(f"The disk holding '{folder}' has {free:,.0f} MB free; {what} writes up to about "
+                               f"{need_mb:,.0f} MB there (results, checkpoints, caches). Nothing was started. Fix: free "
+                               "space there, or point CLIPFT_RESULTS / CLIPFT_DATA at a disk with room.")
+
+
 def note(text: str) -> None:
     """Tell the runner something it should say in the terminal (a resumed checkpoint, a rebuilt cache): one line
     appended to ``$CLIPFT_EVENTS`` when a run set it; nothing otherwise (the notebook shows it anyway)."""

@@ -330,3 +330,13 @@ def test_delete_adapter() -> None:
     lora.delete_adapter(clf, "default")
     assert lora.adapter_names(clf) == ["extra"] and lora.active_adapter(clf) is None
     assert not any(".default" in n for n, _ in clf.named_parameters())
+
+
+def test_a_rank_no_target_weight_can_hold_is_refused_before_anything_is_added():
+    """Before: rank 100000 was accepted (99.6 % of ToyCLIP trained, a 391 MB model folder)."""
+    from types import SimpleNamespace
+    clf = tiny_classifier()
+    width = clf.visual.transformer.width                                      # 64: q and v are [64, 64]
+    with pytest.raises(ConfigError, match=rf"LoRA rank {width + 1} is larger than .*Fix: rank <= {width}"):
+        lora.add_adapter(clf, "big", SimpleNamespace(rank=width + 1, alpha=1.0, dropout=0.0, targets=("q", "v")))
+    assert lora.adapter_names(clf) == []

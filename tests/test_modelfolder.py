@@ -340,6 +340,11 @@ def test_predict_bad_input_fails_before_loading(trained, tmp_path, capsys):
     assert cli(["predict", "no_such_run_seed0", str(photos), "--results", str(course.results_dir)]) == 2
     err = capsys.readouterr().err
     assert "No model folder for the run 'no_such_run_seed0'" in err and "lora_seed0" in err
+    root = course.results_dir.parent                  # --results at the results root (before: "runs there: none")
+    assert cli(["predict", "no_such_run_seed0", str(photos), "--results", str(root)]) == 2
+    assert "lora_seed0" in capsys.readouterr().err
+    assert cli(["predict", course.run_name("zero_shot"), str(photos), "--results", str(root)]) == 0
+    capsys.readouterr()
     with pytest.raises(DatasetError, match="does not exist"):
         from clipft_utils.predict import list_images
         list_images([tmp_path / "missing.png"])

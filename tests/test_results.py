@@ -107,3 +107,17 @@ def test_a_damaged_result_is_an_error_naming_the_file_and_the_command_that_remak
     text = str(err.value)
     assert str(damaged) in text and why in text
     assert "./run_all.sh --only lora --seeds 1 --shots 4" in text, text
+
+
+def test_a_write_that_fails_on_a_full_disk_names_the_folder_and_leaves_nothing(tmp_path, monkeypatch):
+    """Before: a full disk failed inside torch.save with `enforce fail ... unexpected pos`, no folder or fix named."""
+    import torch
+    from clipft_utils import paths
+    from clipft_utils.errors import ResultsError
+    target = tmp_path / "checkpoints" / "lora_seed0.pt"
+    monkeypatch.setattr(paths, "free_mb", lambda folder: 3.0)
+    with pytest.raises(ResultsError, match=r"Could not write '.*lora_seed0.pt': the disk holding '.*checkpoints' is full"):
+        with paths.atomic_path(target) as tmp:
+            torch.save({"x": torch.zeros(3)}, tmp)
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+    assert list(target.parent.iterdir()) == []                                # no temp file, no half a file

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from clipft_utils.course import runner
 from clipft_utils import records
 from clipft_utils.methods import names
 
-from clipft_utils.errors import ConfigError, ResultsError
+from clipft_utils.errors import ClipftError, ConfigError, ResultsError
 from clipft_utils.paths import atomic_write_text, file_lock
 from clipft_utils.heads import head_path, save_head
 
@@ -162,6 +163,26 @@ def test_what_a_notebook_notes_is_said_in_the_terminal_and_force_asks_for_no_res
     runner.run_all("smoke", only=["bitfit"], root=tmp_path, echo=quiet, force=True)
     assert seen == [("03_bitfit", "1"), ("07_comparison", "1")]
     assert not list((tmp_path / "smoke" / "runs").glob(".*.events"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"extra": {"lora": {"rank": 100000}}}, "05_lora: lora: LoRA rank 100000 is larger than transformer.resblocks.0"),
+    ({"shots": [1000]}, "--shots 1000: shots=1000 but class 0"),
+])
+def test_what_a_notebook_would_refuse_minutes_in_is_refused_before_any_work(fake, tmp_path, kwargs, message):
+    """Before: -p lora.rank=100000 trained 99.6 % of ToyCLIP and wrote a 391 MB folder without a word; --shots 1000
+    passed the plan and failed 13 s into each notebook."""
+    with pytest.raises(ClipftError, match=re.escape(message)) as err:
+        runner.run_all("smoke", root=tmp_path, echo=quiet, **kwargs)
+    assert "Fix:" in str(err.value) and fake.calls == []
+
+
+def test_a_disk_without_room_is_refused_before_any_work_naming_the_folder(fake, tmp_path, monkeypatch):
+    from clipft_utils import paths
+    monkeypatch.setattr(paths, "free_mb", lambda folder: 50.0)
+    with pytest.raises(ResultsError, match=r"The disk holding '.*smoke' has 50 MB free; a smoke course run writes up"):
+        runner.run_all("smoke", root=tmp_path, echo=quiet)
+    assert fake.calls == []
 
 
 def test_a_missing_or_changed_result_file_or_new_code_reruns(fake, tmp_path, monkeypatch):

@@ -253,9 +253,25 @@ def add_adapter(model: nn.Module, name: str, cfg: Any) -> None:
     if _check_name(name) in adapter_names(model):
         raise ConfigError(f"Adapter '{name}' already exists. Fix: pick another name or delete_adapter() it.")
     wrap(model, cfg.targets)
-    for path, update in updates(model):
-        if path.rsplit(".", 1)[-1] in cfg.targets:
-            update.add(name, cfg.rank, cfg.alpha / cfg.rank, cfg.dropout, like=_base_weight(model, path))
+    slots = [(path, update) for path, update in updates(model) if path.rsplit(".", 1)[-1] in cfg.targets]
+    _check_rank(cfg.rank, slots)
+    for path, update in slots:
+        update.add(name, cfg.rank, cfg.alpha / cfg.rank, cfg.dropout, like=_base_weight(model, path))
+
+
+def _check_rank(rank: int, slots: list[tuple[str, LoRAUpdate]]) -> None:
+    """A rank no target weight can hold is an error before anything is added (an update of an [out, in] weight has
+    rank at most min(in, out); at that rank it has more parameters than the weight itself)."""
+    too_small = [(path, u) for path, u in slots if rank > min(u.in_features, u.out_features)]
+    if too_small:
+        path, u = too_small[0]
+        limit = min(min(v.in_features, v.out_features) for _, v in slots)
+        raise ConfigError(
+            f"LoRA rank {rank} is larger than {path}'s [{u.out_features}, {u.in_features}] weight allows: a low-rank "
+            f"update of it has rank at most {min(u.in_features, u.out_features)}, and at that rank it already has "
+            f"more parameters than the weight ({min(u.in_features, u.out_features) * (u.in_features + u.out_features):,} "
+            f"vs {u.in_features * u.out_features:,}). Fix: rank <= {limit} for these targets (LoRA's usual ranks "
+            "are 1-64; the course's default is 8).")
 
 
 def _base_weight(model: nn.Module, update_path: str) -> torch.Tensor:

@@ -4,10 +4,12 @@ their dataclasses."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Sequence
 
 from ... import methods as M
-from ...errors import ConfigError
+from ...config import get_profile
+from ...errors import ClipftError, ConfigError
 from .. import sections as S
 from ..params import check_value
 from . import jobs as P
@@ -88,20 +90,28 @@ def _unknown(key: str, specs: dict[str, dict]) -> str:
             f"{', '.join(names)} (scope one to a notebook as METHOD.NAME, e.g. lora.ranks=[1,2]).")
 
 
+def _config(job: Job, method: str, profile: str) -> Any:
+    """``method``'s config in ``job``: its parameters (epochs, batch size, scoped fields) over the profile's."""
+    p = job.params
+    values = {k: p[k] for k in ("epochs", "batch_size") if p.get(k) is not None}
+    values.update(p.get(config_param(job.notebook, method)) or {})
+    values = dict(S.section(method).fixed_config) | values  # fields its notebook sets itself (06: the warm-up)
+    return M.make_config(method, profile, **{k: v for k, v in values.items() if k in M.get(method).config_fields()})
+
+
 def check_configs(jobs: Sequence[Job], profile: str) -> None:
     """Each job's method config must build from its parameters (epochs, batch size, scoped fields)."""
     for job in jobs:
         for method in job.methods:
-            p = job.params
-            values = {k: p[k] for k in ("epochs", "batch_size") if p.get(k) is not None}
-            values.update(p.get(config_param(job.notebook, method)) or {})
-            spec = M.get(method)
-            values = dict(S.section(method).fixed_config) | values  # fields its notebook sets itself (06: the warm-up)
-            values = {k: v for k, v in values.items() if k in spec.config_fields()}
             try:
-                M.make_config(method, profile, **values)
+                _config(job, method, profile)
             except ConfigError as exc:
                 raise ConfigError(f"{job.notebook}: {exc}") from None
+
+
+def _width(tower: Any) -> int:
+    """The width of a tower's output features (what a head over it takes)."""
+    return int(tower.output_dim)
 
 
 def merge_extra(a: dict, b: dict) -> dict:
@@ -119,3 +129,48 @@ def merge_layers(base: dict, *layers: dict) -> dict:
         for k, v in layer.items():
             out[k] = {**out.get(k, {}), **v} if (k == "config" or k.endswith("_config")) and isinstance(v, dict) else v
     return out
+
+
+def check_data_fits(ds: Any, shots: Sequence[int | None], folder: Path, prof: Any) -> None:
+    """Before any work: every k of ``shots`` fits the training split (k images of every class), and the disks of the
+    results folder and the data folder have the room the profile's course run needs."""
+    from ...data import few_shot_indices
+    from ...paths import check_free_space, data_dir
+    for k in shots:
+        if k is not None:
+            try:
+                few_shot_indices(ds.labels("train"), k, classnames=ds.classnames)
+            except ClipftError as exc:
+                raise type(exc)(f"--shots {k}: {exc}") from None
+    check_free_space([folder, data_dir()], prof.disk_mb, f"a {prof.name} course run")
+
+
+def check_applies(jobs: Sequence[Job], profile: str) -> None:
+    """Each planned method applied to its notebook's model on PyTorch's meta device (no weights, no memory, well under
+    a second): what ``apply`` refuses — a tower it does not fit, a LoRA rank no layer can hold — is an error now,
+    not minutes into a notebook."""
+    import copy
+    import logging
+    import torch
+    import open_clip
+    from ...models import CLIPClassifier
+    towers: dict[str, Any] = {}
+    for job in jobs:
+        name = job.params.get("model") or get_profile(profile).model
+        for method in job.methods:
+            spec = M.get(method)
+            if spec.apply is None or not spec.trains:
+                continue
+            if name not in towers:
+                logging.disable(logging.WARNING)
+                try:
+                    with torch.device("meta"):
+                        towers[name] = open_clip.create_model(name, device="meta").visual
+                finally:
+                    logging.disable(logging.NOTSET)
+            with torch.device("meta"):
+                clf = CLIPClassifier(copy.deepcopy(towers[name]), torch.empty(2, _width(towers[name])))
+                try:
+                    M.apply_method(method, clf, _config(job, method, profile))
+                except ConfigError as exc:
+                    raise ConfigError(f"{job.notebook}: {method}: {exc}") from None

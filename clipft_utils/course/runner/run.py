@@ -14,7 +14,8 @@ from ..core import results_folder
 from ..nbworker import on_stop
 from ..params import check_value
 from . import jobs as P
-from .checks import check_configs, merge_layers, declared, merge_extra, split_extra
+from .checks import (check_applies, check_configs, check_data_fits, declared, merge_extra, merge_layers,
+                     split_extra)
 from .execute import FolderLock, Interrupted, clean_leftovers, execute_all, reads, run_reason
 from .fingerprints import Context, add_damaged_producers, fingerprint
 from .jobs import Job, Report, Step, describe_training, make_jobs, parse_shard, shard_of, trains_nothing
@@ -83,6 +84,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     ds = ctx.dataset(data, data_root, (extra or {}).get("data_split"))  # fail fast on the data (and its split)
     folder = Path(root) / results_folder(prof, ds).name if root else results_folder(prof, ds)
     folder = ensure_writable(folder)
+    check_data_fits(ds, shots, folder, prof)  # every k fits the data; the disks have room
     jobs = make_jobs(only if not compare_only else [], seeds, shots, compare=shard_spec is None)
     if compare_only:
         jobs = [j for j in jobs if not j.methods]
@@ -105,6 +107,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
             defaults.setdefault("extras", False)  # a grid's other points: the method's main row only
         job.params = merge_layers(_base_params(prof, job, folder, data, data_root), defaults, layers.get(job.notebook, {}))
     check_configs(jobs, prof.name)
+    check_applies(jobs, prof.name)  # each method applied on the meta device: its refusals now, not in a notebook
     for job in jobs:
         job.fingerprint = fingerprint(job, ctx)
     report = Report(prof.name, folder=folder)
