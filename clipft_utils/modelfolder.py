@@ -144,14 +144,15 @@ def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None 
                config: Any = None, dtype: str = "fp16", templates: list[str] | None = None,
                folder: str | Path | None = None, check: tuple[Any, Any] | None = None,
                head_only: bool = False, rebuild_as: str | None = None,
-               combination: dict[str, Any] | None = None) -> Path:
+               combination: dict[str, Any] | None = None, chosen: dict[str, Any] | None = None) -> Path:
     """Write ``<results>/models/<run>/`` (``model.safetensors`` + ``manifest.json``, each atomically) for ``clf``,
     trained by ``method`` in ``course``; ``result``: the run's result row (accuracies). ``check``: (test loader, the
     run's test ``EvalResult``): fp16 is kept only if rounding to it changes none of those predictions (else fp32,
     and the manifest says why), so that the folder reproduces the run's test accuracy. ``head_only``: save the head
     alone (a head over the frozen tower). ``rebuild_as``: a combination that is one model of a method's shape (WiSE-FT:
     a fully fine-tuned tower) names that method, whose ``config`` rebuilds it; ``combination`` says how it was
-    made. Returns the folder."""
+    made. ``chosen``: what the run chose on validation (Tip-Adapter's α and β), kept in the manifest beside the
+    tensors that hold it. Returns the folder."""
     from safetensors.torch import save_file
     from .results import _clean
     name = course.run_name(method, variant)
@@ -179,6 +180,7 @@ def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None 
     manifest = {
         "format": FORMAT, "method": method, "head_only": head_only, "variant": variant, "run": name, "config": cfg,
         **({"rebuild_as": rebuild_as, "combination": combination or {}} if rebuild_as else {}),
+        **({"chosen": chosen} if chosen else {}),
         "base": {"model": loaded.name, "pretrained": loaded.pretrained, "weights_id": loaded.weights_id,
                  "digest": base_digest(loaded.model.visual), "random_weights": loaded.random_weights},
         "classes": list(course.classnames),

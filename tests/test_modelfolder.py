@@ -169,6 +169,17 @@ print(json.dumps(out))
 """
 
 
+def test_a_tip_adapter_manifest_records_the_alpha_and_beta_chosen_on_validation(trained):
+    """Before: only the tensors held them; the manifest (what a person or a client reads) did not."""
+    course, _ = trained
+    for method in TIP:
+        saved = read_model(_folder(course, method))
+        chosen = saved.manifest["chosen"]
+        assert chosen["chosen_on"] == "validation" and chosen["alpha"] in chosen["alphas"]
+        held = (saved.tensors["head.alpha"].item(), saved.tensors["head.beta"].item())
+        assert (chosen["alpha"], chosen["beta"]) == pytest.approx(held, rel=1e-6)          # the tensors are fp32
+
+
 def test_predict_in_a_fresh_process_reproduces_every_run_test_accuracy(trained):
     course, _ = trained
     index = course.data.index("test")

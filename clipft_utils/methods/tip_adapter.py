@@ -197,8 +197,10 @@ def save_tip_model(course: Any, fit: TipFit, cfg: Any, result: dict[str, Any]):
     from ..models import CLIPClassifier
     clf = CLIPClassifier(course.loaded.model.visual, fit.adapter.head)  # the tower is shared, not copied
     clf.head = TipHead.from_adapter(fit.adapter)
+    chosen = {"alpha": float(fit.adapter.alpha), "beta": float(fit.adapter.beta), "chosen_on": "validation",
+              "alphas": list(fit.search.alphas), "betas": list(fit.search.betas)}
     return save_model(course, fit.method, clf, result=result, config=cfg, dtype="fp32", head_only=True,
-                      templates=course.templates(ensemble=cfg.templates == "ensemble"))
+                      templates=course.templates(ensemble=cfg.templates == "ensemble"), chosen=chosen)
 
 
 def apply(adapter: TipAdapter, cfg: Any = None) -> list[dict[str, Any]]:
