@@ -61,7 +61,7 @@ PROFILES: dict[str, Profile] = {
     "rehearse": Profile(
         name="rehearse", model="ViT-B-32", pretrained="random", dataset="flowers102",
         batch_size=32, eval_batch_size=256, rehearsal=True, shots=1, test_per_class=1, flag="--rehearse",
-        max_steps_per_epoch=1, disk_mb=3000,
+        max_steps_per_epoch=1, disk_mb=1500,
         note="REHEARSAL: ViT-B-32 with random weights on generated Flowers102-shaped images",
     ),
 }
