@@ -34,11 +34,11 @@ def save_head(path: str | Path, weight: torch.Tensor, bias: torch.Tensor | None 
     bias = torch.zeros(weight.shape[0]) if bias is None else bias.detach().float().cpu().contiguous().clone()
     if bias.shape != (weight.shape[0],):
         raise ResultsError(f"Head bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},).")
-    from .results import _clean
+    from .results import plain_json
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file({"weight": weight, "bias": bias}, str(tmp),
-                  metadata={"format": HEAD_FORMAT, "meta": json.dumps(_clean(meta))})
+                  metadata={"format": HEAD_FORMAT, "meta": json.dumps(plain_json(meta))})
     return path
 
 

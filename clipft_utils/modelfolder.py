@@ -154,7 +154,7 @@ def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None 
     made. ``chosen``: what the run chose on validation (Tip-Adapter's α and β), kept in the manifest beside the
     tensors that hold it. Returns the folder."""
     from safetensors.torch import save_file
-    from .results import _clean
+    from .results import plain_json
     name = course.run_name(method, variant)
     folder = Path(folder) if folder is not None else model_path(course.results_dir, name)
     structure = rebuild_as or method  # the method whose hooks save (and rebuild) the model
@@ -198,7 +198,7 @@ def save_model(course: Any, method: str, clf: nn.Module, *, result: dict | None 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": method})
-    atomic_write_text(folder / MANIFEST, json.dumps(_clean(manifest), indent=1) + "\n")
+    atomic_write_text(folder / MANIFEST, json.dumps(plain_json(manifest), indent=1) + "\n")
     return folder
 
 

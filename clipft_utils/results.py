@@ -67,14 +67,14 @@ def env_info(device: Any = "cpu") -> dict[str, Any]:
             "cpu_threads": torch.get_num_threads(), "git_commit": _git_commit(), "platform": platform.platform()}
 
 
-def _clean(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """JSON-safe copy: numpy → python, NaN/inf → None, tuples → lists."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
+        return plain_json(value.tolist())
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (float, np.floating)):
@@ -108,7 +108,7 @@ def make_result(*, method: str, model: str, pretrained: str, dataset: str, profi
         "peak_memory_mb": peak_memory_mb, "config": config, "history": history, "env": env_info(device),
     }
     result.update(extra)
-    return _clean(result)
+    return plain_json(result)
 
 
 def save_result(result: dict[str, Any], folder: str | Path, predictions=None, val_predictions=None) -> Path:

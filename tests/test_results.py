@@ -91,7 +91,7 @@ def test_unwritable_results_folder(tmp_path):
 def test_nan_becomes_null(tmp_path):
     res, _ = _result()
     res["val_acc"] = float("nan")
-    res = R._clean(res)
+    res = R.plain_json(res)
     assert json.loads(json.dumps(res))["val_acc"] is None
 
 
