@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,15 +93,10 @@ def zero_shot_head(loaded, classnames: list[str], templates: list[str], cache: b
     """``models.zero_shot_head`` (``logit_scale`` · class text embeddings, [C, D] on CPU) from the cache, or computed
     once and cached: every notebook of a course needs it, and on a CPU the text tower takes seconds to tens of
     seconds per pass. Keyed by model, weights, classes, templates and the device type; stored as safetensors."""
-    import json
-
     from safetensors.torch import save_file
 
     from .models import zero_shot_head as compute
-    device = next(loaded.model.parameters()).device
-    raw = json.dumps([loaded.name, weights_key(loaded.weights_id, loaded.model.visual), list(classnames),
-                      list(templates), device.type, torch.__version__])
-    path = cache_dir("text") / f"{loaded.name}_{hashlib.sha1(raw.encode()).hexdigest()[:20]}.safetensors"
+    path = head_cache_path(loaded, classnames, templates)
     with file_lock(path.with_name(f".{path.name}.lock")):
         if cache and path.exists():
             head, problem = _read_head(path, len(classnames))
@@ -112,6 +108,15 @@ def zero_shot_head(loaded, classnames: list[str], templates: list[str], cache: b
             with atomic_path(path) as tmp:
                 save_file({"head": head}, str(tmp), metadata={"sha1": _digest(head)})
     return head
+
+
+def head_cache_path(loaded, classnames: list[str], templates: list[str]) -> Path:
+    """Where ``zero_shot_head`` keeps the head of these classes and templates for this model, weights and device."""
+    import json
+    device = next(loaded.model.parameters()).device
+    raw = json.dumps([loaded.name, weights_key(loaded.weights_id, loaded.model.visual), list(classnames),
+                      list(templates), device.type, torch.__version__])
+    return cache_dir("text") / f"{loaded.name}_{hashlib.sha1(raw.encode()).hexdigest()[:20]}.safetensors"
 
 
 def _read_head(path, classes: int) -> tuple[torch.Tensor | None, str | None]:

@@ -563,7 +563,8 @@ def test_two_devices_and_two_shards_give_the_files_of_a_sequential_run(tiny_cour
     for i in (1, 2):
         runner.run_all("smoke", root=tmp_path / "shard", shard=f"{i}/2", **grid)
     runner.run_all("smoke", root=tmp_path / "shard", compare_only=True, **grid)
-    assert sequential.ok and parallel.ok
+    for report in (sequential, parallel):
+        assert report.ok, [(s.notebook, s.seed, s.error, s.output[-2000:]) for s in report.steps if s.status != "ok"]
     expected = results_of(tmp_path / "seq" / "smoke")
     assert len(expected) == 2 + 2
     assert results_of(tmp_path / "par" / "smoke") == expected

@@ -159,8 +159,8 @@ def test_a_zero_shot_head_cache_with_other_values_is_named_and_rebuilt(change):
     loaded = models.load_clip("ToyCLIP", "random")
     names, templates = ["rose", "lily"], [f"a {change} photo of a {{}}."]
     head = features.zero_shot_head(loaded, names, templates)
-    path = next(p for p in features.cache_dir("text").glob("ToyCLIP_*.safetensors")
-                if torch.equal(safe_open(str(p), "pt").get_tensor("head"), head))
+    path = features.head_cache_path(loaded, names, templates)
+    assert torch.equal(safe_open(str(path), "pt").get_tensor("head"), head)
     meta = safe_open(str(path), "pt").metadata() if change == "values" else None
     save_file({"head": head * (1.5 if change == "values" else 1)}, str(path), metadata=meta)
     problem = "does not match its recorded digest" if change == "values" else "records no digest"
