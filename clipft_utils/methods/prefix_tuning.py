@@ -123,6 +123,8 @@ def applies_to(arch: Any, cfg: Any = None) -> str | None:
     found = arch.image
     if not found.has_sequence or found.family == "text":
         return f"{found.no_sequence or 'it is not an image tower'}; prompt and prefix tokens need one"
+    if found.prefix_problem and found.family == "timm-eva":  # prompts skip Eva's rotary positions: its own attention
+        return f"clipft runs Eva's attention itself (prompt tokens get no rotary position), and {found.prefix_problem}"
     if (cfg is None or cfg.kind == "prefix") and found.prefix_problem:
         return f"key/value prefixes cannot run in its blocks: {found.prefix_problem} (kind='prompt' or 'vpt_deep' can)"
     return None

@@ -7,6 +7,7 @@ import functools
 from typing import Any, Sequence
 
 from ... import methods as M
+from ...config import get_profile
 from ...errors import ConfigError
 from .. import sections as S
 from ..params import check_value
@@ -88,20 +89,33 @@ def _unknown(key: str, specs: dict[str, dict]) -> str:
             f"{', '.join(names)} (scope one to a notebook as METHOD.NAME, e.g. lora.ranks=[1,2]).")
 
 
+def job_config(job: Job, method: str, profile: str) -> Any:
+    """``method``'s config in ``job``, as its notebook will build it (epochs, batch size, scoped fields, the fields its
+    notebook sets itself); a bad value is a ConfigError naming the notebook."""
+    p = job.params
+    values = {k: p[k] for k in ("epochs", "batch_size") if p.get(k) is not None}
+    values.update(p.get(config_param(job.notebook, method)) or {})
+    spec = M.get(method)
+    values = dict(S.section(method).fixed_config) | values  # fields its notebook sets itself (06: the warm-up)
+    values = {k: v for k, v in values.items() if k in spec.config_fields()}
+    try:
+        return M.make_config(method, profile, **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{job.notebook}: {exc}") from None
+
+
 def check_configs(jobs: Sequence[Job], profile: str) -> None:
-    """Each job's method config must build from its parameters (epochs, batch size, scoped fields)."""
+    """Each job's method config must build from its parameters (epochs, batch size, scoped fields); the methods that
+    do not apply to the job's model are noted on the job (``not_applicable``: its notebook skips them and says why)."""
+    from ...methods.base import reason_not_applicable
+    from ...models import architecture_of
+    prof = get_profile(profile)
     for job in jobs:
+        arch = architecture_of(job.params.get("model") or prof.model) if job.methods else None
         for method in job.methods:
-            p = job.params
-            values = {k: p[k] for k in ("epochs", "batch_size") if p.get(k) is not None}
-            values.update(p.get(config_param(job.notebook, method)) or {})
-            spec = M.get(method)
-            values = dict(S.section(method).fixed_config) | values  # fields its notebook sets itself (06: the warm-up)
-            values = {k: v for k, v in values.items() if k in spec.config_fields()}
-            try:
-                M.make_config(method, profile, **values)
-            except ConfigError as exc:
-                raise ConfigError(f"{job.notebook}: {exc}") from None
+            reason = reason_not_applicable(M.get(method), arch, job_config(job, method, profile))
+            if reason:
+                job.not_applicable[method] = reason
 
 
 def merge_extra(a: dict, b: dict) -> dict:
