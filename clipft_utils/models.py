@@ -275,8 +275,10 @@ def load_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRA
             load_weights=weights is not None)
     except (MemoryError, torch.OutOfMemoryError):
         raise
-    except Exception:
+    except Exception as exc:
         found = weights_problem(name, local_file) if local_file is not None else None
+        if found is None and isinstance(exc, OSError) and not online():  # a Hugging Face text tower's config
+            meta_model(name)  # raises the OfflineError that says what to prefetch
         if found is None:  # not the file's fault (or not a file at all): the original error is the right one
             raise
         # `from None`: the raw loader error (pickle opcodes, key dumps, "weights_only" advice) helps nobody here
@@ -299,20 +301,30 @@ def load_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRA
 def architecture_of(name: str) -> Any:
     """The ``towers.Architecture`` of model ``name``, built on the meta device (no weights, no memory, no download):
     which methods apply, known before any work."""
-    key = name
-    if key not in _ARCHITECTURES:
-        import logging
-        import open_clip
-        check_model_name(name)
+    if name not in _ARCHITECTURES:
         from .towers import architecture
-        logging.disable(logging.WARNING)
-        try:
-            with torch.device("meta"):
-                model = open_clip.create_model(name, device="meta", load_weights=False)
-        finally:
-            logging.disable(logging.NOTSET)
-        _ARCHITECTURES[key] = architecture(model, name)
-    return _ARCHITECTURES[key]
+        _ARCHITECTURES[name] = architecture(meta_model(name), name)
+    return _ARCHITECTURES[name]
+
+
+def meta_model(name: str) -> nn.Module:
+    """Model ``name``'s architecture on the meta device: every shape, no values (counting parameters, its towers'
+    facts); a Hugging Face text tower that is not cached offline is an ``OfflineError``."""
+    import logging
+    import open_clip
+    check_model_name(name)
+    logging.disable(logging.WARNING)
+    try:
+        with torch.device("meta"):
+            return open_clip.create_model(name, device="meta", load_weights=False)
+    except OSError as exc:  # transformers looking for a config on the hub
+        if online():
+            raise
+        raise OfflineError(f"'{name}' has a Hugging Face text tower whose config is not in the local cache, and this "
+                           f"machine is offline ({str(exc).splitlines()[0]}). Fix: on a machine with internet run "
+                           f"`python -m clipft_utils prefetch --model {name}`.") from None
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 _ARCHITECTURES: dict[str, Any] = {}

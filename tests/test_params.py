@@ -46,8 +46,10 @@ def expected_counts(d: int, layers: int, classes: int, embed: int, text: tuple[i
 
 def test_tiny_table_matches_hand_counts() -> None:
     clip = tiny_clip()
-    rows = {r["method"]: r for r in params.parameter_table(num_classes=C, clip=clip)}
+    rows = {r["method"]: r for r in params.parameter_table(num_classes=C, clip=clip, every=True)}
     assert list(rows) == list(TABLED) and "linear_probe" in TABLED
+    assert [r["method"] for r in params.parameter_table(num_classes=C, clip=clip)] == [
+        m for m in TABLED if m not in PER_RUN]  # the default table: the rows with a count
     tower = sum(p.numel() for p in clip.visual.parameters())
     head = C * E + C
     for method, want in expected_counts(D, L, C, E).items():
@@ -88,7 +90,7 @@ def test_apply_method_dispatch_and_errors() -> None:
 
 def test_vit_b_32_table() -> None:
     """The real architecture (random weights, ~88 M parameters in the image tower)."""
-    rows = {r["method"]: r for r in params.parameter_table("ViT-B-32", num_classes=102)}
+    rows = {r["method"]: r for r in params.parameter_table("ViT-B-32", num_classes=102, every=True)}
     tower, head = 87_849_216, 512 * 102 + 102
     counts = expected_counts(768, 12, 102, 512, text=(512, 12))
     for method, want in counts.items():

@@ -70,23 +70,29 @@ class LoRAUpdate(nn.Module):
         return F.linear(F.linear(self.dropout[name](x), self.A[name]), self.B[name]) * self.scaling[name]
 
 
-class LoRALinear(nn.Module):
-    """An ``nn.Linear`` (the MLP's ``c_fc`` or ``c_proj``) plus a low-rank update: ``base(x) + ΔW x``."""
+class _LinearHost(nn.Module):
+    """A host around an ``nn.Linear`` (``self.base``) that its tower may still read as a Linear."""
 
-    def __init__(self, base: nn.Linear, slot: str):
-        super().__init__()
-        self.base, self.slot = base, slot
-        self.lora = nn.ModuleDict({slot: LoRAUpdate(base.in_features, base.out_features)})
+    base: nn.Linear
 
     @property
     def weight(self) -> torch.Tensor:
-        """The frozen base weight (open_clip reads ``c_fc.weight.dtype``)."""
+        """The frozen base weight (open_clip reads ``c_fc.weight.dtype``, timm ``qkv.weight``)."""
         return self.base.weight
 
     @property
     def bias(self) -> torch.Tensor | None:
         """The frozen base bias."""
         return self.base.bias
+
+
+class LoRALinear(_LinearHost):
+    """An ``nn.Linear`` (the MLP's ``c_fc`` or ``c_proj``) plus a low-rank update: ``base(x) + ΔW x``."""
+
+    def __init__(self, base: nn.Linear, slot: str):
+        super().__init__()
+        self.base, self.slot = base, slot
+        self.lora = nn.ModuleDict({slot: LoRAUpdate(base.in_features, base.out_features)})
 
     def weight_slices(self) -> dict[str, torch.Tensor]:
         """Slot -> the base weight its update is merged into."""
@@ -160,7 +166,7 @@ def _sdpa_mask(mask: torch.Tensor | None, dtype: torch.dtype, batch: int, heads:
     return mask.to(dtype)
 
 
-class LoRAFusedLinear(nn.Module):
+class LoRAFusedLinear(_LinearHost):
     """A fused q/k/v ``nn.Linear`` (timm's ``attn.qkv``): output rows [0, D) are q, [D, 2D) k, [2D, 3D) v; each
     third gets its own low-rank update."""
 
@@ -170,15 +176,6 @@ class LoRAFusedLinear(nn.Module):
             raise ConfigError(f"A fused qkv Linear has 3 x D outputs; this one has {base.out_features}.")
         self.base, self.dim = base, base.out_features // 3
         self.lora = nn.ModuleDict({slot: LoRAUpdate(base.in_features, self.dim) for slot in ("q", "k", "v")})
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen base weight (timm reads ``qkv.weight``)."""
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     def weight_slices(self) -> dict[str, torch.Tensor]:
         d, w = self.dim, self.base.weight

@@ -72,14 +72,15 @@ def _row(clip: nn.Module, num_classes: int, method: str, overrides: dict[str, An
 
 
 def parameter_table(model_name: str = "ViT-B-32", num_classes: int = 102, clip: nn.Module | None = None,
-                    variants: bool = False) -> list[dict[str, Any]]:
-    """One row per method (default configs): trainable, total (image tower + head + added) and fractions."""
+                    variants: bool = False, every: bool = False) -> list[dict[str, Any]]:
+    """One row per method (default configs): trainable, total (image tower + head + added) and fractions. ``every``:
+    also a row for each method counted elsewhere (per run: Tip-Adapter's cache) or not applicable here (its reason)."""
     clip = build_clip(model_name) if clip is None else clip
     arch = towers.architecture(clip, model_name)
     rows = [_row(clip, num_classes, m.name, {}, "", arch) for m in registry()]
     if variants:
         rows += [_row(clip, num_classes, m, o, note, arch) for m, o, note in globals()["variants"]()]
-    return rows
+    return rows if every else [r for r in rows if r.get("trainable") is not None]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -111,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", action="store_true", help="also show deep prefix and wider LoRA targets")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     args = parser.parse_args(argv)
-    rows = parameter_table(args.model, args.num_classes, variants=args.variants)
+    rows = parameter_table(args.model, args.num_classes, variants=args.variants, every=True)
     print(json.dumps(rows, indent=2) if args.json else f"{args.model} (random weights)\n{format_table(rows)}")
     return 0
 
