@@ -127,17 +127,21 @@ class Course:
         from .sections import notebook_default
         return value if value is not None else notebook_default(self.profile.name, name)
 
-    def applies(self, method: str, cfg: Any = None) -> "Applies":
+    def applies(self, method: str, cfg: Any = None, skipped: str = "") -> "Applies":
         """Whether ``method`` (with ``cfg``) applies to this course's model: truthy, or falsy with the reason, which it
-        prints (a notebook then skips the method's cells: ``%%when <the flag>`` says why)."""
+        prints; ``skipped`` names what a notebook skips where only a setting does not apply (default: the method's cells,
+        and 07 shows it as not applicable). ``%%when <the flag>`` skips those cells and prints the reason again."""
         from ..methods import get
         from ..methods.base import not_applicable_message, reason_not_applicable
         spec = get(method)
         reason = reason_not_applicable(spec, self.loaded.architecture, cfg)
         if reason is None:
             return Applies(True)
+        if skipped:  # a setting of a method that runs (06: gradient checkpointing on a ResNet)
+            print(f"{skipped}: {reason}.")
+            return Applies(False, f"{skipped}: {reason}")
         message = not_applicable_message(spec, self.loaded.architecture, reason).split(" Fix:")[0]
-        print(f"{message} Its cells below are skipped, and the comparison (07) shows it as not applicable.")
+        print(f"{message} Its cells below are skipped, and 07 shows it as not applicable.")
         return Applies(False, f"{spec.title} does not apply to {self.loaded.name}: {reason}")
 
     def tower_is(self, family: str, what: str) -> "Applies":
