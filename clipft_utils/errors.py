@@ -9,6 +9,10 @@ class ConfigError(ClipftError, ValueError):
     """A configuration value is invalid (raised before any work starts)."""
 
 
+class NotApplicableError(ConfigError):
+    """A method cannot apply to a model's architecture (said before any work, with the methods that do apply)."""
+
+
 class DatasetError(ClipftError, FileNotFoundError):
     """A dataset folder is missing, incomplete or too small for the request."""
 

@@ -24,10 +24,10 @@ HF_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetens
 
 @dataclass
 class LoadedCLIP:
-    """An open_clip model with everything the course needs to know about it."""
+    """An open_clip model with everything the course needs to know about it. Its tokenizer loads on first use: a
+    model whose tokenizer comes from the Hugging Face hub (SigLIP) runs its image-side work offline without it."""
 
     model: nn.Module
-    tokenizer: Any
     name: str
     pretrained: str            # what the user asked for: a tag, a path, or "random"
     weights_id: str            # stable id for cache keys: the tag, "file-<sha1>" or "random"
@@ -36,11 +36,26 @@ class LoadedCLIP:
     std: tuple[float, ...]
     preprocess_train: Any = field(repr=False, default=None)
     preprocess_val: Any = field(repr=False, default=None)
+    _tokenizer: Any = field(repr=False, default=None)
+
+    @property
+    def tokenizer(self) -> Any:
+        """open_clip's tokenizer for this model (loaded on first use; offline without it: ``OfflineError``)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.name)
+        return self._tokenizer
 
     @property
     def embed_dim(self) -> int:
         """Width of the joint image-text embedding."""
-        return int(self.model.visual.output_dim)
+        from .towers import facts
+        return facts(self.model.visual).output_dim
+
+    @property
+    def architecture(self) -> Any:
+        """The model's ``towers.Architecture`` (its towers' facts, for which methods apply)."""
+        from .towers import architecture
+        return architecture(self.model, self.name)
 
     @property
     def is_standin(self) -> bool:
@@ -75,20 +90,96 @@ def register_local_weights(weights: LocalWeights, standin_note: str | None = Non
         STANDIN_MODELS[weights.model] = standin_note
 
 
+SCHEMES = ("hf-hub:", "local-dir:")
+"""open_clip's identifiers whose config (and weights) come from a Hugging Face repo or a local folder."""
+
+
 def check_model_name(name: str) -> str:
-    """Return ``name`` if open_clip knows the architecture, else raise with close matches."""
+    """Return ``name`` if open_clip knows the architecture (a registered name, ``hf-hub:org/repo`` whose config is
+    cached or downloadable, ``local-dir:PATH`` with an ``open_clip_config.json``), else raise with close matches."""
     import open_clip
     from . import plugins
+    if name.startswith(SCHEMES):
+        schema_config(name)
+        return name
     plugins.load()  # plug-ins add their model configs to open_clip
     known = open_clip.list_models()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
-            f"Unknown model '{name}'.{hint} Fix: pass a name from open_clip.list_models() "
-            "(the course uses 'ViT-B-32'; 'ToyCLIP' is the offline stand-in)."
+            f"Unknown model '{name}'.{hint} Fix: pass a name from open_clip.list_models(), 'hf-hub:ORG/REPO' or "
+            "'local-dir:PATH' (the course uses 'ViT-B-32'; 'ToyCLIP' is the offline stand-in)."
         )
     return name
+
+
+def schema_config(name: str, cache_dir: str | None = None) -> dict:
+    """The ``open_clip_config.json`` of an ``hf-hub:`` / ``local-dir:`` model (from the folder, the local Hugging Face
+    cache, or downloaded when online); a ConfigError or OfflineError saying what is missing."""
+    import json
+    schema, _, ident = name.partition(":")
+    if schema == "local-dir":
+        path = Path(ident).expanduser() / "open_clip_config.json"
+        if not path.is_file():
+            raise ConfigError(f"'{name}': {path} does not exist. Fix: pass a folder that open_clip wrote (or that "
+                              "`python -m clipft_utils export --format open_clip` wrote), holding open_clip_config.json.")
+        return json.loads(path.read_text())
+    from huggingface_hub import try_to_load_from_cache
+    hit = try_to_load_from_cache(ident, "open_clip_config.json", cache_dir=cache_dir)
+    if not isinstance(hit, str):
+        if not online():
+            raise OfflineError(
+                f"The config of '{name}' is not in the local Hugging Face cache and this machine is offline (or "
+                f"HF_HUB_OFFLINE=1). Fix: on a machine with internet run `python -m clipft_utils prefetch --model "
+                f"{name}` (it fills the cache this machine reads), or use a built-in name such as 'ViT-B-16-SigLIP'.")
+        from open_clip.pretrained import download_pretrained_from_hf
+        hit = download_pretrained_from_hf(ident, filename="open_clip_config.json", cache_dir=cache_dir)
+    return json.loads(Path(hit).read_text())
+
+
+def _schema_weights(name: str, cache_dir: str | None) -> tuple[str, str]:
+    """(``"schema"``, weights id) of an ``hf-hub:`` / ``local-dir:`` model's own weights file, checked present."""
+    schema, _, ident = name.partition(":")
+    if schema == "local-dir":
+        from open_clip.factory import _find_checkpoint_in_dir
+        found = _find_checkpoint_in_dir(Path(ident).expanduser())
+        if found is None:
+            raise ConfigError(f"'{name}' holds no weights file (open_clip_model.safetensors, *.bin, *.pth). Fix: put "
+                              "the weights in the folder, or pass pretrained='random' for its architecture alone.")
+        return "schema", file_id(Path(found))
+    from huggingface_hub import try_to_load_from_cache
+    for fname in HF_FILENAMES:
+        hit = try_to_load_from_cache(ident, fname, cache_dir=cache_dir)
+        if isinstance(hit, str):
+            return "schema", file_id(Path(hit))
+    if not online():
+        raise OfflineError(
+            f"The weights of '{name}' are not in the local Hugging Face cache and this machine is offline (or "
+            f"HF_HUB_OFFLINE=1). Fix: on a machine with internet run `python -m clipft_utils prefetch --model {name}`, "
+            "or pass pretrained='random' for its architecture alone.")
+    from open_clip.pretrained import download_pretrained_from_hf
+    return "schema", file_id(Path(download_pretrained_from_hf(ident, cache_dir=cache_dir)))
+
+
+def load_tokenizer(name: str) -> Any:
+    """open_clip's tokenizer for ``name``. One from the Hugging Face hub (SigLIP's) missing offline is an
+    ``OfflineError`` naming it and the prefetch command."""
+    import open_clip
+    try:
+        return open_clip.get_tokenizer(name)
+    except (OSError, ValueError, RuntimeError) as exc:
+        if online():
+            raise
+        cfg = (schema_config(name) if name.startswith(SCHEMES) else open_clip.get_model_config(name)) or {}
+        cfg = cfg.get("model_cfg", cfg)
+        hf = cfg.get("text_cfg", {}).get("hf_tokenizer_name") or name
+        raise OfflineError(
+            f"The tokenizer of '{name}' ('{hf}', from the Hugging Face hub) is not in the local cache and this machine "
+            "is offline (or HF_HUB_OFFLINE=1); class names cannot go through its text tower (zero-shot heads, CoOp, "
+            f"CLIP-LoRA) without it ({type(exc).__name__}). Fix: on a machine with internet run `python -m "
+            f"clipft_utils prefetch --model {name}` (it fetches the tokenizer too), or pick a model with CLIP's "
+            "tokenizer (ViT-B-32, RN50, EVA02-B-16, convnext_base, MobileCLIP-S1).") from None
 
 
 def file_id(path: Path) -> str:
@@ -136,6 +227,8 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = N
     pretrained = (pretrained or "").strip()
     if pretrained.lower() in RANDOM_WEIGHTS:
         return None, "random"
+    if name.startswith(SCHEMES):  # its weights come with it (open_clip ignores `pretrained` for these)
+        return _schema_weights(name, cache_dir)
     local = LOCAL_WEIGHTS.get((name, pretrained))
     if local is not None:
         return str(local.path()), local.weights_id()
@@ -161,179 +254,6 @@ def resolve_weights(name: str, pretrained: str | None, cache_dir: str | None = N
     return pretrained, pretrained
 
 
-def _short(text: object, limit: int = 90) -> str:
-    """First line of ``text``, cut to ``limit`` characters (for one-line 'found' descriptions)."""
-    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
-    return line if len(line) <= limit else line[:limit - 3] + "..."
-
-
-def _read_weights_file(path: Path) -> tuple[Any, str | None]:
-    """(object in the file, None), or (None, what the file is instead). Only safe loads (weights_only)."""
-    import pickle
-    import zipfile
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except OSError as err:
-        return None, f"a file that cannot be read ({err.strerror or type(err).__name__})"
-    looks_safetensors = len(head) > 8 and head[8:9] == b"{"
-    if path.suffix == ".safetensors" or looks_safetensors:
-        try:
-            from safetensors.torch import load_file
-            return load_file(str(path), device="cpu"), None
-        except Exception as err:  # noqa: BLE001 - any failure means "not a readable safetensors file"
-            if path.suffix == ".safetensors":
-                return None, f"not a valid safetensors file ({_short(err)})"
-    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
-        return None, "a damaged or truncated PyTorch file (an incomplete zip archive)"
-    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
-        return None, "not a PyTorch or safetensors file"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True), None
-    except pickle.UnpicklingError:  # the safe unpickler refused the stream: objects, or not a pickle at all
-        refused = _refused_globals(path)
-        if refused:
-            return None, (f"a pickle of Python objects ({', '.join(refused[:3])}), not a plain state dict of tensors; "
-                          "unpickling objects can run code hidden in the file, so it is refused for safety. Save the "
-                          "weights as safetensors (safetensors.torch.save_file) or as a plain state dict of tensors")
-        return None, "a damaged PyTorch file (its pickled contents cannot be read)"
-    except Exception as err:  # noqa: BLE001 - truncated zip, bad records, ...
-        detail = "" if "weights_only" in str(err) or not str(err).strip() else f": {_short(err)}"
-        return None, f"a damaged or truncated PyTorch file ({type(err).__name__}{detail})"
-
-
-def _pickle_streams(path: Path) -> list[bytes]:
-    """The pickle bytes of a torch file: the zip format's ``data.pkl``, else the whole (legacy or raw) file."""
-    import zipfile
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            return [z.read(n) for n in z.namelist() if n.endswith("data.pkl")]
-    return [path.read_bytes()]
-
-
-def _pickled_globals(data: bytes) -> list[str]:
-    """Every ``module.name`` a pickle stream imports (GLOBAL, INST, STACK_GLOBAL), read opcode by opcode without
-    executing anything; a malformed or truncated stream yields what was read before the damage."""
-    import io
-    import pickletools
-    found: list[str] = []
-    strings: list[str] = []
-    memo: dict[int, str | None] = {}
-    stream = io.BytesIO(data)
-    try:
-        while stream.tell() < len(data):  # a legacy torch file is several pickles in a row
-            last: str | None = None
-            for op, arg, _ in pickletools.genops(stream):
-                if op.name in ("GLOBAL", "INST"):
-                    found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(".".join(strings[-2:]))
-                elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                    memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = last
-                elif op.name in ("GET", "BINGET", "LONG_BINGET") and memo.get(int(arg)) is not None:
-                    strings.append(memo[int(arg)])
-                last = arg if isinstance(arg, str) and "UNICODE" in op.name else None
-                if last is not None:
-                    strings.append(last)
-    except Exception:  # noqa: BLE001 - storage bytes after the pickles, or damage: what was read stands
-        pass
-    return found
-
-
-def _refused_globals(path: Path) -> list[str]:
-    """The globals in ``path`` that torch's safe (weights-only) unpickler does not allow: pickled Python objects."""
-    try:
-        from torch._weights_only_unpickler import _get_allowed_globals
-        allowed = set(_get_allowed_globals()) | {f"{g.__module__}.{g.__qualname__}" for g in
-                                                 torch.serialization.get_safe_globals() if hasattr(g, "__qualname__")}
-    except (ImportError, AttributeError):  # another torch: anything outside torch and OrderedDict is an object
-        allowed = set()
-    try:
-        streams = _pickle_streams(path)
-    except (OSError, ValueError):
-        return []
-    names = [g for data in streams for g in _pickled_globals(data)]
-    refused = [g for g in names if g not in allowed and not (not allowed and (g.startswith("torch.")
-                                                                             or g == "collections.OrderedDict"))]
-    return list(dict.fromkeys(refused))
-
-
-def _shape(t: Any) -> str:
-    return str(list(getattr(t, "shape", ())))
-
-
-def _state_dict_mismatch(name: str, obj: Any) -> str | None:
-    """What keeps ``obj`` (a loaded checkpoint) from being ``name``'s weights, or None if it would fit."""
-    import logging
-    import open_clip
-    if isinstance(obj, torch.jit.ScriptModule):
-        obj = obj.state_dict()
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        return f"a file holding a {type(obj).__name__}, not a state dict"
-    if not obj:
-        return "an empty state dict"
-    if not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        keys = ", ".join(f"'{k}'" for k in list(obj)[:4])
-        return f"a dict without tensors (keys {keys}), not a state dict"
-    if all(str(k).startswith("module.") for k in obj):
-        obj = {k[7:]: v for k, v in obj.items()}
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)  # open_clip warns "initialized randomly": true but beside the point here
-    try:
-        with torch.device("meta"):  # the architecture's keys and shapes, without allocating or initialising
-            expected = open_clip.create_model(name, device="meta").state_dict()
-    finally:
-        logging.disable(previous)
-    lenient = {"logit_bias", "text.transformer.embeddings.position_ids"}  # open_clip fills in / drops these
-    unexpected = [k for k in obj if k not in expected and k not in lenient]
-    missing = [k for k in expected if k not in obj and k not in lenient]
-    shapes = []
-    for k, want in expected.items():
-        got = obj.get(k)
-        if not isinstance(got, torch.Tensor) or tuple(got.shape) == tuple(want.shape):
-            continue
-        if k.startswith("logit_") and got.numel() == want.numel():
-            continue  # scalar vs 1-d: open_clip reshapes it
-        if k.endswith("positional_embedding") and got.shape[-1:] == want.shape[-1:]:
-            continue  # same width, other length: open_clip interpolates it
-        shapes.append(k)
-    if not (unexpected or missing or shapes):
-        return None
-    parts = []
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} such as '{unexpected[0]}'")
-    if missing:
-        parts.append(f"{len(missing)} missing such as '{missing[0]}'")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatch{'es' * (len(shapes) > 1)}, e.g. '{k}' "
-                     f"{_shape(obj[k])} in the file vs {_shape(expected[k])} expected")
-    what = "a state dict for another architecture" if unexpected or missing else f"a state dict that does not fit '{name}'"
-    return f"{what}: {', '.join(parts)}"
-
-
-def _weights_problem(name: str, path: Path) -> str | None:
-    """One line saying what is wrong with the local weights file ``path`` for ``name``, or None if nothing is."""
-    obj, found = _read_weights_file(path)
-    return found if found is not None else _state_dict_mismatch(name, obj)
-
-
-def _weights_error(name: str, path: Path, found: str):
-    """The ``WeightsError`` for a local file that cannot be ``name``'s weights."""
-    import open_clip
-    from .errors import WeightsError
-    tags = list(open_clip.list_pretrained_tags_by_model(name)) + [t for (m, t) in LOCAL_WEIGHTS if m == name]
-    tag = DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in tags or not tags else tags[0]
-    return WeightsError(
-        f"Cannot load the weights file '{path}' into model '{name}'. Expected: an open_clip state dict (or "
-        f"checkpoint with a 'state_dict') for the architecture '{name}'. Found: {found}. Fix: check the path; "
-        f"pass the weights of a {name} model (a file saved with torch.save(model.state_dict(), path)); or use "
-        f"pretrained='random' / a tag such as '{tag}'."
-    )
-
-
 def load_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
               device: str | torch.device = "cpu", cache_dir: str | None = None) -> LoadedCLIP:
     """Load an open_clip model by name and weights tag, local checkpoint path, or 'random'.
@@ -341,23 +261,28 @@ def load_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRA
     A local file that is not a state dict of ``name`` raises ``WeightsError`` saying what it is instead.
     """
     import open_clip
+    from .weightfiles import weights_error, weights_problem
     check_model_name(name)
     weights, weights_id = resolve_weights(name, pretrained, cache_dir)
-    local_file = Path(weights) if weights is not None and Path(weights).is_file() else None
+    schema = name.startswith(SCHEMES)
+    local_file = Path(weights) if weights is not None and not schema and Path(weights).is_file() else None
     import logging
     if weights is None:  # open_clip warns "No pretrained weights loaded": the label says RANDOM WEIGHTS instead
         logging.disable(logging.WARNING)
     try:
         model, pre_train, pre_val = open_clip.create_model_and_transforms(
-            name, pretrained=weights, device=device, cache_dir=cache_dir)
+            name, pretrained=None if schema else weights, device=device, cache_dir=cache_dir,
+            load_weights=weights is not None)
     except (MemoryError, torch.OutOfMemoryError):
         raise
-    except Exception:
-        found = _weights_problem(name, local_file) if local_file is not None else None
+    except Exception as exc:
+        found = weights_problem(name, local_file) if local_file is not None else None
+        if found is None and isinstance(exc, OSError) and not online():  # a Hugging Face text tower's config
+            meta_model(name)  # raises the OfflineError that says what to prefetch
         if found is None:  # not the file's fault (or not a file at all): the original error is the right one
             raise
         # `from None`: the raw loader error (pickle opcodes, key dumps, "weights_only" advice) helps nobody here
-        raise _weights_error(name, local_file, found) from None
+        raise weights_error(name, local_file, found, _a_tag(name)) from None
     finally:
         logging.disable(logging.NOTSET)
     model.eval()
@@ -365,12 +290,51 @@ def load_clip(name: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRA
     size = cfg.get("size", model.visual.image_size)
     size = size[0] if isinstance(size, (tuple, list)) else size
     return LoadedCLIP(
-        model=model, tokenizer=open_clip.get_tokenizer(name), name=name, pretrained=pretrained or "random",
+        model=model, name=name, pretrained=pretrained or "random",
         weights_id=weights_id, image_size=int(size),
         mean=tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
         preprocess_train=pre_train, preprocess_val=pre_val,
     )
+
+
+def architecture_of(name: str) -> Any:
+    """The ``towers.Architecture`` of model ``name``, built on the meta device (no weights, no memory, no download):
+    which methods apply, known before any work."""
+    if name not in _ARCHITECTURES:
+        from .towers import architecture
+        _ARCHITECTURES[name] = architecture(meta_model(name), name)
+    return _ARCHITECTURES[name]
+
+
+def meta_model(name: str) -> nn.Module:
+    """Model ``name``'s architecture on the meta device: every shape, no values (counting parameters, its towers'
+    facts); a Hugging Face text tower that is not cached offline is an ``OfflineError``."""
+    import logging
+    import open_clip
+    check_model_name(name)
+    logging.disable(logging.WARNING)
+    try:
+        with torch.device("meta"):
+            return open_clip.create_model(name, device="meta", load_weights=False)
+    except OSError as exc:  # transformers looking for a config on the hub
+        if online():
+            raise
+        raise OfflineError(f"'{name}' has a Hugging Face text tower whose config is not in the local cache, and this "
+                           f"machine is offline ({str(exc).splitlines()[0]}). Fix: on a machine with internet run "
+                           f"`python -m clipft_utils prefetch --model {name}`.") from None
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+_ARCHITECTURES: dict[str, Any] = {}
+
+
+def _a_tag(name: str) -> str:
+    """A weights tag ``name`` has (for messages): 'openai' where it exists."""
+    import open_clip
+    tags = list(open_clip.list_pretrained_tags_by_model(name)) + [t for (m, t) in LOCAL_WEIGHTS if m == name]
+    return DEFAULT_PRETRAINED if DEFAULT_PRETRAINED in tags or not tags else tags[0]
 
 
 @torch.inference_mode()
@@ -418,6 +382,14 @@ class CLIPClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+    def train(self, mode: bool = True) -> "CLIPClassifier":
+        """Training mode, with every BatchNorm of the tower kept in eval mode: its statistics stay the pretrained ones
+        in every method (a few-shot batch would overwrite them, and no model folder stores them)."""
+        from .towers import freeze_batch_norm_stats
+        super().train(mode)
+        freeze_batch_norm_stats(self.visual)
+        return self
 
 
 def zero_shot_head(loaded: LoadedCLIP, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:

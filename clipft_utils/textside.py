@@ -41,14 +41,29 @@ TEXT_PARTS = ("token_embedding", "positional_embedding", "transformer", "ln_fina
 
 
 def check_text_tower(model: nn.Module) -> nn.Module:
-    """Return ``model`` if it is an open_clip CLIP with its own text transformer, else raise saying what to use."""
-    missing = [p for p in TEXT_PARTS if not hasattr(model, p)]
-    if missing:
+    """Return ``model`` if its text tower is open_clip's own transformer (``CLIP``'s parts, or ``CustomTextCLIP.text``
+    a ``TextTransformer``: SigLIP, EVA02, MobileCLIP), else raise saying why and what to use."""
+    from .towers import text_problem
+    problem = text_problem(model)
+    missing = [p for p in TEXT_PARTS if not hasattr(text_parts(model), p)]
+    if problem or missing:
         raise ConfigError(
-            f"The text-side methods need an open_clip CLIP with its own text transformer; {type(model).__name__} "
-            f"lacks {missing}. Fix: use a CLIP architecture such as 'ViT-B-32' or the stand-in 'ToyCLIP' "
-            "(models with a Hugging Face text tower are not supported).")
+            f"The text-side methods (CoOp, CLIP-LoRA) need open_clip's own text transformer; in this "
+            f"{type(model).__name__} {problem or f'it lacks {missing}'}. Fix: use a model with one, such as 'ViT-B-32', "
+            "'RN50', 'ViT-B-16-SigLIP' or the stand-in 'ToyCLIP', or an image-side method.")
     return model
+
+
+def text_parts(model: nn.Module) -> nn.Module:
+    """The module holding the text tower's parts: the CLIP itself, or ``CustomTextCLIP.text``."""
+    text = getattr(model, "text", None)
+    return model if text is None else text
+
+
+def applies_to(arch: Any, cfg: Any = None) -> str | None:
+    """The text-side methods' rule: ``arch``'s text tower must be open_clip's own transformer (None: it is, or it is
+    not known here)."""
+    return arch.text or None
 
 
 class TextTower(nn.Module):
@@ -57,14 +72,15 @@ class TextTower(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         check_text_tower(model)
-        self.token_embedding = copy.deepcopy(model.token_embedding)
-        self.positional_embedding = copy.deepcopy(model.positional_embedding)
-        self.transformer = copy.deepcopy(model.transformer)
-        self.ln_final = copy.deepcopy(model.ln_final)
-        self.text_projection = copy.deepcopy(model.text_projection)
-        self.pool_type = getattr(model, "text_pool_type", "argmax")
-        self.eos_id = getattr(model, "text_eos_id", None)
-        mask = getattr(model, "attn_mask", None)
+        parts = text_parts(model)
+        self.token_embedding = copy.deepcopy(parts.token_embedding)
+        self.positional_embedding = copy.deepcopy(parts.positional_embedding)
+        self.transformer = copy.deepcopy(parts.transformer)
+        self.ln_final = copy.deepcopy(parts.ln_final)
+        self.text_projection = copy.deepcopy(parts.text_projection)
+        self.pool_type = getattr(model, "text_pool_type", getattr(parts, "pool_type", "argmax"))
+        self.eos_id = getattr(model, "text_eos_id", getattr(parts, "eos_id", None))
+        mask = getattr(parts, "attn_mask", None)
         self.register_buffer("attn_mask", None if mask is None else mask.clone(), persistent=False)
         self.context_length = int(self.positional_embedding.shape[0])
         self.train(model.training)
@@ -92,18 +108,26 @@ def tokenize(tokenizer: Any, texts: Sequence[str], tower: TextTower) -> torch.Te
     """Token ids [P, L] of ``texts``, cut after the longest prompt when the tower is causal.
 
     A prompt longer than the tower's context would lose its end (and the class name with it): that is an error."""
-    encode = getattr(tokenizer, "encode", None)
-    if encode is not None:
-        for text in texts:
-            if len(encode(text)) + 2 > tower.context_length:
-                raise ConfigError(
-                    f"The prompt '{text}' is {len(encode(text)) + 2} tokens long, more than the text tower's "
-                    f"context of {tower.context_length}: its end would be cut off. Fix: use fewer context tokens "
-                    "(n_ctx) or a shorter template.")
+    for text in texts:
+        n = token_count(tokenizer, text)
+        if n > tower.context_length:
+            raise ConfigError(
+                f"The prompt '{text}' is {n} tokens long, more than the text tower's context of "
+                f"{tower.context_length}: its end would be cut off. Fix: use fewer context tokens (n_ctx) or a "
+                "shorter template.")
     tokens = tokenizer(list(texts))
     if tower.causal and tower.pool_type == "argmax":
         tokens = tokens[:, :int(tokens.argmax(dim=1).max()) + 1]
     return tokens
+
+
+def token_count(tokenizer: Any, text: str) -> int:
+    """Tokens of ``text`` with the tokenizer's start and end tokens (CLIP's BPE: + 2; a Hugging Face tokenizer: its
+    own special tokens)."""
+    if hasattr(tokenizer, "encode"):
+        return len(tokenizer.encode(text)) + 2
+    clean = getattr(tokenizer, "clean_fn", lambda t: t)
+    return len(tokenizer.tokenizer(clean(text))["input_ids"])
 
 
 class TemplatePrompts(nn.Module):
@@ -169,8 +193,11 @@ class TextSideClassifier(nn.Module):
         return self.logit_scale * feats @ self.text_features().to(feats.dtype).T
 
     def train(self, mode: bool = True) -> "TextSideClassifier":
+        from .towers import freeze_batch_norm_stats
         self._cache = None
-        return super().train(mode)
+        super().train(mode)
+        freeze_batch_norm_stats(self.visual)  # as CLIPClassifier: BatchNorm statistics stay the pretrained ones
+        return self
 
     @torch.no_grad()
     def head_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +227,14 @@ def build(loaded: Any, classnames: Sequence[str], templates: Sequence[str],
     clf = TextSideClassifier(copy.deepcopy(model.visual), text, prompts, logit_scale(loaded), classnames,
                              loaded.tokenizer)
     return clf.to(device if device is not None else next(model.parameters()).device)
+
+
+def counting_classifier(model: nn.Module, num_classes: int) -> TextSideClassifier:
+    """A text-side classifier over copies of ``model``'s towers without prompts or tokenizer: what a text-side method's
+    ``apply`` adds can be counted on it (``params``), nothing can be classified."""
+    check_text_tower(model)
+    return TextSideClassifier(copy.deepcopy(model.visual), TextTower(model), nn.Identity(), 1.0,
+                              [str(i) for i in range(num_classes)], None)
 
 
 def classifier(course: Any, templates: Sequence[str] | None = None) -> TextSideClassifier:

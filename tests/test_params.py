@@ -15,9 +15,10 @@ from clipft_utils.methods import apply_method, params
 from clipft_utils.models import CLIPClassifier
 
 METHODS = names()
-# the methods the table can count on a CLIPClassifier (feature-cache methods such as Tip-Adapter record theirs in
-# their result rows: their size depends on the training set; CoOp and CLIP-LoRA need a text-side classifier)
-TABLED = tuple(m.name for m in registry() if m.apply is not None or not m.trains)
+# every method has a row; the feature-cache methods (Tip-Adapter) are counted per run (their size depends on the
+# training set), the others here
+TABLED = METHODS
+PER_RUN = tuple(m.name for m in registry() if m.apply is None and m.trains and m.text_apply is None)
 
 D, L, C, E = 64, 2, 7, 32  # tiny tower: width, blocks, classes, embedding size
 
@@ -29,21 +30,26 @@ def tiny_clip() -> torch.nn.Module:
         text_cfg=dict(context_length=16, vocab_size=100, width=32, heads=2, layers=1))
 
 
-def expected_counts(d: int, layers: int, classes: int, embed: int) -> dict[str, int]:
+def expected_counts(d: int, layers: int, classes: int, embed: int, text: tuple[int, int] = (32, 1)) -> dict[str, int]:
     """Trainable parameters per method (default configs), derived from the architecture by hand."""
     head = classes * embed + classes
     biases = 2 * d + layers * (4 * d + 3 * d + 4 * d)
     prefix = 10 * d + (d * 512 + 512) + (512 * layers * 2 * d + layers * 2 * d)  # embedding, Linear(D, 512),
     # Linear(512, L * 2 * D): a key and a value vector per layer for each of the 10 prefix positions
     lora = layers * 2 * (8 * d + d * 8)                  # q and v: A [8, D] + B [D, 8]
+    (tw, tl) = text                                      # the text tower's width and blocks
+    coop = 16 * tw                                       # M = 16 context vectors of the text width
+    clip_lora = layers * 3 * (2 * d + d * 2) + tl * 3 * (2 * tw + tw * 2)  # rank 2 on q, k, v of both towers
     return {"zero_shot": 0, "linear_probe": head, "bitfit": biases + head, "prefix_tuning": prefix + head,
-            "lora": lora + head}
+            "lora": lora + head, "coop": coop, "clip_lora": clip_lora}
 
 
 def test_tiny_table_matches_hand_counts() -> None:
     clip = tiny_clip()
-    rows = {r["method"]: r for r in params.parameter_table(num_classes=C, clip=clip)}
+    rows = {r["method"]: r for r in params.parameter_table(num_classes=C, clip=clip, every=True)}
     assert list(rows) == list(TABLED) and "linear_probe" in TABLED
+    assert [r["method"] for r in params.parameter_table(num_classes=C, clip=clip)] == [
+        m for m in TABLED if m not in PER_RUN]  # the default table: the rows with a count
     tower = sum(p.numel() for p in clip.visual.parameters())
     head = C * E + C
     for method, want in expected_counts(D, L, C, E).items():
@@ -51,7 +57,10 @@ def test_tiny_table_matches_hand_counts() -> None:
     assert rows["full_finetune"]["trainable"] == rows["full_finetune"]["total"] == tower + head
     assert rows["prefix_tuning"]["total"] == tower + head + rows["prefix_tuning"]["added"]
     assert rows["lora"]["added"] == rows["lora"]["trainable_without_head"]
-    assert all(r["clip_total"] == sum(p.numel() for p in clip.parameters()) for r in rows.values())
+    assert all(r["clip_total"] == sum(p.numel() for p in clip.parameters()) for r in rows.values()
+               if r["trainable"] is not None)
+    assert PER_RUN and all(rows[m]["trainable"] is None and "per run" in rows[m]["counted"] for m in PER_RUN)
+    assert all(r["applicable"] for r in rows.values())
     assert rows["bitfit"]["fraction_pct"] == pytest.approx(100 * rows["bitfit"]["trainable"] / (tower + head))
     text = params.format_table(list(rows.values()))
     assert all(m in text for m in TABLED)
@@ -81,9 +90,9 @@ def test_apply_method_dispatch_and_errors() -> None:
 
 def test_vit_b_32_table() -> None:
     """The real architecture (random weights, ~88 M parameters in the image tower)."""
-    rows = {r["method"]: r for r in params.parameter_table("ViT-B-32", num_classes=102)}
+    rows = {r["method"]: r for r in params.parameter_table("ViT-B-32", num_classes=102, every=True)}
     tower, head = 87_849_216, 512 * 102 + 102
-    counts = expected_counts(768, 12, 102, 512)
+    counts = expected_counts(768, 12, 102, 512, text=(512, 12))
     for method, want in counts.items():
         assert rows[method]["trainable"] == want, method
     assert rows["bitfit"]["trainable"] == 155_238 and rows["lora"]["trainable"] == 347_238

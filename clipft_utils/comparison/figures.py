@@ -98,8 +98,8 @@ def plot_peak_memory(table: pd.DataFrame, label: str):
     pos = np.arange(len(mem))
     bars = ax.bar(pos, np.nan_to_num(mem), color="tab:blue")
     for bar, v, status in zip(bars, mem, column(rows, "status")):
-        ax.annotate("not run" if status != "ok" else number_text(v, "{:.0f}"), (bar.get_x() + bar.get_width() / 2,
-                    bar.get_height()), ha="center", va="bottom", fontsize=8)
+        text = number_text(v, "{:.0f}") if status == "ok" else "n/a" if status == "not applicable" else "not run"
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(pos, [str(m) for m in column(rows, "method")], rotation=30, ha="right")
     if not np.isfinite(mem).any():
         empty_note(ax, NO_RESULTS)

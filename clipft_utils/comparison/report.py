@@ -71,9 +71,10 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
     """The table as display strings: what each accuracy measures, on how many images, after how many epochs."""
     out = []
     for r in table.to_dict("records"):
-        if r.get("status") == "not run":
+        if r.get("status") in ("not run", "not applicable"):
+            status = f"not applicable: {r['reason']}" if r.get("status") == "not applicable" else "not run"
             out.append({**dict.fromkeys(DISPLAY_COLUMNS, "—"), "method": r["method"], "type": r.get("type", ""),
-                        "accuracy (%)": "not run", "seeds": "0"})
+                        "accuracy (%)": status, "seeds": "0"})
             continue
         n = int(r.get("n_seeds") or 0)
         variant = r.get("variant")

@@ -162,11 +162,28 @@ def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
 
 TABLE_COLUMNS = ["method", "type", "status", "n_seeds", "measured", "n_test", "epochs", "shots", "trainable_params",
                  "total_params", "trainable_percent", "train_seconds", "peak_memory_mb", "test_acc", "test_acc_std",
-                 "test_top5", "val_acc", "images_per_second", "n_classes", "memory_measure"]
+                 "test_top5", "val_acc", "images_per_second", "n_classes", "memory_measure", "reason"]
+
+
+def not_applicable(df: pd.DataFrame, method: str) -> str | None:
+    """Why ``method`` does not apply to the one model the results come from (None: it does, or that is unknown)."""
+    from ..errors import ClipftError
+    from ..methods import get
+    from ..methods.base import reason_not_applicable
+    from ..models import architecture_of
+    models = sorted(set(column(df, "model").dropna())) if len(df) else []
+    if len(models) != 1:
+        return None
+    try:
+        return reason_not_applicable(get(method), architecture_of(models[0]))
+    except (ClipftError, OSError, RuntimeError):  # a model this machine cannot build offline: nothing to say
+        return None
 
 
 def summary_table(df: pd.DataFrame, include_missing: bool = True, shots: Any = "auto") -> pd.DataFrame:
-    """One numeric row per method (main runs at one shots value, mean over seeds); missing ones are "not run"."""
+    """One numeric row per method (main runs at one shots value, mean over seeds); missing ones are "not run", or
+    "not applicable" with the reason where the method does not fit the results' model (a ResNet has no tokens for
+    prefix-tuning)."""
     main = main_rows(df, shots)
     rows = []
     for method in method_names():
@@ -174,7 +191,9 @@ def summary_table(df: pd.DataFrame, include_missing: bool = True, shots: Any = "
         if len(runs):
             rows.append({"method": method, "type": kind_of(method), **_aggregate(runs)})
         elif include_missing:
-            rows.append({"method": method, "type": kind_of(method), "status": "not run", "n_seeds": 0})
+            reason = not_applicable(df, method)
+            rows.append({"method": method, "type": kind_of(method), "status": "not applicable" if reason else "not run",
+                         "n_seeds": 0, "reason": reason})
     return pd.DataFrame(rows).reindex(columns=TABLE_COLUMNS)
 
 

@@ -26,6 +26,7 @@ from ..methods import make_config
 from ..memory import PeakMemory
 from ..evaluate import autocast_context, resolve_precision
 from ..models import CLIPClassifier, count_parameters, load_clip, resolve_device
+from ..towers import facts
 
 def variants() -> dict[str, tuple[str, dict[str, Any]]]:
     """Name -> (method, config overrides): every method that `bench` times, then its variants timed by bench."""
@@ -109,7 +110,7 @@ def bench_variant(name: str, loaded, num_classes: int, device: torch.device, bat
         clf = build(loaded, *flowers_prompts(num_classes), device)
         groups = spec.text_apply(clf, cfg)
     else:
-        head = 100 * F.normalize(torch.randn(num_classes, visual.output_dim), dim=-1)
+        head = 100 * F.normalize(torch.randn(num_classes, facts(visual).output_dim), dim=-1)
         clf = CLIPClassifier(copy.deepcopy(visual), head).to(device)
         groups = apply_method(method, clf, cfg)
     trainable, total = count_parameters(clf)
@@ -145,6 +146,24 @@ def bench_variant(name: str, loaded, num_classes: int, device: torch.device, bat
             "trainable_percent": 100 * trainable / total,
             "images_per_second": batch_size / seconds, "ms_per_step": 1000 * seconds, "peak_memory_mb": peak,
             "precision": prec, "batch_size": batch_size, "kind": "inference" if inference else "train"}
+
+
+def applicable_variants(names: Sequence[str], loaded) -> tuple[list[str], dict[str, str]]:
+    """(the variants that apply to the loaded model, {variant: why not} for the others). A text-side variant needs the
+    tokenizer: when it cannot load (offline, SigLIP's from the hub), that is an ``OfflineError`` now, before any work."""
+    from ..methods import get
+    from ..methods.base import reason_not_applicable
+    arch, todo, skipped = loaded.architecture, [], {}
+    for name in names:
+        method, overrides = variants()[name]
+        reason = reason_not_applicable(get(method), arch, make_config(method, **overrides))
+        if reason:
+            skipped[name] = reason
+        else:
+            todo.append(name)
+    if any(get(variants()[v][0]).text_apply is not None for v in todo):
+        loaded.tokenizer  # noqa: B018 - loads it, or says how to prefetch it
+    return todo, skipped
 
 
 def checkpoint_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
@@ -213,12 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     loaded = load_clip(args.model, "random", device=device)
+    todo, skipped = applicable_variants(args.variants, loaded)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{args.model} (random weights) on {name}, batch {args.batch_size}, {args.steps} timed steps")
+    for v, reason in skipped.items():
+        print(f"{v:<22} not applicable: {reason}")
     print("x fwd: a row's step time over one frozen forward pass of the image tower on the same batch, timed just "
           "before it (the machine's load changes between rows; the ratio next to each other does not drift)")
     rows = []
-    for v in args.variants:
+    for v in todo:
         forward = forward_seconds(loaded, device, args.batch_size, args.steps, args.warmup, args.precision)
         row = bench_variant(v, loaded, 102, device, args.batch_size, args.steps, args.warmup, args.precision)
         row["forward_ms"] = 1000 * forward
@@ -228,11 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{v:<22} {row['kind']:<9} {row['trainable_percent']:8.4f}% trainable  "
               f"{row['images_per_second']:9.1f} img/s  {row['step_over_forward']:6.2f} x fwd  "
               f"{row['peak_memory_mb']:9.1f} MB peak{ckpt}  ({row['precision']})")
-    report: dict[str, Any] = {"model": args.model, "device": name, "rows": rows, "pretrained": "random"}
+    report: dict[str, Any] = {"model": args.model, "device": name, "rows": rows, "pretrained": "random",
+                              "not_applicable": skipped}
     if not args.no_loader:
         size = loaded.image_size
         report["loader"] = bench_loader(size, device, args.batch_size)
-        fastest = max(r["images_per_second"] for r in rows if r["kind"] == "train")
+        fastest = max((r["images_per_second"] for r in rows if r["kind"] == "train"), default=float("nan"))
         report["loader"]["ratio_to_fastest_step"] = report["loader"]["images_per_second"] / fastest
         print(f"training loader alone: {report['loader']['images_per_second']:.0f} img/s at {size} px, "
               f"{report['loader']['ratio_to_fastest_step']:.1f}x the fastest training step measured above")

@@ -82,6 +82,7 @@ def _prefetch(args: argparse.Namespace) -> int:
     if not args.data_only:
         loaded = load_clip(args.model, args.pretrained)
         print(f"weights ready: {loaded.name} / {loaded.pretrained}")
+        print(f"tokenizer ready: {type(loaded.tokenizer).__name__}")  # SigLIP's comes from the Hugging Face hub
     if not args.weights_only:
         print(f"Flowers102 ready in {prefetch(args.data_root)}")
     print("This machine (or a copy of its data/ folder and ~/.cache/huggingface) can now run offline.")

@@ -262,6 +262,35 @@ def write_base_to_novel(course: Any, evals: Mapping[tuple, EvalResult], table: p
     return _save(course, row)
 
 
+MLP = ("fc", "proj")
+
+
+def adapter_targets(adapter: Adapter) -> tuple[str, ...]:
+    """The targets LoRA adapter A holds (q, v by default; a ConvNeXt's MLP)."""
+    from ..methods import lora
+    return tuple(lora.adapter_config(adapter.model, adapter.name)["targets"])
+
+
+def adapter_b_targets(course: Any, adapter: Adapter) -> tuple[str, ...]:
+    """Adapter B's targets, other than A's: the MLP's (``fc``, ``proj``) where the tower has them; on a tower without
+    an MLP LoRA can adapt (a ResNet's attention pool, FastViT's attention blocks) the targets A leaves out; on one
+    whose only targets A holds (a ConvNeXt's MLP), A's."""
+    from ..towers import facts
+    offered, a_targets = facts(course.loaded.model.visual).lora_targets(), adapter_targets(adapter)
+    others = tuple(t for t in offered if t not in a_targets)
+    return tuple(t for t in MLP if t in others) or others or a_targets
+
+
+def targets_tag(targets: Sequence[str]) -> str:
+    """A row name's part for LoRA targets: ``mlp`` for (fc, proj), else the targets run together (``qv``)."""
+    return "mlp" if tuple(targets) == MLP else "".join(targets)
+
+
+def targets_text(targets: Sequence[str]) -> str:
+    """LoRA targets as a title says them: "MLP" for (fc, proj), else "q, v"."""
+    return "MLP" if tuple(targets) == MLP else ", ".join(targets)
+
+
 def fusion_evals(course: Any, adapter: Adapter, run_b: Any, pairs: Sequence[Sequence[float]],
                  precision: str) -> dict[str, dict[str, EvalResult]]:
     """Validation and test evaluations of A alone, B alone and each fused adapter ``fused<i>`` (weights ``pairs[i]``)
@@ -280,20 +309,22 @@ def fusion_evals(course: Any, adapter: Adapter, run_b: Any, pairs: Sequence[Sequ
 
 def write_adapter_fusion(course: Any, adapter: Adapter, run_b: Any, cfg_b: Any, fusion: Mapping[str, dict],
                          pairs: Sequence[Sequence[float]]) -> tuple[str, Path]:
-    """Write the ``adapter_fusion-qv+mlp`` row of the fused weights best on validation; returns (its name, file).
+    """Write the ``adapter_fusion-<A>+<B>`` row (``qv+mlp``: A on q, v, B on the MLP) of the fused weights best on
+    validation; returns (its name, file).
 
     Parameters: both adapters and the head train; the model is the frozen tower plus them."""
     from ..methods import lora
     fused = [k for k in fusion if k.startswith("fused")]
     pick = max(fused, key=lambda k: fusion[k]["val"].top1)
     weights = pairs[fused.index(pick)]
-    combine.remove_rows(course.results_dir, "adapter_fusion", course.seed, keep={"qv+mlp"}, shots=course.shots)
+    variant = f"{targets_tag(adapter_targets(adapter))}+{targets_tag(cfg_b.targets)}"
+    combine.remove_rows(course.results_dir, "adapter_fusion", course.seed, keep={variant}, shots=course.shots)
     adapter_params = sum(p.numel() for n in (adapter.name, "b") for p in lora.lora_parameters(adapter.model, n))
     head_params = sum(p.numel() for p in adapter.model.head.parameters())
     tower_params = sum(p.numel() for p in course.loaded.model.visual.parameters())
     table = pd.DataFrame({k: {"val top-1": e["val"].top1, "test top-1": e["test"].top1} for k, e in fusion.items()}).T
     row = combine.combination_result(
-        course, "adapter_fusion", "qv+mlp", fusion[pick]["test"], val_acc=fusion[pick]["val"].top1,
+        course, "adapter_fusion", variant, fusion[pick]["test"], val_acc=fusion[pick]["val"].top1,
         trainable_params=adapter_params + head_params, total_params=tower_params + adapter_params + head_params,
         train_seconds=run_b.train.train_seconds + adapter.train_seconds,
         config={"weights": {"a": weights[0], "b": weights[1]}, "a": adapter.source, "b": cfg_b.to_dict(),

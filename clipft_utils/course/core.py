@@ -127,6 +127,33 @@ class Course:
         from .sections import notebook_default
         return value if value is not None else notebook_default(self.profile.name, name)
 
+    def applies(self, method: str, cfg: Any = None, skipped: str = "") -> "Applies":
+        """Whether ``method`` (with ``cfg``) applies to this course's model: truthy, or falsy with the reason, which it
+        prints; ``skipped`` names what a notebook skips where only a setting does not apply (default: the method's cells,
+        and 07 shows it as not applicable). ``%%when <the flag>`` skips those cells and prints the reason again."""
+        from ..methods import get
+        from ..methods.base import not_applicable_message, reason_not_applicable
+        spec = get(method)
+        reason = reason_not_applicable(spec, self.loaded.architecture, cfg)
+        if reason is None:
+            return Applies(True)
+        if skipped:  # a setting of a method that runs (06: gradient checkpointing on a ResNet)
+            print(f"{skipped}: {reason}.")
+            return Applies(False, f"{skipped}: {reason}")
+        message = not_applicable_message(spec, self.loaded.architecture, reason).split(" Fix:")[0]
+        print(f"{message} Its cells below are skipped, and 07 shows it as not applicable.")
+        return Applies(False, f"{spec.title} does not apply to {self.loaded.name}: {reason}")
+
+    def tower_is(self, family: str, what: str) -> "Applies":
+        """Whether the image tower is of ``family`` (``towers.FAMILIES``): cells that show ``what`` in that family's
+        own modules run only then."""
+        from ..towers import FAMILIES, facts
+        found = facts(self.loaded.model.visual)
+        if found.family == family:
+            return Applies(True)
+        return Applies(False, f"{what} reads {FAMILIES[family]}'s modules; {self.loaded.name}'s tower is {found.arch} "
+                              "(the method itself ran on it above)")
+
     def run_id(self, method: str, variant: str | None = None) -> str:
         """What a training checkpoint must match besides its config: model, weights, data, images, seed."""
         parts = [method, variant, self.loaded.name, self.loaded.weights_id, self.data.identity, self.seed,
@@ -162,6 +189,17 @@ class Course:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
         return path
+
+
+@dataclass(frozen=True)
+class Applies:
+    """A yes, or a no with its reason: what ``%%when`` prints for a cell it skips."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 def results_folder(prof: Profile, data: Dataset) -> Path:

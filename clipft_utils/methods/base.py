@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NotApplicableError
 
 PROFILE_NAMES = ("full", "smoke", "rehearse", "quick")
 """Keys a method's ``profiles`` (and its course section's notebook defaults) may use (``quick``: ``--quick``'s layer)."""
@@ -71,6 +71,14 @@ class Method:
     saved_tensors: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None
     merge: Callable[[nn.Module], nn.Module] | None = None
     tower_weights: bool = True
+    # Whether the method applies to a model: ``applies_to(towers.Architecture, cfg or None) -> None`` (it does) or the
+    # reason it does not (a convolutional tower has no tokens for prompts; a Hugging Face text tower has no token
+    # embeddings for CoOp). None: every architecture. ``params``, ``bench``, the runner and the notebooks read it;
+    # ``apply`` (and ``rebuild``) check it first (``require``).
+    applies_to: Callable[[Any, Any], str | None] | None = None
+    # What the method trains on a given tower, in a phrase, where it differs by family (BitFit: which biases); None:
+    # ``summary``.
+    tower_note: Callable[[Any, Any], str] | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier() or self.name != self.name.lower():
@@ -137,3 +145,36 @@ def param_groups(backbone: Iterable[nn.Parameter], clf: nn.Module) -> list[dict[
 def trainable_parameters(groups: list[dict[str, Any]]) -> list[nn.Parameter]:
     """All parameters of ``groups``, in order."""
     return [p for g in groups for p in g["params"]]
+
+
+# ----------------------------------------------------------------------------- which architectures a method fits
+def reason_not_applicable(method: Method, arch: Any, cfg: Any = None) -> str | None:
+    """Why ``method`` cannot apply to ``arch`` (a ``towers.Architecture``), or None when it can."""
+    return None if method.applies_to is None else method.applies_to(arch, cfg)
+
+
+def applicable(arch: Any) -> list[str]:
+    """The registered methods that apply to ``arch`` with their default configs (text-side ones only where its text
+    tower is known), in display order."""
+    text_side = {m.name for m in REGISTRY.values() if m.text_apply is not None}
+    return [m.name for m in sorted(REGISTRY.values(), key=lambda m: (m.order, m.name))
+            if reason_not_applicable(m, arch) is None and (arch.text is not None or m.name not in text_side)]
+
+
+def require(name: str, model: nn.Module, cfg: Any = None, arch: Any = None) -> None:
+    """Raise ``NotApplicableError`` (before any work) when method ``name`` cannot apply to ``model`` (a classifier, a
+    tower or a CLIP model): the message names the method, the architecture, why, and the methods that do apply."""
+    from .. import towers
+    method = REGISTRY[name]
+    arch = arch or towers.architecture(model)
+    reason = reason_not_applicable(method, arch, cfg)
+    if reason:
+        raise NotApplicableError(not_applicable_message(method, arch, reason))
+
+
+def not_applicable_message(method: Method, arch: Any, reason: str) -> str:
+    """"<Method> does not apply to <model> (<tower>): <why>. Methods that apply to it: ... Fix: ..."."""
+    others = ", ".join(applicable(arch)) or "none"
+    return (f"{method.title} does not apply to {arch.name} ({arch.image.arch}): {reason}. Methods that apply to "
+            f"{arch.name}: {others}. Fix: choose one of those, or a model whose towers {method.title} fits "
+            "(e.g. ViT-B-32, ViT-B-16-SigLIP, EVA02-B-16; README: 'Pick a backbone').")

@@ -39,7 +39,8 @@ from .base import Method, freeze, param_groups, register
 BIAS_KINDS = ("ln_pre", "ln_1", "attn.in_proj", "attn.out_proj", "ln_2", "mlp.c_fc", "mlp.c_proj", "ln_post")
 """The bias kinds of an open_clip ViT image tower, in forward order."""
 
-_BLOCK = re.compile(r"^transformer\.resblocks\.\d+\.")
+_BLOCK = re.compile(r"^(?:transformer\.resblocks|trunk\.blocks|trunk\.stages\.\d+\.blocks)\.\d+\.")
+_RESNET_BLOCK = re.compile(r"^layer\d\.\d+\.")  # a ModifiedResNet bottleneck: its kinds are "block.bn1", ...
 
 
 def is_bias(name: str) -> bool:
@@ -48,8 +49,9 @@ def is_bias(name: str) -> bool:
 
 
 def bias_kind(name: str) -> str:
-    """Kind of a bias parameter: its module path without the block index, e.g. ``attn.in_proj``."""
-    name = _BLOCK.sub("", name)
+    """Kind of a bias parameter: its module path without the block index, e.g. ``attn.in_proj`` (open_clip ViT),
+    ``attn.qkv`` (timm), ``block.bn1`` (a ResNet bottleneck's, apart from the stem's ``bn1``)."""
+    name = _RESNET_BLOCK.sub("block.", _BLOCK.sub("", name))
     return re.sub(r"[._]bias$", "", name)
 
 
@@ -66,6 +68,15 @@ def bias_inventory(visual: nn.Module) -> dict[str, int]:
         counts[kind] = counts.get(kind, 0) + p.numel()
     order = {k: i for i, k in enumerate(BIAS_KINDS)}
     return dict(sorted(counts.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def tower_note(arch: Any, cfg: Any = None) -> str:
+    """Which biases BitFit trains on ``arch``'s image tower, in a phrase."""
+    found = arch.image
+    if found.family == "resnet":
+        return "BatchNorm β + attention-pool biases"
+    norms = sorted({"BatchNorm" if "BatchNorm" in n else n.replace("2d", "") for n in found.norms})
+    return f"all biases incl. {' + '.join(norms)}" if norms else "all biases"
 
 
 def apply(clf: nn.Module, cfg: Any = None) -> list[dict[str, Any]]:
@@ -87,6 +98,6 @@ class BitFitConfig(TrainConfig):
 
 METHOD = register(Method(
     name="bitfit", title="BitFit", kind="parameter-efficient", order=3, config=BitFitConfig,
-    apply=apply, summary=lambda cfg: "all biases incl. LayerNorm", short="bitfit",
+    apply=apply, summary=lambda cfg: "all biases incl. LayerNorm", short="bitfit", tower_note=tower_note,
     profiles={"smoke": {"epochs": 5}, "rehearse": {"epochs": 1}},
 ))

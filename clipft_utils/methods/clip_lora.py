@@ -31,12 +31,15 @@ from torch import nn
 
 from ..config import TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
+from .. import textside as text_side
+from ..towers import facts as tower_facts
 from ..textside import TextSideClassifier
 from . import lora
-from .base import Method, freeze, register
+from .base import Method, freeze, register, require
 from .lora import LORA_TARGETS
 
 ENCODERS = ("both", "vision", "text")
+DEFAULT_TARGETS = ("q", "k", "v")
 RANK_SCALINGS = ("sqrt", "linear")
 ITERS_PER_SHOT = 500
 """CLIP-LoRA's schedule: 500 × shots iterations at batch 32."""
@@ -62,7 +65,7 @@ class CLIPLoRAConfig(TrainConfig):
     rank: int = 2
     alpha: float = 1.0
     dropout: float = 0.25
-    targets: tuple[str, ...] = ("q", "k", "v")
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # an image tower without attention (ConvNeXt): its MLP's fc, proj
     encoders: str = "both"          # "both", "vision" (image tower only) or "text" (text tower only)
     rank_scaling: str = "sqrt"      # the update's scale: alpha / sqrt(rank) (CLIP-LoRA) or alpha / rank (LoRA)
 
@@ -95,11 +98,26 @@ def towers(clf: TextSideClassifier, encoders: str = "both") -> dict[str, nn.Modu
     return found if encoders == "both" else {encoders: found[encoders]}
 
 
+def applies_to(arch: Any, cfg: CLIPLoRAConfig | None = None) -> str | None:
+    """Open_clip's own text transformer, and (when the image tower is adapted) LoRA's targets in the image tower."""
+    encoders = cfg.encoders if cfg is not None else "both"
+    targets = cfg.targets if cfg is not None else DEFAULT_TARGETS
+    if text_side.applies_to(arch, cfg):
+        return text_side.applies_to(arch, cfg)
+    if encoders != "text":
+        image = SimpleNamespace(rank=1, targets=lora.tower_targets(arch.image, targets, DEFAULT_TARGETS))
+        reason = lora.applies_to(arch, image)
+        return f"LoRA cannot adapt its image tower: {reason} (encoders='text' adapts the text tower only)" if reason \
+            else None
+    return None
+
+
 def apply(clf: nn.Module, cfg: CLIPLoRAConfig) -> list[dict[str, Any]]:
     """Freeze ``clf`` (a TextSideClassifier), add LoRA to the chosen towers and train only its A and B."""
     if not isinstance(clf, TextSideClassifier):
         raise ConfigError(f"CLIP-LoRA trains a text-side classifier, got a {type(clf).__name__}. Fix: build it "
                           "with clipft_utils.textside.classifier(course).")
+    require("clip_lora", clf, cfg)
     freeze(clf)
     params = []
     for tower in towers(clf, cfg.encoders).values():
@@ -108,9 +126,10 @@ def apply(clf: nn.Module, cfg: CLIPLoRAConfig) -> list[dict[str, Any]]:
 
 
 def _add(tower: nn.Module, cfg: CLIPLoRAConfig) -> list[nn.Parameter]:
-    """Add and activate the adapter on one tower; its A and B."""
+    """Add and activate the adapter on one tower; its A and B (an image tower without attention: its MLP linears)."""
     # lora.add_adapter scales by alpha / rank: hand it the alpha that gives cfg.scaling
-    spec = SimpleNamespace(rank=cfg.rank, alpha=cfg.scaling * cfg.rank, dropout=cfg.dropout, targets=cfg.targets)
+    targets = lora.tower_targets(tower_facts(tower), cfg.targets, DEFAULT_TARGETS)
+    spec = SimpleNamespace(rank=cfg.rank, alpha=cfg.scaling * cfg.rank, dropout=cfg.dropout, targets=targets)
     lora.add_adapter(tower, ADAPTER, spec)
     lora.set_adapter(tower, ADAPTER)
     return lora.lora_parameters(tower, ADAPTER)
@@ -121,6 +140,7 @@ def rebuild(clf: nn.Module, cfg: CLIPLoRAConfig, tensors: Any = None) -> None:
     (when ``cfg.encoders`` adapted it) and whose head is the adapted text tower's class features, fixed after
     training (``TextSideClassifier.image_side``). The model folder fills in A, B and the head."""
     if cfg.encoders in ("both", "vision"):
+        require("clip_lora", clf, cfg)
         _add(clf.visual, cfg)
 
 
@@ -142,7 +162,7 @@ METHOD = register(Method(
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
     # (parameter table, the `train` command) build; notebook 05 calls clip_lora.apply itself, `bench` text_apply.
     apply=None, text_apply=apply, rebuild=rebuild, deployed=deployed, saved_tensors=lora.saved_tensors,
-    merge=lora.merged, short="cliplora",
+    merge=lora.merged, short="cliplora", applies_to=applies_to,
     summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}, {cfg.encoders} towers",
     profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
 ))

@@ -31,8 +31,8 @@ from torch import nn
 
 from ..config import TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
-from ..textside import TextSideClassifier, TextTower, tokenize
-from .base import Method, freeze, register
+from ..textside import TextSideClassifier, TextTower, applies_to, tokenize
+from .base import Method, freeze, register, require
 
 INITS = ("auto", "words", "random")
 PLACEHOLDER = "X"
@@ -76,9 +76,27 @@ def split_init(ctx_init: str) -> tuple[str, str]:
 
 
 def _word_tokens(tokenizer: Any, words: str) -> torch.Tensor:
-    """Token ids of ``words`` without start/end tokens."""
-    ids = tokenizer([words])[0]
-    return ids[1:int(ids.argmax())]  # the end-of-text id is the largest in CLIP's vocabulary
+    """Token ids of ``words`` without start/end tokens (CLIP's BPE, or a Hugging Face tokenizer such as SigLIP's)."""
+    if hasattr(tokenizer, "sot_token_id"):
+        ids = tokenizer([words])[0]
+        return ids[1:int(ids.argmax())]  # the end-of-text id is the largest in CLIP's vocabulary
+    clean = getattr(tokenizer, "clean_fn", lambda text: text)
+    return torch.tensor(tokenizer.tokenizer(clean(words), add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+def context_start(tokenizer: Any, tokens: torch.Tensor, n_ctx: int) -> int:
+    """Where the n_ctx placeholder tokens start in the tokenized prompts (1 after CLIP's start token; 0 where a
+    tokenizer adds none)."""
+    placeholder = _word_tokens(tokenizer, PLACEHOLDER)
+    row = tokens[0].tolist()
+    if len(placeholder) == 1:
+        pid = int(placeholder[0])
+        for i in range(len(row) - n_ctx + 1):
+            if row[i:i + n_ctx] == [pid] * n_ctx:
+                return i
+    raise ConfigError(f"CoOp cannot find its {n_ctx} placeholder tokens ('{PLACEHOLDER}') in the tokenized prompt "
+                      f"{row[:n_ctx + 4]}...: this tokenizer splits or merges them. Fix: use a model with CLIP's "
+                      "tokenizer, or an image-side method.")
 
 
 class CoOpPrompts(nn.Module):
@@ -88,8 +106,9 @@ class CoOpPrompts(nn.Module):
                  ctx_init: str = "a photo of a", init: str = "auto"):
         super().__init__()
         words, suffix = split_init(ctx_init)
-        word_ids = _word_tokens(tokenizer, words) if words else torch.zeros(0, dtype=torch.long)
-        if init == "words" and len(word_ids) != n_ctx:
+        # tokenizer None: the context vectors alone, no prompts (what `params` counts when the tokenizer is not at hand)
+        word_ids = _word_tokens(tokenizer, words) if words and tokenizer is not None else torch.zeros(0, dtype=torch.long)
+        if init == "words" and len(word_ids) != n_ctx and tokenizer is not None:
             raise ConfigError(f"CoOp: the init words '{words}' are {len(word_ids)} tokens but n_ctx is {n_ctx}. "
                               f"Fix: set n_ctx={len(word_ids)}, or init='auto' (random when they differ).")
         self.n_ctx, self.per_class, self.suffix = n_ctx, 1, suffix
@@ -97,7 +116,9 @@ class CoOpPrompts(nn.Module):
         self.init_words = words if self.from_words else None
         context = " ".join([PLACEHOLDER] * n_ctx)
         self.texts = [f"{context} {name}{suffix}" for name in classnames]
-        self.register_buffer("tokens", tokenize(tokenizer, self.texts, tower), persistent=False)
+        tokens = None if tokenizer is None else tokenize(tokenizer, self.texts, tower)
+        self.register_buffer("tokens", tokens, persistent=False)
+        self.start = None if tokenizer is None else context_start(tokenizer, tokens, n_ctx)
         weight = tower.token_embedding.weight
         with torch.no_grad():
             if self.from_words:
@@ -118,7 +139,7 @@ class CoOpPrompts(nn.Module):
         """Prompt embeddings [C, L, W]: the placeholders' embeddings replaced by the context vectors."""
         e = token_embedding(self.tokens)
         ctx = self.ctx.to(e.dtype).unsqueeze(0).expand(e.shape[0], -1, -1)
-        return torch.cat([e[:, :1], ctx, e[:, 1 + self.n_ctx:]], dim=1)
+        return torch.cat([e[:, :self.start], ctx, e[:, self.start + self.n_ctx:]], dim=1)
 
 
 def apply(clf: nn.Module, cfg: CoOpConfig) -> list[dict[str, Any]]:
@@ -126,6 +147,7 @@ def apply(clf: nn.Module, cfg: CoOpConfig) -> list[dict[str, Any]]:
     if not isinstance(clf, TextSideClassifier):
         raise ConfigError(f"CoOp learns the prompts of a text-side classifier, got a {type(clf).__name__}. Fix: "
                           "build it with clipft_utils.textside.classifier(course).")
+    require("coop", clf, cfg)
     freeze(clf)
     clf.prompts = CoOpPrompts(clf.tokenizer, clf.text, clf.classnames, cfg.n_ctx, cfg.ctx_init, cfg.init)
     clf.prompts.train(clf.training)
@@ -159,7 +181,7 @@ METHOD = register(Method(
     name="coop", title="CoOp", kind="prompt learning", order=4.5, config=CoOpConfig,
     # apply=None: its apply() needs a textside.TextSideClassifier, not the CLIPClassifier that the generic tools
     # (parameter table, the `train` command) build; notebook 04 calls coop.apply itself, `bench` text_apply.
-    apply=None, text_apply=apply, deployed=deployed, short="coop",
+    apply=None, text_apply=apply, deployed=deployed, short="coop", applies_to=applies_to,
     summary=lambda cfg: f"M={cfg.n_ctx} context vectors",
     profiles={"smoke": SMOKE, "rehearse": {"epochs": 1}},
 ))

@@ -1,7 +1,9 @@
 """Full fine-tuning: the whole image tower and the head train (optionally with layer-wise lr decay).
 
 Layer-wise lr decay (BEiT / ELECTRA style): depth 0 is the patch embedding, class token, positional
-embedding and ``ln_pre``; block i is depth i + 1; ``ln_post`` and ``proj`` are depth L + 1; the head
+embedding and ``ln_pre`` (a ResNet's stem, a timm trunk's patch embedding); block i is depth i + 1 (``towers.facts``:
+ResNet bottlenecks, timm blocks; a stage's downsampling goes with its first block); ``ln_post`` and ``proj`` (a
+ResNet's attention pool, a timm trunk's norm and head) are depth L + 1; the head
 (depth L + 2) has its own group and lr. A depth-d group carries ``lr_scale = decay ** (L + 1 - d)``,
 so the top of the tower trains at ``cfg.lr`` and every block below at ``decay`` times the one above.
 
@@ -11,40 +13,47 @@ of being stored, trading ~30 % more compute for activation memory that no longer
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from .. import towers
 from ..config import TrainConfig
 from ..errors import ConfigError
-from .base import Method, Variant, freeze, head_group, register
+from .base import Method, Variant, freeze, head_group, register, require
 
-_EMBED = ("conv1.", "class_embedding", "positional_embedding", "ln_pre.")
-_BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
-
-
-def depth(name: str, n_blocks: int) -> int:
-    """Depth of an image-tower parameter: 0 = embeddings, i + 1 = block i, L + 1 = ln_post / proj."""
-    if name.startswith(_EMBED):
-        return 0
-    match = _BLOCK.match(name)
-    return int(match.group(1)) + 1 if match else n_blocks + 1
+def depth(name: str, found: towers.TowerFacts) -> int:
+    """Depth of an image-tower parameter: 0 = embeddings / stem, i + 1 = block i, L + 1 = after the blocks
+    (``ln_post`` / ``proj``; a ResNet's attention pool; a timm tower's final norm, pooling and head)."""
+    return found.depth(name)
 
 
 def layer_decay_groups(visual: nn.Module, decay: float) -> list[dict[str, Any]]:
     """One group per depth with ``lr_scale = decay ** (L + 1 - depth)``."""
-    n_blocks = len(visual.transformer.resblocks)
+    found = towers.facts(visual)
+    n_blocks = len(found.blocks)
     by_depth: dict[int, list[nn.Parameter]] = {}
     for name, p in visual.named_parameters():
-        by_depth.setdefault(depth(name, n_blocks), []).append(p)
+        by_depth.setdefault(depth(name, found), []).append(p)
     return [{"params": params, "name": f"backbone.depth{d:02d}", "lr_scale": decay ** (n_blocks + 1 - d)}
             for d, params in sorted(by_depth.items())]
 
 
+def applies_to(arch: Any, cfg: Any = None) -> str | None:
+    """Every tower fine-tunes; gradient checkpointing and layer-wise decay need blocks the tower can recompute / has."""
+    found = arch.image
+    if cfg is not None and cfg.grad_checkpointing and not found.grad_checkpointing:
+        return ("open_clip's ModifiedResNet cannot recompute its blocks in the backward pass (grad_checkpointing); "
+                "fine-tuning itself applies with grad_checkpointing=False")
+    if cfg is not None and cfg.layer_decay is not None and not found.blocks:
+        return "clipft does not know its blocks, so it has no depths for layer_decay; use layer_decay=None"
+    return None
+
+
 def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     """Unfreeze the whole image tower and the head; layer-decay groups and grad checkpointing per ``cfg``."""
+    require("full_finetune", clf, cfg)
     freeze(clf)
     for p in clf.visual.parameters():
         p.requires_grad_(True)
@@ -87,7 +96,7 @@ def recipe(profile: Any, epochs: int | None = None, warmup_epochs: float | None 
 
 METHOD = register(Method(
     name="full_finetune", title="Full fine-tuning", kind="full", order=6,
-    config=FullFinetuneConfig, apply=apply, short="ft", summary=lambda cfg: "image tower + head",
+    config=FullFinetuneConfig, apply=apply, short="ft", summary=lambda cfg: "image tower + head", applies_to=applies_to,
     profiles={"smoke": {"epochs": 5, "lr": 3e-5, "warmup_epochs": 1.0},
               "rehearse": {"epochs": 1, "warmup_epochs": 0.0}},
     variants={"full_finetune-ckpt": Variant({"grad_checkpointing": True}, "gradient checkpointing", ("bench",))},

@@ -36,188 +36,80 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
 from ..paths import atomic_path
-from .base import Method, Variant, freeze, param_groups, register
+from .. import towers
+from .base import Method, Variant, freeze, param_groups, register, require
+from .lora_layers import (LoRAAttentionPool, LoRAFusedLinear, LoRALinear, LoRAMultiheadAttention,
+                          LoRAUpdate)
 
-ATTENTION_SLOTS = ("q", "k", "v", "out")
 FORMAT = "clipft-lora-v1"
-
-
-class LoRAUpdate(nn.Module):
-    """The low-rank update ``ΔW = scaling · B A`` of one [out, in] weight, for any number of named adapters."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
-        self.dropout = nn.ModuleDict()
-        self.scaling: dict[str, float] = {}
-        self.active: str | None = None
-        self.merged = False
-
-    def add(self, name: str, rank: int, scaling: float, dropout: float = 0.0, like: torch.Tensor | None = None,
-            A: torch.Tensor | None = None, B: torch.Tensor | None = None) -> None:
-        """Add adapter ``name``: fresh (A kaiming-uniform, B zero) unless A and B are given."""
-        kw = {"device": like.device, "dtype": like.dtype} if like is not None else {}
-        if A is None:
-            A = torch.empty(rank, self.in_features, **kw)
-            nn.init.kaiming_uniform_(A, a=math.sqrt(5))  # peft's init_lora_weights=True
-            B = torch.zeros(self.out_features, rank, **kw)
-        self.A[name] = nn.Parameter(A.clone().to(**kw), requires_grad=False)
-        self.B[name] = nn.Parameter(B.clone().to(**kw), requires_grad=False)
-        self.dropout[name] = (nn.Dropout(dropout) if dropout > 0 else nn.Identity()).train(self.training)
-        self.scaling[name] = float(scaling)
-
-    def remove(self, name: str) -> None:
-        """Delete adapter ``name``."""
-        for d in (self.A, self.B, self.dropout):
-            del d[name]
-        del self.scaling[name]
-        self.active = None if self.active == name else self.active
-
-    @property
-    def enabled(self) -> bool:
-        """True when an adapter is active here and not merged into the base weight."""
-        return self.active is not None and self.active in self.A and not self.merged
-
-    def delta_weight(self, name: str | None = None) -> torch.Tensor:
-        """``scaling · B A`` of adapter ``name`` (default: the active one), shape [out, in]."""
-        name = name or self.active
-        return self.scaling[name] * (self.B[name] @ self.A[name])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        name = self.active
-        return F.linear(F.linear(self.dropout[name](x), self.A[name]), self.B[name]) * self.scaling[name]
-
-
-class LoRALinear(nn.Module):
-    """An ``nn.Linear`` (the MLP's ``c_fc`` or ``c_proj``) plus a low-rank update: ``base(x) + ΔW x``."""
-
-    def __init__(self, base: nn.Linear, slot: str):
-        super().__init__()
-        self.base, self.slot = base, slot
-        self.lora = nn.ModuleDict({slot: LoRAUpdate(base.in_features, base.out_features)})
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The frozen base weight (open_clip reads ``c_fc.weight.dtype``)."""
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        """The frozen base bias."""
-        return self.base.bias
-
-    def weight_slices(self) -> dict[str, torch.Tensor]:
-        """Slot -> the base weight its update is merged into."""
-        return {self.slot: self.base.weight}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = self.lora[self.slot]
-        y = self.base(x)
-        return y + update(x) if update.enabled else y
-
-
-class LoRAMultiheadAttention(nn.Module):
-    """``nn.MultiheadAttention`` with low-rank updates on q, k, v (slices of the fused in_proj) and out."""
-
-    def __init__(self, base: nn.MultiheadAttention):
-        super().__init__()
-        if not base._qkv_same_embed_dim or base.bias_k is not None or base.add_zero_attn:
-            raise ConfigError("LoRA supports nn.MultiheadAttention with one fused in_proj_weight only "
-                              "(no kdim/vdim, bias_kv or add_zero_attn), as open_clip builds it.")
-        self.base = base
-        self.embed_dim, self.num_heads, self.batch_first = base.embed_dim, base.num_heads, base.batch_first
-        d = base.embed_dim
-        self.lora = nn.ModuleDict({slot: LoRAUpdate(d, d) for slot in ATTENTION_SLOTS})
-
-    def weight_slices(self) -> dict[str, torch.Tensor]:
-        """Slot -> the (view of the) base weight its update is merged into."""
-        d, w = self.embed_dim, self.base.in_proj_weight
-        return {"q": w[:d], "k": w[d:2 * d], "v": w[2 * d:], "out": self.base.out_proj.weight}
-
-    def _add(self, slot: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        update = self.lora[slot]
-        return y + update(x) if update.enabled else y
-
-    def _in_proj(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Frozen projection i (0=q, 1=k, 2=v) from the fused weight, plus its low-rank update."""
-        d, bias = self.embed_dim, self.base.in_proj_bias
-        y = F.linear(x, self.base.in_proj_weight[i * d:(i + 1) * d], None if bias is None else bias[i * d:(i + 1) * d])
-        return self._add(ATTENTION_SLOTS[i], x, y)
-
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[torch.Tensor, None]:
-        if not any(u.enabled for u in self.lora.values()):
-            return self.base(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
-                             attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
-        if need_weights or key_padding_mask is not None:
-            raise NotImplementedError("LoRAMultiheadAttention supports need_weights=False and no key_padding_mask "
-                                      "(what open_clip uses); merge(model) first for other uses.")
-        if not self.batch_first:
-            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        q, k, v = (self._in_proj(t, i) for i, t in enumerate((query, key, value)))
-        b, n, d = q.shape
-        q, k, v = (t.reshape(b, t.shape[1], self.num_heads, d // self.num_heads).transpose(1, 2) for t in (q, k, v))
-        mask = _sdpa_mask(attn_mask, q.dtype, b, self.num_heads)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-                                           dropout_p=self.base.dropout if self.training else 0.0)
-        o = o.transpose(1, 2).reshape(b, n, d)
-        out = self._add("out", o, F.linear(o, self.base.out_proj.weight, self.base.out_proj.bias))
-        return (out if self.batch_first else out.transpose(0, 1)), None
-
-
-def _sdpa_mask(mask: torch.Tensor | None, dtype: torch.dtype, batch: int, heads: int) -> torch.Tensor | None:
-    """nn.MultiheadAttention's mask (bool: True = blocked, or additive float) as an additive SDPA mask."""
-    if mask is None:
-        return None
-    if mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
-    if mask.dim() == 3:  # [batch * heads, L, S]
-        mask = mask.view(batch, heads, *mask.shape[1:])
-    return mask.to(dtype)
 
 
 # ---- finding and wrapping the targets -------------------------------------------------------------
 
 def _visual(model: nn.Module) -> nn.Module:
-    """The image tower inside ``model`` (a CLIPClassifier, an open_clip CLIP, or the tower itself)."""
-    visual = getattr(model, "visual", model)
-    if not hasattr(visual, "transformer"):
-        raise ConfigError(f"{type(model).__name__} has no open_clip image tower (.visual.transformer). "
+    """The tower inside ``model`` (a CLIPClassifier, an open_clip CLIP, an image tower of any family, a text tower)."""
+    visual = towers.unwrap(model)
+    if towers.family(visual) == "unknown":
+        raise ConfigError(f"{type(model).__name__} has no open_clip tower (an image tower or a text transformer). "
                           "Fix: pass a CLIPClassifier, an open_clip CLIP model or its .visual.")
     return visual
 
 
+HOSTS = (LoRALinear, LoRAMultiheadAttention, LoRAFusedLinear, LoRAAttentionPool)
+_HOST_OF = {"mha": LoRAMultiheadAttention, "qkv": LoRAFusedLinear, "attnpool": LoRAAttentionPool}
+
+
+def _host(spot: towers.Spot, module: nn.Module) -> nn.Module:
+    """The LoRA host of the module at ``spot``."""
+    if spot.kind == "linear":
+        return LoRALinear(module, spot.slots[0])
+    return _HOST_OF[spot.kind](module)
+
+
 def wrap(model: nn.Module, targets: tuple[str, ...]) -> None:
-    """Replace each block's ``attn`` / ``mlp.c_fc`` / ``mlp.c_proj`` by its LoRA host, as ``targets`` need."""
-    for block in _visual(model).transformer.resblocks:
-        if set(targets) & set(ATTENTION_SLOTS) and not isinstance(block.attn, LoRAMultiheadAttention):
-            if not isinstance(block.attn, nn.MultiheadAttention):
-                raise ConfigError(f"LoRA needs nn.MultiheadAttention blocks, found {type(block.attn).__name__}.")
-            block.attn = LoRAMultiheadAttention(block.attn).train(block.training)
-        for slot, attr in (("fc", "c_fc"), ("proj", "c_proj")):
-            if slot in targets and not isinstance(getattr(block.mlp, attr), LoRALinear):
-                setattr(block.mlp, attr, LoRALinear(getattr(block.mlp, attr), slot).train(block.training))
+    """Replace every module that holds one of ``targets`` (``towers.facts(...).spots``) by its LoRA host; a target
+    the tower does not have is a ConfigError naming the ones it has."""
+    visual = _visual(model)
+    found = towers.facts(visual)
+    missing = [t for t in targets if t not in found.lora_targets()]
+    if missing:
+        raise ConfigError(f"LoRA targets {missing} do not exist in {found.arch}: {target_note(found)} Fix: choose "
+                          f"targets from {list(found.lora_targets())}, e.g. -p lora.targets={list(found.lora_targets())}.")
+    for spot, module in towers.spot_modules(visual, found.spots):
+        if set(spot.slots) & set(targets) and not isinstance(module, HOSTS):
+            parent, _, attr = spot.path.rpartition(".")
+            setattr(visual.get_submodule(parent), attr, _host(spot, module).train(module.training))
+
+
+def target_note(found: towers.TowerFacts) -> str:
+    """Where LoRA's targets are in a tower, in one sentence."""
+    where = {"vit": "q, k, v and out are slices of each block's fused in_proj / its out_proj, fc and proj the MLP's "
+                    "c_fc / c_proj.",
+             "text": "q, k, v and out are slices of each block's fused in_proj / its out_proj, fc and proj the MLP's "
+                     "c_fc / c_proj.",
+             "resnet": "its only attention is the final attention pool (q, k, v, and out = c_proj); its bottlenecks are "
+                       "convolutions.",
+             "timm-convnext": "its blocks have no attention; fc and proj are each block's MLP fc1 / fc2.",
+             "timm-fastvit": "q, k, v and out are the fused qkv / proj of the attention blocks of its last stage; its "
+                             "MLPs are 1x1 convolutions."}
+    return where.get(found.family, "q, k, v are its attention's fused qkv (or q/k/v projections), out its proj, fc "
+                                   "and proj the MLP's fc1 / fc2.")
 
 
 def hosts(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(path inside the image tower, module) of every LoRA host."""
+    """(path inside the tower, module) of every LoRA host."""
     for path, module in _visual(model).named_modules():
-        if isinstance(module, (LoRALinear, LoRAMultiheadAttention)):
+        if isinstance(module, HOSTS):
             yield path, module
 
 
@@ -442,8 +334,32 @@ def load_adapter(model: nn.Module, path: str | Path, name: str | None = None, ac
 
 # ---- the method ----------------------------------------------------------------------------------
 
+def tower_targets(found: towers.TowerFacts, targets: tuple[str, ...], default: tuple[str, ...]) -> tuple[str, ...]:
+    """The targets LoRA uses on a tower: ``targets`` as asked, except that the config's default attention targets on a
+    tower without attention (ConvNeXt) become its MLP linears (``fc``, ``proj``)."""
+    if tuple(targets) != tuple(default) or any(t in found.lora_targets() for t in targets):
+        return tuple(targets)
+    return tuple(t for t in ("fc", "proj") if t in found.lora_targets())
+
+
+def applies_to(arch: Any, cfg: Any = None) -> str | None:
+    """Why LoRA cannot adapt ``arch``'s image tower with ``cfg``'s targets (None: it can)."""
+    found = arch.image
+    if not found.spots:
+        return "it has no attention projections or MLP linear layers to put low-rank updates on"
+    targets = tower_targets(found, cfg.targets if cfg is not None else DEFAULT_TARGETS, DEFAULT_TARGETS)
+    missing = [t for t in targets if t not in found.lora_targets()]
+    if missing or not targets:
+        return (f"the targets {missing or list(targets)} do not exist there ({target_note(found)}); it offers "
+                f"{list(found.lora_targets())}")
+    return None
+
+
 def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
-    """Freeze ``clf``, add and activate adapter "default" (cfg's rank/alpha/targets); train A, B and the head."""
+    """Freeze ``clf``, add and activate adapter "default" (cfg's rank/alpha/targets); train A, B and the head. On a
+    tower without attention the default targets become its MLP linears, and ``cfg.targets`` says so."""
+    require("lora", clf, cfg)
+    cfg.targets = tower_targets(towers.facts(clf.visual), cfg.targets, DEFAULT_TARGETS)
     freeze(clf)
     add_adapter(clf, "default", cfg)
     set_adapter(clf, "default")
@@ -451,6 +367,7 @@ def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
 
 
 LORA_TARGETS = ("q", "k", "v", "out", "fc", "proj")
+DEFAULT_TARGETS = ("q", "v")
 
 
 @dataclass
@@ -463,7 +380,7 @@ class LoRAConfig(TrainConfig):
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: tuple[str, ...] = ("q", "v")
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # a tower without attention (ConvNeXt): its MLP's fc and proj
 
     def validate(self) -> None:
         super().validate()
@@ -481,7 +398,10 @@ class LoRAConfig(TrainConfig):
 
 METHOD = register(Method(
     name="lora", title="LoRA", kind="parameter-efficient", order=5, config=LoRAConfig,
-    apply=apply, saved_tensors=saved_tensors, merge=merged, short="lora", summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}",
+    apply=apply, saved_tensors=saved_tensors, merge=merged, short="lora", applies_to=applies_to,
+    summary=lambda cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, {' '.join(cfg.targets)}",
+    tower_note=lambda arch, cfg: f"r={cfg.rank}, alpha={cfg.alpha:g}, "
+                                 f"{' '.join(tower_targets(arch.image, cfg.targets, DEFAULT_TARGETS))}",
     # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 30-40 epochs on
     # ViT-B-32: at 5 epochs LoRA reaches 39.7 % with lr 1e-3 vs 26.0 % with the reference 1e-4 (stand-in test).
     profiles={"smoke": {"epochs": 5, "lr": 1e-3}, "rehearse": {"epochs": 1}},

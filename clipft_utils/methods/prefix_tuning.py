@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -49,9 +50,10 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .. import sequence, towers
 from ..config import TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
-from .base import Method, Variant, freeze, param_groups, register
+from .base import Method, Variant, freeze, param_groups, register, require
 
 KINDS = {"prefix": "prefix-tuning", "prompt": "prompt tuning", "vpt_deep": "VPT-deep"}
 """``PrefixTuningConfig.kind`` -> its name."""
@@ -115,6 +117,24 @@ def prefixed_block(block: nn.Module, x: torch.Tensor, key: torch.Tensor, value: 
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def applies_to(arch: Any, cfg: Any = None) -> str | None:
+    """Prompts and prefixes need a token sequence through the blocks; key/value prefixes also blocks whose attention
+    ``prefixed_block`` / ``sequence.run_block`` can run."""
+    found = arch.image
+    if not found.has_sequence or found.family == "text":
+        return f"{found.no_sequence or 'it is not an image tower'}; prompt and prefix tokens need one"
+    if found.prefix_problem and found.family == "timm-eva":  # prompts skip Eva's rotary positions: its own attention
+        return f"clipft runs Eva's attention itself (prompt tokens get no rotary position), and {found.prefix_problem}"
+    if (cfg is None or cfg.kind == "prefix") and found.prefix_problem:
+        return f"key/value prefixes cannot run in its blocks: {found.prefix_problem} (kind='prompt' or 'vpt_deep' can)"
+    return None
+
+
+def require_sequence(visual: nn.Module, kind: str) -> None:
+    """Raise (``NotApplicableError``) unless ``visual`` has blocks that ``kind``'s tokens can run through."""
+    require("prefix_tuning", visual, SimpleNamespace(kind=kind))
+
+
 class PrefixVisual(nn.Module):
     """An open_clip VisionTransformer with prefix-tuning (or a prompt variant); replicates its ``forward``."""
 
@@ -123,19 +143,18 @@ class PrefixVisual(nn.Module):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}. Fix: 'prefix' (Li & Liang), "
                              f"'prompt' (input tokens) or 'vpt_deep' (fresh input tokens per block).")
-        if not getattr(visual.transformer, "batch_first", True):
-            raise ValueError("PrefixVisual needs a batch-first open_clip VisionTransformer. Fix: build the tower "
-                             "with open_clip >= 2.23 (batch-first transformers).")
+        require_sequence(visual, kind)
         self.visual, self.length, self.kind = visual, length, kind
-        blocks = visual.transformer.resblocks
-        if kind == "prefix" and length > 0:
+        self.family = towers.family(visual)
+        blocks = sequence.blocks(visual)
+        if kind == "prefix" and length > 0 and self.family == "vit":
             for block in blocks:
                 check_block(block)
         n_out = {"prefix": 2 * len(blocks), "prompt": 1, "vpt_deep": len(blocks)}[kind]
-        width = visual.class_embedding.shape[-1]
+        width = towers.facts(visual).width
         self.encoder = PrefixEncoder(length, width, hidden, n_out) if length > 0 else None
         self.register_parameter("folded", None)
-        self.output_dim, self.image_size = visual.output_dim, visual.image_size
+        self.output_dim, self.image_size = towers.facts(visual).output_dim, visual.image_size
         self.train(visual.training)  # new modules start in training mode; follow the tower's mode
 
     @property
@@ -158,44 +177,52 @@ class PrefixVisual(nn.Module):
         return self.folded if self.folded is not None else self.encoder()
 
     def _insert(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """[CLS, rest] -> [CLS, prompt, rest]."""
+        """[CLS, rest] -> [CLS, prompt, rest] (after the tower's prefix tokens: none in SigLIP)."""
+        n = sequence.prefix_tokens(self.visual)
         prompt = prompt.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        return torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
+        return torch.cat([x[:, :n], prompt, x[:, n:]], dim=1)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        """Remove the prompt slots (the P tokens after the prefix tokens)."""
+        n = sequence.prefix_tokens(self.visual)
+        return torch.cat([x[:, :n], x[:, n + self.length:]], dim=1)
 
     def _replace(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """Overwrite the prompt slots (tokens 1..P) with fresh tokens (VPT-deep)."""
-        return self._insert(torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1), prompt)
+        """Overwrite the prompt slots with fresh tokens (VPT-deep)."""
+        return self._insert(self._drop(x), prompt)
 
-    def _block(self, block: nn.Module, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
-        """Run one block (with layer prefix ``kv`` [2, P, D] if given), checkpointed when the tower asks for it."""
-        fn, args = (block, (x,)) if kv is None else (prefixed_block, (block, x, kv[0], kv[1]))
-        if self.visual.transformer.grad_checkpointing and torch.is_grad_enabled():
+    def _block(self, block: nn.Module, x: torch.Tensor, kv: torch.Tensor | None = None, context: Any = None,
+               extra: int = 0) -> torch.Tensor:
+        """Run one block (with layer prefix ``kv`` [2, P, D] if given, ``extra`` prompt tokens), checkpointed when the
+        tower asks for it."""
+        if self.family == "vit":
+            fn, args = (block, (x,)) if kv is None else (prefixed_block, (block, x, kv[0], kv[1]))
+        else:
+            fn, args = sequence.run_block, (self.visual, block, x, context, kv, extra)
+        if sequence.checkpointing(self.visual) and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         v = self.visual
-        x = v._embeds(images)  # [B, 1 + N, D]: CLS + patches, + pos-emb, patch dropout, ln_pre
+        x, context = sequence.embed(v, images)  # [B, 1 + N, D]: CLS + patches, + pos-emb, patch dropout, ln_pre
         learned = self.prefixes() if self.length > 0 else None
-        blocks = v.transformer.resblocks
+        blocks = sequence.blocks(v)
         if learned is None:
             for block in blocks:
-                x = self._block(block, x)
+                x = self._block(block, x, context=context)
         elif self.kind == "prefix":
             kv = learned.view(len(blocks), 2, self.length, -1)  # [L, key/value, P, D]
             for i, block in enumerate(blocks):
-                x = self._block(block, x, kv[i])
+                x = self._block(block, x, kv[i], context)
         else:
             x = self._insert(x, learned[0])
             for i, block in enumerate(blocks):
                 if self.kind == "vpt_deep" and i > 0:
                     x = self._replace(x, learned[i])
-                x = self._block(block, x)
-            x = torch.cat([x[:, :1], x[:, 1 + self.length:]], dim=1)  # drop the prompt slots
-        pooled, tokens = v._pool(x)
-        if v.proj is not None:
-            pooled = pooled @ v.proj
-        return (pooled, tokens) if v.output_tokens else pooled
+                x = self._block(block, x, context=context, extra=self.length)
+            x = self._drop(x)  # drop the prompt slots
+        return sequence.pool(v, x)
 
 
 @torch.no_grad()
@@ -217,12 +244,13 @@ def saved_tensors(clf: nn.Module) -> dict[str, torch.Tensor]:
 def rebuild(clf: nn.Module, cfg: Any, tensors: Any = None) -> None:
     """A model folder's prefix-tuned model: the tower wrapped as in training with its MLP folded away (the folder
     fills in the folded prefix)."""
-    apply(clf, cfg)
+    apply(clf, cfg)  # checks that the method applies first
     fold(clf.visual)
 
 
 def apply(clf: nn.Module, cfg: Any) -> list[dict[str, Any]]:
     """Freeze ``clf``, wrap its tower in a PrefixVisual (``clf.visual`` replaced) and train the encoder."""
+    require("prefix_tuning", clf, cfg)
     freeze(clf)
     visual = clf.visual.visual if isinstance(clf.visual, PrefixVisual) else clf.visual
     clf.visual = PrefixVisual(visual, cfg.prefix_length, cfg.prefix_hidden, kind=cfg.kind)
@@ -266,7 +294,7 @@ def measure_inference_slowdown(pv: PrefixVisual, images: torch.Tensor, repeats: 
     pv.train(was_training)
     b, p = torch.tensor(base), torch.tensor(prefixed)
     spread = max(float(b.median() / b.min()) - 1, float(p.median() / p.min()) - 1)
-    n_tokens = 1 + pv.visual.grid_size[0] * pv.visual.grid_size[1]
+    n_tokens = sequence.length(pv.visual, images.shape[-1])
     return {
         "base_ms": float(b.min()), "prefix_ms": float(p.min()), "ratio": float(p.min() / b.min()),
         "spread": spread, "noisy": spread > NOISY, "tokens_base": n_tokens, "tokens_prefix": n_tokens + pv.extra_tokens,
@@ -303,7 +331,7 @@ class PrefixTuningConfig(TrainConfig):
 METHOD = register(Method(
     name="prefix_tuning", title="Prefix-tuning", kind="parameter-efficient", order=4,
     config=PrefixTuningConfig, apply=apply, rebuild=rebuild, saved_tensors=saved_tensors, tower_weights=False,
-    short="prefix",
+    short="prefix", applies_to=applies_to,
     summary=lambda cfg: f"{KINDS[cfg.kind]}, P={cfg.prefix_length}, MLP {cfg.prefix_hidden}",
     # A 5-epoch schedule on a 0.85M-parameter tower needs larger steps than the reference recipe's 40 epochs on
     # ViT-B-32 (see lora.py's note).

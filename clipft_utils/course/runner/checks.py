@@ -90,28 +90,33 @@ def _unknown(key: str, specs: dict[str, dict]) -> str:
             f"{', '.join(names)} (scope one to a notebook as METHOD.NAME, e.g. lora.ranks=[1,2]).")
 
 
-def _config(job: Job, method: str, profile: str) -> Any:
-    """``method``'s config in ``job``: its parameters (epochs, batch size, scoped fields) over the profile's."""
+def job_config(job: Job, method: str, profile: str) -> Any:
+    """``method``'s config in ``job``, as its notebook will build it (epochs, batch size, scoped fields, the fields its
+    notebook sets itself); a bad value is a ConfigError naming the notebook."""
     p = job.params
     values = {k: p[k] for k in ("epochs", "batch_size") if p.get(k) is not None}
     values.update(p.get(config_param(job.notebook, method)) or {})
+    spec = M.get(method)
     values = dict(S.section(method).fixed_config) | values  # fields its notebook sets itself (06: the warm-up)
-    return M.make_config(method, profile, **{k: v for k, v in values.items() if k in M.get(method).config_fields()})
+    values = {k: v for k, v in values.items() if k in spec.config_fields()}
+    try:
+        return M.make_config(method, profile, **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{job.notebook}: {exc}") from None
 
 
 def check_configs(jobs: Sequence[Job], profile: str) -> None:
-    """Each job's method config must build from its parameters (epochs, batch size, scoped fields)."""
+    """Each job's method config must build from its parameters (epochs, batch size, scoped fields); the methods that
+    do not apply to the job's model are noted on the job (``not_applicable``: its notebook skips them and says why)."""
+    from ...methods.base import reason_not_applicable
+    from ...models import architecture_of
+    prof = get_profile(profile)
     for job in jobs:
+        arch = architecture_of(job.params.get("model") or prof.model) if job.methods else None
         for method in job.methods:
-            try:
-                _config(job, method, profile)
-            except ConfigError as exc:
-                raise ConfigError(f"{job.notebook}: {exc}") from None
-
-
-def _width(tower: Any) -> int:
-    """The width of a tower's output features (what a head over it takes)."""
-    return int(tower.output_dim)
+            reason = reason_not_applicable(M.get(method), arch, job_config(job, method, profile))
+            if reason:
+                job.not_applicable[method] = reason
 
 
 def merge_extra(a: dict, b: dict) -> dict:
@@ -147,30 +152,25 @@ def check_data_fits(ds: Any, shots: Sequence[int | None], folder: Path, prof: An
 
 def check_applies(jobs: Sequence[Job], profile: str) -> None:
     """Each planned method applied to its notebook's model on PyTorch's meta device (no weights, no memory, well under
-    a second): what ``apply`` refuses — a tower it does not fit, a LoRA rank no layer can hold — is an error now,
-    not minutes into a notebook."""
+    a second): what ``apply`` refuses — a LoRA rank no layer can hold, a setting its tower lacks — is an error now,
+    not minutes into a notebook. Methods that do not apply to the tower at all are skipped (``job.not_applicable``:
+    their notebook says why)."""
     import copy
-    import logging
     import torch
-    import open_clip
-    from ...models import CLIPClassifier
+    from ...models import CLIPClassifier, meta_model
+    from ...towers import facts
     towers: dict[str, Any] = {}
     for job in jobs:
         name = job.params.get("model") or get_profile(profile).model
         for method in job.methods:
             spec = M.get(method)
-            if spec.apply is None or not spec.trains:
+            if spec.apply is None or not spec.trains or method in job.not_applicable:
                 continue
             if name not in towers:
-                logging.disable(logging.WARNING)
-                try:
-                    with torch.device("meta"):
-                        towers[name] = open_clip.create_model(name, device="meta").visual
-                finally:
-                    logging.disable(logging.NOTSET)
+                towers[name] = meta_model(name).visual
             with torch.device("meta"):
-                clf = CLIPClassifier(copy.deepcopy(towers[name]), torch.empty(2, _width(towers[name])))
+                clf = CLIPClassifier(copy.deepcopy(towers[name]), torch.empty(2, facts(towers[name]).output_dim))
                 try:
-                    M.apply_method(method, clf, _config(job, method, profile))
+                    M.apply_method(method, clf, job_config(job, method, profile))
                 except ConfigError as exc:
                     raise ConfigError(f"{job.notebook}: {method}: {exc}") from None

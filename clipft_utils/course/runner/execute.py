@@ -215,7 +215,8 @@ def _check_results(job: Job, params: dict[str, Any]) -> None:
     folder, seed, shots = Path(params["results_dir"]), int(params["seed"]), params.get("shots")
     if shots is None:
         shots = get_profile(params["profile"]).shots  # what the notebook's setup uses (the rehearsal's k = 1)
-    missing = [m for m in job.methods if not result_path(folder, m, seed, None, shots).exists()]
+    missing = [m for m in job.methods if m not in job.not_applicable
+               and not result_path(folder, m, seed, None, shots).exists()]
     if missing:
         m = missing[0]
         raise ResultsError(

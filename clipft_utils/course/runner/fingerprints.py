@@ -43,11 +43,12 @@ class Context:
         self._data: dict[tuple, Any] = {}
 
     def weights_id(self, model: str | None, pretrained: str | None) -> str:
-        from ...models import check_model_name, resolve_weights
+        from ...models import check_model_name, load_tokenizer, resolve_weights
         key = (model or self.profile.model, self.profile.pretrained if pretrained is None else pretrained)
         if key not in self._weights:
             check_model_name(key[0])
             self._weights[key] = resolve_weights(*key)[1]  # fails fast offline, before any notebook
+            load_tokenizer(key[0])  # every method notebook reads the class names through the text tower
         return self._weights[key]
 
     def dataset(self, name: str | None, root: str | None, split: Any = None):

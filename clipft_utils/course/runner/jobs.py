@@ -50,6 +50,7 @@ class Job:
     shots: int | None
     params: dict[str, Any] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)  # method -> why it does not apply to the model
 
     @property
     def key(self) -> str:
@@ -159,6 +160,9 @@ def describe_training(job: Job, prof) -> str:
     lines = []
     for method in job.methods:
         spec, section = M.get(method), S.section(method)
+        if method in job.not_applicable:
+            lines.append(f"{method}: not applicable ({job.not_applicable[method]}), skipped")
+            continue
         if not spec.trains:
             lines.append(f"{method}: trains nothing")
             continue
