@@ -202,16 +202,19 @@ def write_lp_ft(course: Any, lp_ft: Mapping[str, Any], baselines: Mapping[str, t
 
 
 def write_wise_ft(course: Any, sweep: combine.WiseFT, alpha: float, alphas: Sequence[float], run: Any) -> Path:
-    """Write the ``wise_ft-alpha<α>`` row of the α chosen on validation (earlier picks of this seed removed), and
-    its model folder: ``θ(α)`` is one model of full fine-tuning's shape (a whole tower and a head). At α = 0 or 1
+    """Write the ``wise_ft-alpha<α>`` row of the α chosen on validation (earlier picks of this seed removed; its test
+    evaluation is made here, the only interior α evaluated on test), and its model folder: ``θ(α)`` is one model of full fine-tuning's shape (a whole tower and a head). At α = 0 or 1
     it is the zero-shot or the fine-tuned model, whose folders exist: the row names them instead."""
     combine.remove_rows(course.results_dir, "wise_ft", course.seed, keep={f"alpha{alpha:g}"}, shots=course.shots)
+    sweep.add(alpha, "test", course.loader("test"), device=course.device, precision=run.train.precision)
     best = sweep.evals[alpha]
-    how = {"alphas": alphas, "chosen_on": "val", "fine_tuned": run.path.name}
+    how = {"alphas": [float(a) for a in alphas], "chosen_on": "val", "fine_tuned": run.path.name,
+           "test_at": "the α chosen on validation and the two ends (zero-shot, fine-tuned)"}
     row = combine.combination_result(
         course, "wise_ft", f"alpha{alpha:g}", best["test"], val_acc=best["val"].top1,
         trainable_params=run.result["trainable_params"], total_params=run.result["total_params"],
-        train_seconds=run.train.train_seconds, config=how, alpha=alpha, curve=sweep.curve.to_dict("records"))
+        train_seconds=run.train.train_seconds, config=how, alpha=alpha, curve=sweep.records(),
+        curve_shape=combine.curve_shape(sweep.curve["alpha"], sweep.curve["val_acc"]))
     if alpha in (0.0, 1.0):  # an endpoint is a model that already has its folder: no second copy of a tower
         row["no_model_folder"] = (f"θ({alpha:g}) is the fully fine-tuned model itself: models/{run.path.stem}/"
                                   if alpha == 1.0 else "θ(0) is the zero-shot model itself: notebook 01's "
