@@ -107,8 +107,10 @@ def _rescale_start(model: Any, factor: float) -> None:
 
 
 def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Sequence[float],
-                  max_iter: int = 1000, patience: int | None = None, num_classes: int | None = None) -> SweepResult:
+                  max_iter: int = 1000, patience: int | None = None, num_classes: int | None = None,
+                  normalize: bool = True) -> SweepResult:
     """Fit ``LogisticRegression(lbfgs)`` for each C (ascending, warm-started); keep the best on validation.
+    ``normalize=False`` fits the raw features (what the course's head convention avoids: see notebook 02).
 
     Each fit starts from the previous solution scaled by ``sqrt(C / C_prev)``: sklearn's gradient tolerance is
     absolute, and the previous optimum already meets it for a nearby C, so an *unscaled* warm start stops after
@@ -118,7 +120,7 @@ def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Se
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     start = time.perf_counter()
-    xtr, xva = _normalized(train_f), _normalized(val_f)
+    xtr, xva = (_normalized(train_f), _normalized(val_f)) if normalize else (np.asarray(train_f), np.asarray(val_f))
     ytr, yva = np.asarray(train_y), np.asarray(val_y)
     num_classes = num_classes or int(max(ytr.max(), yva.max()) + 1)
     grid = sorted(float(c) for c in c_grid)
@@ -209,9 +211,10 @@ def best_lr_factor(runs: dict[float, tuple]) -> float:
 def choose_recipe(torch_val: float, sklearn_val: float) -> tuple[str, str]:
     """The recipe with the better validation accuracy (ties go to sklearn: convex, seed-independent) and why."""
     if torch_val > sklearn_val:
-        return "torch", f"torch val acc {torch_val:.4f} > sklearn val acc {sklearn_val:.4f}"
+        return "torch", f"AdamW (torch) val top-1 {100 * torch_val:.2f}% > L-BFGS (sklearn) {100 * sklearn_val:.2f}%"
     relation = "=" if torch_val == sklearn_val else ">"
-    return "sklearn", f"sklearn val acc {sklearn_val:.4f} {relation} torch val acc {torch_val:.4f}"
+    return "sklearn", (f"L-BFGS (sklearn) val top-1 {100 * sklearn_val:.2f}% {relation} AdamW (torch) "
+                       f"{100 * torch_val:.2f}%")
 
 
 def fit_best_head(course: Any, cfg: Any, progress: bool = False) -> dict[str, Any]:
