@@ -124,15 +124,17 @@ def pct(value: Any, decimals: int = 1) -> str:
     return f"{100 * v:.{decimals}f}%" if np.isfinite(v) else "—"
 
 
-def percent_table(table: Any, columns: Sequence[str] | None = None, decimals: int = 1) -> Any:
+def percent_table(table: Any, columns: Sequence[str] | None = None, decimals: int = 1, missing: str | None = None) -> Any:
     """A DataFrame whose accuracy columns (fractions; ``columns``, default: every column whose name says top-1,
-    top-5, acc or accuracy) are shown in percent, named "... (%)"; other columns unchanged."""
+    top-5, acc or accuracy) are shown in percent, named "... (%)"; other columns unchanged. ``missing``: what an
+    empty cell shows (e.g. "—" for the epoch-0 row's training loss), instead of NaN."""
     out = table.copy()
     picked = list(columns) if columns is not None else [
         c for c in out.columns if any(k in str(c).lower() for k in ("top-1", "top-5", "acc", "per-class", "share"))]
     for c in picked:
         out[c] = (100 * out[c].astype(float)).round(decimals)
-    return out.rename(columns={c: f"{c} (%)" for c in picked})
+    out = out.rename(columns={c: f"{c} (%)" for c in picked})
+    return out if missing is None else out.astype(object).where(out.notna(), missing)
 
 
 def percent_axis(axis: Any, cap: bool = False) -> None:
