@@ -268,7 +268,8 @@ def curve_shape(alphas: Sequence[float], accs: Sequence[float]) -> str:
     if (steps <= 0).all():
         return (f"falls monotonically from {pct(y[0])} at α = {a[0]:g} to {pct(y[-1])} at α = {a[-1]:g}: the "
                 "zero-shot end is best")
-    if 0 < best < len(y) - 1 and y[best] > max(y[0], y[-1]):
+    unimodal = (steps[:best] >= 0).all() and (steps[best:] <= 0).all()       # rises to its top, then falls
+    if unimodal and 0 < best < len(y) - 1 and y[best] > max(y[0], y[-1]):
         return (f"peaks inside: highest at α = {a[best]:g} ({pct(y[best])}), above both ends ({pct(y[0])} at "
                 f"α = {a[0]:g}, {pct(y[-1])} at α = {a[-1]:g})")
     return f"is not monotone (it dips and recovers); its highest point is at α = {a[best]:g} ({pct(y[best])})"

@@ -16,7 +16,7 @@ from .predictions import (aligned_runs, consensus, live_frontend, main_runs, mos
 from .recommend import (GOOD_ENOUGH_POINTS, NEEDS, SHARED_BACKBONE_PERCENT, SMALL_GPU_MB, Recommendation, curve_point,
                         memory_budgets, memory_str, recommend, recommendation_grid)
 from .report import (DISPLAY_COLUMNS, SAME_AS, SEVERAL_MODELS, display_name, format_table, memory_note, run_command,
-                     table_notes, to_markdown, write_summary)
+                     table_notes, to_markdown, with_dashes, write_summary)
 from .tables import (COMBINATION_METHODS, TABLE_COLUMNS, TOP_K, check_one_dataset, combination_table, curve_shots,
                      curve_starts, default_shots, hardest_classes, hardest_note, is_standin, label_of, learning_curves,
                      load, main_rows, memory_kind, ordering, per_class_matrix, profile_warnings, result_files,
@@ -31,7 +31,7 @@ __all__ = [
     "shots_curve_skipped", "shots_display", "shots_table", "summary_table", "top_k", "zero_shot_val",
     # report
     "DISPLAY_COLUMNS", "SAME_AS", "SEVERAL_MODELS", "display_name", "format_table", "memory_note", "run_command",
-    "table_notes", "to_markdown", "write_summary",
+    "table_notes", "to_markdown", "with_dashes", "write_summary",
     # recommend
     "GOOD_ENOUGH_POINTS", "NEEDS", "SHARED_BACKBONE_PERCENT", "SMALL_GPU_MB", "Recommendation", "curve_point",
     "memory_budgets", "memory_str", "recommend", "recommendation_grid",

@@ -45,6 +45,11 @@ def display_name(method: str, variant: Any = None) -> str:
     return method_title(method) + (f" [{variant}]" if isinstance(variant, str) and variant else "")
 
 
+def with_dashes(table: pd.DataFrame, mark: str = "—") -> pd.DataFrame:
+    """The table with every missing value (NaN, None, <NA>) shown as one mark, the course's "nothing here"."""
+    return table.astype(object).where(table.notna(), mark)
+
+
 def _top5_cell(r: dict) -> str:
     """Top-5 accuracy, or why it is not shown: with C <= 5 classes every class is in the top 5 (100 %, says nothing)."""
     n = r.get("n_classes")

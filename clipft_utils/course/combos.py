@@ -21,8 +21,9 @@ from ..results import read_result, save_result
 
 __all__ = [
     "extra_configs", "short_run", "linear_probe_head", "Adapter", "lora_adapter", "rebuilt_members",
-    "zero_shot_evals", "write_ensembles", "zero_shot_baselines", "write_lp_ft", "write_wise_ft", "base_novel_evals",
-    "write_base_to_novel", "fusion_evals", "write_adapter_fusion",
+    "zero_shot_evals", "ensemble_table", "write_ensembles", "zero_shot_baselines", "write_lp_ft", "write_wise_ft",
+    "base_novel_evals", "base_novel_table", "write_base_to_novel", "train_adapter_b", "fusion_evals", "fusion_table",
+    "write_adapter_fusion",
 ]
 
 SPLITS = ("val", "test")
@@ -151,6 +152,14 @@ def one_model(course: Any, row: dict[str, Any], clf: Any, test: Any, shape: str,
                       check=(course.loader("test"), test), rebuild_as=shape, combination=how)
 
 
+def ensemble_table(members: Mapping[str, combine.Member], run: Any) -> pd.DataFrame:
+    """The probability average of every subset of ``members`` on validation and test, ranked by validation accuracy
+    (ties: the smaller subset first)."""
+    table = combine.subset_table({n: m.test for n, m in members.items()}, run.test.labels,
+                                 val_preds={n: m.val for n, m in members.items()}, val_labels=run.val.labels)
+    return table.sort_values(["val_acc", "size"], ascending=[False, True], ignore_index=True)
+
+
 def write_ensembles(course: Any, members: Mapping[str, combine.Member], table: pd.DataFrame,
                     run: Any) -> pd.DataFrame:
     """Write two ensemble rows, both chosen on validation: the best subset of two or more members (``table`` ranked
@@ -244,6 +253,13 @@ def base_novel_evals(course: Any, clf_base: Any, base: Sequence[int], novel: Seq
     }
 
 
+def base_novel_table(evals: Mapping[tuple, EvalResult]) -> pd.DataFrame:
+    """Test top-1 of ``base_novel_evals``: rows base, novel and their harmonic mean; columns pretrained, fine-tuned."""
+    table = pd.Series({k: e.top1 for k, e in evals.items()}).unstack()[["pretrained", "fine-tuned"]]
+    table.loc["harmonic mean"] = 2 / (1 / table.loc["base"] + 1 / table.loc["novel"])
+    return table
+
+
 def write_base_to_novel(course: Any, evals: Mapping[tuple, EvalResult], table: pd.DataFrame, fit: Any,
                         clf_base: Any, cfg: Any, base: Sequence[int], novel: Sequence[int]) -> Path:
     """Write the ``full_finetune-base2novel`` row: novel-class zero-shot top-1 with the base-fine-tuned tower (and the
@@ -265,6 +281,23 @@ def write_base_to_novel(course: Any, evals: Mapping[tuple, EvalResult], table: p
     return _save(course, row)
 
 
+def train_adapter_b(course: Any, adapter: Adapter, lora_cfg: Any) -> tuple[Any, Any, Any]:
+    """Adapter B of the fusion: LoRA on the MLP (``fc``, ``proj``) trained under adapter A's head, kept frozen, so both
+    adapters serve one classifier; saved to ``<results>/adapters/`` and loaded beside A in ``adapter.model`` as "b"
+    (inactive). Returns (its config, its classifier, its run); its row is not written."""
+    from ..methods import apply_method, lora
+    from .core import train_method
+    cfg_b = dataclasses.replace(lora_cfg, targets=("fc", "proj"))
+    clf_b = combine.set_head(course.classifier(), adapter.model.head.weight.detach(), adapter.model.head.bias.detach())
+    groups_b = [g for g in apply_method("lora", clf_b, cfg_b) if g["name"] != "head"]  # B's A and B matrices only
+    clf_b.head.requires_grad_(False)
+    run_b = train_method(course, "lora", cfg_b, clf_b, groups_b, save=False, progress=False, variant="mlp")
+    b_file = lora.save_adapter(clf_b, course.results_dir / "adapters" / f"{course.run_name('lora', 'mlp')}.pt",
+                               name="default")
+    lora.load_adapter(adapter.model, b_file, name="b", activate=False)   # one frozen tower and head, two adapters
+    return cfg_b, clf_b, run_b
+
+
 def fusion_evals(course: Any, adapter: Adapter, run_b: Any, pairs: Sequence[Sequence[float]],
                  precision: str) -> dict[str, dict[str, EvalResult]]:
     """Validation and test evaluations of A alone, B alone and each fused adapter ``fused<i>`` (weights ``pairs[i]``)
@@ -281,6 +314,11 @@ def fusion_evals(course: Any, adapter: Adapter, run_b: Any, pairs: Sequence[Sequ
     return fusion
 
 
+def fusion_table(fusion: Mapping[str, dict[str, EvalResult]]) -> pd.DataFrame:
+    """Validation and test top-1 of each model of ``fusion_evals``."""
+    return pd.DataFrame({k: {"val top-1": e["val"].top1, "test top-1": e["test"].top1} for k, e in fusion.items()}).T
+
+
 def write_adapter_fusion(course: Any, adapter: Adapter, run_b: Any, cfg_b: Any, fusion: Mapping[str, dict],
                          pairs: Sequence[Sequence[float]]) -> tuple[str, Path]:
     """Write the ``adapter_fusion-qv+mlp`` row of the fused weights best on validation; returns (its name, file).
@@ -294,7 +332,7 @@ def write_adapter_fusion(course: Any, adapter: Adapter, run_b: Any, cfg_b: Any, 
     adapter_params = sum(p.numel() for n in (adapter.name, "b") for p in lora.lora_parameters(adapter.model, n))
     head_params = sum(p.numel() for p in adapter.model.head.parameters())
     tower_params = sum(p.numel() for p in course.loaded.model.visual.parameters())
-    table = pd.DataFrame({k: {"val top-1": e["val"].top1, "test top-1": e["test"].top1} for k, e in fusion.items()}).T
+    table = fusion_table(fusion)
     row = combine.combination_result(
         course, "adapter_fusion", "qv+mlp", fusion[pick]["test"], val_acc=fusion[pick]["val"].top1,
         trainable_params=adapter_params + head_params, total_params=tower_params + adapter_params + head_params,

@@ -236,6 +236,19 @@ def value_grid(values: Any, rows: Sequence[float], cols: Sequence[float], title:
     return fig
 
 
+def lr_schedule(lrs: Mapping[str, float], schedule: Any, steps_per_epoch: int, epochs: int, title: str = "") -> Figure:
+    """Each parameter group's learning rate over training: its peak ``lrs[name]`` times ``schedule(step)`` (log axis)."""
+    steps = np.arange(epochs * steps_per_epoch)
+    fig, ax = plt.subplots(figsize=(6.5, 3.4), layout="constrained")
+    for name, lr in lrs.items():                   # one line per group (per depth with layer-wise decay)
+        ax.plot(steps / steps_per_epoch, [lr * schedule(s) for s in steps], label=f"{name} (peak {lr:.1e})")
+    ax.set(xlabel="epoch", ylabel="learning rate", yscale="log")
+    ax.grid(alpha=0.3)
+    legend_outside(ax, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
 def label_points(ax: Axes, x: Sequence[float], y: Sequence[float], labels: Sequence[str]) -> None:
     """A label centred above each point, with margins so that no label reaches the frame."""
     for xx, yy, text in zip(floats(list(x)), floats(list(y)), labels):
@@ -289,6 +302,12 @@ def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], tit
     legend_outside(ax)
     ax.set_title(title, fontsize=9)
     return fig
+
+
+def bar_frame(table: Any, title: str = "", ylabel: str = "test top-1", percent: bool = True) -> Figure:
+    """:func:`bar_compare` of a DataFrame: a group of bars per row, a series per column (e.g. base / novel x towers)."""
+    return bar_compare({str(k): list(r) for k, r in table.iterrows()}, series=[str(c) for c in table.columns],
+                       ylabel=ylabel, title=title, percent=percent)
 
 
 def _series(values: Sequence[float] | Mapping[str, Sequence[float]],
