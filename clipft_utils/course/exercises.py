@@ -53,8 +53,9 @@ class ShortRun:
 
 def short_train(course: Any, clf: Any, groups: list[dict], cfg: Any, *, steps: int = STEPS,
                 val_per_class: int = VAL_PER_CLASS) -> ShortRun:
-    """Train ``clf`` for ``steps`` optimizer steps of ``cfg``'s recipe (one epoch of them, no warm-up, no early stop)
-    and validate it before and after on the first ``val_per_class`` validation images of each class."""
+    """Train ``clf`` for ``steps`` optimizer steps of ``cfg``'s recipe (one epoch of them, no warm-up, no early stop;
+    fewer when the training split has fewer batches) and validate it before and after on the first ``val_per_class``
+    validation images of each class."""
     from ..engine import fit
     from ..loader import CachedLoader
     short = dataclasses.replace(cfg, epochs=1, max_steps_per_epoch=steps, warmup_epochs=0.0, patience=None,
@@ -62,6 +63,6 @@ def short_train(course: Any, clf: Any, groups: list[dict], cfg: Any, *, steps: i
     val = first_per_class(course.splits["val"], val_per_class)
     loader = CachedLoader(val, course.eval_batch_size, shuffle=False, augment=False, seed=course.seed,
                           device=course.device)
-    train = fit(clf, groups, course.loader("train", train=True), loader, short, device=course.device,
-                seed=course.seed, progress=False, echo=None)
-    return ShortRun(train, steps, len(val))
+    batches = course.loader("train", train=True)
+    train = fit(clf, groups, batches, loader, short, device=course.device, seed=course.seed, progress=False, echo=None)
+    return ShortRun(train, min(steps, len(batches)), len(val))   # a small training split has fewer batches
