@@ -131,3 +131,15 @@ def test_when_is_explained_where_it_first_appears_and_nowhere_claimed_first_agai
 def test_07_says_ten_methods_not_six_and_every_notebook_is_planned():
     assert not any("six methods" in text(c) for p in BOOKS for c in load(p)["cells"])
     assert [p.stem for p in BOOKS] == [nb for nb, _ in notebooks()]
+
+
+def test_exercises_do_what_they_say_and_figures_say_what_they_show():
+    """03's Exercise 3 raises the backbone's rate only (the head keeps its own: ``head_lr=None`` would follow
+    ``lr``); 05's rank-sweep title names its epochs, and a cell says why its default-rank point differs from the
+    main run; 05's Exercise 3 no longer claims what 06's curve looks like."""
+    bitfit = " ".join(text(c) for c in load(PROJECT_ROOT / "notebooks" / "03_bitfit.ipynb")["cells"])
+    assert "lr=1e-2, head_lr=cfg.effective_head_lr" in bitfit
+    lora = load(PROJECT_ROOT / "notebooks" / "05_lora.ipynb")
+    code = "\n".join(code_of(lora))
+    assert "epoch(s) per rank (the main run: {cfg.epochs})" in code and "compare ranks with each other" in code
+    assert "typically concave" not in " ".join(text(c) for c in lora["cells"])
