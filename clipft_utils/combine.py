@@ -26,7 +26,7 @@ from .errors import ConfigError
 
 __all__ = [
     "short_name", "ensemble_probs", "ensemble_logits", "accuracy", "subset_table", "same_predictions",
-    "interpolate_state_dicts", "interpolated", "wise_ft", "WiseFT", "set_head", "base_novel_classes",
+    "interpolate_state_dicts", "interpolated", "wise_ft", "WiseFT", "curve_shape", "set_head", "base_novel_classes",
     "class_subset", "restricted_eval", "Member", "collect_members", "ensemble_result", "combination_result",
     "remove_rows",
 ]
@@ -206,6 +206,21 @@ class WiseFT:
             raise ConfigError("This sweep does not hold its two endpoint models. Fix: build it with wise_ft().")
         return interpolated(*self.endpoints, alpha)
 
+    def add(self, alpha: float, split: str, loader: Any, *, device: Any = "cpu", precision: str = "auto") -> Any:
+        """Evaluate ``θ(alpha)`` on one more split (e.g. test, only at the α chosen on validation); returns it."""
+        from .evaluate import evaluate
+        alpha = float(alpha)
+        if split not in self.evals.get(alpha, {}):
+            self.evals.setdefault(alpha, {})[split] = evaluate(self.model(alpha), loader, device=device,
+                                                               precision=precision)
+        self.curve.loc[self.curve["alpha"] == alpha, f"{split}_acc"] = self.evals[alpha][split].top1
+        return self.evals[alpha][split]
+
+    def records(self) -> list[dict[str, Any]]:
+        """The curve as JSON-ready rows: one per α, None where a split was not evaluated at it."""
+        return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+                for row in self.curve.to_dict("records")]
+
     def best_alpha(self, split: str = "val") -> float:
         """The alpha with the highest accuracy on ``split`` (the smallest such alpha on ties)."""
         col = f"{split}_acc"
@@ -218,7 +233,8 @@ class WiseFT:
 def wise_ft(clf_zs: nn.Module, clf_ft: nn.Module, alphas: Iterable[float], loaders: Mapping[str, Any], *,
             device: Any = "cpu", precision: str = "auto",
             known: Mapping[float, Mapping[str, Any]] | None = None) -> WiseFT:
-    """Evaluate ``θ(α)`` on each loader for each α; ``known[α][split]`` (e.g. the endpoints) is reused, not rerun."""
+    """Evaluate ``θ(α)`` on each loader for each α; ``known[α][split]`` (e.g. the endpoints) is reused, not rerun.
+    A known split that is not among the loaders (the endpoints' test) is kept in the curve too; NaN elsewhere."""
     from .evaluate import evaluate
     import pandas as pd
     sd0 = {k: v.detach().cpu() for k, v in clf_zs.state_dict().items()}
@@ -229,10 +245,34 @@ def wise_ft(clf_zs: nn.Module, clf_ft: nn.Module, alphas: Iterable[float], loade
         done = dict((known or {}).get(alpha, {}))
         if set(loaders) - set(done):
             model.load_state_dict(interpolate_state_dicts(sd0, sd1, alpha))
-        evals[alpha] = {s: done[s] if s in done else evaluate(model, ld, device=device, precision=precision)
-                        for s, ld in loaders.items()}
+        evals[alpha] = {**done, **{s: done[s] if s in done else evaluate(model, ld, device=device,
+                                                                           precision=precision)
+                                   for s, ld in loaders.items()}}
         rows.append({"alpha": alpha, **{f"{s}_acc": e.top1 for s, e in evals[alpha].items()}})
     return WiseFT(pd.DataFrame(rows), evals, (clf_zs, clf_ft))
+
+
+def curve_shape(alphas: Sequence[float], accs: Sequence[float]) -> str:
+    """What a WiSE-FT accuracy curve does along α, in words (read off the numbers, never assumed)."""
+    a, y = np.asarray(alphas, dtype=float), np.asarray(accs, dtype=float)
+    keep = np.isfinite(y)
+    a, y = a[keep], y[keep]
+    if len(y) < 3:
+        return f"only {len(y)} point(s): too few to say what the curve does"
+    steps = np.diff(y)
+    best = int(np.argmax(y))
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    if (steps >= 0).all():
+        return (f"rises monotonically from {pct(y[0])} at α = {a[0]:g} to {pct(y[-1])} at α = {a[-1]:g}: no α in "
+                "between beats the fine-tuned end")
+    if (steps <= 0).all():
+        return (f"falls monotonically from {pct(y[0])} at α = {a[0]:g} to {pct(y[-1])} at α = {a[-1]:g}: the "
+                "zero-shot end is best")
+    unimodal = (steps[:best] >= 0).all() and (steps[best:] <= 0).all()       # rises to its top, then falls
+    if unimodal and 0 < best < len(y) - 1 and y[best] > max(y[0], y[-1]):
+        return (f"peaks inside: highest at α = {a[best]:g} ({pct(y[best])}), above both ends ({pct(y[0])} at "
+                f"α = {a[0]:g}, {pct(y[-1])} at α = {a[-1]:g})")
+    return f"is not monotone (it dips and recovers); its highest point is at α = {a[best]:g} ({pct(y[best])})"
 
 
 # ----------------------------------------------------------------------------- LP→FT

@@ -212,12 +212,11 @@ class ModelSet:
             clf = build_classifier(saved, tower).to(self.device)   # edits its copy of the tower, never the base
             yield run, Predictor(plain(clf, saved.structure), saved, self.device)
 
-    def side_by_side(self, images: Sequence[str | Path | np.ndarray], top: int = 5) -> list:
-        """Per image, a table of each model's top-``top`` classes: a column per run, a row per rank, cells
-        "class (p %)". An image is a file (decoded as the course decodes its test images) or a uint8 [S, S, 3] array
-        already at the models' input size (a course's cached test image)."""
-        import pandas as pd
-        columns: list[dict[str, list[str]]] = [{} for _ in images]
+    def top_lists(self, images: Sequence[str | Path | np.ndarray], top: int = 5) -> list[dict[str, list]]:
+        """Per image, each model's top-``top`` classes: ``{run: [(class name, probability), ...]}``. An image is a
+        file (decoded as the course decodes its test images) or a uint8 [S, S, 3] array already at the models' input
+        size (a course's cached test image)."""
+        columns: list[dict[str, list]] = [{} for _ in images]
         for run, pred in self.predictors():
             for i, image in enumerate(images):
                 if isinstance(image, np.ndarray):
@@ -230,9 +229,17 @@ class ModelSet:
                     if result is None:
                         raise DatasetError(f"Cannot read '{image}' as an image ({pred.failed[-1][1]}). Fix: pass a "
                                            "JPEG, PNG or another format PIL opens.")
-                columns[i][run] = [f"{name} ({100 * prob:.1f} %)" for name, prob in result.top]
-        return [pd.DataFrame(c, index=pd.RangeIndex(1, len(next(iter(c.values()), [])) + 1, name="rank"))
-                for c in columns]
+                columns[i][run] = [(name, float(prob)) for name, prob in result.top]
+        return columns
+
+    def side_by_side(self, images: Sequence[str | Path | np.ndarray], top: int = 5) -> list:
+        """Per image, a table of each model's top-``top`` classes (:meth:`top_lists`): a column per run, a row per
+        rank, cells "class (p %)"."""
+        import pandas as pd
+        return [pd.DataFrame({run: [f"{name} ({100 * prob:.1f} %)" for name, prob in ranked]
+                              for run, ranked in c.items()},
+                             index=pd.RangeIndex(1, len(next(iter(c.values()), [])) + 1, name="rank"))
+                for c in self.top_lists(images, top)]
 
 
 def format_prediction(pred: Prediction, width: int = 32) -> str:

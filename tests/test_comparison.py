@@ -86,8 +86,8 @@ def test_seeds_are_reported_as_mean_and_std(tmp_path):
     assert row["test_acc"] == pytest.approx(0.80)
     assert row["test_acc_std"] == pytest.approx(0.10)
     shown = C.format_table(C.summary_table(load_results("smoke", tmp_path))).set_index("method")
-    assert shown.loc["bitfit", "accuracy (%)"] == "80.0 ± 10.0"
-    assert shown.loc["lora", "accuracy (%)"] == "not run"
+    assert shown.loc["BitFit", "accuracy (%)"] == "80.0 ± 10.0"          # methods by their paper names
+    assert shown.loc["LoRA", "accuracy (%)"] == "not run"
 
 
 def test_combination_table_holds_combinations_and_variants_only(tmp_path):
@@ -309,13 +309,13 @@ def test_a_row_never_takes_its_epochs_from_another_recipes_history(tmp_path):
     write_fake(folder, "bitfit")                          # a row written before epochs_run: its own history's 3
     table = C.summary_table(load_results("smoke", tmp_path)).set_index("method")
     assert pd.isna(table.loc["linear_probe", "epochs"]) and table.loc["bitfit", "epochs"] == 3
-    assert C.format_table(table.reset_index()).set_index("method").loc["linear_probe", "epochs"] == "—"
+    assert C.format_table(table.reset_index()).set_index("method").loc["Linear probe", "epochs"] == "—"
 
 
 def test_zero_shot_rows_say_they_used_no_training_image(grid_folder):
     shown = C.format_table(C.summary_table(load_results("smoke", grid_folder.parent))).set_index("method")
-    assert shown.loc["zero_shot", "shots"] == "0" and shown.loc["zero_shot", "epochs"] == "0"
-    assert shown.loc["lora", "shots"] == "8"                 # the overview's point: the grid's most shots
+    assert shown.loc["Zero-shot", "shots"] == "0" and shown.loc["Zero-shot", "epochs"] == "0"
+    assert shown.loc["LoRA", "shots"] == "8"                 # the overview's point: the grid's most shots
 
 
 def test_the_recommender_chooses_on_validation_never_on_test(tmp_path):

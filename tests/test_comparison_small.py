@@ -108,7 +108,7 @@ def test_the_overview_leaves_top_5_empty_where_every_class_is_in_the_top_5(tmp_p
     table = C.summary_table(small_run(tmp_path, n))
     assert set(table["n_classes"].dropna()) == {n}
     shown = C.format_table(table).set_index("method")
-    cell = shown.loc["lora", "top-5 (%)"]
+    cell = shown.loc["LoRA", "top-5 (%)"]
     assert cell == f"— ({n} classes)" if n <= 5 else 0 <= float(cell) <= 100
     assert any("top-5 (%) is left empty" in note for note in C.table_notes(table)) == (n <= 5)
     assert any(f"(here {n} class(es))" in note for note in C.table_notes(table)) == (n <= 5)
@@ -142,9 +142,9 @@ def test_the_l_bfgs_probe_is_its_validation_line_not_the_adamw_curve(tmp_path):
     assert set(curves) == {"lora"} and lines == {"linear_probe": pytest.approx(0.50)}
     ax = C.plot_learning_curves(df, "LABEL").axes[0]
     named = {line.get_label(): line for line in ax.get_lines()}
-    probe = named["linear_probe (L-BFGS, no epochs)"]
+    probe = named["Linear probe (L-BFGS, no epochs)"]
     assert list(probe.get_ydata()) == [pytest.approx(50.0)] * 2 and probe.get_linestyle() == "-."
-    assert not [n for n in named if n.startswith("linear_probe") and "epochs)" in n and "no epochs" not in n]
+    assert not [n for n in named if n.startswith("Linear probe") and "epochs)" in n and "no epochs" not in n]
     plt.close("all")
     write(folder, "linear_probe", [0.6, 0.6], recipe="torch", history_of="torch", epochs_run=3)
     curves, lines = C.learning_curves(load_results("smoke", tmp_path))
@@ -156,9 +156,10 @@ def test_curve_starts_gives_the_first_points_beside_zero_shot(tmp_path):
     write(folder, "zero_shot", [0.5, 0.5])
     write(folder, "lora", [0.6, 0.6])
     starts = C.curve_starts(load_results("smoke", tmp_path)).set_index("method")
-    assert starts.loc["lora", "val after first epoch (%)"] == pytest.approx(30.0)   # 0.60 * 2 / 4
-    assert starts.loc["lora", "best val (%)"] == pytest.approx(60.0)
-    assert starts.loc["lora", "zero-shot val (%)"] == pytest.approx(40.0)
+    assert starts.loc["LoRA", "val after epoch 1 (%)"] == pytest.approx(30.0)   # 0.60 * 2 / 4
+    assert starts.loc["LoRA", "best val (%)"] == pytest.approx(60.0)
+    assert starts.loc["LoRA", "zero-shot val (%)"] == pytest.approx(40.0)
+    assert pd.isna(starts.loc["LoRA", "val before training (%)"])             # written before epoch-0 records
 
 
 # ----------------------------------------------------------------------------- combinations
@@ -170,15 +171,15 @@ def test_ensembles_have_no_trainable_percent_and_wise_ft_at_an_end_says_what_it_
     write(folder, "wise_ft", [0.6, 0.6], variant="alpha0.5", alpha=0.5, seed=1)
     combo = C.combination_table(load_results("smoke", tmp_path))
     shown = C.format_table(combo).set_index("method")
-    assert shown.loc["ensemble [zs+lp]", "trainable %"] == "—"
-    assert shown.loc["ensemble [zs+lp]", "trainable params"] != "—"
-    assert "wise_ft [α = 1 chosen: equals full fine-tuning]" in shown.index
-    assert "wise_ft [alpha0.5]" in shown.index
-    assert C.display_name("wise_ft", "alpha0") == "wise_ft [α = 0 chosen: equals the starting zero-shot model]"
+    assert shown.loc["Ensemble [zs+lp]", "trainable %"] == "—"
+    assert shown.loc["Ensemble [zs+lp]", "trainable params"] != "—"
+    assert "WiSE-FT [α = 1 chosen: equals full fine-tuning]" in shown.index
+    assert "WiSE-FT [alpha0.5]" in shown.index
+    assert C.display_name("wise_ft", "alpha0") == "WiSE-FT [α = 0 chosen: equals the starting zero-shot model]"
     assert any("Ensembles are several models" in n for n in C.table_notes(combo))
     fig = C.plot_combinations(load_results("smoke", tmp_path), "LABEL")
     ticks = [t.get_text() for t in fig.axes[1].get_yticklabels()]
-    assert "wise_ft [α = 1 chosen: equals full fine-tuning]" in ticks
+    assert "WiSE-FT [α = 1 chosen: equals full fine-tuning]" in ticks
     plt.close(fig)
 
 
@@ -188,7 +189,7 @@ def test_wise_ft_colours_match_notebook_06(tmp_path):
     write(folder, "wise_ft", [0.6, 0.6], variant="alpha1", alpha=1.0, curve=curve)
     fig = C.plot_combinations(load_results("smoke", tmp_path), "LABEL")
     colours = {line.get_label(): matplotlib.colors.to_hex(line.get_color()) for line in fig.axes[0].get_lines()}
-    assert colours["validation"] == matplotlib.colors.to_hex("tab:blue")       # as 06's WiSE-FT figure
+    assert colours["validation (chooses α)"] == matplotlib.colors.to_hex("tab:blue")   # as 06's WiSE-FT figure
     assert colours["test"] == matplotlib.colors.to_hex("tab:orange")
     plt.close(fig)
 
@@ -291,7 +292,7 @@ def test_scatter_labels_sit_in_a_legend_and_peak_memory_says_what_it_measured(tm
         ax = fig.axes[0]
         assert not ax.texts                                               # no labels beside points to overlap
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert {m for m in METHODS} <= {t.split(" (")[0] for t in legend}
+        assert {C.method_title(m) for m in METHODS} <= {t.split(" (")[0] for t in legend}   # paper names
         plt.close(fig)
     title = C.plot_peak_memory(table, "LABEL").axes[0].get_title()
     assert "CPU process memory (resident set, RSS), not GPU memory" in title

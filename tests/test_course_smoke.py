@@ -136,6 +136,29 @@ def test_executed_notebooks_show_no_noise_and_the_figures_exist(course):
     assert "07_accuracy_vs_shots.png not drawn" in comparison and "07_accuracy_vs_shots" not in figures  # one k
 
 
+def test_every_notebook_ran_its_solutions_and_curves_start_before_training(course):
+    """Issue 30: each notebook's solutions (cells tagged ``solution``, after the exercises) ran in the course, without
+    an error, and printed what they found; every trained row's history starts at epoch 0 (the untrained model); the
+    WiSE-FT row records the α it searched and what its validation curve did; 07 never says "six methods"."""
+    folder, _, _ = course
+    for path in sorted((folder / "notebooks").glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        solutions = [c for c in cells if c.cell_type == "code" and "solution" in c.metadata.get("tags", [])]
+        assert solutions, f"{path.name}: no solution cell"
+        for c in solutions:
+            assert c.get("execution_count") is not None, f"{path.name}: a solution did not run"
+            assert not [o for o in c.outputs if o.output_type == "error"], path.name
+            assert any(o.output_type in ("stream", "display_data", "execute_result") for o in c.outputs), path.name
+        assert not any("six methods" in c.source for c in cells)
+    for method in METHODS:
+        res = json.loads((folder / f"{method}_shots2_seed0.json").read_text()) if method != "zero_shot" else None
+        if res and res["history"] and method != "linear_probe":                # the probe's L-BFGS row has none
+            assert res["history"][0]["epoch"] == 0 and res["history"][1]["epoch"] == 1, method
+    (wise,) = [json.loads(p.read_text()) for p in folder.glob("wise_ft-*_seed0.json")]
+    assert wise["config"]["alphas"] == REDUCED["full_finetune"]["wise_alphas"] == [a["alpha"] for a in wise["curve"]]
+    assert wise["curve_shape"] and all(a["val_acc"] is not None for a in wise["curve"])
+
+
 def test_the_same_run_again_would_reuse_everything_but_the_comparison(course):
     """Every real notebook's completion record matches its own rerun (nothing it wrote changes on reading), so a
     second run would skip all but 07; the dry run says so line by line."""

@@ -74,9 +74,10 @@ def test_loss_falls_and_accuracy_rises():
     train, val = loaders()
     res = fit(model, groups(model), train, val, TrainConfig(epochs=6, lr=1e-2, patience=None), **quiet())
     assert isinstance(res, TrainResult) and res.epochs_run == 6 and res.precision == "fp32"
-    h = res.history
+    start, h = res.history[0], res.history[1:]              # epoch 0: the untrained model's validation
+    assert start["epoch"] == 0 and set(start) == {"epoch", "val_acc", "val_loss", "seconds"} and len(h) == 6
     assert h[-1]["train_loss"] < 0.5 * h[0]["train_loss"]
-    assert h[-1]["train_acc"] > h[0]["train_acc"] and res.best_val_acc > 0.9
+    assert h[-1]["train_acc"] > h[0]["train_acc"] and res.best_val_acc > 0.9 > start["val_acc"]
     assert set(h[0]) >= {"epoch", "train_loss", "train_acc", "val_acc", "lr", "seconds"}
     assert res.images_per_second > 0 and res.train_seconds > 0 and res.peak_memory_mb > 0
     assert res.to_dict()["best_epoch"] == res.best_epoch
@@ -128,7 +129,7 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_resume_keeps_a_best_epoch_from_before_the_pause(tmp_path):
-    scores = [0.9, 0.5, 0.4, 0.3]
+    scores = [0.1, 0.9, 0.5, 0.4, 0.3]            # the first: the untrained model (epoch 0)
 
     def run(stop: int | None, name: str, start: int = 0):
         model, calls = mlp(seed=3, dropout=0.3), iter(scores[start:])
@@ -139,7 +140,7 @@ def test_resume_keeps_a_best_epoch_from_before_the_pause(tmp_path):
 
     full_weights, full = run(None, "a.pt")
     run(2, "b.pt")
-    resumed_weights, resumed = run(None, "b.pt", start=2)
+    resumed_weights, resumed = run(None, "b.pt", start=3)     # a resumed run does not validate its start again
     assert full.best_epoch == resumed.best_epoch == 1 and resumed.best_val_acc == 0.9
     assert all(torch.equal(full_weights[n], resumed_weights[n]) for n in full_weights)
 
@@ -183,14 +184,14 @@ def test_fit_sets_the_epoch_on_both_loaders():
         original = loader.sampler.set_epoch
         loader.sampler.set_epoch = lambda e, key=key, original=original: (calls[key].append(e), original(e))
     fit(model, groups(model), train, val, TrainConfig(epochs=3, patience=None), **quiet())
-    assert calls == {"train": [0, 1, 2], "val": [0, 1, 2]}
+    assert calls == {"train": [0, 1, 2], "val": [0, 0, 1, 2]}   # the untrained model's validation first
 
 
 # ----------------------------------------------------------------------------- early stopping
 def test_early_stopping_restores_best_epoch():
     model = mlp()
     train, _ = loaders()
-    scripted = iter([0.2, 0.6, 0.5, 0.4, 0.3, 0.9, 0.9])
+    scripted = iter([0.7, 0.2, 0.6, 0.5, 0.4, 0.3, 0.9, 0.9])   # 0.7: the start, never a candidate for the best
     snapshots = []
 
     def eval_fn(m: nn.Module) -> float:
@@ -201,10 +202,30 @@ def test_early_stopping_restores_best_epoch():
     res = fit(model, groups(model), train, None, TrainConfig(epochs=7, lr=1e-2, patience=2), eval_fn=eval_fn,
               **quiet())
     assert res.stopped_early and res.epochs_run == 4 and res.best_epoch == 2 and res.best_val_acc == 0.6
-    assert [h["val_acc"] for h in res.history] == [0.2, 0.6, 0.5, 0.4]
+    assert [h["val_acc"] for h in res.history] == [0.7, 0.2, 0.6, 0.5, 0.4]
     final = weights(model)
-    assert all(torch.equal(final[n], snapshots[1][n]) for n in final)
+    assert all(torch.equal(final[n], snapshots[2][n]) for n in final)
     assert not all(torch.equal(final[n], snapshots[-1][n]) for n in final)
+
+
+def test_the_start_record_leaves_training_exactly_as_it_was():
+    """The epoch-0 validation draws from no random generator: the trained weights equal a run whose validation
+    before training was replaced by nothing (the random state is restored around it)."""
+    def run(disturb: bool):
+        model = mlp(seed=3, dropout=0.3)
+        train, val = loaders(n_train=88, batch=16)
+        calls = []
+
+        def eval_fn(m):
+            calls.append(1)
+            if disturb and len(calls) == 1:
+                torch.rand(3), np.random.rand(), __import__("random").random()   # what a validation might draw
+            return 0.5
+        fit(model, groups(model), train, None, TrainConfig(epochs=2, lr=1e-2), eval_fn=eval_fn, seed=5, **quiet())
+        return weights(model)
+
+    plain, disturbed = run(False), run(True)
+    assert all(torch.equal(plain[n], disturbed[n]) for n in plain)
 
 
 # ----------------------------------------------------------------------------- optimisation details
@@ -229,7 +250,7 @@ def test_fit_follows_schedule_and_group_lrs(recorder):
     for step, rec in enumerate(recorder):
         f = sched(step)
         assert rec["lr"] == pytest.approx({"backbone": 0.5e-3 * f, "adapter": 3e-3 * f, "head": 1e-2 * f})
-    assert res.history[0]["lr"]["head"] == pytest.approx(1e-2 * sched(3))
+    assert res.history[1]["lr"]["head"] == pytest.approx(1e-2 * sched(3))
 
 
 def test_max_steps_per_epoch_trains_that_many_full_batches_on_the_schedule_of_those_steps(recorder):
@@ -270,7 +291,7 @@ def test_grad_clipping_bounds_the_norm(recorder):
     train = make_loader(blobs(64, 1, scale=50.0), 16, True, 0)
     res = fit(model, groups(model), train, None, TrainConfig(epochs=2, lr=1e-3, grad_clip=0.1),
               eval_fn=lambda m: 0.5, **quiet())
-    assert res.history[0]["grad_norm"] > 0.1                  # the raw gradients were larger ...
+    assert res.history[1]["grad_norm"] > 0.1                  # the raw gradients were larger ...
     assert max(r["norm"] for r in recorder) <= 0.1 * (1 + 1e-4)  # ... but the optimizer never saw them
 
 
@@ -279,7 +300,7 @@ def test_label_smoothing_changes_the_loss():
         model = mlp()
         train, _ = loaders()
         cfg = TrainConfig(epochs=1, lr=1e-9, label_smoothing=smoothing)
-        return fit(model, groups(model), train, None, cfg, eval_fn=lambda m: 0.5, **quiet()).history[0]["train_loss"]
+        return fit(model, groups(model), train, None, cfg, eval_fn=lambda m: 0.5, **quiet()).history[1]["train_loss"]
 
     assert first_loss(0.5) != pytest.approx(first_loss(0.0))
 

@@ -263,9 +263,9 @@ def test_a_row_that_keeps_another_recipes_history_is_drawn_as_its_own_validation
     df["recipe"], df["history_of"] = None, None
     df.loc[lp, "recipe"], df.loc[lp, "history_of"] = "sklearn", "torch"   # the L-BFGS row keeps AdamW's history
     names = list(labelled_lines(C.plot_learning_curves(df, LABEL).axes[0]))
-    assert "linear_probe (L-BFGS, no epochs)" in names                      # its own recipe, as a line
-    assert not [n for n in names if n.startswith("linear_probe") and "AdamW" in n]   # never the AdamW curve
-    assert any(n.startswith("lora") and "recipe" not in n for n in names)
+    assert "Linear probe (L-BFGS, no epochs)" in names                      # its own recipe, as a line
+    assert not [n for n in names if n.startswith("Linear probe") and "AdamW" in n]   # never the AdamW curve
+    assert any(n.startswith("LoRA") and "recipe" not in n for n in names)
 
 
 # ----------------------------------------------------------------------------- 6. zoomed bars
@@ -436,12 +436,12 @@ def test_each_row_is_drawn_with_its_own_recipe():
             "linear_probe": {"val_acc": 0.369, "recipe": "sklearn", "history_of": "torch", "history": history(50, 0.228)},
             "full_finetune": {"val_acc": 0.4, "history": history(5, 0.4)}}
     curves, lines = plots.curves_and_lines(rows)
-    assert list(curves) == ["full_finetune"]
-    assert lines == {"zero_shot (no epochs)": 0.15, "linear_probe (L-BFGS, no epochs)": 0.369}
+    assert list(curves) == ["Full fine-tuning"]                           # paper names, as every legend
+    assert lines == {"Zero-shot (no epochs)": 0.15, "Linear probe (L-BFGS, no epochs)": 0.369}
     acc = plots.training_curves(curves, title=LABEL, baselines=lines).axes[1]
     drawn_lines = labelled_lines(acc)
-    assert list(drawn_lines["linear_probe (L-BFGS, no epochs)"].get_ydata()) == [0.369, 0.369]
+    assert list(drawn_lines["Linear probe (L-BFGS, no epochs)"].get_ydata()) == [0.369, 0.369]
     assert not any(max(line.get_ydata()) == pytest.approx(0.228) for line in drawn_lines.values())
     rows["linear_probe"]["recipe"] = "torch"                         # a row whose recipe is AdamW is its curve
     curves, lines = plots.curves_and_lines(rows)
-    assert "linear_probe (AdamW)" in curves and not any(k.startswith("linear_probe") for k in lines)
+    assert "Linear probe (AdamW)" in curves and not any(k.startswith("Linear probe") for k in lines)

@@ -40,9 +40,15 @@ def _ok(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def method_colour(method: str) -> str:
-    """One colour per method in every figure of this notebook (course order: C0 zero-shot ... C5 full fine-tuning)."""
-    names = method_names()
-    return f"C{names.index(method) % 10}" if method in names else "C7"
+    """The method's colour in every figure of the course (``plots.PALETTE``; a plug-in's is its own, by name)."""
+    from ..plots import method_colour as colour
+    return colour(method)
+
+
+def method_title(method: str) -> str:
+    """The method's paper name (``Method.title``), as every table and legend names it."""
+    from ..plots import method_title as title_of
+    return title_of(method)
 
 
 def method_marker(method: str) -> str:
@@ -65,8 +71,8 @@ def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str,
         err = 100 * r["test_acc_std"] if not pd.isna(r["test_acc_std"]) else None
         ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt=method_marker(r["method"]), ms=8, capsize=3, alpha=0.85,
                     color=method_colour(r["method"]),
-                    label=r["method"] + (" (0 trained: drawn at 1)" if logx and r[x] == 0 else ""))
-    missing = [str(m) for m in column(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
+                    label=method_title(r["method"]) + (" (0 trained: drawn at 1)" if logx and r[x] == 0 else ""))
+    missing = [method_title(str(m)) for m in column(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
     if logx and len(shown):
         ax.set_xscale("log")
     ax.set(xlabel=xlabel + (f"\n(not measured: {', '.join(missing)})" if missing else ""),
@@ -96,11 +102,11 @@ def plot_peak_memory(table: pd.DataFrame, label: str):
     rows = numeric(table, "peak_memory_mb")
     mem = rows["peak_memory_mb"].to_numpy(dtype=float) if len(rows) else np.array([])
     pos = np.arange(len(mem))
-    bars = ax.bar(pos, np.nan_to_num(mem), color="tab:blue")
+    bars = ax.bar(pos, np.nan_to_num(mem), color=[method_colour(str(m)) for m in column(rows, "method")])
     for bar, v, status in zip(bars, mem, column(rows, "status")):
         text = number_text(v, "{:.0f}") if status == "ok" else "n/a" if status == "not applicable" else "not run"
         ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(pos, [str(m) for m in column(rows, "method")], rotation=30, ha="right")
+    ax.set_xticks(pos, [method_title(str(m)) for m in column(rows, "method")], rotation=30, ha="right")
     if not np.isfinite(mem).any():
         empty_note(ax, NO_RESULTS)
     else:
@@ -120,14 +126,14 @@ def plot_accuracy_vs_shots(df: pd.DataFrame, label: str):
     table = shots_table(df)
     fig, ax = plt.subplots(figsize=(7.5, 4.6), layout="constrained")
     curves = table[table["shots"].notna() & (table["method"] != "zero_shot")]
-    for i, (method, rows) in enumerate(curves.groupby("method", sort=False)):
-        rows = rows.sort_values("shots")
+    for method, rows in curves.groupby("method", sort=False):
+        rows, colour = rows.sort_values("shots"), method_colour(method)
         x, y, sd = rows["shots"].to_numpy(), 100 * rows["mean"].to_numpy(), 100 * rows["std"].fillna(0).to_numpy()
-        ax.plot(x, y, marker="o", color=f"C{i}", label=f"{method} ({int(rows['n_seeds'].min())} seed(s))")
-        ax.fill_between(x, y - sd, y + sd, color=f"C{i}", alpha=0.15)
+        ax.plot(x, y, marker="o", color=colour, label=f"{method_title(method)} ({int(rows['n_seeds'].min())} seed(s))")
+        ax.fill_between(x, y - sd, y + sd, color=colour, alpha=0.15)
     zs = table[table["method"] == "zero_shot"]
     if len(zs):
-        ax.axhline(100 * zs["mean"].mean(), color="grey", ls="--", label="zero_shot (no training)")
+        ax.axhline(100 * zs["mean"].mean(), color=method_colour("zero_shot"), ls="--", label="Zero-shot (no training)")
     logx = len(curves) > 0
     if not logx:
         empty_note(ax, "no trained runs at a shots value: nothing to draw a curve through")
@@ -151,9 +157,9 @@ def _recipe(rows: pd.DataFrame) -> str:
 
 
 def _curve_name(method: str, rows: pd.DataFrame, epochs: float | None) -> str:
-    """A curve's legend entry: the method, its recipe when it records one, and its length."""
+    """A curve's legend entry: the method's paper name, its recipe when it records one, and its length."""
     what = [w for w in (_recipe(rows), f"{epochs:.0f} epochs" if epochs else "") if w]
-    return method + (f" ({', '.join(what)})" if what else "")
+    return method_title(method) + (f" ({', '.join(what)})" if what else "")
 
 
 def plot_learning_curves(df: pd.DataFrame, label: str):
@@ -176,19 +182,20 @@ def plot_learning_curves(df: pd.DataFrame, label: str):
         rows = main[(column(main, "method") == method) & (borrowed_histories(main) == "")]
         ax.plot(x, y, marker="o", ms=3, color=method_colour(method),
                 label=_curve_name(method, rows, lengths[method] if fraction else None))
-        mark_best(ax, x, y, method_colour(method))
+        trained = curve.index.to_numpy(dtype=float) > 0           # epoch 0 is the start, never the best epoch
+        mark_best(ax, x[trained], y[trained], method_colour(method))
     for method, val in lines.items():
         recipe = _recipe(main[column(main, "method") == method]) or "its recipe"
         ax.axhline(100 * val, ls="-.", color=method_colour(method),
-                   label=f"{method} ({recipe}, no epochs)")
+                   label=f"{method_title(method)} ({recipe}, no epochs)")
     zs = zero_shot_val(df)
     if zs is not None:
-        ax.axhline(100 * zs, ls="--", color="grey", label="zero_shot (no training)")
+        ax.axhline(100 * zs, ls="--", color=method_colour("zero_shot"), label="Zero-shot (no training)")
     if not curves and not lines:
         empty_note(ax, "no learning curves yet")
     elif not fraction:
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set(xlabel=FRACTION_LABEL if fraction else "epoch", ylabel="validation accuracy (%)",
+    ax.set(xlabel=FRACTION_LABEL if fraction else "epoch (0: before training)", ylabel="validation accuracy (%)",
            title=title("Learning curves", label))
     ax.grid(alpha=0.3)
     legend_outside(ax, extra=[best_marker_handle()] if curves else [])
@@ -209,7 +216,7 @@ def plot_per_class_heatmap(df: pd.DataFrame, label: str, classnames: Sequence[st
     else:
         im = ax.imshow(100 * values, aspect="auto", cmap="viridis", vmin=0, vmax=100)
         fig.colorbar(im, ax=ax, label="test accuracy (%)", fraction=0.03)
-        ax.set_yticks(range(len(mat)), [str(m) for m in mat.index])
+        ax.set_yticks(range(len(mat)), [method_title(str(m)) for m in mat.index])
         names = unique_labels([str(c) for c in mat.columns], 30)
         if many:
             step = max(1, len(names) // 25)
@@ -235,12 +242,12 @@ def curve_points(curve: Any, ykeys: Sequence[str] = ("test_acc", "acc", "top1", 
         xs, ys = [p[0] for p in curve], [p[1] for p in curve]
     else:
         xs, ys = [], []
-    if xs is None or ys is None or any(v is None for v in list(xs) + list(ys)):
+    if xs is None or ys is None or len(xs) != len(ys):
         return np.array([]), np.array([])
-    try:
-        return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    except (TypeError, ValueError):
-        return np.array([]), np.array([])
+    from ..plots import floats
+    x, y = floats(list(xs)), floats(list(ys))       # a split not evaluated at an α (None) is left out
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
 
 
 def _wise_panel(ax, df: pd.DataFrame) -> None:
@@ -249,11 +256,12 @@ def _wise_panel(ax, df: pd.DataFrame) -> None:
     wise = df[column(df, "method") == "wise_ft"] if len(df) else df
     rows = [r for r in wise.to_dict("records") if isinstance(r.get("curve"), (list, dict))]
     xs, ys = curve_points(rows[0]["curve"]) if rows else (np.array([]), np.array([]))
-    if len(xs):
-        vx, vy = curve_points(rows[0]["curve"], ("val_acc",))
+    vx, vy = curve_points(rows[0]["curve"], ("val_acc",)) if rows else (np.array([]), np.array([]))
+    if len(xs) or len(vx):
         if len(vx):
-            ax.plot(vx, 100 * vy, marker="o", color=VAL_COLOR, label="validation")
-        ax.plot(xs, 100 * ys, marker="o", color=TEST_COLOR, label="test")
+            ax.plot(vx, 100 * vy, marker="o", color=VAL_COLOR, label="validation (chooses α)")
+        ax.plot(xs, 100 * ys, marker="s", ls=":" if len(xs) < len(vx) else "-", color=TEST_COLOR,
+                label="test" + (" (where evaluated)" if len(xs) < len(vx) else ""))
         alpha = rows[0].get("alpha")
         if isinstance(alpha, (int, float)) and np.isfinite(alpha):
             ax.axvline(alpha, color="grey", ls=":", label=f"chosen α = {alpha:g}")
@@ -273,19 +281,22 @@ def _combination_panel(ax, df: pd.DataFrame) -> None:
     main = _ok(summary_table(df, include_missing=False))
     names = [display_name(str(m), v) for m, v in zip(combo.get("method", []), combo.get("variant", []))]
     singles = [str(m) for m in column(main, "method")] if len(main) else []
+    kinds = [str(m) for m in column(combo, "method")] if len(combo) else []
     accs = 100 * np.concatenate([floats(list(column(combo, "test_acc"))) if len(combo) else [],
                                  floats(list(column(main, "test_acc"))) if len(main) else []])
     if len(accs):
         pos = np.arange(len(accs))
-        ax.barh(pos, np.nan_to_num(accs), color=["tab:orange"] * len(names) + ["tab:grey"] * len(singles))
+        bars = ax.barh(pos, np.nan_to_num(accs), color=[method_colour(m) for m in kinds + singles])
+        for bar in list(bars)[:len(names)]:
+            bar.set_hatch("//")
         for p, a in zip(pos, accs):
-            ax.annotate(f"{a:.1f}" if np.isfinite(a) else "n/a", (np.nan_to_num(a), p), xytext=(3, 0),
+            ax.annotate(f"{a:.1f}%" if np.isfinite(a) else "n/a", (np.nan_to_num(a), p), xytext=(3, 0),
                         textcoords="offset points", va="center", fontsize=8)
-        ax.set_yticks(pos, names + singles)
+        ax.set_yticks(pos, names + [method_title(m) for m in singles])
         ax.invert_yaxis()
         top = np.nanmax(accs) if np.isfinite(accs).any() else 100.0
         ax.set_xlim(0, 1.15 * top or 100)
-        ax.set_xlabel("test accuracy (%) — orange: combinations, grey: single methods")
+        ax.set_xlabel("test accuracy (%) — hatched: combinations, plain: single methods")
     else:
         empty_note(ax, "no ensemble rows in the results")
     ax.set_title("Ensembles and combinations", fontsize=10)

@@ -72,3 +72,61 @@ def live_frontend() -> bool:
     shell = get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
+
+
+def run_titles(df: pd.DataFrame, runs: Iterable[str]) -> dict[str, str]:
+    """Run name -> the method's paper name (with its variant), as every table of the course names it."""
+    from .report import display_name
+    rows = {r["run"]: r for r in df.to_dict("records")} if len(df) else {}
+    return {run: display_name(rows[run]["method"], rows[run].get("variant")) if run in rows else run for run in runs}
+
+
+def consensus(tops: dict[str, list]) -> tuple[str | None, int]:
+    """The class most models rank first, and how many do (ties: the first such class in the models' order)."""
+    firsts = [ranked[0][0] for ranked in tops.values() if ranked]
+    if not firsts:
+        return None, 0
+    best = max(dict.fromkeys(firsts), key=firsts.count)
+    return best, firsts.count(best)
+
+
+AGREE, TRUE = "background-color: #fff3bf", "color: #1a7f37; font-weight: bold"
+"""Cell styles of the photo table: the class most models rank first; the true class (when it is known)."""
+
+
+def photo_table(tops: dict[str, list], titles: dict[str, str] | None = None, true_name: str | None = None):
+    """One image's top-k of every model as a table that fits a 1,600-px page: a column per method (its paper name),
+    a row per rank, each cell the class name over its probability ("54.3%", never split across lines); the class
+    most models rank first is highlighted, the true class (when known) in bold green."""
+    import html
+    titles = titles or {}
+    best, _ = consensus(tops)
+    k = max((len(r) for r in tops.values()), default=0)
+    cells = {titles.get(run, run): [ranked[i] if i < len(ranked) else ("", np.nan) for i in range(k)]
+             for run, ranked in tops.items()}
+    frame = pd.DataFrame({c: [f"{html.escape(n)}<br><b>{100 * p:.1f}%</b>" if n else "" for n, p in v]
+                          for c, v in cells.items()}, index=pd.RangeIndex(1, k + 1, name="rank"))
+    names = pd.DataFrame({c: [n for n, _ in v] for c, v in cells.items()}, index=frame.index)
+    style = names.map(lambda n: ";".join(s for s, on in ((AGREE, n == best), (TRUE, n == true_name)) if on and n))
+    width = f"{max(90, min(150, 1400 // max(len(cells), 1)))}px"
+    return (frame.style.apply(lambda _: style, axis=None)
+            .set_table_styles([{"selector": "td, th.col_heading", "props": f"width: {width}; max-width: {width}; "
+                                "white-space: normal; overflow-wrap: anywhere; font-size: 0.8em; vertical-align: top"}]))
+
+
+def photo_notes(tops: dict[str, list], titles: dict[str, str] | None = None, true_name: str | None = None) -> list[str]:
+    """What the photo table shows, in sentences: where the models agree, and the most confident top-1 beside the
+    reminder that a softmax probability is a confidence score, not a calibrated chance of being right."""
+    titles = titles or {}
+    best, votes = consensus(tops)
+    if best is None:
+        return ["no model classified this image"]
+    notes = [f"{votes} of {len(tops)} models rank '{best}' first (highlighted)"
+             + (f"; the true class '{true_name}' is in bold green" if true_name else "") + "."]
+    run, (name, prob) = max(((r, t[0]) for r, t in tops.items() if t), key=lambda x: x[1][1])
+    verdict = "" if true_name is None else (" and right" if name == true_name else " and wrong")
+    notes.append(f"Most confident: {titles.get(run, run)}, {100 * prob:.1f}% sure of '{name}'{verdict}. A confident "
+                 "probability is not a calibrated one: a softmax score says how a model ranks the classes, not how "
+                 "often it is right when it says that number (temperature, few-shot caches and fine-tuning all change "
+                 "it); check calibration on validation images before trusting it.")
+    return notes

@@ -36,11 +36,18 @@ def _wise_alpha(method: str, variant: Any) -> float | None:
 
 
 def display_name(method: str, variant: Any = None) -> str:
-    """``method [variant]``; a WiSE-FT row whose chosen α is 0 or 1 says which model it equals."""
+    """``Title [variant]`` (the method's paper name, ``Method.title``); a WiSE-FT row whose chosen α is 0 or 1 says
+    which model it equals."""
+    from ..plots import method_title
     alpha = _wise_alpha(method, variant)
     if alpha in SAME_AS:
-        return f"{method} [α = {alpha:g} chosen: {SAME_AS[alpha]}]"
-    return method + (f" [{variant}]" if isinstance(variant, str) and variant else "")
+        return f"{method_title(method)} [α = {alpha:g} chosen: {SAME_AS[alpha]}]"
+    return method_title(method) + (f" [{variant}]" if isinstance(variant, str) and variant else "")
+
+
+def with_dashes(table: pd.DataFrame, mark: str = "—") -> pd.DataFrame:
+    """The table with every missing value (NaN, None, <NA>) shown as one mark, the course's "nothing here"."""
+    return table.astype(object).where(table.notna(), mark)
 
 
 def _top5_cell(r: dict) -> str:
@@ -73,8 +80,8 @@ def format_table(table: pd.DataFrame) -> pd.DataFrame:
     for r in table.to_dict("records"):
         if r.get("status") in ("not run", "not applicable"):
             status = f"not applicable: {r['reason']}" if r.get("status") == "not applicable" else "not run"
-            out.append({**dict.fromkeys(DISPLAY_COLUMNS, "—"), "method": r["method"], "type": r.get("type", ""),
-                        "accuracy (%)": status, "seeds": "0"})
+            out.append({**dict.fromkeys(DISPLAY_COLUMNS, "—"), "method": display_name(r["method"]),
+                        "type": r.get("type", ""), "accuracy (%)": status, "seeds": "0"})
             continue
         n = int(r.get("n_seeds") or 0)
         variant = r.get("variant")

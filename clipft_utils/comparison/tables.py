@@ -136,12 +136,18 @@ def borrowed_histories(rows: pd.DataFrame) -> pd.Series:
     return pd.Series([borrowed_history(h, r) for h, r in pairs], index=rows.index, dtype=object)
 
 
+def _trained_epochs(history: Any) -> float:
+    """The epochs a history records (its epoch-0 record, the model before training, is not one), or NaN."""
+    if not isinstance(history, list) or not history:
+        return np.nan
+    return float(sum(1 for h in history if not (isinstance(h, dict) and h.get("epoch") == 0)))
+
+
 def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
     """Mean over seeds of one method's (or variant's) runs; accuracy also gets its std."""
     num = lambda c: pd.to_numeric(column(rows, c), errors="coerce")  # noqa: E731
     acc = num("test_acc")
-    from_history = pd.Series([len(h) if isinstance(h, list) and h else np.nan for h in column(rows, "history")],
-                             index=rows.index, dtype=float)
+    from_history = pd.Series([_trained_epochs(h) for h in column(rows, "history")], index=rows.index, dtype=float)
     # trained epochs; rows written before epochs_run: their own history's length (never another recipe's)
     epochs = num("epochs_run").fillna(from_history.where(borrowed_histories(rows) == ""))
     sizes = sorted({int(n) for n in num("n_test").dropna()})
@@ -308,17 +314,34 @@ def zero_shot_val(df: pd.DataFrame) -> float | None:
 
 
 def curve_starts(df: pd.DataFrame) -> pd.DataFrame:
-    """Per curve: validation accuracy (%) after its first epoch and at its best, next to zero-shot's (the dashed
-    line), so that what the text says about where the curves begin can be read off the numbers."""
+    """Per curve (the method's paper name): validation accuracy (%) before training (its epoch-0 point, where the run
+    recorded one), after its first epoch and at its best, next to zero-shot's (the dashed line); NaN where a row has
+    no such point (a row without epochs)."""
+    from ..plots import method_title
     curves, lines = learning_curves(df)
     zs = zero_shot_val(df)
-    rows = [{"method": m, "first epoch": int(c.index.min()), "val after first epoch (%)": 100 * float(c.iloc[0]),
-             "best val (%)": 100 * float(c.max())} for m, c in curves.items()]
-    rows += [{"method": f"{m} (no epochs)", "first epoch": None, "val after first epoch (%)": None,
-              "best val (%)": 100 * v} for m, v in lines.items()]
-    out = pd.DataFrame(rows, columns=["method", "first epoch", "val after first epoch (%)", "best val (%)"])
+    at = lambda c, e: 100 * float(c.loc[e]) if e in c.index else np.nan  # noqa: E731
+    rows = [{"method": method_title(m), "val before training (%)": at(c, 0), "val after epoch 1 (%)": at(c, 1),
+             "best val (%)": 100 * float(c[c.index > 0].max() if (c.index > 0).any() else c.max())}
+            for m, c in curves.items()]
+    rows += [{"method": f"{method_title(m)} (no epochs)", "best val (%)": 100 * v} for m, v in lines.items()]
+    out = pd.DataFrame(rows, columns=["method", "val before training (%)", "val after epoch 1 (%)", "best val (%)"])
     out["zero-shot val (%)"] = np.nan if zs is None else 100 * zs
-    return out.astype({"first epoch": "Int64"}).round(1)
+    return out.round(1)
+
+
+def result_files(df: pd.DataFrame) -> pd.DataFrame:
+    """The result files as a learner reads them: run, method (paper name), variant, shots, seed, test top-1 (%);
+    "—" for no variant, "all" for every training image."""
+    from ..plots import method_title
+    if not len(df):
+        return pd.DataFrame(columns=["run", "method", "variant", "shots", "seed", "test top-1 (%)"])
+    return pd.DataFrame({
+        "run": column(df, "run"), "method": [method_title(str(m)) for m in column(df, "method")],
+        "variant": [v if isinstance(v, str) and v else "—" for v in column(df, "variant")],
+        "shots": ["all" if pd.isna(k) else f"{int(k)}" for k in pd.to_numeric(column(df, "shots"), errors="coerce")],
+        "seed": column(df, "seed"), "test top-1 (%)": (100 * pd.to_numeric(column(df, "test_acc"),
+                                                                            errors="coerce")).round(1)})
 
 
 def per_class_matrix(df: pd.DataFrame, classnames: Sequence[str] | None = None) -> pd.DataFrame:
@@ -349,10 +372,11 @@ def hardest_classes(matrix: pd.DataFrame, k: int = TOP_K) -> pd.DataFrame:
     in percent, with that mean as the last column (ties keep the class order)."""
     if not len(matrix):
         return pd.DataFrame()
+    from ..plots import method_title
     pct = 100 * matrix.T.astype(float)
     pct["mean over methods"] = pct.mean(axis=1)
     order = np.argsort(pct["mean over methods"].to_numpy(dtype=float), kind="stable")
-    return pct.iloc[order[:top_k(len(pct), k)]].round(1)
+    return pct.iloc[order[:top_k(len(pct), k)]].round(1).rename(columns=lambda m: method_title(str(m)))
 
 
 def hardest_note(matrix: pd.DataFrame, k: int = TOP_K) -> str:

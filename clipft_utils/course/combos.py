@@ -21,8 +21,9 @@ from ..results import read_result, save_result
 
 __all__ = [
     "extra_configs", "short_run", "linear_probe_head", "Adapter", "lora_adapter", "rebuilt_members",
-    "zero_shot_evals", "write_ensembles", "zero_shot_baselines", "write_lp_ft", "write_wise_ft", "base_novel_evals",
-    "write_base_to_novel", "fusion_evals", "write_adapter_fusion",
+    "zero_shot_evals", "ensemble_table", "write_ensembles", "zero_shot_baselines", "write_lp_ft", "write_wise_ft",
+    "base_novel_evals", "base_novel_table", "write_base_to_novel", "train_adapter_b", "fusion_evals", "fusion_table",
+    "write_adapter_fusion",
 ]
 
 SPLITS = ("val", "test")
@@ -151,6 +152,14 @@ def one_model(course: Any, row: dict[str, Any], clf: Any, test: Any, shape: str,
                       check=(course.loader("test"), test), rebuild_as=shape, combination=how)
 
 
+def ensemble_table(members: Mapping[str, combine.Member], run: Any) -> pd.DataFrame:
+    """The probability average of every subset of ``members`` on validation and test, ranked by validation accuracy
+    (ties: the smaller subset first)."""
+    table = combine.subset_table({n: m.test for n, m in members.items()}, run.test.labels,
+                                 val_preds={n: m.val for n, m in members.items()}, val_labels=run.val.labels)
+    return table.sort_values(["val_acc", "size"], ascending=[False, True], ignore_index=True)
+
+
 def write_ensembles(course: Any, members: Mapping[str, combine.Member], table: pd.DataFrame,
                     run: Any) -> pd.DataFrame:
     """Write two ensemble rows, both chosen on validation: the best subset of two or more members (``table`` ranked
@@ -202,16 +211,19 @@ def write_lp_ft(course: Any, lp_ft: Mapping[str, Any], baselines: Mapping[str, t
 
 
 def write_wise_ft(course: Any, sweep: combine.WiseFT, alpha: float, alphas: Sequence[float], run: Any) -> Path:
-    """Write the ``wise_ft-alpha<α>`` row of the α chosen on validation (earlier picks of this seed removed), and
-    its model folder: ``θ(α)`` is one model of full fine-tuning's shape (a whole tower and a head). At α = 0 or 1
+    """Write the ``wise_ft-alpha<α>`` row of the α chosen on validation (earlier picks of this seed removed; its test
+    evaluation is made here, the only interior α evaluated on test), and its model folder: ``θ(α)`` is one model of full fine-tuning's shape (a whole tower and a head). At α = 0 or 1
     it is the zero-shot or the fine-tuned model, whose folders exist: the row names them instead."""
     combine.remove_rows(course.results_dir, "wise_ft", course.seed, keep={f"alpha{alpha:g}"}, shots=course.shots)
+    sweep.add(alpha, "test", course.loader("test"), device=course.device, precision=run.train.precision)
     best = sweep.evals[alpha]
-    how = {"alphas": alphas, "chosen_on": "val", "fine_tuned": run.path.name}
+    how = {"alphas": [float(a) for a in alphas], "chosen_on": "val", "fine_tuned": run.path.name,
+           "test_at": "the α chosen on validation and the two ends (zero-shot, fine-tuned)"}
     row = combine.combination_result(
         course, "wise_ft", f"alpha{alpha:g}", best["test"], val_acc=best["val"].top1,
         trainable_params=run.result["trainable_params"], total_params=run.result["total_params"],
-        train_seconds=run.train.train_seconds, config=how, alpha=alpha, curve=sweep.curve.to_dict("records"))
+        train_seconds=run.train.train_seconds, config=how, alpha=alpha, curve=sweep.records(),
+        curve_shape=combine.curve_shape(sweep.curve["alpha"], sweep.curve["val_acc"]))
     if alpha in (0.0, 1.0):  # an endpoint is a model that already has its folder: no second copy of a tower
         row["no_model_folder"] = (f"θ({alpha:g}) is the fully fine-tuned model itself: models/{run.path.stem}/"
                                   if alpha == 1.0 else "θ(0) is the zero-shot model itself: notebook 01's "
@@ -239,6 +251,13 @@ def base_novel_evals(course: Any, clf_base: Any, base: Sequence[int], novel: Seq
         ("novel", "pretrained"): combine.restricted_eval(test_pre.features, labels, novel, zs_head[novel]),
         ("novel", "fine-tuned"): combine.restricted_eval(test_ft, labels, novel, zs_head[novel]),
     }
+
+
+def base_novel_table(evals: Mapping[tuple, EvalResult]) -> pd.DataFrame:
+    """Test top-1 of ``base_novel_evals``: rows base, novel and their harmonic mean; columns pretrained, fine-tuned."""
+    table = pd.Series({k: e.top1 for k, e in evals.items()}).unstack()[["pretrained", "fine-tuned"]]
+    table.loc["harmonic mean"] = 2 / (1 / table.loc["base"] + 1 / table.loc["novel"])
+    return table
 
 
 def write_base_to_novel(course: Any, evals: Mapping[tuple, EvalResult], table: pd.DataFrame, fit: Any,
@@ -291,6 +310,24 @@ def targets_text(targets: Sequence[str]) -> str:
     return "MLP" if tuple(targets) == MLP else ", ".join(targets)
 
 
+def train_adapter_b(course: Any, adapter: Adapter, lora_cfg: Any) -> tuple[Any, Any, Any]:
+    """Adapter B of the fusion: LoRA on ``adapter_b_targets`` (a ViT's MLP, ``fc`` and ``proj``) trained under adapter
+    A's head, kept frozen, so both adapters serve one classifier; saved to ``<results>/adapters/`` and loaded beside A
+    in ``adapter.model`` as "b" (inactive). Returns (its config, its classifier, its run); its row is not written."""
+    from ..methods import apply_method, lora
+    from .core import train_method
+    cfg_b = dataclasses.replace(lora_cfg, targets=adapter_b_targets(course, adapter))
+    tag = targets_tag(cfg_b.targets)
+    clf_b = combine.set_head(course.classifier(), adapter.model.head.weight.detach(), adapter.model.head.bias.detach())
+    groups_b = [g for g in apply_method("lora", clf_b, cfg_b) if g["name"] != "head"]  # B's A and B matrices only
+    clf_b.head.requires_grad_(False)
+    run_b = train_method(course, "lora", cfg_b, clf_b, groups_b, save=False, progress=False, variant=tag)
+    b_file = lora.save_adapter(clf_b, course.results_dir / "adapters" / f"{course.run_name('lora', tag)}.pt",
+                               name="default")
+    lora.load_adapter(adapter.model, b_file, name="b", activate=False)   # one frozen tower and head, two adapters
+    return cfg_b, clf_b, run_b
+
+
 def fusion_evals(course: Any, adapter: Adapter, run_b: Any, pairs: Sequence[Sequence[float]],
                  precision: str) -> dict[str, dict[str, EvalResult]]:
     """Validation and test evaluations of A alone, B alone and each fused adapter ``fused<i>`` (weights ``pairs[i]``)
@@ -305,6 +342,11 @@ def fusion_evals(course: Any, adapter: Adapter, run_b: Any, pairs: Sequence[Sequ
     fusion = {"A alone": adapter.evals, "B alone": {**on("b", ("val",)), "test": run_b.test}}
     fusion.update({f"fused {wa:g}·A + {wb:g}·B": on(f"fused{i}") for i, (wa, wb) in enumerate(pairs)})
     return fusion
+
+
+def fusion_table(fusion: Mapping[str, dict[str, EvalResult]]) -> pd.DataFrame:
+    """Validation and test top-1 of each model of ``fusion_evals``."""
+    return pd.DataFrame({k: {"val top-1": e["val"].top1, "test top-1": e["test"].top1} for k, e in fusion.items()}).T
 
 
 def write_adapter_fusion(course: Any, adapter: Adapter, run_b: Any, cfg_b: Any, fusion: Mapping[str, dict],
@@ -322,7 +364,7 @@ def write_adapter_fusion(course: Any, adapter: Adapter, run_b: Any, cfg_b: Any, 
     adapter_params = sum(p.numel() for n in (adapter.name, "b") for p in lora.lora_parameters(adapter.model, n))
     head_params = sum(p.numel() for p in adapter.model.head.parameters())
     tower_params = sum(p.numel() for p in course.loaded.model.visual.parameters())
-    table = pd.DataFrame({k: {"val top-1": e["val"].top1, "test top-1": e["test"].top1} for k, e in fusion.items()}).T
+    table = fusion_table(fusion)
     row = combine.combination_result(
         course, "adapter_fusion", variant, fusion[pick]["test"], val_acc=fusion[pick]["val"].top1,
         trainable_params=adapter_params + head_params, total_params=tower_params + adapter_params + head_params,

@@ -183,6 +183,22 @@ def _sharded_validation(run: Run, loader: Any) -> dict[str, Any]:
     return {"val_acc": correct / max(count, 1), "val_loss": loss / max(count, 1)}
 
 
+def _start_record(run: Run, val_loader: Any, eval_fn: Callable | None) -> dict[str, Any]:
+    """The history's epoch-0 record: the validation of the model before any training (a curve's first point, so the
+    jump from the start shows). It neither trains, nor counts as an epoch or a candidate for the best one, nor draws
+    from any random generator: the run trains exactly as without it."""
+    import random
+    import numpy as np
+    start, states = time.perf_counter(), (random.getstate(), np.random.get_state())
+    cuda = [run.device.index or 0] if run.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        record = {"epoch": 0, **_validate(run, val_loader, eval_fn, 0)}
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    run.last_eval = None
+    return {**record, "seconds": time.perf_counter() - start}
+
+
 def _track_best(run: Run, state: State, record: dict[str, Any]) -> None:
     """Keep a CPU copy of the trained weights when validation improves; count epochs without improvement."""
     if record["val_acc"] > state.best_val_acc:
@@ -255,7 +271,8 @@ def fit(
     resumes a matching checkpoint and refuses one of another run; "auto" starts over (and says so) instead of
     refusing; False ignores it. ``run_id`` names what else must match (model, weights, data). Under torchrun
     (an initialised process group) the model trains as DistributedDataParallel; every rank agrees on every step.
-    The peak memory reported is the model's parameters and buffers plus the peak increase while training.
+    The peak memory reported is the model's parameters and buffers plus the peak increase while training. The
+    history starts with an epoch-0 record, the untrained model's validation (``_start_record``).
     """
     from .. import distributed
     if not isinstance(cfg, TrainConfig):
@@ -285,6 +302,8 @@ def fit(
         state = State()
     first_epoch, modes = state.epoch, train_modes(model)
     try:
+        if not state.history:
+            state.history.append(_start_record(run, val_loader, eval_fn))
         with PeakMemory(dev) as memory:
             _run_epochs(run, state, train_loader, val_loader, eval_fn, path, stop_after_epochs, progress, desc)
     finally:

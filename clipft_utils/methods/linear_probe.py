@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -106,8 +107,10 @@ def _rescale_start(model: Any, factor: float) -> None:
 
 
 def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Sequence[float],
-                  max_iter: int = 1000, patience: int | None = None, num_classes: int | None = None) -> SweepResult:
+                  max_iter: int = 1000, patience: int | None = None, num_classes: int | None = None,
+                  normalize: bool = True) -> SweepResult:
     """Fit ``LogisticRegression(lbfgs)`` for each C (ascending, warm-started); keep the best on validation.
+    ``normalize=False`` fits the raw features (what the course's head convention avoids: see notebook 02).
 
     Each fit starts from the previous solution scaled by ``sqrt(C / C_prev)``: sklearn's gradient tolerance is
     absolute, and the previous optimum already meets it for a nearby C, so an *unscaled* warm start stops after
@@ -117,7 +120,7 @@ def sklearn_sweep(train_f: Any, train_y: Any, val_f: Any, val_y: Any, c_grid: Se
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     start = time.perf_counter()
-    xtr, xva = _normalized(train_f), _normalized(val_f)
+    xtr, xva = (_normalized(train_f), _normalized(val_f)) if normalize else (np.asarray(train_f), np.asarray(val_f))
     ytr, yva = np.asarray(train_y), np.asarray(val_y)
     num_classes = num_classes or int(max(ytr.max(), yva.max()) + 1)
     grid = sorted(float(c) for c in c_grid)
@@ -183,12 +186,35 @@ def train_torch_probe(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch
     return probe.cpu(), train
 
 
+LR_FACTORS = (10, 100)
+"""The AdamW recipe's learning rate is chosen on validation among ``cfg.lr`` times 1 and each of these."""
+
+
+def lr_sweep(train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, val_y: torch.Tensor, cfg: Any,
+             factors: Sequence[float] = LR_FACTORS, *, init: torch.Tensor | None = None, num_classes: int | None = None,
+             seed: int = 0, device: str | torch.device = "cpu", done: dict | None = None) -> dict[float, tuple]:
+    """The AdamW recipe at ``cfg.lr × f`` for f in 1 and ``factors``: factor -> (probe, TrainResult); ``done`` holds
+    runs already trained (e.g. ``{1: (probe, train)}``), which are kept, not retrained."""
+    runs = dict(done or {})
+    for factor in [1, *factors]:
+        if factor not in runs:
+            runs[factor] = train_torch_probe(train_f, train_y, val_f, val_y, dataclasses.replace(cfg, lr=cfg.lr * factor),
+                                             init=init, num_classes=num_classes, seed=seed, device=device)
+    return runs
+
+
+def best_lr_factor(runs: dict[float, tuple]) -> float:
+    """The factor of the run with the best validation accuracy (ties: the smaller learning rate)."""
+    return max(sorted(runs), key=lambda f: runs[f][1].best_val_acc)
+
+
 def choose_recipe(torch_val: float, sklearn_val: float) -> tuple[str, str]:
     """The recipe with the better validation accuracy (ties go to sklearn: convex, seed-independent) and why."""
     if torch_val > sklearn_val:
-        return "torch", f"torch val acc {torch_val:.4f} > sklearn val acc {sklearn_val:.4f}"
+        return "torch", f"AdamW (torch) val top-1 {100 * torch_val:.2f}% > L-BFGS (sklearn) {100 * sklearn_val:.2f}%"
     relation = "=" if torch_val == sklearn_val else ">"
-    return "sklearn", f"sklearn val acc {sklearn_val:.4f} {relation} torch val acc {torch_val:.4f}"
+    return "sklearn", (f"L-BFGS (sklearn) val top-1 {100 * sklearn_val:.2f}% {relation} AdamW (torch) "
+                       f"{100 * torch_val:.2f}%")
 
 
 def fit_best_head(course: Any, cfg: Any, progress: bool = False) -> dict[str, Any]:
@@ -198,8 +224,9 @@ def fit_best_head(course: Any, cfg: Any, progress: bool = False) -> dict[str, An
     sweep = sklearn_sweep(tr.features, tr.labels, va.features, va.labels, cfg.c_grid, cfg.max_iter,
                           num_classes=num_classes)
     init = course.zero_shot_head() if cfg.zero_shot_init else None
-    probe, train = train_torch_probe(tr.features, tr.labels, va.features, va.labels, cfg, init=init,
-                                     num_classes=num_classes, seed=course.seed, device=course.device)
+    runs = lr_sweep(tr.features, tr.labels, va.features, va.labels, cfg, init=init, num_classes=num_classes,
+                    seed=course.seed, device=course.device)          # AdamW's lr chosen on validation, as in 02
+    probe, train = runs[best_lr_factor(runs)]
     recipe, why = choose_recipe(train.best_val_acc, sweep.best_val_acc)
     if recipe == "torch":
         weight, bias, val_acc = probe.head.weight.detach(), probe.head.bias.detach(), train.best_val_acc
@@ -230,14 +257,15 @@ def load_head(results_dir: str | Path, seed: int, shots: int | None = None) -> d
 
 def save_results(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, tuple], tests: dict[str, Any],
                  train: Any, sweep: SweepResult, *, recipe: str, why: str, torch_seconds: float, score_seconds: float,
-                 fit_seconds: float) -> list[Path]:
+                 fit_seconds: float, lr_search: dict | None = None) -> list[Path]:
     """Notebook 02's three result rows: the main row (the ``recipe`` chosen on validation) and one per recipe
     (``torch``: AdamW, ``sklearn``: L-BFGS), each with its test and validation predictions; returns their files.
 
     ``heads[recipe] = (weight, bias)``, ``tests[recipe]`` its test EvalResult; ``feats`` the cached features of the
     three splits; ``torch_seconds`` the AdamW fit, ``score_seconds`` the test scoring, ``fit_seconds`` every fit of the
     notebook (the demo, the sweep, AdamW and scoring) against the feature extraction. The tower's parameters are
-    counted in ``total_params``; only the head trains. Feature extraction is reported apart (``feature_seconds``)."""
+    counted in ``total_params``; only the head trains. Feature extraction is reported apart (``feature_seconds``).
+    ``lr_search``: the AdamW learning rates tried and their validation accuracy (``cfg.lr`` is the one chosen)."""
     from ..evaluate import EvalResult
     from ..heads import head_logits
     from ..modelfolder import save_head_model
@@ -259,7 +287,8 @@ def save_results(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, 
                   images_per_second_of="evaluation: test feature extraction + head",
                   sweep={"C": sweep.c_values, "val_acc": sweep.val_acc, "n_iter": sweep.n_iter, "best_c": sweep.best_c},
                   timing={"extract_seconds": extract_seconds, "fit_seconds": fit_seconds,
-                          "ratio": (extract_seconds + fit_seconds) / extract_seconds}, **course.identity())
+                          "ratio": (extract_seconds + fit_seconds) / extract_seconds},
+                  lr_search={**(lr_search or {}), "chosen_on": "val"} if lr_search else None, **course.identity())
     rows = {None: (recipe, sum((torch_seconds, sweep.seconds))), "torch": ("torch", torch_seconds),
             "sklearn": ("sklearn", sweep.seconds)}
     paths = []

@@ -11,8 +11,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from .style import (CORRECT, FRACTION_LABEL, RECIPE_NAMES, WRONG, best_marker_handle, empty_note, floats,
-                    legend_outside, mark_best, percent_axis, progress_axis, split_color, unique_labels, value_format,
-                    zoom_limits, zoom_note)
+                    legend_outside, mark_best, method_colour, method_title, percent_axis, progress_axis, split_color,
+                    unique_labels, value_format, zoom_limits, zoom_note)
 
 def prediction_grid(images: np.ndarray, labels: Sequence[int], preds: Sequence[int], classnames: Sequence[str],
                     n: int = 16, cols: int = 4, title: str = "", fontsize: float = 8.5) -> Figure:
@@ -79,31 +79,36 @@ def _histories(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]) -> 
 
 
 def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]], title: str = "",
-                    baselines: Mapping[str, float] | None = None) -> Figure:
+                    baselines: Mapping[str, float] | None = None, colors: Mapping[str, Any] | None = None) -> Figure:
     """Training loss and validation top-1 (``engine.fit`` histories), one colour per run, best epoch starred.
 
-    Runs of different lengths are drawn against the fraction of training (epoch / epochs run);
-    ``baselines`` (``{"zero-shot head": 0.21}``) become dotted horizontal lines on the accuracy panel.
+    A history's epoch-0 record (the model before any training) is the curve's first point: the jump from the start
+    shows. Runs of different lengths are drawn against the fraction of training (epoch / epochs run);
+    ``baselines`` (``{"zero-shot head": 0.21}``) become dotted horizontal lines on the accuracy panel. ``colors``:
+    a colour per run name (default: the method palette for a method's id or title, else C0, C1, ...). A loss far
+    above the others' is left off its axis, and the legend says so.
     """
     runs = {name: list(hist or []) for name, hist in _histories(history).items()}
     epochs = {name: floats([r.get("epoch") for r in hist]) for name, hist in runs.items()}
     lengths = {name: float(np.nanmax(e)) if np.isfinite(e).any() else 0.0 for name, e in epochs.items()}
     fraction = progress_axis(list(lengths.values()))
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    losses = {}
     for i, (name, hist) in enumerate(runs.items()):
         x = epochs[name] / lengths[name] if fraction and lengths[name] else epochs[name]
         tag = f"{name} ({lengths[name]:.0f} ep)" if fraction else name
-        color = f"C{i}"
-        ax_loss.plot(x, floats([r.get("train_loss") for r in hist]), marker=".", color=color, label=tag or "train")
-        if any(r.get("val_loss") is not None for r in hist):
-            ax_loss.plot(x, floats([r.get("val_loss") for r in hist]), ls="--", color=color,
-                         label=None if tag else "val")
+        color = (colors or {}).get(name) or run_colour(name, i)
+        losses[name] = (floats([r.get("train_loss") for r in hist]), floats([r.get("val_loss") for r in hist]))
+        ax_loss.plot(x, losses[name][0], marker=".", color=color, label=tag or "train")
+        if np.isfinite(losses[name][1]).any():
+            ax_loss.plot(x, losses[name][1], ls="--", color=color, label=None if tag else "val")
         val = floats([r.get("val_acc") for r in hist])
         ax_acc.plot(x, val, marker=".", color=color, label=tag or "val")
-        mark_best(ax_acc, x, val, color)
+        trained = epochs[name] > 0                      # the star marks a trained epoch, never the start
+        mark_best(ax_acc, x[trained], val[trained], color)
     for j, (name, value) in enumerate((baselines or {}).items()):
         if np.isfinite(floats([value])[0]):
-            color = "grey" if len(baselines) == 1 else f"C{len(runs) + j}"
+            color = run_colour(name, len(runs) + j, "grey" if len(baselines) == 1 else None)
             ax_acc.axhline(float(value), ls=":", color=color, label=name)
     xlabel = FRACTION_LABEL if fraction else "epoch"
     ax_loss.set(xlabel=xlabel, ylabel="cross-entropy", title="loss")
@@ -119,10 +124,35 @@ def training_curves(history: Sequence[Mapping] | Mapping[str, Sequence[Mapping]]
             empty_note(ax, "no training history")
     styles = [Line2D([], [], color="grey", marker=".", label="train"),
               Line2D([], [], color="grey", ls="--", label="val")]
+    styles += _clip_outlier_loss(ax_loss, losses)
     legend_outside(ax_loss, extra=styles if any(runs) and trained else [])
     legend_outside(ax_acc, extra=[best_marker_handle()] if trained else [])
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def run_colour(name: str, i: int, other: str | None = None) -> str:
+    """A run's colour: the palette's for a method id or its title (``LoRA``, ``Linear probe (L-BFGS)``), else
+    ``other`` or ``C<i>``."""
+    from .style import PALETTE
+    by_title = {method_title(m): m for m in PALETTE}
+    method = name if name in PALETTE else by_title.get(str(name).split(" (")[0])
+    return method_colour(method) if method else other or f"C{i}"
+
+
+def _clip_outlier_loss(ax: Axes, losses: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> list[Line2D]:
+    """Cap the loss axis when one run's loss is over twice every other's (it would squash their curves): the axis
+    stops above the others, and a legend entry names the run and its largest loss."""
+    peaks = {n: float(np.nanmax(np.r_[a[np.isfinite(a)], b[np.isfinite(b)]])) for n, (a, b) in losses.items()
+             if np.isfinite(np.r_[a, b]).any()}
+    if len(peaks) < 2:
+        return []
+    ranked = sorted(peaks.items(), key=lambda kv: -kv[1])
+    (top, high), rest = ranked[0], ranked[1][1]
+    if high <= 2 * rest:
+        return []
+    ax.set_ylim(0, 1.15 * rest)
+    return [Line2D([], [], color="none", label=f"{top}: loss up to {high:.3g}, off the axis")]
 
 
 def _own_history(row: Mapping) -> list:
@@ -144,11 +174,11 @@ def curves_and_lines(rows: Mapping[str, Mapping]) -> tuple[dict[str, list], dict
     curves, lines = {}, {}
     for method, row in rows.items():
         recipe = RECIPE_NAMES.get(row.get("recipe"), row.get("recipe"))
-        hist = _own_history(row)
+        hist, name = _own_history(row), method_title(method)
         if hist:
-            curves[f"{method} ({recipe})" if recipe else method] = hist
+            curves[f"{name} ({recipe})" if recipe else name] = hist
         elif np.isfinite(floats([row.get("val_acc")])[0]):
-            lines[f"{method} ({recipe}, no epochs)" if recipe else f"{method} (no epochs)"] = float(row["val_acc"])
+            lines[f"{name} ({recipe}, no epochs)" if recipe else f"{name} (no epochs)"] = float(row["val_acc"])
     return curves, lines
 
 
@@ -206,6 +236,19 @@ def value_grid(values: Any, rows: Sequence[float], cols: Sequence[float], title:
     return fig
 
 
+def lr_schedule(lrs: Mapping[str, float], schedule: Any, steps_per_epoch: int, epochs: int, title: str = "") -> Figure:
+    """Each parameter group's learning rate over training: its peak ``lrs[name]`` times ``schedule(step)`` (log axis)."""
+    steps = np.arange(epochs * steps_per_epoch)
+    fig, ax = plt.subplots(figsize=(6.5, 3.4), layout="constrained")
+    for name, lr in lrs.items():                   # one line per group (per depth with layer-wise decay)
+        ax.plot(steps / steps_per_epoch, [lr * schedule(s) for s in steps], label=f"{name} (peak {lr:.1e})")
+    ax.set(xlabel="epoch", ylabel="learning rate", yscale="log")
+    ax.grid(alpha=0.3)
+    legend_outside(ax, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
 def label_points(ax: Axes, x: Sequence[float], y: Sequence[float], labels: Sequence[str]) -> None:
     """A label centred above each point, with margins so that no label reaches the frame."""
     for xx, yy, text in zip(floats(list(x)), floats(list(y)), labels):
@@ -217,10 +260,12 @@ def label_points(ax: Axes, x: Sequence[float], y: Sequence[float], labels: Seque
 
 def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], title: str = "",
                 ylabel: str = "test top-1", errors: Mapping[str, float] | None = None,
-                percent: bool = True, series: Sequence[str] | None = None, zoom: bool = False) -> Figure:
+                percent: bool = True, series: Sequence[str] | None = None, zoom: bool = False,
+                colors: Sequence[Any] | None = None) -> Figure:
     """Bars of ``name -> value`` (or ``name -> [one value per series]``, grouped), each labelled with its value.
 
-    ``zoom=True`` zooms the value axis to the data range (with a note that it does not start at 0).
+    ``zoom=True`` zooms the value axis to the data range (with a note that it does not start at 0). Ungrouped bars
+    take ``colors`` (one per name; default: the method palette for method ids and titles, else C0, C1, ...).
     """
     names = list(values)
     grouped = any(isinstance(v, (list, tuple, np.ndarray)) for v in values.values())
@@ -239,7 +284,8 @@ def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], tit
         x = np.arange(len(names)) + (j - (width_n - 1) / 2) * width
         label = series[j] if series is not None and j < len(series) else None
         bars = ax.bar(x, np.nan_to_num(data[:, j]), width, yerr=err, capsize=3, label=label,
-                      color=split_color(label or "", f"C{j}") if grouped else [f"C{i}" for i in range(len(names))])
+                      color=split_color(label or "", f"C{j}") if grouped else
+                      list(colors or [run_colour(n, i) for i, n in enumerate(names)]))
         ax.bar_label(bars, labels=[fmt(v) if np.isfinite(v) else "n/a" for v in data[:, j]], fontsize=8)
     ax.set_xticks(np.arange(len(names)), names, fontsize=8)
     e = np.nan_to_num(err) if err is not None else 0
@@ -256,6 +302,12 @@ def bar_compare(values: Mapping[str, float] | Mapping[str, Sequence[float]], tit
     legend_outside(ax)
     ax.set_title(title, fontsize=9)
     return fig
+
+
+def bar_frame(table: Any, title: str = "", ylabel: str = "test top-1", percent: bool = True) -> Figure:
+    """:func:`bar_compare` of a DataFrame: a group of bars per row, a series per column (e.g. base / novel x towers)."""
+    return bar_compare({str(k): list(r) for k, r in table.iterrows()}, series=[str(c) for c in table.columns],
+                       ylabel=ylabel, title=title, percent=percent)
 
 
 def _series(values: Sequence[float] | Mapping[str, Sequence[float]],

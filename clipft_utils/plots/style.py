@@ -15,6 +15,19 @@ VAL_COLOR, TEST_COLOR = "tab:blue", "tab:orange"   # validation and test, in eve
 FRACTION_LABEL = "fraction of training (epoch / epochs run)"
 RECIPE_NAMES = {"torch": "AdamW", "sklearn": "L-BFGS"}   # the linear probe's two recipes, as the legends name them
 
+PALETTE = {
+    "zero_shot": "#7f7f7f", "linear_probe": "#1f77b4", "tip_adapter": "#9ecae1", "tip_adapter_f": "#17becf",
+    "bitfit": "#ff7f0e", "prefix_tuning": "#2ca02c", "coop": "#98df8a", "lora": "#d62728", "clip_lora": "#ff9896",
+    "full_finetune": "#9467bd",
+    "ensemble": "#8c564b", "lp_ft": "#e377c2", "wise_ft": "#bcbd22", "adapter_fusion": "#c5b0d5",
+}
+"""One colour per method id and per combination kind, in every figure of 02-07 (zero-shot: the grey of its lines)."""
+SPARE_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#5254a3", "#8ca252", "#bd9e39", "#ad494a",
+                 "#a55194", "#6b6ecf", "#b5cf6b", "#e7ba52", "#d6616b", "#ce6dbd", "#3182bd")
+"""Colours for any other method (a plug-in), picked by its name: never one of :data:`PALETTE`'s."""
+COMBINATION_TITLES = {"ensemble": "Ensemble", "lp_ft": "LP→FT", "wise_ft": "WiSE-FT", "adapter_fusion": "Adapter fusion"}
+"""The paper names of notebook 06's combinations (registered methods carry their own ``Method.title``)."""
+
 
 def wrap_name(name: str, width: int = 24) -> str:
     """A class name wrapped onto lines of ``width`` characters (never truncated)."""
@@ -27,6 +40,30 @@ def unique_labels(names: Sequence[str], width: int = 24, ids: Sequence[int] | No
     ids = list(range(len(labels))) if ids is None else [int(i) for i in ids]
     counts = Counter(labels)
     return [f"{lab} (#{i})" if counts[lab] > 1 else lab for lab, i in zip(labels, ids)]
+
+
+def method_title(method: str) -> str:
+    """A method's paper name (its ``Method.title``: ``tip_adapter_f`` -> ``Tip-Adapter-F``), a combination's, else
+    ``method`` as given."""
+    from ..methods.base import REGISTRY
+    from ..plugins import load
+    load()
+    if method in REGISTRY:
+        return REGISTRY[method].title
+    return COMBINATION_TITLES.get(method, method)
+
+
+def method_colour(method: str, variant: Any = None) -> str:
+    """The method's colour (:data:`PALETTE`; another method gets a spare colour chosen by its name, the same in
+    every run); a ``variant`` gets a lighter or darker shade of its method's colour, chosen by the variant's name."""
+    import zlib
+    from matplotlib.colors import to_hex, to_rgb
+    base = PALETTE.get(method) or SPARE_COLOURS[zlib.crc32(str(method).encode()) % len(SPARE_COLOURS)]
+    if variant is None:
+        return base
+    shade = (-0.45, 0.45, -0.25, 0.3, -0.6, 0.6)[zlib.crc32(str(variant).encode()) % 6]
+    rgb = np.asarray(to_rgb(base))
+    return to_hex(rgb + (1 - rgb) * shade if shade > 0 else rgb * (1 + shade))
 
 
 def floats(values: Any) -> np.ndarray:
@@ -61,16 +98,43 @@ def split_color(name: str, default: Any) -> Any:
 
 
 class TickPercent(PercentFormatter):
-    """Fractions as percentages with as few decimals as the tick spacing needs (never two equal labels)."""
+    """Fractions as percentages with as few decimals as shows every tick exactly (27.5 % stays 27.5 %, never 28 %)."""
 
     def __init__(self) -> None:
         super().__init__(1.0)
 
     def format_ticks(self, values: Sequence[float]) -> list[str]:
-        steps = np.diff(np.asarray(values, dtype=float))
-        step = 100 * float(np.min(np.abs(steps[steps != 0]))) if (steps != 0).any() else 100.0
-        decimals = max(0, int(np.ceil(-np.log10(step) - 1e-9)))
-        return [f"{100 * v:.{decimals}f}%" for v in values]
+        return [f"{100 * v:.{tick_decimals(values)}f}%" for v in values]
+
+
+def tick_decimals(values: Sequence[float], most: int = 4) -> int:
+    """The fewest decimals (at most ``most``) that write every value (a fraction) exactly as a percentage."""
+    shown = 100 * np.asarray(values, dtype=float)
+    shown = shown[np.isfinite(shown)]
+    tol = 1e-6 * max(1.0, float(np.abs(shown).max(initial=0)))
+    for decimals in range(most + 1):
+        if np.allclose(np.round(shown, decimals), shown, rtol=0, atol=tol):
+            return decimals
+    return most
+
+
+def pct(value: Any, decimals: int = 1) -> str:
+    """A fraction as the course writes every accuracy, in figures, tables and prints: ``0.2039`` -> ``20.4%``."""
+    v = floats([value])[0]
+    return f"{100 * v:.{decimals}f}%" if np.isfinite(v) else "—"
+
+
+def percent_table(table: Any, columns: Sequence[str] | None = None, decimals: int = 1, missing: str | None = None) -> Any:
+    """A DataFrame whose accuracy columns (fractions; ``columns``, default: every column whose name says top-1,
+    top-5, acc or accuracy) are shown in percent, named "... (%)"; other columns unchanged. ``missing``: what an
+    empty cell shows (e.g. "—" for the epoch-0 row's training loss), instead of NaN."""
+    out = table.copy()
+    picked = list(columns) if columns is not None else [
+        c for c in out.columns if any(k in str(c).lower() for k in ("top-1", "top-5", "acc", "per-class", "share"))]
+    for c in picked:
+        out[c] = (100 * out[c].astype(float)).round(decimals)
+    out = out.rename(columns={c: f"{c} (%)" for c in picked})
+    return out if missing is None else out.astype(object).where(out.notna(), missing)
 
 
 def percent_axis(axis: Any, cap: bool = False) -> None:
@@ -89,8 +153,8 @@ def percent_axis(axis: Any, cap: bool = False) -> None:
 
 
 def value_format(percent: bool):
-    """Value formatter for labels: ``41.2%`` for fractions, else three significant digits."""
-    return (lambda v: f"{100 * v:.1f}%") if percent else (lambda v: f"{v:.3g}")
+    """Value formatter for labels: ``41.2%`` for fractions (:func:`pct`), else three significant digits."""
+    return pct if percent else (lambda v: f"{v:.3g}")
 
 
 def zoom_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float, bool]:

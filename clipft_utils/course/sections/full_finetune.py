@@ -9,6 +9,10 @@ from ..params import PRECISION_CHECK, flag, integer, list_of, number, one_of
 from . import Section, register
 
 
+ALPHAS = [round(0.1 * i, 1) for i in range(11)]
+"""WiSE-FT's α grid, 0, 0.1, ..., 1: each interior α costs one validation pass (test only at the chosen one)."""
+
+
 def plan(p: dict[str, Any], prof: Any) -> str:
     """What else notebook 06 trains: its combinations' extra runs, and their epochs."""
     e = extra_epochs(prof, p.get("epochs"), p.get("extra_epochs"))
@@ -25,8 +29,8 @@ SECTION = register(Section(
     method="full_finetune", notebook="06_full_finetune", plan=plan,
     reads=("01_zero_shot", "02_linear_probe", "05_lora"),
     fixed_config={"warmup_epochs": 0.0},  # notebook 06 derives its warm-up from the epochs
-    notebook_defaults={"full": {"wise_alphas": [round(0.1 * i, 1) for i in range(11)]},
-                       "smoke": {"wise_alphas": [0.0, 0.5, 1.0]},
+    notebook_defaults={"full": {"wise_alphas": ALPHAS},
+                       "smoke": {"wise_alphas": ALPHAS},   # 9 validation passes of the stand-in: seconds
                        "rehearse": {"memory_steps": 1, "wise_alphas": [0.0, 0.5, 1.0], "fusion_weights": [[0.5, 0.5]]},
                        "quick": {"wise_alphas": [0.0, 0.5, 1.0], "memory_steps": 1}},
     notebook_checks={
