@@ -617,3 +617,35 @@ def test_the_notebook_worker_runs_a_notebook_without_importing_the_course_or_tor
         assert lines[-1] == f"status {status} False False", out.stdout + out.stderr
         if status:
             assert lines[-2] == "AssertionError: x is 41"
+
+
+def test_a_kernel_that_fails_to_start_is_started_once_more_but_a_failing_cell_is_not_rerun(tmp_path, capsys):
+    """Two kernels starting at once (two devices) can race for one free port: nothing of the notebook ran, so the
+    worker starts the kernel once more; a cell's error, or a second failed start, is the job's failure."""
+    import papermill as pm
+    from clipft_utils.course import nbworker
+    calls = []
+
+    class FakePapermill:
+        PapermillExecutionError = pm.PapermillExecutionError
+
+        def __init__(self, *errors):
+            self.errors = list(errors)
+
+        def execute_notebook(self, *args, **kwargs):
+            calls.append(args)
+            if self.errors:
+                raise self.errors.pop(0)
+
+    target = str(tmp_path / "out.ipynb")
+    nbworker._execute(FakePapermill(RuntimeError("Kernel died before replying to kernel_info")), "a", target, "{}", ".")
+    assert len(calls) == 2 and "the kernel did not start" in capsys.readouterr().out
+    calls.clear()
+    cell_error = pm.PapermillExecutionError(0, 1, "boom", "ValueError", "bad", [])
+    with pytest.raises(pm.PapermillExecutionError):
+        nbworker._execute(FakePapermill(cell_error), "a", target, "{}", ".")
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        nbworker._execute(FakePapermill(RuntimeError("no"), RuntimeError("again")), "a", target, "{}", ".")
+    assert len(calls) == 2

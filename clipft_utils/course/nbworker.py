@@ -38,6 +38,31 @@ def error_line(exc: BaseException) -> str:
     return (msg[-1] if msg else type(exc).__name__)[:300]
 
 
+def _execute(pm: Any, source: str, target: str, parameters: str, cwd: str) -> None:
+    """papermill on one notebook; a kernel that fails to start is started once more (nothing of the notebook ran)."""
+    for attempt in (1, 2):
+        try:
+            pm.execute_notebook(source, target, parameters=json.loads(parameters), cwd=cwd, kernel_name="python3",
+                                progress_bar=False)
+            break
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a kernel that never started is tried once more
+            if attempt == 2 or isinstance(exc, pm.PapermillExecutionError) or _ran_a_cell(target):
+                raise
+            print(f"the kernel did not start ({error_line(exc)}): starting it once more", flush=True)
+
+
+def _ran_a_cell(target: str) -> bool:
+    """Whether papermill started any cell of ``target`` (a failure before that is the kernel's start: two kernels
+    starting at once can race for the same free port)."""
+    try:
+        cells = json.loads(open(target, encoding="utf-8").read())["cells"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(c.get("metadata", {}).get("papermill", {}).get("status") not in (None, "pending") for c in cells)
+
+
 def run(source: str, target: str, parameters: str, cwd: str) -> int:
     """Execute ``source`` into ``target`` with ``parameters`` (JSON); 0, 1 (one error line printed) or 130."""
     # jsonschema (under nbformat) imports rfc3987_syntax when it is installed (jupyterlab brings it), which builds
@@ -46,8 +71,7 @@ def run(source: str, target: str, parameters: str, cwd: str) -> int:
     import papermill as pm
     on_stop(signal.SIGINT, signal.SIGTERM)  # the runner forwards Ctrl-C; the kernel is in its own session
     try:
-        pm.execute_notebook(source, target, parameters=json.loads(parameters), cwd=cwd, kernel_name="python3",
-                            progress_bar=False)
+        _execute(pm, source, target, parameters, cwd)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         return 130
