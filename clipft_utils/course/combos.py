@@ -310,6 +310,12 @@ def targets_text(targets: Sequence[str]) -> str:
     return "MLP" if tuple(targets) == MLP else ", ".join(targets)
 
 
+def fusion_title(adapter: Adapter, cfg_b: Any) -> str:
+    """The fusion figure's title, naming both adapters' targets."""
+    a, b = targets_text(adapter_targets(adapter)), targets_text(cfg_b.targets)
+    return f"LoRA adapter fusion: A ({a}) and B ({b}), one head"
+
+
 def train_adapter_b(course: Any, adapter: Adapter, lora_cfg: Any) -> tuple[Any, Any, Any]:
     """Adapter B of the fusion: LoRA on ``adapter_b_targets`` (a ViT's MLP, ``fc`` and ``proj``) trained under adapter
     A's head, kept frozen, so both adapters serve one classifier; saved to ``<results>/adapters/`` and loaded beside A
