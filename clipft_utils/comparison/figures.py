@@ -16,7 +16,7 @@ import pandas as pd
 from ..methods import names as method_names
 from .report import display_name
 from .tables import (COMBINATION_METHODS, TOP_K, borrowed_histories, column, number_text, numeric, combination_table,
-                     learning_curves, main_rows, memory_kind, per_class_matrix, shots_table, summary_table, top_k,
+                     learning_curves, main_rows, per_class_matrix, shots_table, summary_table, top_k,
                      zero_shot_val)
 
 NO_RESULTS = "no results yet"
@@ -51,12 +51,14 @@ def method_marker(method: str) -> str:
     return "osD^vP<>hp"[names.index(method) % 10] if method in names else "X"
 
 
-def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool):
-    """One point per method, named in a legend outside the axes (labels beside points overlap and leave the frame)."""
+def scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool,
+            hollow: str | None = None):
+    """One point per method, named in a legend outside the axes (labels beside points overlap and leave the frame);
+    ``hollow``: a second x column drawn as a hollow marker joined to the point where it differs."""
     from ..plots import empty_note, legend_outside
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    rows = numeric(_ok(table), x, "test_acc", "test_acc_std")
+    rows = numeric(_ok(table), x, "test_acc", "test_acc_std", *([hollow] if hollow else []))
     shown = rows[rows[x].notna() & rows["test_acc"].notna()] if len(rows) else rows
     if not len(shown):
         empty_note(ax, NO_RESULTS)
@@ -66,6 +68,12 @@ def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str,
         ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt=method_marker(r["method"]), ms=8, capsize=3, alpha=0.85,
                     color=method_colour(r["method"]),
                     label=r["method"] + (" (0 trained: drawn at 1)" if logx and r[x] == 0 else ""))
+        other = r.get(hollow) if hollow else None
+        if other is not None and not pd.isna(other) and other != r[x]:
+            ov = max(other, 1.0) if logx else other
+            ax.plot([xv, ov], [100 * r["test_acc"]] * 2, color=method_colour(r["method"]), lw=0.8, alpha=0.6)
+            ax.plot([ov], [100 * r["test_acc"]], method_marker(r["method"]), ms=8, mfc="none",
+                    color=method_colour(r["method"]))
     missing = [str(m) for m in column(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
     if logx and len(shown):
         ax.set_xscale("log")
@@ -74,41 +82,6 @@ def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str,
     ax.grid(alpha=0.3)
     if len(shown):
         legend_outside(ax)
-    return fig
-
-
-def plot_accuracy_vs_params(table: pd.DataFrame, label: str):
-    """Test accuracy against trainable parameters (log scale); zero-shot sits at 1."""
-    return _scatter(table, "trainable_params", "trainable parameters (log scale)", label,
-                    "Accuracy vs trainable parameters", logx=True)
-
-
-def plot_accuracy_vs_time(table: pd.DataFrame, label: str):
-    """Test accuracy against measured training time."""
-    return _scatter(table, "train_seconds", "training time (s)", label, "Accuracy vs training time", logx=False)
-
-
-def plot_peak_memory(table: pd.DataFrame, label: str):
-    """Measured training memory per method (bars; "not run" methods are left empty); the title says what it is."""
-    from ..plots import empty_note
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    rows = numeric(table, "peak_memory_mb")
-    mem = rows["peak_memory_mb"].to_numpy(dtype=float) if len(rows) else np.array([])
-    pos = np.arange(len(mem))
-    bars = ax.bar(pos, np.nan_to_num(mem), color="tab:blue")
-    for bar, v, status in zip(bars, mem, column(rows, "status")):
-        ax.annotate("not run" if status != "ok" else number_text(v, "{:.0f}"), (bar.get_x() + bar.get_width() / 2,
-                    bar.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(pos, [str(m) for m in column(rows, "method")], rotation=30, ha="right")
-    if not np.isfinite(mem).any():
-        empty_note(ax, NO_RESULTS)
-    else:
-        ax.set_ylim(0, 1.12 * np.nanmax(mem))   # room for the value labels
-    heading = ("Training memory (model + peak increase while training)\nmeasured as "
-               + memory_kind(column(rows, "memory_measure")))
-    ax.set(ylabel="training memory (MB)", title=title(heading, label))
-    ax.title.set_fontsize(9)
     return fig
 
 

@@ -115,7 +115,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
             if reason is None:
                 echo(f"  {job.describe()}: up to date, would be skipped")
             else:
-                echo(f"  {job.describe()}: would run ({reason}): {describe_training(job, prof)}")
+                echo(f"  {job.describe()}: would run ({reason}): {describe_training(job, prof, ds)}")
             report.steps.append(Step(job.notebook, job.seed, "planned" if reason else "skipped", shots=job.shots,
                                      reason=reason or "up to date"))
         return report
@@ -123,7 +123,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     with FolderLock(folder, shared=shard_spec is not None):
         clean_leftovers(nb_dir)
         for job in jobs:
-            echo(f"[run_all] plan {job.describe()}: {describe_training(job, prof)}")
+            echo(f"[run_all] plan {job.describe()}: {describe_training(job, prof, ds)}")
         try:
             report.steps = execute_all(jobs, folder, nb_dir, devices, force, echo)
         except Interrupted as stop:
