@@ -73,8 +73,10 @@ def memory_parts(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:
     rows = {}
     for method, group in main.groupby("method", sort=False):
         parts = [p for p in column(group, "memory_parts") if isinstance(p, dict)]
-        if parts:
-            rows[method] = {name: float(np.mean([p.get(k, np.nan) for p in parts])) for k, name in MEMORY_PARTS.items()}
+        values = {name: pd.to_numeric(pd.Series([p.get(k) for p in parts], dtype=object), errors="coerce").mean()
+                  for k, name in MEMORY_PARTS.items()}
+        if any(pd.notna(v) for v in values.values()):
+            rows[method] = values
     from ..methods import names
     order = [m for m in names() if m in rows]
     return pd.DataFrame.from_dict(rows, orient="index").reindex(order)
