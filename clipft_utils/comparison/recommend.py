@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from .tables import (column, count_text, is_main, number_text, numeric, shots_of, default_shots, is_standin, ordering, shots_table,
+from .tables import (column, count_text, is_main, number_text, shots_of, default_shots, is_standin, ordering, shots_table,
                      summary_table)
 
 NEEDS = ("best", "good", "cheap")

@@ -1,11 +1,10 @@
 """The cost half of the comparison, from the tables: whether the compared rows trained on comparable budgets, which
-step times can be ranked at all, and the trade-off figures (accuracy against counted compute; step time with its
-spread; training memory by its accounted parts)."""
+step times can be ranked at all, and the accounted parts of each method's training memory (the figures drawn from
+them are in ``figures``)."""
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .tables import column, main_rows, numeric
@@ -80,82 +79,3 @@ def memory_parts(df: pd.DataFrame, shots: Any = "auto") -> pd.DataFrame:
     from ..methods import names
     order = [m for m in names() if m in rows]
     return pd.DataFrame.from_dict(rows, orient="index").reindex(order)
-
-
-# ----------------------------------------------------------------------------- figures
-def plot_accuracy_vs_params(table: pd.DataFrame, label: str):
-    """Test accuracy against trainable parameters (filled, log scale; zero-shot at 1) and, hollow, the parameters its
-    model folder deploys where they differ (prefix-tuning trains an MLP, deploys only its output)."""
-    from .figures import scatter
-    return scatter(table, "trainable_params", "parameters (log scale): filled = trainable, hollow = deployed",
-                   label, "Accuracy vs parameters: trained (filled) and deployed (hollow)", logx=True,
-                   hollow="deployed_params")
-
-
-def plot_accuracy_vs_compute(table: pd.DataFrame, label: str):
-    """Test accuracy against counted training compute (TFLOPs, log scale); a method that trains nothing is drawn at a
-    tenth of the smallest compute, at the left edge (its label says so)."""
-    from .figures import scatter
-    rows = numeric(table, "train_tflops")
-    positive = rows["train_tflops"][rows["train_tflops"] > 0] if len(rows) else pd.Series(dtype=float)
-    if len(positive):
-        rows["train_tflops"] = rows["train_tflops"].where(rows["train_tflops"] > 0, float(positive.min()) / 10)
-    fig = scatter(rows, "train_tflops", "training compute, counted (TFLOPs, log scale; 0: drawn at the left edge)",
-                  label, "Accuracy vs training compute (FLOPs counted: the same on every machine)", logx=False)
-    if len(positive):
-        fig.axes[0].set_xscale("log")
-    return fig
-
-
-def plot_step_time(table: pd.DataFrame, label: str):
-    """Median step time per method with its quartile range; the title says that overlapping ranges are not ranked
-    and a note under the axis names the overlapping neighbours."""
-    from ..plots import empty_note
-    from .figures import _plt, method_colour, title
-    plt = _plt()
-    rows = numeric(table, "step_ms", "step_ms_q1", "step_ms_q3") if len(table) else table
-    rows = rows[rows["step_ms"].notna()].sort_values("step_ms") if len(rows) else rows
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
-    if not len(rows):
-        empty_note(ax, "no step times (runs of fewer than 20 timed steps report none)")
-    else:
-        pos = np.arange(len(rows))
-        med = rows["step_ms"].to_numpy(float)
-        err = np.vstack([med - rows["step_ms_q1"].to_numpy(float), rows["step_ms_q3"].to_numpy(float) - med])
-        ax.barh(pos, med, xerr=err, capsize=4, color=[method_colour(m) for m in rows["method"]], alpha=0.8)
-        ax.set_yticks(pos, [str(m) for m in rows["method"]])
-        ax.invert_yaxis()
-        tied = [line.split(":")[0] for line in step_time_order(rows) if "≈" in line]
-        ax.set_xlabel("ms per optimizer step (median; bars: quartiles)"
-                      + (f"\nnot ranked (quartiles overlap): {'; '.join(tied)}" if tied else ""))
-    ax.set_title(title("Step time (wall clock on this machine: rank only where the ranges are apart)", label),
-                 fontsize=9)
-    ax.grid(alpha=0.3, axis="x")
-    return fig
-
-
-def plot_training_memory(df: pd.DataFrame, label: str, shots: Any = "auto"):
-    """Accounted training memory per method, stacked by part (parameters, gradients, optimizer state, saved
-    activations); the same on every device."""
-    from ..plots import empty_note, legend_outside
-    from .figures import _plt, title
-    plt = _plt()
-    parts = memory_parts(df, shots)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
-    if not len(parts):
-        empty_note(ax, "no accounted training memory in the results")
-    else:
-        pos, left = np.arange(len(parts)), np.zeros(len(parts))
-        for i, name in enumerate(parts.columns):
-            values = parts[name].fillna(0.0).to_numpy(float)
-            ax.barh(pos, values, left=left, color=f"C{i}", label=name)
-            left += values
-        for p, total in zip(pos, left):
-            ax.annotate(f"{total:.1f}", (total, p), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-        ax.set_yticks(pos, [str(m) for m in parts.index])
-        ax.invert_yaxis()
-        ax.set_xlim(0, 1.15 * float(left.max()))
-        legend_outside(ax)
-    ax.set_xlabel("training memory, accounted (MB): parameters + gradients + optimizer state + saved activations")
-    ax.set_title(title("Training memory by accounting (the same on every device)", label), fontsize=9)
-    return fig
