@@ -101,6 +101,17 @@ def test_one_step_changes_only_what_the_kind_trains_and_the_head(kind: str) -> N
     assert changed_by_one_step(clf, groups, images(), torch.tensor([0, 1, 2, 3])) == expected
 
 
+@pytest.mark.parametrize("kind", list(N_OUT))
+def test_direct_tokens_take_larger_steps_than_the_mlp(kind: str) -> None:
+    """The prompt kinds' tokens train at lr x token_lr_scale; prefix-tuning's MLP and the head at their own lr."""
+    groups = prefix.apply(tiny_classifier(), PrefixTuningConfig(prefix_length=LENGTH, prefix_hidden=16, kind=kind,
+                                                                token_lr_scale=7.0))
+    scales = {g["name"]: g.get("lr_scale", 1.0) for g in groups}
+    assert scales["backbone"] == (1.0 if kind == "prefix" else 7.0) and scales.get("head", 1.0) == 1.0
+    with pytest.raises(ConfigError, match="token_lr_scale"):
+        PrefixTuningConfig(kind=kind, token_lr_scale=0.0).validate()
+
+
 @pytest.mark.parametrize("kind, bound", [("prompt", 0.5), ("vpt_deep", (6 / (3 * 8 * 8 + WIDTH)) ** 0.5)])
 def test_direct_tokens_start_as_their_papers_initialise_them(kind: str, bound: float) -> None:
     """Prompt tuning: Lester et al.'s uniform [-0.5, 0.5]; VPT: Xavier-uniform, fan-in 3 x patch area, fan-out D."""
