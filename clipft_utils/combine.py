@@ -157,7 +157,8 @@ def ensemble_result(course: Any, members: Mapping[str, Member], names: Sequence[
         trainable_params=sum(p["trainable_params"] for p in parts), total_params=sum(p["total_params"] for p in parts),
         train_seconds=sum(p["train_seconds"] for p in parts), config={"members": list(names), "weights": "equal"},
         members=list(names), member_sources={m: members[m].source for m in names}, selected_on="val",
-        params_are="sums over the members' result rows that exist (each member runs at inference)", **extra)
+        params_are="sums over the members' result rows that exist (each member runs at inference)",
+        **{**member_costs(parts if len(parts) == len(names) else [{}]), **extra})
     return row, test, val
 
 
@@ -340,7 +341,26 @@ def combination_result(course: Any, method: str, variant: str | None, test: Any,
     return make_result(method=method, variant=variant, test=test, val_acc=val_acc,
                        trainable_params=trainable_params, total_params=total_params, train_seconds=train_seconds,
                        eval_seconds=eval_seconds, images_per_second=None, peak_memory_mb=None,
-                       config=config or {}, history=history or [], **{**course.identity(), **extra})
+                       config=config or {}, history=history or [], **{**course.identity(), **NO_RUN, **extra})
+
+
+NO_RUN = {"steps": None, "epochs": None, "budget": "no training run of its own", "train_tflops": None,
+          "flops_per_step": None, "gflops_per_image": None, "train_memory_mb": None, "memory_measure": None,
+          "step_ms": None, "step_ms_spread": None, "step_ms_q1": None, "step_ms_q3": None,
+          "step_ms_note": "no training run of its own", "deployed_params": None, "model_folder_mb": None}
+"""A combination's cost fields unless it says otherwise: it is no training run of its own (``budget`` says what)."""
+
+
+def member_costs(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """An ensemble's costs from its members' rows: every member runs on every image and each was trained, so the
+    compute, the inference FLOPs and the deployed numbers are sums (each None when a member lacks it)."""
+    def total(key: str) -> float | None:
+        values = [p.get(key) for p in parts]
+        return None if not values or any(v is None for v in values) else sum(values)
+    return {"train_tflops": total("train_tflops"), "gflops_per_image": total("gflops_per_image"),
+            "deployed_params": total("deployed_params"),
+            "budget": "no training run of its own: its members' runs (their rows), summed",
+            "costs_are": "sums over the members' result rows (each member runs at inference)"}
 
 
 def remove_rows(folder: Any, method: str, seed: int, keep: Iterable[str | None] = (),

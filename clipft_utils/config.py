@@ -37,7 +37,20 @@ class Profile:
     downloads: bool = False  # its weights or data come from the network (offline errors then say how to switch)
     max_steps_per_epoch: int | None = None  # every training's cap on steps per epoch (the rehearsal: 1)
     disk_mb: int = 6000  # free disk a course run needs for its results, checkpoints and caches (checked before work)
+    budget_scale: float = 1.0  # every training's step budget times this factor (see TrainConfig.budget)
 
+
+MIN_STEPS_PER_EPOCH = 10
+"""The floor of the image-side recipes (BitFit, prefix-tuning, LoRA, full fine-tuning): at least 10 optimizer steps per
+epoch, so that a few-shot split or a small folder (60 images are 2 batches of 32) still trains 10 x epochs steps,
+its loader cycled, instead of a handful. Flowers102's split (32 batches per pass) never reaches it."""
+SMOKE_STEPS = {"epochs": 5, "min_steps_per_epoch": 16}
+"""The smoke recipe of every method that trains on images: 5 epochs of at least 16 steps (SynthFlowers' pass at batch
+64: a small folder of your own trains as many steps as the stand-in's split, its loader cycled)."""
+SMOKE_BUDGET_SCALE = 0.6
+"""The smoke profile's factor on every step budget: its recipes (5 epochs, at least 16 steps each; CLIP-LoRA 8 · k
+steps) give 80 steps on SynthFlowers, x 0.6 = 48 for every main row that trains on images, which keeps the whole smoke
+course's notebooks within their 480-second budget on 2 CPU cores (measured: see README)."""
 
 PROFILES: dict[str, Profile] = {
     "full": Profile(
@@ -50,7 +63,7 @@ PROFILES: dict[str, Profile] = {
         batch_size=64, eval_batch_size=64,  # on this CPU a batch of 512 evaluates 1.75x slower than 64 (measured)
         # ~20 test evaluations per course run: 20 per class (2,040 of 6,149 images, same subset for every method)
         # keeps the course under 10 minutes; the standard error of a top-1 near 35 % is then about 1 point.
-        test_per_class=20, flag="--smoke", disk_mb=400,
+        test_per_class=20, flag="--smoke", disk_mb=400, budget_scale=SMOKE_BUDGET_SCALE,
         note="STAND-IN: ToyCLIP pretrained by this project on SynthFlowers (not CLIP, not Flowers102)",
     ),
     # The real profile's code at the real shapes (ViT-B-32 at 224 px, torchvision's Flowers102 on the official
@@ -141,6 +154,13 @@ class TrainConfig:
     label_smoothing: float = 0.0
     checkpoint_every: int = 1      # epochs between training checkpoints (resume points)
     max_steps_per_epoch: int | None = None  # stop each epoch after this many optimizer steps; None: the whole split
+    # The step budget (``budget``): None = ``epochs`` passes over the training split; ``steps``: that many optimizer
+    # steps; ``steps_per_shot``: that many per training image per class (CLIP-LoRA's 500 x k); never fewer than
+    # ``min_steps_per_epoch`` per epoch (a small split's loader is cycled); times ``budget_scale`` (the profile's).
+    steps: int | None = None
+    steps_per_shot: int | None = None
+    min_steps_per_epoch: int | None = None
+    budget_scale: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -148,9 +168,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise a ConfigError naming the first bad field."""
         check_integer(self, "epochs", "batch_size", "grad_accum_steps", "patience", "checkpoint_every",
-                 "max_steps_per_epoch")
+                 "max_steps_per_epoch", "steps", "steps_per_shot", "min_steps_per_epoch")
         check_positive(self, "epochs", "batch_size", "lr", "head_lr", "grad_accum_steps", "grad_clip", "patience",
-                  "checkpoint_every", "max_steps_per_epoch")
+                  "checkpoint_every", "max_steps_per_epoch", "steps", "steps_per_shot", "min_steps_per_epoch",
+                  "budget_scale")
         check_non_negative(self, "weight_decay", "warmup_epochs", "label_smoothing")
         if self.precision not in PRECISIONS:
             raise ConfigError(
@@ -164,6 +185,10 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"{type(self).__name__}.label_smoothing must be in [0, 1), got {self.label_smoothing}.")
 
+    def budget(self, batches: int, images_per_class: float | None = None) -> "Budget":
+        """The run's optimizer steps on a training split of ``batches`` loader batches (see ``Budget``)."""
+        return plan_budget(self, batches, images_per_class)
+
     @property
     def effective_head_lr(self) -> float:
         """The head's learning rate (falls back to ``lr``)."""
@@ -172,3 +197,59 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON view of the config."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A run's optimizer steps: ``total``, split over the epochs (``per_epoch``; validation after each), the steps of
+    one pass over the training split, and ``rule``: how the total was set, in words."""
+
+    total: int
+    per_epoch: tuple[int, ...]
+    steps_per_pass: int
+    rule: str
+
+    @property
+    def cycled(self) -> bool:
+        """True when the run trains more steps than its epochs' passes (a small split's loader is cycled)."""
+        return self.total > len(self.per_epoch) * self.steps_per_pass
+
+    def first_step(self, epoch: int) -> int:
+        """The run's step count when ``epoch`` (0-based) begins."""
+        return sum(self.per_epoch[:epoch])
+
+
+def _base_steps(cfg: TrainConfig, per_pass: int, images_per_class: float | None) -> tuple[int, str]:
+    """The recipe's steps before the floor and the scale, and how they were set."""
+    if cfg.steps is not None:
+        return cfg.steps, f"{cfg.steps} step(s)"
+    if cfg.steps_per_shot is not None:
+        if not images_per_class:
+            raise ConfigError(f"{type(cfg).__name__}.steps_per_shot={cfg.steps_per_shot} needs the training images per "
+                              "class. Fix: pass images_per_class to fit() (train_method does), or set steps instead.")
+        n = max(1, round(cfg.steps_per_shot * images_per_class))
+        return n, f"{cfg.steps_per_shot} × {images_per_class:g} image(s) per class = {n} step(s)"
+    return cfg.epochs * per_pass, f"{cfg.epochs} epoch(s) × {per_pass} step(s)"
+
+
+def plan_budget(cfg: TrainConfig, batches: int, images_per_class: float | None = None) -> Budget:
+    """The run's optimizer steps on ``batches`` loader batches per pass: the recipe (``steps``, ``steps_per_shot`` x
+    images per class, or ``epochs`` passes), raised to ``min_steps_per_epoch`` per epoch, times ``budget_scale``,
+    capped at ``max_steps_per_epoch`` per epoch, at least one step per epoch; split evenly over the epochs."""
+    per_pass = math.ceil(batches / cfg.grad_accum_steps)
+    base, rule = _base_steps(cfg, per_pass, images_per_class)
+    if cfg.min_steps_per_epoch and cfg.epochs * cfg.min_steps_per_epoch > base:
+        base = cfg.epochs * cfg.min_steps_per_epoch
+        rule += f", raised to {cfg.epochs} × {cfg.min_steps_per_epoch} (at least {cfg.min_steps_per_epoch} per epoch)"
+    total = base
+    if cfg.budget_scale != 1.0:
+        total = max(1, math.floor(base * cfg.budget_scale + 0.5))
+        rule += f" × {cfg.budget_scale:g} (the profile's budget scale)"
+    if cfg.max_steps_per_epoch and total > cfg.epochs * cfg.max_steps_per_epoch:
+        total = cfg.epochs * cfg.max_steps_per_epoch
+        rule += f", at most {cfg.max_steps_per_epoch} per epoch"
+    total = max(total, cfg.epochs)
+    per_epoch = tuple(total * (e + 1) // cfg.epochs - total * e // cfg.epochs for e in range(cfg.epochs))
+    if not rule.endswith(f"= {total} step(s)"):
+        rule += f" = {total} step(s)"
+    return Budget(total, per_epoch, per_pass, rule)

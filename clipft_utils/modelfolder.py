@@ -106,15 +106,22 @@ def rounding_changes(clf: nn.Module, method: str, config: Any, dtype: str, base_
     """How many of ``reference``'s predictions (an ``EvalResult`` of ``clf`` on ``loader``) change when the model is
     rebuilt from the tensors a folder would store in ``dtype``, over a copy of the base tower ``base_visual`` (the
     model ``predict`` would load); ``clf`` and the base tower are left as they were."""
-    import copy
     from .evaluate import evaluate
     if dtype == "fp32":
         return 0
-    tensors = _file_tensors(changed_state(clf, method), dtype)
-    device = next(clf.parameters()).device
-    rebuilt = _rebuild(method, config, tensors, copy.deepcopy(base_visual), False).to(device)
-    rounded = evaluate(rebuilt, loader, device=device, precision=precision)
+    rebuilt = rebuilt_copy(clf, method, config, base_visual, dtype=dtype)
+    rounded = evaluate(rebuilt, loader, device=next(clf.parameters()).device, precision=precision)
     return int((rounded.preds != reference.preds).sum())
+
+
+def rebuilt_copy(clf: nn.Module, structure: str, config: Any, base_visual: nn.Module, head_only: bool = False,
+                 dtype: str = "fp32") -> nn.Module:
+    """``clf`` as its model folder rebuilds it: over a copy of ``base_visual``, from the tensors the folder stores (in
+    ``dtype``), on ``clf``'s device, frozen, in eval mode."""
+    import copy
+    tensors = _file_tensors(changed_state(clf, structure, head_only), dtype)
+    rebuilt = _rebuild(structure, config, tensors, copy.deepcopy(base_visual), head_only)
+    return rebuilt.to(next(clf.parameters()).device)
 
 
 def _file_tensors(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:

@@ -93,17 +93,23 @@ def make_result(*, method: str, model: str, pretrained: str, dataset: str, profi
     """Assemble a result in the course's schema from an ``evaluate.EvalResult`` and run facts.
 
     ``warnings`` (``Course.warnings``) go into the label; without them a stand-in is still labelled STAND-IN.
+    ``trainable_percent`` divides by ``base_params`` (the pretrained model, both towers: the same denominator for
+    every row of a course, ``Course.identity``), else by ``total_params``; ``percent_of`` says which.
     """
     from .labels import run_label, warnings_for
     warnings = list(warnings) if warnings is not None else warnings_for(
         standin_notes=["the offline stand-in, not CLIP on Flowers102"] if standin else [])
+    base = extra.get("base_params")
+    denominator, percent_of = (base, f"the pretrained {model}, both towers ({base:,} parameters)") if base else \
+        (total_params, "this row's total_params")
     result = {
         "method": method, "variant": variant, "model": model, "pretrained": pretrained, "dataset": dataset,
         "profile": profile, "seed": seed, "standin": standin, "warnings": warnings,
         "label": run_label(model, pretrained, dataset, warnings),
         "test_acc": test.top1, "test_top5": test.top5, "n_test": int(len(test.labels)), "val_acc": val_acc,
         "per_class_acc": test.per_class_acc, "trainable_params": trainable_params, "total_params": total_params,
-        "trainable_percent": 100.0 * trainable_params / total_params if total_params else None,
+        "trainable_percent": 100.0 * trainable_params / denominator if denominator else None,
+        "percent_of": percent_of,
         "train_seconds": train_seconds, "eval_seconds": eval_seconds, "images_per_second": images_per_second,
         "peak_memory_mb": peak_memory_mb, "config": config, "history": history, "env": env_info(device),
     }

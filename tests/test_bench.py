@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from clipft_utils.course import bench
 from clipft_utils.methods import get, registry
 
@@ -21,6 +23,13 @@ def test_bench_times_every_trained_method_including_the_text_side_ones(tmp_path,
     assert rows["coop"]["trainable"] % n_ctx == 0 and 0 < rows["coop"]["trainable"] < rows["clip_lora"]["trainable"]
     assert all(r["step_over_forward"] > 0 and r["forward_ms"] > 0 for r in rows.values())
     assert rows["linear_probe"]["kind"] == "inference" and rows["coop"]["kind"] == "train"
+    # the result rows' measures: counted FLOPs (one network deployed: one inference count), accounted memory, IQR
+    per_image = {v: r["gflops_per_image"] for v, r in rows.items()}
+    assert max(per_image.values()) == pytest.approx(min(per_image.values()), rel=0.01), per_image
+    trained = [r for r in rows.values() if r["kind"] == "train"]
+    assert all(r["flops_per_step"] > 2 * 4 * 1e9 * r["gflops_per_image"] for r in trained)   # backward > forward
+    assert all(r["train_memory_mb"] > 0 and r["step_ms"] > 0 and r["step_ms_spread"] >= 0 for r in trained)
+    assert rows["clip_lora"]["flops_per_step"] > rows["lora"]["flops_per_step"]     # its text tower runs every step
     printed = capsys.readouterr().out
     assert "x fwd" in printed and all(v in printed for v in wanted)
     # only methods with no training step are left out (zero-shot; the Tip-Adapters fit on cached features)

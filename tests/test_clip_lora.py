@@ -70,9 +70,12 @@ def test_text_lora_matches_its_merged_weights(toy):
     assert not lora.adapter_names(clf.visual)
 
 
-def test_recipe_epochs():
-    assert clip_lora.recipe_epochs(102) == 157 == clip_lora.CLIPLoRAConfig().epochs
-    assert clip_lora.recipe_epochs(102, 32) * math.ceil(102 * 16 / 32) == pytest.approx(500 * 16, rel=0.01)
+def test_the_recipe_is_500_steps_per_shot_whatever_the_classes():
+    cfg = clip_lora.CLIPLoRAConfig()
+    assert cfg.steps_per_shot == clip_lora.ITERS_PER_SHOT == 500
+    for classes in (6, 102):                                  # 16 shots: 8,000 steps exactly (was 8,007 on 102)
+        assert cfg.budget(math.ceil(classes * 16 / 32), images_per_class=16).total == 500 * 16
+    assert cfg.budget(4, images_per_class=1).total == 500
 
 
 @pytest.mark.parametrize("bad, field", [({"rank": 0}, "rank"), ({"alpha": -1.0}, "alpha"), ({"dropout": 1.0}, "dropout"),

@@ -18,7 +18,7 @@ from clipft_utils.results import read_result, load_results, make_result, save_re
 
 METHODS = names()
 
-# method: (test accuracy, trainable params, train seconds, peak memory MB)
+# method: (test accuracy, trainable params, training compute TFLOPs (also its seconds), training memory MB)
 FAKE = {
     "zero_shot": (0.50, 0, 0.0, None),
     "linear_probe": (0.70, 1_000, 2.0, 900.0),
@@ -29,6 +29,7 @@ FAKE = {
 }
 TOTAL = 1_001_000
 CLASSES = 10
+COUNTED = "accounted: parameters + gradients + AdamW state + what autograd saves for one step's backward"
 
 
 def fake_eval(acc: float, n: int = 100, seed: int = 0) -> EvalResult:
@@ -48,10 +49,13 @@ def write_fake(folder, method: str, seed: int = 0, acc: float | None = None, var
     a, params, secs, mem = FAKE.get(method, (0.78, 0, 0.0, None))
     test = fake_eval(acc if acc is not None else a, seed=seed)
     history = [] if method == "zero_shot" else [{"epoch": e + 1, "val_acc": a * (e + 1) / 3} for e in range(3)]
+    costs = {"train_memory_mb": mem, "train_tflops": secs, "steps": 0 if method == "zero_shot" else 10,
+             "memory_measure": COUNTED if mem else None, "deployed_params": params, "base_params": TOTAL}
     res = make_result(method=method, model="ToyCLIP", pretrained="synthflowers", dataset="synthflowers",
                       profile="smoke", seed=seed, test=test, val_acc=a, trainable_params=params,
-                      total_params=TOTAL, train_seconds=secs, eval_seconds=0.1, images_per_second=100.0,
-                      peak_memory_mb=mem, config={}, history=history, variant=variant, standin=standin, **extra)
+                      total_params=TOTAL, train_seconds=secs, eval_seconds=0.1, images_per_second=None,
+                      peak_memory_mb=None, config={}, history=history, variant=variant, standin=standin,
+                      **{**costs, **extra})
     save_result(res, folder, predictions=test)
 
 
@@ -144,8 +148,8 @@ def test_recommend_best_picks_the_most_accurate_method_that_fits(run_folder):
     big = C.recommend(df, memory_budget_mb=16_000, need="best")
     assert big.method == "full_finetune"
     small = C.recommend(df, memory_budget_mb=7_000, need="best")
-    assert small.method == "lora"                      # full fine-tuning measured 12000 MB: does not fit
-    assert any("full_finetune (12000 MB)" in r for r in small.reasons)
+    assert small.method == "lora"                      # full fine-tuning accounts 12000 MB: does not fit
+    assert any("full_finetune (12000.0 MB)" in r for r in small.reasons)
     assert any("80.0%" in r for r in small.reasons)     # cites the measured accuracy
     assert "full_finetune" not in small.candidates
 
@@ -157,7 +161,7 @@ def test_recommend_small_budget_and_cheap_and_good(run_folder):
     good = C.recommend(df, memory_budget_mb=16_000, need="good")
     assert good.method == "lora"                       # within 2 points of 81%, 50x fewer parameters
     cheap = C.recommend(df, memory_budget_mb=16_000, need="cheap")
-    assert cheap.method == "linear_probe"              # +20 points over zero-shot in 2 s: the most per second
+    assert cheap.method == "linear_probe"              # +20 points over zero-shot for 2 TFLOPs: the most per TFLOP
 
 
 def test_recommend_many_tasks_sets_full_finetuning_aside(run_folder):
@@ -192,9 +196,10 @@ def test_recommend_validates_its_request(run_folder):
         C.recommend(df, 8_000, tasks=0)
 
 
-def test_recommend_flags_cpu_memory_and_standin(run_folder):
+def test_recommend_says_what_its_memory_is_and_flags_the_standin(run_folder):
     rec = C.recommend(load_results("smoke", run_folder.parent), 16_000)
-    assert any("process memory, not GPU memory" in r for r in rec.reasons)
+    assert any("Training memory is accounted" in r for r in rec.reasons)
+    assert not any("RSS" in r or "process memory" in r for r in rec.reasons)
     assert any("STAND-IN" in r for r in rec.reasons)
 
 
@@ -206,8 +211,8 @@ def test_figures_are_titled_with_the_label_and_survive_missing_results(run_folde
     for df in (load_results("smoke", run_folder.parent), pd.DataFrame()):
         label = C.label_of(df, "smoke")
         table = C.summary_table(df)
-        figs = [C.plot_accuracy_vs_params(table, label), C.plot_accuracy_vs_time(table, label),
-                C.plot_peak_memory(table, label), C.plot_learning_curves(df, label),
+        figs = [C.plot_accuracy_vs_params(table, label), C.plot_accuracy_vs_compute(table, label),
+                C.plot_step_time(table, label), C.plot_training_memory(df, label), C.plot_learning_curves(df, label),
                 C.plot_per_class_heatmap(df, label), C.plot_combinations(df, label)]
         for fig in figs:
             titles = [ax.get_title() for ax in fig.axes] + [fig._suptitle.get_text() if fig._suptitle else ""]

@@ -23,7 +23,7 @@ from clipft_utils.results import load_results, make_result, save_result  # noqa:
 METHODS = ("zero_shot", "linear_probe", "bitfit", "prefix_tuning", "lora", "full_finetune")  # the results faked here
 
 PER_CLASS = 10
-# method: (trainable params, train seconds, training memory MB, validation accuracy)
+# method: (trainable params, training compute TFLOPs (also its seconds), training memory MB, validation accuracy)
 COSTS = {"zero_shot": (0, 0.0, None, 0.40), "linear_probe": (1_000, 2.0, 250.0, 0.50),
          "bitfit": (5_000, 10.0, 260.0, 0.55), "prefix_tuning": (8_000, 12.0, 270.0, 0.45),
          "lora": (20_000, 15.0, 280.0, 0.60), "full_finetune": (1_000_000, 30.0, 300.0, 0.65)}
@@ -45,11 +45,14 @@ def write(folder, method: str, accs: list[float], seed: int = 0, variant: str | 
     params, secs, mem, val = COSTS.get(method, (0, 0.0, None, 0.5))
     test = per_class_eval(accs)
     history = [] if method == "zero_shot" else [{"epoch": e + 1, "val_acc": val * (e + 2) / 4} for e in range(3)]
+    costs = {"train_memory_mb": mem, "train_tflops": secs, "steps": 0 if method == "zero_shot" else 10,
+             "memory_measure": "accounted: parameters + gradients + AdamW state + saved activations" if mem else None,
+             "deployed_params": params, "base_params": 1_001_000}
     res = make_result(method=method, model="ToyCLIP", pretrained="synthflowers", dataset="synthflowers",
                       profile="smoke", seed=seed, test=test, val_acc=val, trainable_params=params,
-                      total_params=1_001_000, train_seconds=secs, eval_seconds=0.1, images_per_second=100.0,
-                      peak_memory_mb=mem, config={}, history=history, variant=variant, standin=True,
-                      memory_measure="CPU: process RSS: model + peak increase while training", **extra)
+                      total_params=1_001_000, train_seconds=secs, eval_seconds=0.1, images_per_second=None,
+                      peak_memory_mb=None, config={}, history=history, variant=variant, standin=True,
+                      **{**costs, **extra})
     save_result(res, folder, predictions=test)
 
 
@@ -171,8 +174,8 @@ def test_ensembles_have_no_trainable_percent_and_wise_ft_at_an_end_says_what_it_
     write(folder, "wise_ft", [0.6, 0.6], variant="alpha0.5", alpha=0.5, seed=1)
     combo = C.combination_table(load_results("smoke", tmp_path))
     shown = C.format_table(combo).set_index("method")
-    assert shown.loc["Ensemble [zs+lp]", "trainable %"] == "—"
-    assert shown.loc["Ensemble [zs+lp]", "trainable params"] != "—"
+    assert shown.loc["Ensemble [zs+lp]", "trainable_percent"] == "—"
+    assert shown.loc["Ensemble [zs+lp]", "trainable_params"] != "—"
     assert "WiSE-FT [α = 1 chosen: equals full fine-tuning]" in shown.index
     assert "WiSE-FT [alpha0.5]" in shown.index
     assert C.display_name("wise_ft", "alpha0") == "WiSE-FT [α = 0 chosen: equals the starting zero-shot model]"
@@ -205,12 +208,12 @@ def measured_run(tmp_path) -> pd.DataFrame:
 def test_budgets_from_the_measured_range_change_the_pick(tmp_path):
     df = measured_run(tmp_path)
     budgets = C.memory_budgets(df)
-    assert list(budgets) == [250.0, 260.0, 270.0, 280.0, 300.0]       # every measured training memory, rounded up
+    assert list(budgets) == [250.0, 260.0, 270.0, 280.0, 300.0]       # every row's train_memory_mb, as the table shows it
     grid, note = C.recommendation_grid(df, extra={8192.0: "8.0 GB (memory_budget_mb)"})
     assert grid["best"].nunique() > 2                                    # was: identical rows at 2/8/32 GB
     assert list(grid["best"]) == ["zero_shot", "linear_probe", "bitfit", "bitfit", "lora", "full_finetune",
                                   "full_finetune"]
-    assert grid.index[0].endswith("(below every measured)") and "each of the 5 measured values" in note
+    assert grid.index[0].endswith("(below every row's)") and "each of the 5 values in the table" in note
     assert "best: zero_shot → linear_probe → bitfit → lora → full_finetune;" in note
 
 
@@ -222,11 +225,11 @@ def test_the_grid_says_plainly_when_budgets_cannot_separate_methods(tmp_path):
     assert len(grid) == 2 and "cannot" in note
 
 
-def test_cheap_with_labelled_data_ranks_by_accuracy_gained_per_second(tmp_path):
+def test_cheap_with_labelled_data_ranks_by_accuracy_gained_per_tflop(tmp_path):
     df = measured_run(tmp_path)
     rec = C.recommend(df, 16_000, need="cheap")
-    assert rec.method == "linear_probe"                # +10 val points in 2 s beats lora's +20 in 15 s
-    assert any("per second of training" in r and "cost = measured training time" in r for r in rec.reasons)
+    assert rec.method == "linear_probe"                # +10 val points for 2 TFLOPs beats lora's +20 for 15
+    assert any("per TFLOP" in r and "cost = counted training compute" in r for r in rec.reasons)
     assert C.recommend(df, 16_000, need="cheap", have_data=False).method == "zero_shot"
 
 
@@ -285,15 +288,15 @@ def test_the_notebook_prints_commands_only_through_run_command():
 
 
 # ----------------------------------------------------------------------------- labels and titles
-def test_scatter_labels_sit_in_a_legend_and_peak_memory_says_what_it_measured(tmp_path):
+def test_scatter_labels_sit_in_a_legend_and_the_memory_figure_says_what_it_counts(tmp_path):
     df = measured_run(tmp_path)
     table = C.summary_table(df)
-    for fig in (C.plot_accuracy_vs_params(table, "LABEL"), C.plot_accuracy_vs_time(table, "LABEL")):
+    for fig in (C.plot_accuracy_vs_params(table, "LABEL"), C.plot_accuracy_vs_compute(table, "LABEL")):
         ax = fig.axes[0]
         assert not ax.texts                                               # no labels beside points to overlap
         legend = [t.get_text() for t in ax.get_legend().get_texts()]
         assert {C.method_title(m) for m in METHODS} <= {t.split(" (")[0] for t in legend}   # paper names
         plt.close(fig)
-    title = C.plot_peak_memory(table, "LABEL").axes[0].get_title()
-    assert "CPU process memory (resident set, RSS), not GPU memory" in title
+    title = C.plot_training_memory(df, "LABEL").axes[0].get_title()
+    assert "by accounting" in title and "RSS" not in title
     plt.close("all")

@@ -25,11 +25,12 @@ def test_seed_defaults():
 
 
 def test_smoke_profile_shortens_schedules_but_keeps_each_method_what_it_is():
-    """The stand-in trains fewer epochs (with larger steps), never a different method or architecture."""
+    """The stand-in trains a shorter budget (with larger steps), never a different method or architecture."""
     for method in ("bitfit", "prefix_tuning", "lora", "full_finetune"):
         smoke, full = make_config(method, "smoke"), make_config(method, "full")
         assert smoke.epochs < full.epochs and smoke.lr >= full.lr
-        schedule = {"epochs", "lr", "warmup_epochs", "batch_size"}
+        assert smoke.budget(16).total < full.budget(16).total
+        schedule = {"epochs", "lr", "warmup_epochs", "batch_size", "min_steps_per_epoch", "budget_scale"}
         same = {k: v for k, v in smoke.to_dict().items() if k not in schedule}
         assert same == {k: v for k, v in full.to_dict().items() if k not in schedule}, method
 

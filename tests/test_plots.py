@@ -56,8 +56,11 @@ def results_frame(n_classes: int = 102) -> pd.DataFrame:
                      "test_acc": acc, "test_top5": acc + 0.3, "val_acc": acc + 0.01, "n_test": 2040,
                      "per_class_acc": list(np.clip(rng.normal(acc, 0.2, n_classes), 0, 1).round(2)),
                      "trainable_params": [0, 52_000, 60_000, 70_000, 80_000, 1_700_000][i], "total_params": 1_700_000,
-                     "trainable_percent": 1.0 * i, "train_seconds": 10.0 * i, "peak_memory_mb": 1000.0 + 100 * i,
-                     "images_per_second": 500.0, "history": [] if m == "zero_shot" else
+                     "trainable_percent": 1.0 * i, "train_seconds": 10.0 * i, "train_memory_mb": 1000.0 + 100 * i,
+                     "train_tflops": 0.5 * i, "step_ms": 100.0 + 10 * i, "step_ms_q1": 95.0 + 10 * i,
+                     "step_ms_q3": 112.0 + 10 * i, "deployed_params": [0, 52_000, 60_000, 7_000, 80_000, 1_700_000][i],
+                     "memory_parts": {"parameters_mb": 900.0, "gradients_mb": 10.0 * i, "optimizer_mb": 20.0 * i,
+                                      "activations_mb": 100.0 + 70 * i}, "history": [] if m == "zero_shot" else
                      history(50 if m == "linear_probe" else 5, acc)})
     rows.append({"run": "wise_ft_seed0", "method": "wise_ft", "variant": None, "seed": 0, "label": LABEL,
                  "test_acc": 0.4, "alpha": 0.5, "curve": {"alpha": [0, 0.5, 1], "test_acc": [0.2, 0.42, 0.4],
@@ -80,8 +83,9 @@ def comparison_figures(df: pd.DataFrame, table: pd.DataFrame | None = None, clas
     """Builders (no-argument callables) of every comparison figure for these results."""
     table = C.summary_table(df) if table is None else table
     image = np.zeros((64, 64, 3), np.uint8)
-    return [lambda: C.plot_accuracy_vs_params(table, LABEL), lambda: C.plot_accuracy_vs_time(table, LABEL),
-            lambda: C.plot_peak_memory(table, LABEL), lambda: C.plot_learning_curves(df, LABEL),
+    return [lambda: C.plot_accuracy_vs_params(table, LABEL), lambda: C.plot_accuracy_vs_compute(table, LABEL),
+            lambda: C.plot_step_time(table, LABEL), lambda: C.plot_training_memory(df, LABEL),
+            lambda: C.plot_learning_curves(df, LABEL),
             lambda: C.plot_per_class_heatmap(df, LABEL, classnames), lambda: C.plot_combinations(df, LABEL),
             lambda: C.plot_top5(image, classnames[0], probabilities(), 0, classnames, LABEL),
             lambda: C.plot_top5(image, classnames[0], {}, 0, classnames, LABEL)]
@@ -317,7 +321,9 @@ def non_numeric_frame() -> pd.DataFrame:
     """Main rows whose numbers are None, NaN, pd.NA or strings (object dtype), with odd per-class lists."""
     rows = [{"run": f"{m}_seed0", "method": m, "variant": None, "seed": 0, "label": LABEL,
              "test_acc": [None, np.nan, pd.NA, "n/a", None, np.nan][i], "val_acc": None, "trainable_params": "?",
-             "train_seconds": None, "peak_memory_mb": pd.NA, "test_acc_std": None,
+             "train_seconds": None, "train_memory_mb": pd.NA, "train_tflops": "?", "step_ms": None,
+             "memory_parts": [None, {"parameters_mb": "x"}, {}, "bad", None, {"activations_mb": 1.0}][i],
+             "test_acc_std": None,
              "per_class_acc": [None, [None, None], [np.nan], ["x", 0.5], [], [0.1, 0.2, 0.3]][i],
              "history": [None, [{"epoch": None, "val_acc": "?"}], [], "bad", [{"epoch": 1}], None][i]}
             for i, m in enumerate(METHODS)]
@@ -330,8 +336,10 @@ def object_table() -> pd.DataFrame:
     """A summary-shaped table whose numbers are pd.NA, None or strings (object dtype)."""
     return pd.DataFrame({"method": list(METHODS), "status": "ok", "test_acc": [pd.NA, 0.3, None, 0.4, "x", 0.5],
                          "test_acc_std": pd.NA, "trainable_params": [pd.NA, 10, 20, None, 40, 50],
-                         "train_seconds": [pd.NA] * 6,
-                         "peak_memory_mb": [pd.NA, None, 3.0, 4.0, 5.0, "?"]}).astype(object)
+                         "train_seconds": [pd.NA] * 6, "train_tflops": [pd.NA, None, 0.1, 0.0, "?", 2.0],
+                         "step_ms": [pd.NA, None, 3.0, 4.0, 5.0, "?"], "step_ms_q1": [None] * 6,
+                         "step_ms_q3": [pd.NA] * 6,
+                         "train_memory_mb": [pd.NA, None, 3.0, 4.0, 5.0, "?"]}).astype(object)
 
 
 @pytest.mark.parametrize("make", [pd.DataFrame, non_numeric_frame], ids=["empty", "non-numeric"])

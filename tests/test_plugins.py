@@ -79,7 +79,7 @@ def write_result(folder: Path, method: str, val: float, test: float, memory: flo
         "method": method, "variant": None, "seed": 0, "shots": None, "model": "ToyCLIP", "pretrained": "synthflowers",
         "dataset": "synthflowers", "standin": True, "val_acc": val, "test_acc": test, "test_top5": 1.0,
         "trainable_params": trainable, "total_params": 1000, "trainable_percent": trainable / 10,
-        "train_seconds": 2.0, "peak_memory_mb": memory}))
+        "train_seconds": 2.0, "train_memory_mb": memory, "steps": 0 if method == "zero_shot" else 10}))
 
 
 def test_a_method_plug_in_is_registered_with_its_config_and_profile_defaults(toy_method):
@@ -129,7 +129,7 @@ def test_the_runner_plans_checks_and_runs_a_method_plug_in(toy_method, tmp_path,
     assert report.ok and [c[0] for c in calls] == ["03_bitfit", "07_comparison"]
     assert calls[0][1][-1] == "toy_norm" and calls[0][2]["toy_norm_config"] == {"scale": 2.0}
     assert "config" not in calls[0][2]                                             # BitFit's own config: untouched
-    assert any("toy_norm 1 epoch(s)" in line for line in lines)                # the plan describes it
+    assert any("toy_norm: " in line and "step(s) in 1 epoch(s)" in line for line in lines)  # the plan describes it
     with pytest.raises(ConfigError, match="scale must be > 0"):                  # its config checks -p before work
         runner.run_all("smoke", only=["toy_norm"], root=tmp_path, echo=lines.append, extra={"toy_norm": {"scale": -1}})
     from clipft_utils.course import cli

@@ -79,23 +79,45 @@ def test_tokens_sit_after_cls_and_pooling_reads_cls(kind: str) -> None:
 
 
 N_OUT = {"prefix": 2 * LAYERS, "prompt": 1, "vpt_deep": LAYERS}
-"""Sets of LENGTH vectors the MLP emits: a key and a value per layer, one prompt, a prompt per layer."""
+"""Sets of LENGTH vectors each kind learns: a key and a value per layer, one prompt, a prompt per layer."""
 
 
 @pytest.mark.parametrize("kind", list(N_OUT))
-def test_one_step_changes_only_prefix_encoder_and_head(kind: str) -> None:
+def test_one_step_changes_only_what_the_kind_trains_and_the_head(kind: str) -> None:
+    """Prefix-tuning trains Li & Liang's MLP; prompt tuning and VPT-deep train their tokens directly (their papers)."""
     clf = tiny_classifier().train()
     groups = prefix.apply(clf, config(kind))
     params = trainable_parameters(groups)
     assert len({id(p) for p in params}) == len(params)
     assert {id(p) for p in params} == {id(p) for p in clf.parameters() if p.requires_grad}
     expected = {n for n, p in clf.named_parameters() if p.requires_grad}
-    assert expected == {n for n, _ in clf.named_parameters() if n.startswith(("visual.encoder.", "head."))}
+    trained = "visual.encoder." if kind == "prefix" else "visual.tokens"
+    assert expected == {n for n, _ in clf.named_parameters() if n.startswith((trained, "head."))}
     n_out = N_OUT[kind]
     encoder = LENGTH * WIDTH + (WIDTH * 16 + 16) + (16 * n_out * WIDTH + n_out * WIDTH)
-    assert sum(p.numel() for p in groups[0]["params"]) == encoder
+    assert sum(p.numel() for p in groups[0]["params"]) == (encoder if kind == "prefix" else n_out * LENGTH * WIDTH)
+    assert (clf.visual.encoder is None) == (kind != "prefix") and (clf.visual.tokens is None) == (kind == "prefix")
 
     assert changed_by_one_step(clf, groups, images(), torch.tensor([0, 1, 2, 3])) == expected
+
+
+@pytest.mark.parametrize("kind", list(N_OUT))
+def test_direct_tokens_take_larger_steps_than_the_mlp(kind: str) -> None:
+    """The prompt kinds' tokens train at lr x token_lr_scale; prefix-tuning's MLP and the head at their own lr."""
+    groups = prefix.apply(tiny_classifier(), PrefixTuningConfig(prefix_length=LENGTH, prefix_hidden=16, kind=kind,
+                                                                token_lr_scale=7.0))
+    scales = {g["name"]: g.get("lr_scale", 1.0) for g in groups}
+    assert scales["backbone"] == (1.0 if kind == "prefix" else 7.0) and scales.get("head", 1.0) == 1.0
+    with pytest.raises(ConfigError, match="token_lr_scale"):
+        PrefixTuningConfig(kind=kind, token_lr_scale=0.0).validate()
+
+
+@pytest.mark.parametrize("kind, bound", [("prompt", 0.5), ("vpt_deep", (6 / (3 * 8 * 8 + WIDTH)) ** 0.5)])
+def test_direct_tokens_start_as_their_papers_initialise_them(kind: str, bound: float) -> None:
+    """Prompt tuning: Lester et al.'s uniform [-0.5, 0.5]; VPT: Xavier-uniform, fan-in 3 x patch area, fan-out D."""
+    tokens = prefix.PrefixVisual(tiny_classifier().visual, 200, kind=kind).tokens.detach()
+    assert tokens.abs().max() <= bound and tokens.abs().max() > 0.9 * bound
+    assert abs(float(tokens.mean())) < 0.05 * bound
 
 
 @pytest.mark.parametrize("kind", list(N_OUT))
@@ -106,9 +128,9 @@ def test_fold_keeps_outputs_and_drops_the_mlp(kind: str) -> None:
     with torch.no_grad():
         before = clf(x)
     prefix.fold(clf.visual)
-    assert clf.visual.encoder is None and not clf.visual.folded.requires_grad
+    assert clf.visual.encoder is None and clf.visual.tokens is None and not clf.visual.folded.requires_grad
     assert clf.visual.folded.shape == (N_OUT[kind], LENGTH, WIDTH)
-    assert not any("encoder" in n for n, _ in clf.named_parameters())
+    assert not any("encoder" in n or "tokens" in n for n, _ in clf.named_parameters())
     assert sum(p.numel() for p in clf.visual.parameters()) == \
         sum(p.numel() for p in clf.visual.visual.parameters()) + N_OUT[kind] * LENGTH * WIDTH
     with torch.no_grad():
@@ -134,9 +156,24 @@ def test_grad_checkpointing_gives_same_gradients(kind: str) -> None:
     grads = []
     for model in (clf, other):
         F.cross_entropy(model(images()), torch.tensor([0, 1, 2, 3])).backward()
-        grads.append([p.grad for p in model.visual.encoder.parameters()])
+        grads.append([p.grad for p in model.visual.trained()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(N_OUT))
+def test_counted_inference_flops_grow_with_the_keys_or_the_tokens(kind: str) -> None:
+    """FLOPs counted, not timed: every kind costs more than the bare tower; the prompt kinds, which lengthen the
+    sequence every block processes, cost more than prefix-tuning, which only lengthens the keys and values."""
+    clf = tiny_classifier()
+    prefix.apply(clf, config(kind))
+    counted = prefix.inference_flops(prefix.fold(clf.visual), images(2))
+    assert counted["prefix_gflops"] > counted["base_gflops"] and counted["flop_ratio"] > 1
+    assert counted["tokens_prefix"] == 1 + 16 + (0 if kind == "prefix" else LENGTH)
+    other = tiny_classifier()
+    prefix.apply(other, config("prefix"))
+    prefix_ratio = prefix.inference_flops(prefix.fold(other.visual), images(2))["flop_ratio"]
+    assert counted["flop_ratio"] >= prefix_ratio and (kind == "prefix") == (counted["flop_ratio"] == prefix_ratio)
 
 
 @pytest.mark.parametrize("kind", list(N_OUT))
@@ -208,7 +245,7 @@ def test_vit_b32_parameter_counts_match_the_formula() -> None:
     p, d, hidden, layers = 10, 768, 512, 12
     assert (len(visual.transformer.resblocks), visual.class_embedding.shape[-1]) == (layers, d)
     pv = prefix.PrefixVisual(visual, p, hidden, kind="prefix")
-    trainable = sum(t.numel() for t in pv.encoder.parameters())
+    trainable = sum(t.numel() for t in pv.trained())
     assert trainable == p * d + d * hidden + hidden + hidden * layers * 2 * d + layers * 2 * d
     prefix.fold(pv)
     assert pv.folded.numel() == layers * 2 * p * d

@@ -269,7 +269,8 @@ def test_the_plan_says_what_each_notebook_trains(fake, tmp_path):
     lines: list[str] = []
     runner.run_all("smoke", root=tmp_path, echo=lines.append, extra={"epochs": 2}, dry_run=True)
     text = "\n".join(lines)
-    assert "03_bitfit seed 0: would run (no completion record): bitfit 2 epoch(s)" in text
+    # the steps, from the training-set size known before any work: 2 epochs x 16 batches x the smoke scale 0.6
+    assert "03_bitfit seed 0: would run (no completion record): bitfit: 19 step(s) in 2 epoch(s)" in text
     assert "LoRA adapter B: 2 epoch(s) each" in text          # one knob reaches every training of 06
     assert fake.calls == []
 

@@ -15,8 +15,8 @@ import pandas as pd
 
 from ..methods import names as method_names
 from .report import display_name
-from .tables import (COMBINATION_METHODS, TOP_K, borrowed_histories, column, number_text, numeric, combination_table,
-                     learning_curves, main_rows, memory_kind, per_class_matrix, shots_table, summary_table, top_k,
+from .tables import (COMBINATION_METHODS, TOP_K, borrowed_histories, column, numeric, combination_table,
+                     learning_curves, main_rows, per_class_matrix, shots_table, summary_table, top_k,
                      zero_shot_val)
 
 NO_RESULTS = "no results yet"
@@ -57,12 +57,14 @@ def method_marker(method: str) -> str:
     return "osD^vP<>hp"[names.index(method) % 10] if method in names else "X"
 
 
-def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool):
-    """One point per method, named in a legend outside the axes (labels beside points overlap and leave the frame)."""
+def scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str, logx: bool,
+            hollow: str | None = None):
+    """One point per method, named in a legend outside the axes (labels beside points overlap and leave the frame);
+    ``hollow``: a second x column drawn as a hollow marker joined to the point where it differs."""
     from ..plots import empty_note, legend_outside
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    rows = numeric(_ok(table), x, "test_acc", "test_acc_std")
+    rows = numeric(_ok(table), x, "test_acc", "test_acc_std", *([hollow] if hollow else []))
     shown = rows[rows[x].notna() & rows["test_acc"].notna()] if len(rows) else rows
     if not len(shown):
         empty_note(ax, NO_RESULTS)
@@ -72,6 +74,12 @@ def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str,
         ax.errorbar([xv], [100 * r["test_acc"]], yerr=err, fmt=method_marker(r["method"]), ms=8, capsize=3, alpha=0.85,
                     color=method_colour(r["method"]),
                     label=method_title(r["method"]) + (" (0 trained: drawn at 1)" if logx and r[x] == 0 else ""))
+        other = r.get(hollow) if hollow else None
+        if other is not None and not pd.isna(other) and other != r[x]:
+            ov = max(other, 1.0) if logx else other
+            ax.plot([xv, ov], [100 * r["test_acc"]] * 2, color=method_colour(r["method"]), lw=0.8, alpha=0.6)
+            ax.plot([ov], [100 * r["test_acc"]], method_marker(r["method"]), ms=8, mfc="none",
+                    color=method_colour(r["method"]))
     missing = [method_title(str(m)) for m in column(rows, "method")[~rows.index.isin(shown.index)]] if len(rows) else []
     if logx and len(shown):
         ax.set_xscale("log")
@@ -83,38 +91,80 @@ def _scatter(table: pd.DataFrame, x: str, xlabel: str, label: str, heading: str,
     return fig
 
 
+# ----------------------------------------------------------------------------- the cost figures
 def plot_accuracy_vs_params(table: pd.DataFrame, label: str):
-    """Test accuracy against trainable parameters (log scale); zero-shot sits at 1."""
-    return _scatter(table, "trainable_params", "trainable parameters (log scale)", label,
-                    "Accuracy vs trainable parameters", logx=True)
+    """Test accuracy against trainable parameters (filled, log scale; zero-shot at 1) and, hollow, the parameters its
+    model folder deploys where they differ (prefix-tuning trains an MLP, deploys only its output)."""
+    return scatter(table, "trainable_params", "parameters (log scale): filled = trainable, hollow = deployed",
+                   label, "Accuracy vs parameters: trained (filled) and deployed (hollow)", logx=True,
+                   hollow="deployed_params")
 
 
-def plot_accuracy_vs_time(table: pd.DataFrame, label: str):
-    """Test accuracy against measured training time."""
-    return _scatter(table, "train_seconds", "training time (s)", label, "Accuracy vs training time", logx=False)
+def plot_accuracy_vs_compute(table: pd.DataFrame, label: str):
+    """Test accuracy against counted training compute (TFLOPs, log scale); a method that trains nothing is drawn at a
+    tenth of the smallest compute, at the left edge (its label says so)."""
+    rows = numeric(table, "train_tflops")
+    positive = rows["train_tflops"][rows["train_tflops"] > 0] if len(rows) else pd.Series(dtype=float)
+    if len(positive):
+        rows["train_tflops"] = rows["train_tflops"].where(rows["train_tflops"] > 0, float(positive.min()) / 10)
+    fig = scatter(rows, "train_tflops", "training compute, counted (TFLOPs, log scale; 0: drawn at the left edge)",
+                  label, "Accuracy vs training compute (FLOPs counted: the same on every machine)", logx=False)
+    if len(positive):
+        fig.axes[0].set_xscale("log")
+    return fig
 
 
-def plot_peak_memory(table: pd.DataFrame, label: str):
-    """Measured training memory per method (bars; "not run" methods are left empty); the title says what it is."""
+def plot_step_time(table: pd.DataFrame, label: str):
+    """Median step time per method with its quartile range; the title says that overlapping ranges are not ranked
+    and a note under the axis names the overlapping neighbours."""
     from ..plots import empty_note
+    from .tradeoffs import step_time_order
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    rows = numeric(table, "peak_memory_mb")
-    mem = rows["peak_memory_mb"].to_numpy(dtype=float) if len(rows) else np.array([])
-    pos = np.arange(len(mem))
-    bars = ax.bar(pos, np.nan_to_num(mem), color=[method_colour(str(m)) for m in column(rows, "method")])
-    for bar, v, status in zip(bars, mem, column(rows, "status")):
-        text = number_text(v, "{:.0f}") if status == "ok" else "n/a" if status == "not applicable" else "not run"
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(pos, [method_title(str(m)) for m in column(rows, "method")], rotation=30, ha="right")
-    if not np.isfinite(mem).any():
-        empty_note(ax, NO_RESULTS)
+    rows = numeric(table, "step_ms", "step_ms_q1", "step_ms_q3") if len(table) else table
+    rows = rows[rows["step_ms"].notna()].sort_values("step_ms") if len(rows) else rows
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    if not len(rows):
+        empty_note(ax, "no step times (runs of fewer than 20 timed steps report none)")
     else:
-        ax.set_ylim(0, 1.12 * np.nanmax(mem))   # room for the value labels
-    heading = ("Training memory (model + peak increase while training)\nmeasured as "
-               + memory_kind(column(rows, "memory_measure")))
-    ax.set(ylabel="training memory (MB)", title=title(heading, label))
-    ax.title.set_fontsize(9)
+        pos = np.arange(len(rows))
+        med = rows["step_ms"].to_numpy(float)
+        err = np.vstack([med - rows["step_ms_q1"].to_numpy(float), rows["step_ms_q3"].to_numpy(float) - med])
+        ax.barh(pos, med, xerr=err, capsize=4, color=[method_colour(m) for m in rows["method"]], alpha=0.8)
+        ax.set_yticks(pos, [method_title(str(m)) for m in rows["method"]])
+        ax.invert_yaxis()
+        tied = [line.split(":")[0] for line in step_time_order(rows) if "≈" in line]
+        ax.set_xlabel("ms per optimizer step (median; bars: quartiles)"
+                      + (f"\nnot ranked (quartiles overlap): {'; '.join(tied)}" if tied else ""))
+    ax.set_title(title("Step time (wall clock on this machine: rank only where the ranges are apart)", label),
+                 fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def plot_training_memory(df: pd.DataFrame, label: str, shots: Any = "auto"):
+    """Accounted training memory per method, stacked by part (parameters, gradients, optimizer state, saved
+    activations); the same on every device."""
+    from ..plots import empty_note, legend_outside
+    from .tradeoffs import memory_parts
+    plt = _plt()
+    parts = memory_parts(df, shots)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    if not len(parts):
+        empty_note(ax, "no accounted training memory in the results")
+    else:
+        pos, left = np.arange(len(parts)), np.zeros(len(parts))
+        for i, name in enumerate(parts.columns):
+            values = parts[name].fillna(0.0).to_numpy(float)
+            ax.barh(pos, values, left=left, color=f"C{i}", label=name)
+            left += values
+        for p, total in zip(pos, left):
+            ax.annotate(f"{total:.1f}", (total, p), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.set_yticks(pos, [method_title(str(m)) for m in parts.index])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.15 * float(left.max()))
+        legend_outside(ax)
+    ax.set_xlabel("training memory, accounted (MB): parameters + gradients + optimizer state + saved activations")
+    ax.set_title(title("Training memory by accounting (the same on every device)", label), fontsize=9)
     return fig
 
 

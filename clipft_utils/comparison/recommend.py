@@ -1,4 +1,5 @@
-"""The recommender: the course's decision tree applied to what this run measured (memory, accuracy, parameters)."""
+"""The recommender: the course's decision tree applied to what this run measured and counted: accuracy on validation,
+training memory by accounting, training compute in FLOPs, parameters. Its budgets are the table's own numbers."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from .tables import (column, count_text, is_main, number_text, numeric, shots_of, default_shots, is_standin, ordering, shots_table,
+from .tables import (column, count_text, is_main, number_text, shots_of, default_shots, is_standin, ordering, shots_table,
                      summary_table)
 
 NEEDS = ("best", "good", "cheap")
@@ -56,33 +57,43 @@ def _check_request(memory_budget_mb: float, need: str, tasks: int) -> None:
         raise ConfigError(f"tasks must be a whole number >= 1, got {tasks!r}.")
 
 
+MEMORY_DIGITS = 1
+"""The table shows train_memory_mb to 0.1 MB; the recommender compares and names budgets at that same precision."""
+
+
+def table_memory(table: pd.DataFrame) -> pd.Series:
+    """Each row's training memory as the table shows it (accounted, rounded to 0.1 MB; NaN: trains nothing)."""
+    return pd.to_numeric(column(table, "train_memory_mb"), errors="coerce").round(MEMORY_DIGITS)
+
+
 def _fits(table: pd.DataFrame, budget: float) -> tuple[pd.DataFrame, list[str]]:
-    """Methods whose measured peak memory fits the budget (zero-shot trains nothing, so it always fits)."""
-    mem = table["peak_memory_mb"]
-    ok = (mem <= budget) | (mem.isna() & (table["method"] == "zero_shot"))
-    show = lambda m, v: f"{m} ({'not measured' if pd.isna(v) else f'{v:.0f} MB'})"  # noqa: E731
+    """Methods whose accounted training memory fits the budget (a method that trains nothing always fits)."""
+    mem = table_memory(table)
+    ok = (mem <= budget) | (mem.isna() & (pd.to_numeric(column(table, "steps"), errors="coerce") == 0))
+    show = lambda m, v: f"{m} ({'trains nothing' if pd.isna(v) else f'{v:.1f} MB'})"  # noqa: E731
     fit = [show(m, v) for m, v in zip(table["method"][ok], mem[ok])]
     out = [show(m, v) for m, v in zip(table["method"][~ok], mem[~ok])]
-    reasons = [f"Memory budget {memory_str(budget)}: measured peak memory fits for {', '.join(fit) or 'none'}"
-               + (f"; too big or not measured: {', '.join(out)}." if out else ".")]
+    reasons = [f"Memory budget {memory_str(budget)}: the accounted training memory fits for {', '.join(fit) or 'none'}"
+               + (f"; too big or not counted: {', '.join(out)}." if out else ".")]
     return table[ok], reasons
 
 
 def memory_str(mb: float) -> str:
-    """``6.0 GB`` or ``512 MB``."""
-    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+    """``6.0 GB`` or ``304.2 MB`` (the table's precision)."""
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.{MEMORY_DIGITS}f} MB"
 
 
 def _share_backbone(cand: pd.DataFrame, tasks: int) -> tuple[pd.DataFrame, list[str]]:
-    """With several tasks keep the methods that store only a small part of the model per task."""
-    pct = cand["trainable_percent"].fillna(0.0)
-    keep = cand[pct <= SHARED_BACKBONE_PERCENT]
-    dropped = cand[pct > SHARED_BACKBONE_PERCENT]
+    """With several tasks keep the methods whose model folder (what each task stores) is a small part of the model."""
+    stored = pd.to_numeric(column(cand, "deployed_params"), errors="coerce").fillna(0.0)
+    base = pd.to_numeric(column(cand, "base_params"), errors="coerce")
+    pct = (100 * stored / base).fillna(0.0)
+    keep, dropped = cand[pct <= SHARED_BACKBONE_PERCENT], cand[pct > SHARED_BACKBONE_PERCENT]
     reasons = [f"{tasks} tasks → prefer one shared frozen backbone plus a small per-task part "
-               f"(the course's rule: many tasks → LoRA)."]
-    for r in dropped.itertuples():
-        reasons.append(f"{r.method} trains {r.trainable_percent:.1f}% of the model: {tasks} tasks would store "
-                       f"{count_text(r.trainable_params * tasks)} parameters, so it is set aside.")
+               f"(the course's rule: many tasks → LoRA); what a task stores is its model folder (deployed_params)."]
+    for method, n, p in zip(dropped["method"], stored[dropped.index], pct[dropped.index]):
+        reasons.append(f"{method} deploys {p:.1f}% of the model: {tasks} tasks would store "
+                       f"{count_text(n * tasks)} parameters, so it is set aside.")
     return (keep if len(keep) else cand), reasons
 
 
@@ -106,7 +117,7 @@ def _pick(cand: pd.DataFrame, need: str) -> tuple[pd.Series, list[str]]:
                       f"{acc(best)}{runner}."]
     if need == "good":
         close = cand[cand[key] >= best[key] - GOOD_ENOUGH_POINTS / 100]
-        pick = close.sort_values(["trainable_params", "train_seconds"]).iloc[0]
+        pick = close.sort_values(["trainable_params", "train_tflops"]).iloc[0]
         return pick, [f"need='good': within {GOOD_ENOUGH_POINTS:g} {split} accuracy points of the best that fits "
                       f"({best['method']}, {acc(best)}): {', '.join(close['method'])}; of these "
                       f"{pick['method']} trains the fewest parameters ({count_text(pick['trainable_params'])}) "
@@ -115,37 +126,37 @@ def _pick(cand: pd.DataFrame, need: str) -> tuple[pd.Series, list[str]]:
 
 
 def _cheapest(cand: pd.DataFrame, key: str, split: str, acc) -> tuple[pd.Series, list[str]]:
-    """need='cheap' with labelled data: the most accuracy gained over zero-shot per second of training.
+    """need='cheap' with labelled data: the most accuracy gained over zero-shot per TFLOP of training compute.
 
-    Cost is the measured training time (memory enters only through the budget); zero-shot costs nothing and gains
-    nothing, so it is chosen only when no trained method that fits beats it.
+    Cost is the counted training compute (train_tflops: the same on every machine; memory enters only through the
+    budget); zero-shot costs nothing and gains nothing, so it is chosen only when no trained method beats it.
     """
     zs = cand[cand["method"] == "zero_shot"]
     base = float(zs[key].iloc[0]) if len(zs) else 0.0
-    trained = cand[(cand["method"] != "zero_shot") & (pd.to_numeric(cand["train_seconds"], errors="coerce") > 0)]
-    rate = (trained[key] - base) / trained["train_seconds"].astype(float)
+    compute = pd.to_numeric(column(cand, "train_tflops"), errors="coerce")
+    trained = cand[(cand["method"] != "zero_shot") & (compute > 0)]
+    rate = (trained[key] - base) / compute[trained.index]
     gains = trained.assign(_rate=rate)[rate > 0].sort_values("_rate", ascending=False)
     against = f"zero-shot's {_pct(base)}" if len(zs) else "0 (zero-shot not measured)"
-    how = (f"need='cheap': cost = measured training time; the choice is the most {split} accuracy gained over "
-           f"{against} per second of training")
+    how = (f"need='cheap': cost = counted training compute (train_tflops); the choice is the most {split} accuracy "
+           f"gained over {against} per TFLOP")
     if not len(gains):
-        pick = zs.iloc[0] if len(zs) else cand.sort_values("train_seconds").iloc[0]
+        pick = zs.iloc[0] if len(zs) else cand.assign(_c=compute).sort_values("_c").iloc[0]
         return pick, [f"{how}: no trained method that fits beats zero-shot, so {pick['method']} ({acc(pick)}), "
                       "which trains nothing."]
     pick = gains.iloc[0]
-    per = lambda r: f"{r['method']} {100 * (r[key] - base):+.1f} points in {number_text(r['train_seconds'])} s"  # noqa: E731
+    per = lambda r: (f"{r['method']} {100 * (r[key] - base):+.1f} points for "  # noqa: E731
+                     f"{number_text(r['train_tflops'], '{:.3g}')} TFLOPs")
     others = "; ".join(per(r) for _, r in gains.iloc[1:].iterrows())
-    return pick, [f"{how}: {per(pick)} ({100 * pick['_rate']:.2f} points/s) at {acc(pick)}"
+    return pick, [f"{how}: {per(pick)} ({100 * pick['_rate']:.3g} points per TFLOP) at {acc(pick)}"
                   + (f" (next: {others})." if others else ".")]
 
 
 def _caveats(df: pd.DataFrame) -> list[str]:
     """Where the measurements came from (CPU memory is not GPU memory; the stand-in is not CLIP)."""
-    notes = []
-    devices = sorted({str((e or {}).get("device", "?")) for e in column(df, "env")} - {"None"})
-    if devices and not any(d.startswith("cuda") for d in devices):
-        notes.append(f"Peak memory was measured on {', '.join(devices)} (process memory, not GPU memory): "
-                     "rerun on your GPU before trusting the memory filter.")
+    notes = ["Training memory is accounted (parameters, gradients, optimizer state, saved activations at this run's "
+             "batch and precision): a GPU also holds its CUDA context and the allocator's slack (each result's "
+             "cuda_peak_mb, where a GPU trained)."]
     if is_standin(df):
         data = sorted({str(d) for d in column(df, "dataset").dropna()}) or ["its data"]
         notes.append(f"These numbers come from the offline STAND-IN (ToyCLIP, not CLIP, on {', '.join(data)}): "
@@ -186,13 +197,12 @@ def recommend(df: pd.DataFrame, memory_budget_mb: float, need: str = "best", tas
                                             "every other method trains on labelled images.", *caveats])
     cand, reasons = _fits(table, memory_budget_mb)
     if memory_budget_mb < SMALL_GPU_MB:
-        reasons.append("Rule of thumb for < 8 GB: BitFit or linear probe; here the measured peak memory decides.")
+        reasons.append("Rule of thumb for < 8 GB: BitFit or linear probe; here the accounted memory decides.")
     if not len(cand):
-        low = table.sort_values("peak_memory_mb").iloc[0]
+        low = table.assign(_m=table_memory(table)).sort_values("_m").iloc[0]
         return Recommendation("zero_shot", reasons + [
-            f"Nothing that trains fits: the smallest measured is {low['method']} at "
-            f"{memory_str(low['peak_memory_mb'])}. Use zero-shot, or lower the batch size and measure again.",
-            *caveats])
+            f"Nothing that trains fits: the smallest is {low['method']} at {memory_str(low['_m'])}. Use zero-shot, "
+            "or lower the batch size (activations shrink with it) and count again.", *caveats])
     if tasks > 1:
         cand, more = _share_backbone(cand, tasks)
         reasons += more
@@ -205,37 +215,35 @@ def recommend(df: pd.DataFrame, memory_budget_mb: float, need: str = "best", tas
 
 
 def memory_budgets(df: pd.DataFrame, shots: Any = "auto") -> dict[float, str]:
-    """Budgets (MB) from what this run measured: each trained method's training memory, rounded up to the MB so
-    that it just fits, with the methods it admits last."""
+    """Budgets (MB): each method's training memory exactly as the table shows it, with the methods it admits last."""
     table = summary_table(df, include_missing=False, shots=shots) if len(df) else pd.DataFrame()
-    mem = numeric(table[table["method"] != "zero_shot"], "peak_memory_mb") if len(table) else table
     budgets: dict[float, list[str]] = {}
-    for m, v in zip(column(mem, "method"), column(mem, "peak_memory_mb")):
+    for m, v in zip(column(table, "method"), table_memory(table) if len(table) else []):
         if not pd.isna(v):
-            budgets.setdefault(float(math.ceil(v)), []).append(str(m))
-    return {b: f"{memory_str(b)} (= {' = '.join(ms)}'s training memory)" for b, ms in sorted(budgets.items())}
+            budgets.setdefault(float(v), []).append(str(m))
+    return {b: f"{memory_str(b)} (= {' = '.join(ms)}'s train_memory_mb)" for b, ms in sorted(budgets.items())}
 
 
 def recommendation_grid(df: pd.DataFrame, tasks: int = 1, labelled_per_class: int | None = None,
                         extra: dict[float, str] | None = None) -> tuple[pd.DataFrame, str]:
-    """The recommender x every need at budgets from this run's measured training memory (one 10 % below the smallest,
-    where nothing trained fits, then each measured value) plus ``extra``; and one line on what the grid can show."""
+    """The recommender x every need at budgets from the table's training memory (one 10 % below the smallest, where
+    nothing trained fits, then each row's value) plus ``extra``; and one line on what the grid can show."""
     point, _ = curve_point(df, labelled_per_class)
     measured = memory_budgets(df, point)
     low = float(math.floor(0.9 * min(measured))) if measured else 0.0
-    budgets = {**({low: f"{memory_str(low)} (below every measured)"} if low > 0 else {}), **measured, **(extra or {})}
+    budgets = {**({low: f"{memory_str(low)} (below every row's)"} if low > 0 else {}), **measured, **(extra or {})}
     grid = pd.DataFrame({name: {n: recommend(df, b, need=n, tasks=tasks, labelled_per_class=labelled_per_class).method
                                 for n in NEEDS} for b, name in sorted(budgets.items())}).T
     picks = sorted(set(grid.to_numpy().ravel()))
     if len(measured) < 2:
-        note = (f"This run measured the training memory of {len(measured)} trained method(s): budgets cannot separate "
+        note = (f"The table holds the training memory of {len(measured)} method(s): budgets cannot separate "
                 "trained methods, so the memory rows cannot show the answer moving.")
     elif len(picks) < 2:
         note = (f"The answer does not move: {picks[0]} at every budget and need — it is preferred at the smallest "
                 "budget already, so on this run's numbers memory does not decide (see the reasons above).")
     else:
         steps = lambda col: " → ".join(m for i, m in enumerate(col) if i == 0 or m != col[i - 1])  # noqa: E731
-        note = (f"Budgets: one below every measured training memory, then each of the {len(measured)} measured values "
+        note = (f"Budgets: one below every row's train_memory_mb, then each of the {len(measured)} values in the table "
                 "(each admits one more method). As the budget grows: "
                 + "; ".join(f"{n}: {steps(list(grid[n]))}" for n in NEEDS) + ".")
     return grid, note

@@ -152,23 +152,46 @@ def _aggregate(rows: pd.DataFrame) -> dict[str, Any]:
     epochs = num("epochs_run").fillna(from_history.where(borrowed_histories(rows) == ""))
     sizes = sorted({int(n) for n in num("n_test").dropna()})
     classes = [len(v) for v in column(rows, "per_class_acc") if isinstance(v, (list, tuple, np.ndarray)) and len(v)]
-    measures = sorted({str(v) for v in column(rows, "memory_measure").dropna() if str(v)})
+    joined = lambda c: " | ".join(sorted({str(v) for v in column(rows, c).dropna() if str(v)})) or None  # noqa: E731
     return {
         "status": "ok", "n_seeds": int(column(rows, "seed").nunique()),
         "measured": _measured(rows), "n_test": sizes[0] if len(sizes) == 1 else (np.nan if not sizes else -1),
         "epochs": epochs.mean(), "shots": num("shots").max(),
         "trainable_params": num("trainable_params").max(), "total_params": num("total_params").max(),
         "trainable_percent": num("trainable_percent").max(), "train_seconds": num("train_seconds").mean(),
-        "peak_memory_mb": num("peak_memory_mb").mean(), "test_acc": acc.mean(),
-        "test_acc_std": acc.std(ddof=1) if acc.count() > 1 else np.nan, "test_top5": num("test_top5").mean(),
-        "val_acc": num("val_acc").mean(), "images_per_second": num("images_per_second").mean(),
-        "n_classes": max(classes) if classes else np.nan, "memory_measure": " | ".join(measures) or None,
+        "test_acc": acc.mean(), "test_acc_std": acc.std(ddof=1) if acc.count() > 1 else np.nan,
+        "test_top5": num("test_top5").mean(), "val_acc": num("val_acc").mean(),
+        "n_classes": max(classes) if classes else np.nan, **_costs(rows, num, joined),
     }
 
 
-TABLE_COLUMNS = ["method", "type", "status", "n_seeds", "measured", "n_test", "epochs", "shots", "trainable_params",
-                 "total_params", "trainable_percent", "train_seconds", "peak_memory_mb", "test_acc", "test_acc_std",
-                 "test_top5", "val_acc", "images_per_second", "n_classes", "memory_measure", "reason"]
+def _costs(rows: pd.DataFrame, num, joined) -> dict[str, Any]:
+    """The cost columns over seeds: means of the counted numbers; the step time's median over the seeds' medians with
+    the widest quartiles (two methods are ranked by time only when these ranges do not overlap)."""
+    q1, q3 = num("step_ms_q1"), num("step_ms_q3")
+    return {
+        "steps": num("steps").mean(), "train_tflops": num("train_tflops").mean(),
+        "gflops_per_image": num("gflops_per_image").mean(), "train_memory_mb": num("train_memory_mb").mean(),
+        "memory_measure": joined("memory_measure"), "step_ms": num("step_ms").median(),
+        "step_ms_q1": q1.min(), "step_ms_q3": q3.max(), "step_ms_spread": q3.max() - q1.min(),
+        "step_over_forward": num("step_over_forward").median(), "deployed_params": num("deployed_params").max(),
+        "model_folder_mb": num("model_folder_mb").mean(), "cuda_peak_mb": num("cuda_peak_mb").mean(),
+        "base_params": num("base_params").max(),
+        "budget": joined("budget"), "budget_note": joined("budget_note"), "percent_of": joined("percent_of"),
+        "step_ms_note": joined("step_ms_note"),
+    }
+
+
+COST_COLUMNS = ["steps", "train_tflops", "gflops_per_image", "train_memory_mb", "memory_measure", "step_ms",
+                "step_ms_spread", "trainable_params", "trainable_percent", "deployed_params", "model_folder_mb"]
+"""The cost columns of ``summary.csv`` / ``summary.md``, named as every result row names them (see ``costs``)."""
+
+TABLE_COLUMNS = ["method", "type", "status", "n_seeds", "measured", "n_test", "epochs", "steps", "shots",
+                 "trainable_params", "trainable_percent", "deployed_params", "model_folder_mb", "total_params",
+                 "train_tflops", "gflops_per_image", "train_memory_mb", "memory_measure", "step_ms", "step_ms_spread",
+                 "step_ms_q1", "step_ms_q3", "step_over_forward", "train_seconds", "test_acc", "test_acc_std",
+                 "test_top5", "val_acc", "n_classes", "cuda_peak_mb", "base_params", "budget", "budget_note",
+                 "percent_of", "step_ms_note", "reason"]
 
 
 def not_applicable(df: pd.DataFrame, method: str) -> str | None:
@@ -390,10 +413,12 @@ def hardest_note(matrix: pd.DataFrame, k: int = TOP_K) -> str:
 
 
 def memory_kind(measures: Iterable[Any]) -> str:
-    """What the training-memory numbers measured, from the rows' ``memory_measure`` (on a CPU: process memory)."""
-    how = {str(v).split(":")[0] for m in measures if isinstance(m, str) for v in m.split(" | ") if v}
-    kinds = sorted("GPU memory (CUDA allocator)" if h.startswith("CUDA") else
-                   "CPU process memory (resident set, RSS), not GPU memory" for h in how)
+    """What the training-memory numbers are, from the rows' ``memory_measure``: accounted (the same on every device);
+    a row written before accounting (process memory) is named as such, never passed off as the same thing."""
+    how = {str(v).split(":")[0].strip() for m in measures if isinstance(m, str) for v in m.split(" | ") if v}
+    kinds = sorted("accounted (parameters + gradients + optimizer state + saved activations)"
+                   if h.startswith("accounted") else "process memory of an older result (rerun it)"
+                   for h in how if h and not h.startswith("trains nothing"))
     return (" and ".join(kinds) if len(kinds) < 2 else "mixed: " + " and ".join(kinds)) or "measure not recorded"
 
 

@@ -1,27 +1,33 @@
-"""Speed and memory of every method on a real architecture with random weights (no download needed).
+"""What every method costs on a real architecture with random weights (no download needed): the measures of the
+course's result rows (``clipft_utils.costs``), so that the ViT-B-32 figures sit beside the stand-in's.
 
-    python -m clipft_utils bench --model ViT-B-32 --device cuda --batch-size 64 --steps 20
+    python -m clipft_utils bench --model ViT-B-32 --batch-size 8 --steps 20        # a few minutes on a CPU
+    python -m clipft_utils bench --model ViT-B-32 --device cuda --batch-size 64 --steps 50
     python -m clipft_utils bench --flowers-root /tmp/standin   # also time decode + cache + feature extraction
 
-Each row gives its step time as a multiple of one frozen forward pass of the image tower over the same batch
-("x fwd", the forward timed right before the row), and the size of a training checkpoint (trainable parameters + AdamW
-state); the training loader alone is timed against the steps: on a GPU it must be far faster than the fastest
-step. The text-side methods (CoOp, CLIP-LoRA) run the text tower on all 102 class prompts at every step.
+Per method: FLOPs of one training step and of one inference image of its deployed model (counted: the same on every
+machine), training memory by accounting (parameters + gradients + AdamW state + saved activations; on a GPU the
+CUDA allocator's measured peak beside it), the median step time over the timed steps with its interquartile range,
+and that median as a multiple of one frozen forward pass of the image tower over the same batch ("x fwd", timed right
+before the row). The text-side methods (CoOp, CLIP-LoRA) run the text tower on all 102 class prompts at every step.
+The training loader alone is timed against the steps: on a GPU it must be far faster than the fastest step.
 
-Accuracy is meaningless here (random weights, random pixels); throughput and peak memory are not:
-they depend only on the architecture, the method, the batch and the device.
+Accuracy is meaningless here (random weights, random pixels); the counts are not: they depend only on the
+architecture, the method and the batch (the times also on the device and its load).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import statistics
 import time
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..engine.timing import step_stats
 from ..methods import make_config
 from ..memory import PeakMemory
 from ..evaluate import autocast_context, resolve_precision
@@ -47,18 +53,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(seconds per step, peak MB) of ``fn`` after ``warmup`` untimed calls."""
+def _timed(fn, steps: int, warmup: int, device: torch.device) -> tuple[list[float], float | None]:
+    """(seconds of each of ``steps`` calls of ``fn`` after ``warmup`` untimed ones, the CUDA allocator's peak MB on a
+    GPU, else None)."""
     for _ in range(warmup):
         fn()
     _sync(device)
+    times = []
     with PeakMemory(device) as mem:
-        start = time.perf_counter()
         for _ in range(steps):
+            start = time.perf_counter()
             fn()
-        _sync(device)
-        seconds = (time.perf_counter() - start) / steps
-    return seconds, mem.peak_mb
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return times, mem.peak_mb if device.type == "cuda" else None
 
 
 def flowers_prompts(num_classes: int) -> tuple[list[str], list[str]]:
@@ -89,7 +97,7 @@ def forward_seconds(loaded, device: torch.device, batch_size: int, steps: int, w
         with torch.inference_mode(), autocast_context(prec, device):
             visual(images)
     try:
-        return _timed(step, steps, warmup, device)[0]
+        return statistics.median(_timed(step, steps, warmup, device)[0])
     finally:
         visual.train(was)
 
@@ -139,12 +147,15 @@ def bench_variant(name: str, loaded, num_classes: int, device: torch.device, bat
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    seconds, peak = _timed(step, steps, warmup, device)
+    times, peak = _timed(step, steps, warmup, device)
+    seconds = statistics.median(times)
     ckpt = checkpoint_mb(clf, opt) if not inference else None
     return {"checkpoint_mb": ckpt, "variant": name, "trainable": trainable, "total": total,
             "side": "text" if spec.text_apply is not None else "image",
-            "trainable_percent": 100 * trainable / total,
-            "images_per_second": batch_size / seconds, "ms_per_step": 1000 * seconds, "peak_memory_mb": peak,
+            "trainable_percent": 100 * trainable / sum(p.numel() for p in loaded.model.parameters()),
+            "images_per_second": batch_size / seconds, "cuda_peak_mb": peak,
+            **step_stats(times, warmup=0, minimum=min(steps, 20)),
+            **counted_costs(method, cfg, clf, groups, images, labels, loaded, prec, inference),
             "precision": prec, "batch_size": batch_size, "kind": "inference" if inference else "train"}
 
 
@@ -164,6 +175,44 @@ def applicable_variants(names: Sequence[str], loaded) -> tuple[list[str], dict[s
     if any(get(variants()[v][0]).text_apply is not None for v in todo):
         loaded.tokenizer  # noqa: B018 - loads it, or says how to prefetch it
     return todo, skipped
+
+
+def counted_costs(method: str, cfg: Any, clf: torch.nn.Module, groups: list[dict], images: torch.Tensor,
+                  labels: torch.Tensor, loaded: Any, precision: str, inference: bool) -> dict[str, Any]:
+    """The counted measures of a row (``clipft_utils.costs``): FLOPs of a training step and training memory by
+    accounting (a feature-based method: its frozen forward, no training memory), and the inference FLOPs per image
+    and the numbers of the model its folder would deploy."""
+    from .. import costs
+    from ..methods import trainable_parameters
+    from ..modelfolder import deployable
+    visual = loaded.model.visual
+    if inference:  # the linear probe's cost per image is one frozen forward (its fit on features is negligible)
+        flops = costs.flops_per_image(visual, images[:2])
+        return {"flops_per_step": None, "gflops_per_image": flops / 1e9, "train_memory_mb": None,
+                "deployed_params": None, "memory_parts": None}
+    counted = costs.training_costs(clf, trainable_parameters(groups), images, labels, precision)
+    model, head_only = deployable(method, clf)
+    deployed = costs.deployed_model(model, method, cfg, visual, head_only)
+    return {**counted, "gflops_per_image": costs.flops_per_image(deployed, images[:2]) / 1e9,
+            "deployed_params": costs.deployed_params(model, method, head_only)}
+
+
+FORWARD_REPEATS = 5
+"""Frozen forward passes timed before each row (their median is the row's "x fwd" unit; one more, untimed, first)."""
+
+HEADER = (f"{'variant':<22} {'kind':<9} {'trainable %':>11} {'GFLOPs/step':>11} {'GFLOPs/img':>10} "
+          f"{'memory MB':>9} {'ms/step':>8} {'IQR ms':>7} {'x fwd':>6}  checkpoint MB")
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """One printed row of ``bench``."""
+    num = lambda v, f: "—".rjust(int(f.split(".")[0] or 0)) if v is None else format(v, f)  # noqa: E731
+    step = None if row.get("flops_per_step") is None else row["flops_per_step"] / 1e9
+    return (f"{row['variant']:<22} {row['kind']:<9} {row['trainable_percent']:11.4f} {num(step, '11.1f')} "
+            f"{num(row['gflops_per_image'], '10.3f')} {num(row.get('train_memory_mb'), '9.1f')} "
+            f"{num(row.get('step_ms'), '8.1f')} {num(row.get('step_ms_spread'), '7.1f')} "
+            f"{num(row.get('step_over_forward'), '6.2f')}  {num(row.get('checkpoint_mb'), '.1f')}"
+            + (f"  CUDA peak {row['cuda_peak_mb']:.0f} MB" if row.get("cuda_peak_mb") else "") + f"  ({row['precision']})")
 
 
 def checkpoint_mb(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
@@ -222,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--precision", default="auto")
     p.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
@@ -239,17 +288,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{v:<22} not applicable: {reason}")
     print("x fwd: a row's step time over one frozen forward pass of the image tower on the same batch, timed just "
           "before it (the machine's load changes between rows; the ratio next to each other does not drift)")
+    print(HEADER)
     rows = []
     for v in todo:
-        forward = forward_seconds(loaded, device, args.batch_size, args.steps, args.warmup, args.precision)
+        forward = forward_seconds(loaded, device, args.batch_size, FORWARD_REPEATS, 1, args.precision)
         row = bench_variant(v, loaded, 102, device, args.batch_size, args.steps, args.warmup, args.precision)
         row["forward_ms"] = 1000 * forward
-        row["step_over_forward"] = row["ms_per_step"] / (1000 * forward)
+        row["step_over_forward"] = row["step_ms"] / (1000 * forward) if row["step_ms"] else None
         rows.append(row)
-        ckpt = "" if row["checkpoint_mb"] is None else f"  checkpoint {row['checkpoint_mb']:8.1f} MB"
-        print(f"{v:<22} {row['kind']:<9} {row['trainable_percent']:8.4f}% trainable  "
-              f"{row['images_per_second']:9.1f} img/s  {row['step_over_forward']:6.2f} x fwd  "
-              f"{row['peak_memory_mb']:9.1f} MB peak{ckpt}  ({row['precision']})")
+        print(format_row(row))
+    print(f"trainable %: of the whole {args.model} ({sum(p.numel() for p in loaded.model.parameters()):,} "
+          "parameters, both towers); memory: accounted (parameters + gradients + AdamW + saved activations); FLOPs "
+          "counted by torch.utils.flop_counter; ms: median and interquartile range of the timed steps")
     report: dict[str, Any] = {"model": args.model, "device": name, "rows": rows, "pretrained": "random",
                               "not_applicable": skipped}
     if not args.no_loader:

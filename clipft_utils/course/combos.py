@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from .. import combine
+from ..costs import folder_facts
 from ..evaluate import EvalResult, evaluate
 from ..heads import find_head, head_logits
 from ..results import read_result, save_result
@@ -49,7 +50,7 @@ def short_run(course: Any, method: str, cfg: Any, variant: str, head: Mapping[st
     if head is not None:
         combine.set_head(model, head["weight"], head["bias"])
     return train_method(course, method, cfg, model, apply_method(method, model, cfg), save=False, progress=False,
-                        variant=variant)
+                        variant=variant, budget_note="notebook 06's extra trainings (extra_epochs)")
 
 
 def linear_probe_head(course: Any) -> tuple[dict[str, Any], str]:
@@ -201,9 +202,10 @@ def write_lp_ft(course: Any, lp_ft: Mapping[str, Any], baselines: Mapping[str, t
         row = {**out.result, "method": "lp_ft", "variant": kind, "init_head": lp_source,
                "baseline_zero_shot_head": {"test_acc": base_row["test_acc"], "val_acc": base_row["val_acc"],
                                            "source": source}}
-        _save(course, row, out.test, out.val)
         shape = {"full": "full_finetune", "lora": "lora"}[kind]   # one trained model of that method's form
-        one_model(course, row, out.classifier, out.test, shape, out.result["config"], {"init_head": lp_source})
+        row.update(folder_facts(one_model(course, row, out.classifier, out.test, shape, out.result["config"],
+                                          {"init_head": lp_source})))
+        _save(course, row, out.test, out.val)
         rows.append({"method": kind, "from zero-shot head": base_row["test_acc"], "from linear-probe head":
                      out.test.top1, "val (zs head)": base_row["val_acc"], "val (LP head)": out.train.best_val_acc,
                      "zs-head run": source})
@@ -223,16 +225,19 @@ def write_wise_ft(course: Any, sweep: combine.WiseFT, alpha: float, alphas: Sequ
         course, "wise_ft", f"alpha{alpha:g}", best["test"], val_acc=best["val"].top1,
         trainable_params=run.result["trainable_params"], total_params=run.result["total_params"],
         train_seconds=run.train.train_seconds, config=how, alpha=alpha, curve=sweep.records(),
-        curve_shape=combine.curve_shape(sweep.curve["alpha"], sweep.curve["val_acc"]))
+        curve_shape=combine.curve_shape(sweep.curve["alpha"], sweep.curve["val_acc"]),
+        train_tflops=run.result.get("train_tflops"), gflops_per_image=run.result.get("gflops_per_image"),
+        budget="no training run of its own: it interpolates the zero-shot and the fine-tuned weights (the "
+               "fine-tuning run, full_finetune's row, is its training compute)")
     if alpha in (0.0, 1.0):  # an endpoint is a model that already has its folder: no second copy of a tower
         row["no_model_folder"] = (f"θ({alpha:g}) is the fully fine-tuned model itself: models/{run.path.stem}/"
                                   if alpha == 1.0 else "θ(0) is the zero-shot model itself: notebook 01's "
                                   "zero_shot model folder")
-    path = _save(course, row, best["test"], best["val"])
-    if alpha not in (0.0, 1.0):
-        one_model(course, row, sweep.model(alpha), best["test"], "full_finetune", run.result["config"],
-                  {**how, "alpha": alpha, "zero_shot": "the pretrained tower and the zero-shot head"})
-    return path
+    else:
+        row.update(folder_facts(one_model(course, row, sweep.model(alpha), best["test"], "full_finetune",
+                                          run.result["config"], {**how, "alpha": alpha,
+                                                                 "zero_shot": "the pretrained tower and the zero-shot head"})))
+    return _save(course, row, best["test"], best["val"])
 
 
 def base_novel_evals(course: Any, clf_base: Any, base: Sequence[int], novel: Sequence[int]) -> dict[tuple, EvalResult]:
@@ -266,6 +271,7 @@ def write_base_to_novel(course: Any, evals: Mapping[tuple, EvalResult], table: p
     base, novel and harmonic-mean numbers of ``table`` for both towers)."""
     from ..models import count_parameters
     trainable, total = count_parameters(clf_base)
+    counted = {**fit_costs(course, clf_base, fit), "budget_note": "notebook 06's extra trainings (extra_epochs)"}
     row = combine.combination_result(
         course, "full_finetune", "base2novel", evals[("novel", "fine-tuned")], val_acc=fit.best_val_acc,
         trainable_params=trainable, total_params=total, train_seconds=fit.train_seconds,
@@ -277,7 +283,7 @@ def write_base_to_novel(course: Any, evals: Mapping[tuple, EvalResult], table: p
         novel_zero_shot_finetuned=table.loc["novel", "fine-tuned"],
         base_acc_pretrained=table.loc["base", "pretrained"], base_acc_finetuned=table.loc["base", "fine-tuned"],
         harmonic_mean_pretrained=table.loc["harmonic mean", "pretrained"],
-        harmonic_mean_finetuned=table.loc["harmonic mean", "fine-tuned"])
+        harmonic_mean_finetuned=table.loc["harmonic mean", "fine-tuned"], **counted)
     return _save(course, row)
 
 
@@ -334,6 +340,18 @@ def train_adapter_b(course: Any, adapter: Adapter, lora_cfg: Any) -> tuple[Any, 
     return cfg_b, clf_b, run_b
 
 
+def fit_costs(course: Any, clf: Any, fit: Any) -> dict[str, Any]:
+    """The counted costs of a run trained by ``engine.fit`` outside ``train_method`` (the base-to-novel model): its
+    steps, budget and step time, the FLOPs of a step and of the run, its training memory by accounting."""
+    from .. import costs
+    images, labels = course.train_batch()
+    trained = [p for p in clf.parameters() if p.requires_grad]
+    counted = costs.training_costs(clf, trained, images, labels % clf.head.weight.shape[0], fit.precision)
+    return {**counted, "steps": fit.steps, "epochs": fit.epochs_run, "budget": fit.budget,
+            "train_tflops": costs.run_tflops(fit.steps, counted["flops_per_step"]),
+            **costs.step_time_fields(fit.step_time, None)}
+
+
 def fusion_evals(course: Any, adapter: Adapter, run_b: Any, pairs: Sequence[Sequence[float]],
                  precision: str) -> dict[str, dict[str, EvalResult]]:
     """Validation and test evaluations of A alone, B alone and each fused adapter ``fused<i>`` (weights ``pairs[i]``)
@@ -371,10 +389,17 @@ def write_adapter_fusion(course: Any, adapter: Adapter, run_b: Any, cfg_b: Any, 
     head_params = sum(p.numel() for p in adapter.model.head.parameters())
     tower_params = sum(p.numel() for p in course.loaded.model.visual.parameters())
     table = fusion_table(fusion)
+    runs = [run_b.result] + ([adapter.run.result] if adapter.run is not None else [])
+    trained = {k: run_b.result.get(k) for k in ("steps", "epochs", "flops_per_step", "train_memory_mb", "memory_parts",
+                                                  "memory_measure", "step_ms", "step_ms_q1", "step_ms_q3",
+                                                  "step_ms_spread", "step_ms_note")}
     row = combine.combination_result(
         course, "adapter_fusion", variant, fusion[pick]["test"], val_acc=fusion[pick]["val"].top1,
         trainable_params=adapter_params + head_params, total_params=tower_params + adapter_params + head_params,
-        train_seconds=run_b.train.train_seconds + adapter.train_seconds,
+        train_seconds=run_b.train.train_seconds + adapter.train_seconds, **trained,
+        train_tflops=sum(r.get("train_tflops") or 0.0 for r in runs),
+        budget=f"adapter B's run ({run_b.result.get('budget')})" + (" + adapter A's, trained here"
+                                                                    if adapter.run is not None else ""),
         config={"weights": {"a": weights[0], "b": weights[1]}, "a": adapter.source, "b": cfg_b.to_dict(),
                 "head": "adapter A's head (B was trained under it, frozen)", "chosen_on": "val"},
         alone={k: {"val_acc": fusion[k]["val"].top1, "test_acc": fusion[k]["test"].top1} for k in ("A alone", "B alone")},

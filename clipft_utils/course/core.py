@@ -91,13 +91,32 @@ class Course:
         return " · ".join(part(s, *keys[s]) for s in keys if s in self.splits) + f" images on {self.device}"
 
     def identity(self) -> dict[str, Any]:
-        """The fields every result row of this course carries (what produced it, and its label)."""
+        """The fields every result row of this course carries (what produced it, and its label; ``base_params``:
+        the pretrained model's parameters, both towers, the one denominator of every row's trainable percentage)."""
         return dict(model=self.loaded.name, pretrained=self.loaded.pretrained, weights_id=self.loaded.weights_id,
                     dataset=self.dataset, dataset_id=self.data.identity, profile=self.profile.name, seed=self.seed,
                     standin=self.standin, warnings=self.warnings, device=self.device,
                     shots=self.shots, val_per_class=self.sampling.get("val_per_class"),
                     n_train=len(self.splits["train"]) if "train" in self.splits else None,
-                    n_val=len(self.splits["val"]) if "val" in self.splits else None)
+                    n_val=len(self.splits["val"]) if "val" in self.splits else None,
+                    base_params=self.base_params)
+
+    @property
+    def base_params(self) -> int:
+        """Parameters of the pretrained model the course loaded (image and text towers)."""
+        return sum(p.numel() for p in self.loaded.model.parameters())
+
+    @property
+    def images_per_class(self) -> float | None:
+        """Training images per class (k of a k-shot split; the mean over classes): what a budget per shot multiplies."""
+        if "train" not in self.splits or not self.classnames:
+            return None
+        return round(len(self.splits["train"]) / len(self.classnames), 2)
+
+    def train_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first training batch (augmented, on the device): the batch a step's costs are counted on."""
+        images, labels = next(iter(self.loader("train", train=True)))[:2]
+        return images, labels
 
     @property
     def shots(self) -> int | None:
@@ -327,7 +346,8 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
         resume = False
     train = fit(clf, groups, course.loader("train", train=True, sharded=True), course.loader("val", sharded=True),
                 cfg, device=course.device, seed=course.seed, checkpoint_path=ckpt, resume=resume, progress=progress,
-                desc=name, run_id=course.run_id(method, variant), stop_after_epochs=stop_after_epochs)
+                desc=name, run_id=course.run_id(method, variant), stop_after_epochs=stop_after_epochs,
+                images_per_class=course.images_per_class)
     if not distributed.is_writer() or not train.completed:  # other ranks, or paused: the checkpoint stays
         return RunOutput(clf, train, None, {}, course.result_path(method, variant))
     start = time.perf_counter()
@@ -336,25 +356,49 @@ def train_method(course: Course, method: str, cfg, clf: CLIPClassifier, groups: 
     val = train.best_val  # the validation pass of the best epoch (the model now holds its weights)
     if val is None or len(val.labels) != len(course.splits["val"]):
         val = evaluate(clf, course.loader("val"), device=course.device, precision=cfg.precision)
-    trainable, total = count_parameters(clf)
+    from ..methods import trainable_parameters
+    from ..modelfolder import deployable, save_model
+    model, head_only = deployable(method, clf)  # CoOp: a head over the frozen tower; CLIP-LoRA: its image side
     result = make_result(
         method=method, variant=variant, test=test,
-        val_acc=train.best_val_acc, trainable_params=trainable, total_params=total,
-        train_seconds=train.train_seconds, eval_seconds=eval_seconds,
+        val_acc=train.best_val_acc, trainable_params=sum(p.numel() for p in trainable_parameters(groups)),
+        total_params=count_parameters(clf)[1], train_seconds=train.train_seconds, eval_seconds=eval_seconds,
         images_per_second=train.images_per_second, peak_memory_mb=train.peak_memory_mb,
         config=cfg.to_dict(), history=train.history, **course.identity(),
         best_epoch=train.best_epoch, epochs_run=train.epochs_run, precision=train.precision,
-        memory_measure=train.memory_measure, world_size=train.world_size,
-        resumed_from_epoch=train.resumed_from_epoch, **extra)
+        world_size=train.world_size, resumed_from_epoch=train.resumed_from_epoch,
+        **run_costs(course, method, cfg, clf, groups, train, model, head_only), **extra)
     path = course.result_path(method, variant)
     if save:
-        from ..modelfolder import deployable, save_model
-        path = save_result(result, course.results_dir, predictions=test, val_predictions=val)
-        model, head_only = deployable(method, clf)  # CoOp: a head over the frozen tower; CLIP-LoRA: its image side
         save_head(head_path(course.results_dir, name), model.head.weight, model.head.bias, method=method,
                   variant=variant or "", model=course.loaded.name, dataset=course.dataset)
-        save_model(course, method, model, result=result, variant=variant, config=cfg, dtype=model_dtype,
-                   head_only=head_only, check=None if head_only else (course.loader("test"), test))
+        folder = save_model(course, method, model, result=result, variant=variant, config=cfg, dtype=model_dtype,
+                            head_only=head_only, check=None if head_only else (course.loader("test"), test))
+        from ..costs import folder_facts
+        result.update(folder_facts(folder))
+        path = save_result(result, course.results_dir, predictions=test, val_predictions=val)
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)  # the run finished: its resume point is no longer needed
     return RunOutput(clf, train, test, result, path, val)
+
+
+def run_costs(course: Course, method: str, cfg: Any, clf: torch.nn.Module, groups: list[dict], train: Any,
+              model: torch.nn.Module, head_only: bool) -> dict[str, Any]:
+    """A trained run's costs (see ``clipft_utils.costs``): its steps and budget, the FLOPs of a step and of the run,
+    its training memory by accounting (and the CUDA peak on a GPU), its step time against one frozen forward pass,
+    and the inference FLOPs per image and the numbers of ``model``, the deployed form of ``clf``."""
+    from .. import costs
+    from ..methods import trainable_parameters
+    images, labels = course.train_batch()
+    counted = costs.training_costs(clf, trainable_parameters(groups), images, labels, train.precision,
+                                   cfg.grad_accum_steps)
+    timed = train.step_time.get("step_ms") is not None
+    forward = costs.frozen_forward_ms(course.loaded.model.visual, images, precision=train.precision) if timed else None
+    deployed = costs.deployed_model(model, method, cfg, course.loaded.model.visual, head_only)
+    return {**counted, "steps": train.steps, "epochs": train.epochs_run, "budget": train.budget,
+            "train_tflops": costs.run_tflops(train.steps, counted["flops_per_step"]),
+            **costs.step_time_fields(train.step_time, forward),
+            "gflops_per_image": costs.flops_per_image(deployed, images[:2]) / 1e9,
+            "deployed_params": costs.deployed_params(model, method, head_only),
+            "cuda_peak_mb": train.peak_memory_mb, "cuda_peak_measure": train.memory_measure or None}
+

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import TrainConfig
 from ..errors import ConfigError
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -117,11 +116,3 @@ def check_inputs(train_loader, val_loader, eval_fn, stop_after_epochs) -> int:
     if stop_after_epochs is not None and (not isinstance(stop_after_epochs, int) or stop_after_epochs < 0):
         raise ConfigError(f"stop_after_epochs must be None or an int >= 0, got {stop_after_epochs!r}.")
     return n
-
-
-def batches_per_epoch(n: int, cfg: TrainConfig) -> int:
-    """The loader's batches an epoch trains on: all ``n``, or ``cfg.max_steps_per_epoch`` optimizer steps' worth."""
-    cap = getattr(cfg, "max_steps_per_epoch", None)
-    return n if cap is None else min(n, cap * cfg.grad_accum_steps)
-
-

@@ -1,5 +1,10 @@
-"""The one training loop (``fit``): epochs of optimizer steps (AdamW, warm-up + cosine, clipping, AMP, accumulation),
-validation, the best epoch kept, early stopping, checkpoints, DDP under torchrun."""
+"""The one training loop (``fit``): a budget of optimizer steps split into epochs (AdamW, warm-up + cosine, clipping, AMP,
+accumulation), validation after each epoch, the best epoch kept, early stopping, checkpoints, DDP under torchrun.
+
+The steps come from one stream: pass p over the training split is the loader at epoch p (its own order and crops), and
+epoch e trains the stream's next ``budget.per_epoch[e]`` steps (``TrainConfig.budget``). With the recipe's epochs of
+whole passes that is exactly one pass per epoch; a small split's passes repeat within an epoch (its loader is cycled);
+a scaled-down budget ends an epoch inside a pass, and the next epoch continues that pass."""
 from __future__ import annotations
 
 import math
@@ -12,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import Budget, TrainConfig
 from ..errors import ConfigError
 from ..evaluate import autocast_context, evaluate, resolve_precision, restore_modes, train_modes
 from ..memory import PeakMemory, module_mb
@@ -20,9 +25,9 @@ from ..paths import note
 from ..progress import bar
 from ..seeding import seed_everything
 from .checkpoints import CheckpointMismatch, load_checkpoint, save_checkpoint
-from .checks import (batches_per_epoch, check_device, check_groups, check_inputs, group_names, normalise_groups,
-                     warn_unhanded)
+from .checks import check_device, check_groups, check_inputs, group_names, normalise_groups, warn_unhanded
 from .state import Run, State, TrainResult, WarmupCosine
+from .timing import StepTimer, step_stats
 
 def _set_epoch(loader: Any, epoch: int) -> None:
     """Call ``set_epoch`` on the loader's sampler / batch sampler, where they have one."""
@@ -46,15 +51,17 @@ def _optimizer_groups(param_groups: list[dict], names: list[str], cfg: TrainConf
     return groups
 
 
-def _build(model, named, param_groups, cfg, steps_per_epoch, precision, device, seed) -> Run:
-    """AdamW over the groups, a per-step warm-up + cosine LambdaLR, and a grad scaler (active for fp16 only)."""
+def _build(model, named, param_groups, cfg, budget: Budget, precision, device, seed) -> Run:
+    """AdamW over the groups, a per-step warm-up + cosine LambdaLR over the budget, and a grad scaler (fp16 only)."""
     names = group_names(param_groups)
     optimizer = torch.optim.AdamW(_optimizer_groups(param_groups, names, cfg), lr=cfg.lr)
-    total = cfg.epochs * steps_per_epoch
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    total = budget.total
+    warmup = max(0, min(round(cfg.warmup_epochs * total / cfg.epochs), total - 1))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup, total))
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    return Run(model, named, names, optimizer, scheduler, scaler, cfg, device, precision, steps_per_epoch, seed)
+    run = Run(model, named, names, optimizer, scheduler, scaler, cfg, device, precision, list(budget.per_epoch), seed)
+    run.budget, run.timer = budget, StepTimer(device)
+    return run
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -84,8 +91,27 @@ def _batch(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor
     return images, labels, None, len(labels)
 
 
+def stream(loader: Any, first_step: int, steps: int, accum: int) -> Any:
+    """The micro-batches of the training stream's steps [first_step, first_step + steps), each with the size of its
+    accumulation window and whether it is a pass's last: pass p is the loader at epoch p; a window never spans two
+    passes (a pass's last window may be shorter); a small split's passes repeat until the steps are done."""
+    n = len(loader)
+    per_pass = math.ceil(n / accum)
+    p, s = divmod(first_step, per_pass)
+    while steps > 0:
+        _set_epoch(loader, p)
+        take = min(per_pass - s, steps)
+        first, stop = s * accum, min(n, (s + take) * accum)
+        for i, raw in enumerate(loader):
+            if i >= stop:
+                break
+            if i >= first:  # (resuming inside a pass: the micro-batches of its trained steps are skipped)
+                yield raw, max(1, min(accum, n - (i // accum) * accum)), i == stop - 1
+        steps, p, s = steps - take, p + 1, 0
+
+
 def _train_epoch(run: Run, loader: Any, epoch: int, progress: bool) -> dict[str, Any]:
-    """One pass over the training data with gradient accumulation; returns the epoch's training stats.
+    """The epoch's share of the step budget (from the training stream, with gradient accumulation); returns its stats.
 
     Each micro-batch's loss is ``world * sum(w_i * CE_i) / n``, n the items of the whole (global) micro-batch:
     after DDP averages the gradients over the ranks this is exactly the single-process mean over n, whatever
@@ -94,18 +120,17 @@ def _train_epoch(run: Run, loader: Any, epoch: int, progress: bool) -> dict[str,
     from .. import distributed
     run.model.train()
     run.optimizer.zero_grad(set_to_none=True)  # never add to gradients left over from before
-    n, k, world = batches_per_epoch(len(loader), run.cfg), run.cfg.grad_accum_steps, distributed.world()
+    k, world, steps = run.cfg.grad_accum_steps, distributed.world(), run.budget.per_epoch[epoch]
     loss_sum = torch.zeros((), device=run.device)
     correct = torch.zeros((), device=run.device, dtype=torch.float64)
     seen, pending, norms = 0.0, 0, []
-    batches = bar(loader, total=n, desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-    for i, raw in enumerate(batches):
-        if i >= n:  # max_steps_per_epoch: the rest of the split waits for the next epoch's shuffle
-            break
+    batches = bar(stream(loader, run.budget.first_step(epoch), steps, k), total=None, desc=f"epoch {epoch + 1}",
+                  leave=False, disable=not progress)
+    for raw, window, pass_ends in batches:
         images, labels, weights, total = _batch(raw, run.device)
         w = torch.ones(len(labels), device=run.device) if weights is None else weights.float()
-        window = max(1, min(k, n - (i // k) * k))  # the last accumulation window may be shorter
-        with distributed.no_sync(run.forward, skip=pending + 1 < window):
+        run.timer.start()
+        with distributed.no_sync(run.forward, skip=pending + 1 < window and not pass_ends):
             with autocast_context(run.precision, run.device):
                 logits = run.forward(images)
             per_item = F.cross_entropy(logits.float(), labels, label_smoothing=run.cfg.label_smoothing,
@@ -113,9 +138,11 @@ def _train_epoch(run: Run, loader: Any, epoch: int, progress: bool) -> dict[str,
             loss = (per_item * w).sum() / total
             run.scaler.scale(loss * world / window).backward()
         pending += 1
-        if pending >= window:
+        stepped = pending >= window or pass_ends  # (a loader that yields fewer batches than len() ends its window)
+        if stepped:
             norms.append(_step(run))
             pending = 0
+        run.timer.stop(step_done=stepped)
         loss_sum += (per_item.detach() * w).sum()
         correct += ((logits.detach().argmax(dim=1) == labels).double() * w).sum()
         seen += float(w.sum())
@@ -147,7 +174,7 @@ def _epoch_stats(run: Run, loss_sum: float, correct: float, seen: int, norms: li
         "epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / max(seen, 1),
         "lr": dict(zip(run.group_names, run.last_lrs)),
         "grad_norm": _mean_finite(norms),
-        "images": seen,
+        "steps": len(norms), "images": seen,
     }
 
 
@@ -238,7 +265,6 @@ def _run_epochs(run, state, train_loader, val_loader, eval_fn, checkpoint_path, 
     with epochs_bar:
         while not state.finished(run.cfg.epochs) and (stop_after is None or done_here < stop_after):
             start = time.perf_counter()
-            _set_epoch(train_loader, state.epoch)
             record = _train_epoch(run, train_loader, state.epoch, progress)
             trained = time.perf_counter() - start
             record.update(_validate(run, val_loader, eval_fn, state.epoch))
@@ -248,6 +274,7 @@ def _run_epochs(run, state, train_loader, val_loader, eval_fn, checkpoint_path, 
             state.train_seconds += record["seconds"]
             state.step_seconds += trained
             state.images += record.pop("images")
+            state.steps += record["steps"]
             _track_best(run, state, record)
             done_here += 1
             pausing = stop_after is not None and done_here >= stop_after
@@ -263,16 +290,18 @@ def fit(
     device: str | torch.device = "cpu", seed: int = 0, checkpoint_path: str | Path | None = None,
     resume: bool | str = True, progress: bool = True, desc: str = "train",
     eval_fn: Callable[[nn.Module], Any] | None = None, stop_after_epochs: int | None = None,
-    run_id: str = "", echo: Callable[[str], Any] | None = print,
+    run_id: str = "", echo: Callable[[str], Any] | None = print, images_per_class: float | None = None,
 ) -> TrainResult:
     """Train exactly the parameters in ``param_groups`` (AdamW, warm-up + cosine); the model ends on its best epoch.
 
-    ``checkpoint_path``: resume from it and write it every ``cfg.checkpoint_every`` epochs. ``resume``: True
-    resumes a matching checkpoint and refuses one of another run; "auto" starts over (and says so) instead of
-    refusing; False ignores it. ``run_id`` names what else must match (model, weights, data). Under torchrun
-    (an initialised process group) the model trains as DistributedDataParallel; every rank agrees on every step.
-    The peak memory reported is the model's parameters and buffers plus the peak increase while training. The
-    history starts with an epoch-0 record, the untrained model's validation (``_start_record``).
+    The run trains ``cfg.budget(batches, images_per_class)`` optimizer steps (``images_per_class``: what a budget
+    stated per shot needs), each one timed. ``checkpoint_path``: resume from it and write it every
+    ``cfg.checkpoint_every`` epochs. ``resume``: True resumes a matching checkpoint and refuses one of another run;
+    "auto" starts over (and says so) instead of refusing; False ignores it. ``run_id`` names what else must match
+    (model, weights, data). Under torchrun (an initialised process group) the model trains as
+    DistributedDataParallel; every rank agrees on every step. On a GPU the CUDA allocator's peak while training is
+    reported (``peak_memory_mb``); on a CPU nothing is (process memory is not a method's memory: see ``costs``).
+    The history starts with an epoch-0 record, the untrained model's validation (``_start_record``).
     """
     from .. import distributed
     if not isinstance(cfg, TrainConfig):
@@ -280,12 +309,12 @@ def fit(
     cfg.validate()
     dev = check_device(device)
     precision = resolve_precision(cfg.precision, dev)
-    steps = batches_per_epoch(check_inputs(train_loader, val_loader, eval_fn, stop_after_epochs), cfg)
+    budget = cfg.budget(check_inputs(train_loader, val_loader, eval_fn, stop_after_epochs), images_per_class)
     param_groups = normalise_groups(param_groups)
     named = check_groups(model, param_groups)
     warn_unhanded(model, named)
     model.to(dev)
-    run = _build(model, named, param_groups, cfg, math.ceil(steps / cfg.grad_accum_steps), precision, dev, seed)
+    run = _build(model, named, param_groups, cfg, budget, precision, dev, seed)
     run.run_id, run.forward = run_id, distributed.wrap(model, dev)
     path = None if checkpoint_path is None else Path(checkpoint_path)
     state = None
@@ -304,15 +333,16 @@ def fit(
     try:
         if not state.history:
             state.history.append(_start_record(run, val_loader, eval_fn))
-        with PeakMemory(dev) as memory:
+        with _cuda_peak(dev) as memory:
             _run_epochs(run, state, train_loader, val_loader, eval_fn, path, stop_after_epochs, progress, desc)
     finally:
         restore_modes(modes)
         _restore_best(run)
-    peak = distributed.max_(module_mb(model) + max(0.0, memory.delta_mb), device=dev)
-    how = ("CUDA allocator" if memory.cuda else "CPU: process RSS") + ": model + peak increase while training"
+    peak = None if memory is None else distributed.max_(module_mb(model) + max(0.0, memory.delta_mb), device=dev)
+    how = "" if memory is None else CUDA_PEAK
     result = _result(state, cfg, precision, peak, first_epoch, how, distributed.world())
     result.best_val = run.best_eval  # None when the best epoch was trained before a resume
+    result.budget, result.step_time = budget.rule, step_stats(run.timer.times)
     return result
 
 
@@ -323,7 +353,16 @@ def _say(echo: Callable[[str], Any] | None, text: str) -> None:
         echo(text)
 
 
-def _result(state: State, cfg: TrainConfig, precision: str, peak_mb: float, first_epoch: int, how: str = "",
+CUDA_PEAK = "CUDA allocator: the model + the peak increase of allocated memory while training (measured)"
+
+
+def _cuda_peak(device: torch.device) -> Any:
+    """``PeakMemory`` on a GPU (the allocator's peak); on a CPU nothing is measured (yields None)."""
+    import contextlib
+    return PeakMemory(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _result(state: State, cfg: TrainConfig, precision: str, peak_mb: float | None, first_epoch: int, how: str = "",
             world: int = 1) -> TrainResult:
     """The run's `TrainResult`."""
     return TrainResult(
@@ -332,5 +371,5 @@ def _result(state: State, cfg: TrainConfig, precision: str, peak_mb: float, firs
         stopped_early=state.stopped_early, train_seconds=state.train_seconds,
         images_per_second=state.images / state.step_seconds if state.step_seconds > 0 else 0.0,
         peak_memory_mb=peak_mb, precision=precision, completed=state.finished(cfg.epochs),
-        resumed_from_epoch=first_epoch, memory_measure=how, world_size=world,
+        resumed_from_epoch=first_epoch, memory_measure=how, world_size=world, steps=state.steps,
     )

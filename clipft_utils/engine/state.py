@@ -38,13 +38,16 @@ class TrainResult:
     epochs_run: int              # epochs in the history (all sessions, if resumed)
     stopped_early: bool
     train_seconds: float         # wall time of training + validation, all sessions, excluding checkpoint I/O
-    images_per_second: float     # training images / seconds spent in training passes (loading included)
-    peak_memory_mb: float        # training memory: the model + the peak increase while training (see fit)
+    images_per_second: float     # training images / wall seconds spent in training passes (loading included)
+    peak_memory_mb: float | None  # on a GPU: the model + the CUDA allocator's peak increase while training; else None
     precision: str               # the resolved precision: fp32 | bf16 | fp16
     completed: bool = True       # False when stop_after_epochs paused the run
     resumed_from_epoch: int = 0  # epochs already done in the checkpoint this call resumed
     memory_measure: str = ""     # what peak_memory_mb measured, in words
     world_size: int = 1          # processes that trained together (DistributedDataParallel)
+    steps: int = 0               # optimizer steps trained (all sessions)
+    budget: str = ""             # how the step budget was set, in words (TrainConfig.budget)
+    step_time: dict[str, Any] = field(default_factory=dict)  # this session's step times (engine.timing.step_stats)
     best_val: Any = field(default=None, repr=False)  # the best epoch's validation EvalResult (this session's)
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,6 +68,7 @@ class State:
     train_seconds: float = 0.0
     step_seconds: float = 0.0
     images: int = 0
+    steps: int = 0
 
     def finished(self, epochs: int) -> bool:
         """Whether no epoch is left to run."""
@@ -84,7 +88,7 @@ class Run:
     cfg: TrainConfig
     device: torch.device
     precision: str
-    steps_per_epoch: int
+    steps_per_epoch: list[int]       # the budget's steps of each epoch (what a checkpoint must match)
     seed: int
     best: dict[str, torch.Tensor] = field(default_factory=dict)
     last_lrs: list[float] = field(default_factory=list)
@@ -92,6 +96,8 @@ class Run:
     run_id: str = ""
     last_eval: Any = None              # the latest validation EvalResult (single process), and the best one
     best_eval: Any = None
+    budget: Any = None                 # the run's config.Budget
+    timer: Any = None                  # its timing.StepTimer
 
     @property
     def params(self) -> list[nn.Parameter]:

@@ -64,7 +64,8 @@ NULLABLE = ("head_lr", "patience", "grad_clip", "layer_decay")
 
 def make_config(method: str, profile: str | Profile = "full", **overrides: Any):
     """The method's config with the profile's defaults (declared by the method), then ``overrides`` (unknown names
-    are errors; None leaves a field at its default, except the fields of ``NULLABLE``)."""
+    are errors; None leaves a field at its default, except the fields of ``NULLABLE``). The profile's
+    ``budget_scale`` reaches every budget; an explicit ``epochs`` (passes) replaces a budget stated in steps."""
     spec = get(method)
     cls = spec.config
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
@@ -77,5 +78,10 @@ def make_config(method: str, profile: str | Profile = "full", **overrides: Any):
         values["batch_size"] = prof.batch_size
     if "max_steps_per_epoch" in known and prof.max_steps_per_epoch:
         values["max_steps_per_epoch"] = prof.max_steps_per_epoch
-    values.update({k: v for k, v in overrides.items() if v is not None or k in NULLABLE})
+    if "budget_scale" in known:
+        values["budget_scale"] = prof.budget_scale
+    given = {k: v for k, v in overrides.items() if v is not None or k in NULLABLE}
+    if "epochs" in given:  # an explicit epochs means passes: it replaces a recipe stated in steps (CLIP-LoRA's 500·k)
+        values.update({k: None for k in ("steps", "steps_per_shot") if k in known and k not in given})
+    values.update(given)
     return cls(**values)

@@ -33,7 +33,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import MIN_STEPS_PER_EPOCH, SMOKE_STEPS, TrainConfig
 from .base import Method, freeze, param_groups, register
 
 BIAS_KINDS = ("ln_pre", "ln_1", "attn.in_proj", "attn.out_proj", "ln_2", "mlp.c_fc", "mlp.c_proj", "ln_post")
@@ -94,10 +94,11 @@ class BitFitConfig(TrainConfig):
 
     epochs: int = 30
     lr: float = 1e-3
+    min_steps_per_epoch: int | None = MIN_STEPS_PER_EPOCH
 
 
 METHOD = register(Method(
     name="bitfit", title="BitFit", kind="parameter-efficient", order=3, config=BitFitConfig,
     apply=apply, summary=lambda cfg: "all biases incl. LayerNorm", short="bitfit", tower_note=tower_note,
-    profiles={"smoke": {"epochs": 5}, "rehearse": {"epochs": 1}},
+    profiles={"smoke": dict(SMOKE_STEPS), "rehearse": {"epochs": 1}},
 ))

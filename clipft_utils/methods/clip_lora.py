@@ -14,9 +14,10 @@ schedule, batch 32, 500 × shots iterations, one template, logit scale 100 (CLIP
 
 * the update is scaled by alpha / √rank (their ``LoRALayer``), not alpha / rank as in the LoRA paper and notebook
   05: ``rank_scaling="sqrt"`` (default) or ``"linear"``;
-* 500 × shots *iterations* become epochs: one epoch over C classes × shots images is C · shots / 32 steps, so the
-  recipe is 500 · 32 / C epochs whatever the shots (``recipe_epochs``): 157 for Flowers102's 102 classes, the
-  default here (8,007 steps at 16 shots, 628 at 1 shot because the last batch of each epoch is partial).
+* the budget is 500 × shots *iterations* (optimizer steps), whatever the number of classes: ``steps_per_shot=500``
+  (``TrainConfig.budget``; with every training image, k is their number per class: 5,000 steps on Flowers102's
+  10 per class), split over ``epochs`` = 10 validation rounds (an "epoch" is then a tenth of the budget, several
+  passes over a few-shot split). An explicit ``epochs`` (``-p epochs=1``, ``--quick``) means passes instead.
 
 With every B zero (the initialisation) the classifier equals zero-shot; tests/test_clip_lora.py checks it.
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from ..config import TrainConfig, check_integer, check_positive
+from ..config import SMOKE_STEPS, TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
 from .. import textside as text_side
 from ..towers import facts as tower_facts
@@ -44,21 +45,18 @@ RANK_SCALINGS = ("sqrt", "linear")
 ITERS_PER_SHOT = 500
 """CLIP-LoRA's schedule: 500 × shots iterations at batch 32."""
 ADAPTER = "default"
-SMOKE = {"epochs": 1, "lr": 2e-3}
-"""One epoch on the stand-in (a step costs about 3x an image-side LoRA step: both towers backpropagate), at 10x the
-recipe's lr, as the other methods' smoke profiles do for their short schedules."""
-
-
-def recipe_epochs(num_classes: int, batch_size: int = 32, iters_per_shot: int = ITERS_PER_SHOT) -> int:
-    """CLIP-LoRA's ``iters_per_shot × shots`` steps as epochs (C · shots images, batch ``batch_size``): shots cancel."""
-    return max(1, round(iters_per_shot * batch_size / num_classes))
+SMOKE = {**SMOKE_STEPS, "steps_per_shot": 8, "lr": 2e-3}
+"""The stand-in's budget, the same as every other main row that trains on images (``config.SMOKE_STEPS``): 8 × shots
+steps, 80 on SynthFlowers' 10 images per class (its 5 passes), at least 16 per epoch, scaled by the profile; at 10x
+the recipe's lr, as the other methods' smoke profiles do for their short schedules."""
 
 
 @dataclass
 class CLIPLoRAConfig(TrainConfig):
     """CLIP-LoRA: LoRA on q, k, v of both towers (rank 2, alpha 1, dropout 0.25, lr 2e-4, 500 × shots steps)."""
 
-    epochs: int = recipe_epochs(102)  # 157: 500 × shots steps on Flowers102 at batch 32 (see recipe_epochs)
+    epochs: int = 10                 # validation rounds: the budget is steps_per_shot × shots optimizer steps
+    steps_per_shot: int | None = ITERS_PER_SHOT
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 1e-2

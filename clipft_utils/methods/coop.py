@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..config import TrainConfig, check_integer, check_positive
+from ..config import SMOKE_STEPS, TrainConfig, check_integer, check_positive
 from ..errors import ConfigError
 from ..textside import TextSideClassifier, TextTower, applies_to, tokenize
 from .base import Method, freeze, register, require
@@ -39,9 +39,10 @@ PLACEHOLDER = "X"
 """The word whose embedding each context slot replaces (one token; its embedding is never used)."""
 RANDOM_STD = 0.02
 """CoOp's std for context vectors that start without words."""
-SMOKE = {"epochs": 2}
-"""Two epochs on the stand-in keep notebook 04's CoOp section near its 15-second budget. STAND-IN: in a 5-epoch run
-(lr 2e-3, M = 16) ToyCLIP's validation top-1 was 28.4 % after epoch 1 and 30.8 % after epoch 2 (zero-shot head 21.2 %)."""
+SMOKE = dict(SMOKE_STEPS)
+"""On the stand-in CoOp trains the smoke budget of every main row that trains on images (``config.SMOKE_STEPS``, scaled
+by the profile): the same number of optimizer steps as BitFit, prefix-tuning, LoRA, CLIP-LoRA and full fine-tuning.
+The full recipe keeps CoOp's epochs (its paper scales them with the shots) and no floor."""
 
 
 @dataclass

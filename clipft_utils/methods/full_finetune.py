@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from .. import towers
-from ..config import TrainConfig
+from ..config import MIN_STEPS_PER_EPOCH, SMOKE_STEPS, TrainConfig
 from ..errors import ConfigError
 from .base import Method, Variant, freeze, head_group, register, require
 
@@ -74,6 +74,7 @@ class FullFinetuneConfig(TrainConfig):
     head_lr: float | None = 1e-4
     warmup_epochs: float = 5.0
     grad_clip: float | None = 1.0
+    min_steps_per_epoch: int | None = MIN_STEPS_PER_EPOCH
     layer_decay: float | None = None   # layer-wise lr decay factor in (0, 1]; None = off
     grad_checkpointing: bool = False
 
@@ -97,7 +98,7 @@ def recipe(profile: Any, epochs: int | None = None, warmup_epochs: float | None 
 METHOD = register(Method(
     name="full_finetune", title="Full fine-tuning", kind="full", order=6,
     config=FullFinetuneConfig, apply=apply, short="ft", summary=lambda cfg: "image tower + head", applies_to=applies_to,
-    profiles={"smoke": {"epochs": 5, "lr": 3e-5, "warmup_epochs": 1.0},
+    profiles={"smoke": {**SMOKE_STEPS, "lr": 3e-5, "warmup_epochs": 1.0},
               "rehearse": {"epochs": 1, "warmup_epochs": 0.0}},
     variants={"full_finetune-ckpt": Variant({"grad_checkpointing": True}, "gradient checkpointing", ("bench",))},
 ))

@@ -266,6 +266,7 @@ def save_results(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, 
     notebook (the demo, the sweep, AdamW and scoring) against the feature extraction. The tower's parameters are
     counted in ``total_params``; only the head trains. Feature extraction is reported apart (``feature_seconds``).
     ``lr_search``: the AdamW learning rates tried and their validation accuracy (``cfg.lr`` is the one chosen)."""
+    from ..costs import folder_facts
     from ..evaluate import EvalResult
     from ..heads import head_logits
     from ..modelfolder import save_head_model
@@ -273,18 +274,15 @@ def save_results(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, 
     trainable = sum(t.numel() for t in heads["torch"])                                   # C·D + C
     total = sum(p.numel() for p in course.loaded.model.visual.parameters()) + trainable
     vals = {"torch": train.best_val_acc, "sklearn": sweep.best_val_acc}
+    costs = recipe_costs(course, cfg, feats, heads, train, sweep)
     vals_eval = {name: EvalResult.from_logits(head_logits(feats["val"].features, w, b), feats["val"].labels)
                  for name, (w, b) in heads.items()}
     extract_seconds = sum(f.seconds for f in feats.values())
     test_seconds = feats["test"].seconds + score_seconds
     common = dict(method="linear_probe", trainable_params=trainable, total_params=total, eval_seconds=test_seconds,
-                  images_per_second=len(feats["test"].labels) / test_seconds,
-                  peak_memory_mb=max([f.peak_memory_mb or 0.0 for f in feats.values()] + [train.peak_memory_mb]),
-                  memory_measure=train.memory_measure,
-                  memory_is="the larger of the feature extraction pass and the probe's fit", config=cfg.to_dict(),
+                  images_per_second=None, peak_memory_mb=train.peak_memory_mb, config=cfg.to_dict(),
                   chosen_recipe=recipe, choice_reason=why, feature_seconds=extract_seconds,
                   train_seconds_includes="fitting only; feature extraction is feature_seconds",
-                  images_per_second_of="evaluation: test feature extraction + head",
                   sweep={"C": sweep.c_values, "val_acc": sweep.val_acc, "n_iter": sweep.n_iter, "best_c": sweep.best_c},
                   timing={"extract_seconds": extract_seconds, "fit_seconds": fit_seconds,
                           "ratio": (extract_seconds + fit_seconds) / extract_seconds},
@@ -298,10 +296,37 @@ def save_results(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, 
                              recipe=name, history_of="torch",
                              epochs_run=train.epochs_run if name == "torch" else None,  # L-BFGS has no epochs
                              best_epoch=train.best_epoch if name == "torch" else None,
-                             best_c=sweep.best_c if name == "sklearn" else None, **common)
+                             best_c=sweep.best_c if name == "sklearn" else None, **common,
+                             **{**costs[name], **(costs["both"] if variant is None else {})})
+        folder = save_head_model(course, "linear_probe", *heads[name], result=result, variant=variant, config=cfg)
+        result.update(folder_facts(folder))                                        # models/<run>: what it adds
         paths.append(save_result(result, course.results_dir, predictions=tests[name], val_predictions=vals_eval[name]))
-        save_head_model(course, "linear_probe", *heads[name], result=result, variant=variant, config=cfg)  # models/<run>
     return paths
+
+
+def recipe_costs(course: Any, cfg: Any, feats: dict[str, Any], heads: dict[str, tuple], train: Any,
+                 sweep: SweepResult) -> dict[str, dict[str, Any]]:
+    """Each recipe's counted costs (``clipft_utils.costs``), and ``both``: the main row's training compute, which
+    counts both fits, as its ``train_seconds`` does (choosing between them needed both). Training compute starts with
+    the feature pass over the training images (one frozen forward each)."""
+    from .. import costs
+    from ..models import CLIPClassifier
+    visual, n_classes = course.loaded.model.visual, len(course.classnames)
+    x, y = feats["train"].features, feats["train"].labels
+    images = costs.probe_images(course.loaded.image_size, course.device)
+    shared = costs.frozen_costs(visual, CLIPClassifier(visual, heads["torch"][0]), images, len(y))
+    probe = LinearProbe(x.shape[1], n_classes)
+    adamw = costs.fit_costs(probe, probe.parameters(), x[:cfg.batch_size], y[:cfg.batch_size], train, visual)
+    lbfgs = costs.lbfgs_costs(x, y, n_classes, sum(sweep.n_iter), visual)
+    lbfgs = {**costs.no_steps("L-BFGS iterations, no optimizer steps", None, lbfgs["train_memory_mb"],
+                              lbfgs["memory_measure"]), **lbfgs}
+    tflops = {"torch": costs.run_tflops(adamw["steps"], adamw["flops_per_step"]),
+              "sklearn": lbfgs["lbfgs_tflops"]}
+    out = {name: {**shared, **fit, "train_tflops": shared["feature_tflops"] + tflops[name]}
+           for name, fit in (("torch", adamw), ("sklearn", lbfgs))}
+    out["both"] = {"train_tflops": shared["feature_tflops"] + sum(tflops.values()),
+                   "train_tflops_of": "the feature pass + both recipes' fits (choosing between them needed both)"}
+    return out
 
 
 @dataclass

@@ -68,7 +68,16 @@ def _row(clip: nn.Module, num_classes: int, method: str, overrides: dict[str, An
     return {"method": method, "type": spec.kind, "config": note or summary, "applicable": True,
             "side": "text" if spec.text_apply is not None else "image", "trainable": trainable, "trainable_without_head": backbone, "total": total,
             "fraction_pct": 100 * trainable / total, "fraction_without_head_pct": 100 * backbone / total,
-            "added": total - before, "clip_total": clip_total, "fraction_of_clip_pct": 100 * trainable / clip_total}
+            "added": total - before, "clip_total": clip_total, "fraction_of_clip_pct": 100 * trainable / clip_total,
+            **deployed_counts(clf, method, clip_total)}
+
+
+def deployed_counts(clf: nn.Module, method: str, clip_total: int) -> dict[str, Any]:
+    """What a model folder of the applied method stores (folded, head included), and its share of the whole CLIP:
+    prefix-tuning trains an MLP but deploys only the vectors it makes."""
+    from ..costs import deployed_params
+    deployed = deployed_params(clf, method, head_only=get(method).trains is False)
+    return {"deployed": deployed, "deployed_of_clip_pct": 100 * deployed / clip_total}
 
 
 def parameter_table(model_name: str = "ViT-B-32", num_classes: int = 102, clip: nn.Module | None = None,
@@ -86,7 +95,7 @@ def parameter_table(model_name: str = "ViT-B-32", num_classes: int = 102, clip: 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Fixed-width text table of ``parameter_table`` rows."""
     head = (f"{'method':<14} {'config':<28} {'trainable':>11} {'w/o head':>11} {'total':>11} {'%':>8} "
-            f"{'added':>10} {'% of CLIP':>9}")
+            f"{'added':>10} {'% of CLIP':>9} {'deployed':>10}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if not r.get("applicable", True) or r.get("trainable") is None:
@@ -95,12 +104,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             continue
         lines.append(f"{r['method']:<14} {r['config'][:28]:<28} {r['trainable']:>11,} "
                      f"{r['trainable_without_head']:>11,} {r['total']:>11,} {r['fraction_pct']:>8.4f} "
-                     f"{r['added']:>10,} {r['fraction_of_clip_pct']:>9.4f}")
-    lines.append("trainable includes the head; total = image tower + head + what the method adds; "
-                 "% = trainable / total;")
+                     f"{r['added']:>10,} {r['fraction_of_clip_pct']:>9.4f} {r['deployed']:>10,}")
+    lines.append("trainable includes the head (and prefix-tuning's MLP); total = image tower + head + what the method "
+                 "adds; % = trainable / total;")
     counted = [r for r in rows if r.get("trainable") is not None]
-    lines.append(f"% of CLIP = trainable / {counted[0]['clip_total']:,} (the whole CLIP, text tower included); text-side "
-                 "methods count both towers in total")
+    lines.append(f"% of CLIP = trainable / {counted[0]['clip_total']:,} (the whole CLIP, text tower included: the "
+                 "denominator of the course's trainable_percent); text-side methods count both towers in total; "
+                 "deployed = what a model folder stores (folded, head included)")
     return "\n".join(lines)
 
 

@@ -352,30 +352,49 @@ def save_tip_result(course: Any, fit: TipFit, cfg: Any, feats: dict[str, Any], t
     score_seconds = time.perf_counter() - start
     val = EvalResult.from_logits(fit.logits(feats["val"].features), feats["val"].labels)
     train, eval_seconds = fit.train, feats["test"].seconds + score_seconds
-    memory = max([f.peak_memory_mb or 0.0 for f in feats.values()] + ([train.peak_memory_mb] if train else []))
     config = {**cfg.to_dict(), "alpha": fit.search.alpha, "beta": fit.search.beta}
     if fit.train_alpha is not None:
         config |= {"train_alpha": fit.train_alpha, "train_beta": fit.train_beta}
     result = R.make_result(
         method=fit.method, test=test, val_acc=val.top1, trainable_params=fit.trainable_params,
         total_params=tower_params + fit.adapter.keys.numel(), train_seconds=fit.seconds, eval_seconds=eval_seconds,
-        images_per_second=len(feats["test"].labels) / eval_seconds, peak_memory_mb=memory, config=config,
+        images_per_second=None, peak_memory_mb=train.peak_memory_mb if train else None, config=config,
         history=train.history if train else [], alpha=fit.search.alpha, beta=fit.search.beta,
         search=fit.search.to_dict(), first_search=fit.first_search.to_dict() if fit.first_search else None,
         cache_entries=int(fit.adapter.keys.shape[0]), feature_seconds=sum(f.seconds for f in feats.values()),
         total_params_counts="image tower + cache keys (N·D); the values are the one-hot labels",
         train_seconds_includes="cache + α/β search on validation" + (" + training the keys" if train else "")
         + "; feature extraction is feature_seconds",
-        images_per_second_of="evaluation: test feature extraction + cache model",
-        memory_is="the larger of the feature extraction passes" + (" and the keys' training" if train else ""),
         epochs_run=train.epochs_run if train else None, best_epoch=train.best_epoch if train else None,
-        **course.identity())
+        **course.identity(), **(tip_costs(course, fit, feats, cfg) if model_folder else {}))
     if not model_folder:
         result["no_model_folder"] = "written without a course's image tower (model_folder=False)"
-    path = R.save_result(result, course.results_dir, predictions=test, val_predictions=val)
-    if model_folder:
-        save_tip_model(course, fit, cfg, result)
-    return path
+    else:
+        from ..costs import folder_facts
+        result.update(folder_facts(save_tip_model(course, fit, cfg, result)))
+    return R.save_result(result, course.results_dir, predictions=test, val_predictions=val)
+
+
+def tip_costs(course: Any, fit: TipFit, feats: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """A fitted Tip-Adapter(-F)'s counted costs: the feature pass over its training images, the keys' training
+    (-F), the cache model's inference FLOPs per image and its memory by accounting."""
+    from .. import costs
+    from ..memory import module_mb
+    from ..models import CLIPClassifier
+    visual, (x, y) = course.loaded.model.visual, (feats["train"].features, feats["train"].labels)
+    deployed = CLIPClassifier(visual, fit.adapter.head)
+    deployed.head = TipHead.from_adapter(fit.adapter)
+    shared = costs.frozen_costs(visual, deployed, costs.probe_images(course.loaded.image_size, course.device), len(y))
+    if fit.train is None:  # the cache is built and α, β chosen: nothing is trained
+        held = module_mb(visual) + module_mb(fit.adapter)
+        fields = costs.no_steps("trains nothing (builds the cache, chooses α and β on validation)", 0, held,
+                                "accounted: the frozen tower and the cache (nothing trains: no gradients, no "
+                                "optimizer state, no saved activations)")
+        return {**shared, **fields, "train_tflops": shared["feature_tflops"]}
+    adapter = TipAdapter(fit.adapter.head, fit.adapter.keys, fit.adapter.values, fit.adapter.alpha, fit.adapter.beta)
+    trained = costs.fit_costs(adapter, [adapter.keys], x[:cfg.batch_size], y[:cfg.batch_size], fit.train, visual)
+    extra = 1e12 * shared["feature_tflops"]
+    return {**shared, **trained, "train_tflops": costs.run_tflops(trained["steps"], trained["flops_per_step"], extra)}
 
 
 # ----------------------------------------------------------------------------- the registry

@@ -67,6 +67,17 @@ def class_embeddings(loaded: Any, classnames: Sequence[str], templates: Sequence
     return zero_shot_weights(loaded, classnames, templates).float().cpu()
 
 
+def row_costs(course: Any, weight: torch.Tensor) -> dict[str, Any]:
+    """Zero-shot's counted costs (``clipft_utils.costs``): nothing trains; an image costs one forward pass of the
+    frozen tower and the head ``weight`` (the text tower ran once, to make the head)."""
+    from .. import costs
+    from ..models import CLIPClassifier
+    visual = course.loaded.model.visual
+    images = costs.probe_images(course.loaded.image_size, course.device)
+    return {**costs.frozen_costs(visual, CLIPClassifier(visual, weight.detach().float().cpu()), images, 0),
+            **costs.no_steps("trains nothing"), "train_tflops": 0.0}
+
+
 METHOD = register(Method(
     name="zero_shot", title="Zero-shot", kind="no training", order=1,
     config=ZeroShotConfig, summary=lambda cfg: "prompts only", short="zs", trains=False, image_batches=False,

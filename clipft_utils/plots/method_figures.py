@@ -11,8 +11,10 @@ from matplotlib.ticker import MaxNLocator
 
 from .style import empty_note, floats, legend_outside, unique_labels
 
-def slowdown_bars(table: Any, title: str = "", xlabel: str = "inference time with prefix / without") -> Figure:
-    """Measured inference-time ratio per model (bars) with the token ratio (black tick) and 1.0 (no slowdown).
+def slowdown_bars(table: Any, title: str = "", xlabel: str = "inference time with prefix / without",
+                  measure: str = "measured time") -> Figure:
+    """Inference-cost ratio per model (bars: ``measure``, e.g. measured time or counted FLOPs) with the token ratio
+    (black tick) and 1.0 (no slowdown).
 
     ``table``: a DataFrame indexed by model name with columns ``ratio``, ``token ratio`` and ``measured``.
     """
@@ -24,12 +26,12 @@ def slowdown_bars(table: Any, title: str = "", xlabel: str = "inference time wit
     ratio = floats([get(row, "ratio") for _, row in rows])
     tokens = floats([get(row, "token ratio") for _, row in rows])
     y = np.arange(len(rows))[::-1]
-    ax.barh(y, np.nan_to_num(ratio), 0.6, color="C0", label="measured time ratio")
+    ax.barh(y, np.nan_to_num(ratio), 0.6, color="C0", label=f"{measure} ratio")
     if np.isfinite(tokens).any():
         ax.plot(tokens, y, ls="none", marker="|", ms=24, mew=2.5, color="k", label="token ratio (prefix / base)")
     ax.axvline(1.0, color="grey", lw=1, ls="--", label="1.0 = no slowdown")
     for r, t, yy in zip(ratio, tokens, y):   # inside the bar, so labels never run into the legend
-        text = f"measured {r:.2f}×" if np.isfinite(r) else "not measured"
+        text = f"{measure} {r:.2f}×" if np.isfinite(r) else "not measured"
         text += f" · tokens {t:.2f}×" if np.isfinite(t) else ""
         ax.annotate(text, (0, yy), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8,
                     color="white" if np.isfinite(r) and r > 0 else "black")

@@ -152,12 +152,35 @@ def shard_of(jobs: list[Job], i: int, n: int) -> list[Job]:
     return [j for j in jobs if unit(j) in mine]
 
 
-def describe_training(job: Job, prof) -> str:
-    """What a job will train, in one line (from its parameters, the profile and the method's own ``plan``)."""
+def train_size(data: Any, shots: int | None) -> tuple[int, int] | None:
+    """(training images, classes) a job's training split will hold: k per class with shots (fewer where a class has
+    fewer), else the whole split; None without the dataset."""
+    if data is None:
+        return None
+    import numpy as np
+    counts = np.bincount(data.labels("train"), minlength=len(data.classnames))
+    return int(np.minimum(counts, shots).sum() if shots else counts.sum()), len(data.classnames)
+
+
+def budget_text(method: str, cfg: Any, size: tuple[int, int] | None, batch_size: int | None) -> str:
+    """``lora: 48 step(s) in 5 epoch(s) (5 epoch(s) × 16 step(s) × 0.6 ...)``: the run's optimizer steps, from the
+    training-set size the runner knows before any work; only the epochs when it does not."""
+    epochs = getattr(cfg, "epochs", None)
+    if size is None or not hasattr(cfg, "budget"):
+        return f"{method} {epochs} epoch(s)" if epochs else f"{method} (fitted without epochs)"
+    batches = -(-size[0] // (batch_size or cfg.batch_size))
+    budget = cfg.budget(batches, size[0] / size[1])
+    return f"{method}: {budget.total} step(s) in {epochs} epoch(s) ({budget.rule.rsplit(' = ', 1)[0]})"
+
+
+def describe_training(job: Job, prof, data: Any = None) -> str:
+    """What a job will train, in one line (from its parameters, the profile, the dataset's training-set size and the
+    method's own ``plan``)."""
     p = job.params
     if not job.methods:
         return "reads the results, trains nothing"
     lines = []
+    size = train_size(data, p.get("shots"))
     for method in job.methods:
         spec, section = M.get(method), S.section(method)
         if method in job.not_applicable:
@@ -170,10 +193,8 @@ def describe_training(job: Job, prof) -> str:
                   | (p.get(config_param(job.notebook, method)) or {}))
         cfg = M.make_config(method, prof, **{k: v for k, v in fields.items() if k in spec.config_fields()})
         shots = f"{p['shots']} image(s) per class" if p.get("shots") else "every training image"
-        epochs = getattr(cfg, "epochs", None)
-        text = f"{method} {epochs} epoch(s) on {shots}" if epochs else f"{method} (fitted without epochs) on {shots}"
-        if getattr(cfg, "max_steps_per_epoch", None):
-            text += f" (at most {cfg.max_steps_per_epoch} step(s) per epoch)"
+        batch = p.get("batch_size") if spec.image_batches else None
+        text = f"{budget_text(method, cfg, size, batch)} on {shots}"
         if p.get("extras", True) is False:
             text += " (main row only)"
         elif section.plan is not None:

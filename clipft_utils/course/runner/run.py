@@ -113,13 +113,13 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     report = Report(prof.name, folder=folder)
     echo(f"[run_all] profile {prof.name} on {ds.display}: {len(jobs)} notebook run(s) into {folder}")
     if dry_run:
-        report.steps = dry_run_steps(jobs, folder, force, prof, echo)
+        report.steps = dry_run_steps(jobs, folder, force, prof, ds, echo)
         return report
     nb_dir = ensure_writable(folder / "notebooks")
     with FolderLock(folder, shared=shard_spec is not None):
         clean_leftovers(nb_dir)
         for job in jobs:
-            echo(f"[run_all] plan {job.describe()}: {describe_training(job, prof)}")
+            echo(f"[run_all] plan {job.describe()}: {describe_training(job, prof, ds)}")
         try:
             report.steps = execute_all(jobs, folder, nb_dir, devices, force, echo)
         except Interrupted as stop:
@@ -141,7 +141,7 @@ def run_all(profile: str = "smoke", *, only: Sequence[str] | None = None, force:
     return report
 
 
-def dry_run_steps(jobs: list[Job], folder: Path, force: bool, prof: Any, echo) -> list[Step]:
+def dry_run_steps(jobs: list[Job], folder: Path, force: bool, prof: Any, ds: Any, echo) -> list[Step]:
     """What each job would do — skipped (up to date) or run, and why — without running anything; a job whose producer
     would run reruns too (what it reads would be rewritten first)."""
     steps, running = [], []
@@ -154,7 +154,7 @@ def dry_run_steps(jobs: list[Job], folder: Path, force: bool, prof: Any, echo) -
             echo(f"  {job.describe()}: up to date, would be skipped")
         else:
             running.append(job)
-            echo(f"  {job.describe()}: would run ({reason}): {describe_training(job, prof)}")
+            echo(f"  {job.describe()}: would run ({reason}): {describe_training(job, prof, ds)}")
         steps.append(Step(job.notebook, job.seed, "planned" if reason else "skipped", shots=job.shots,
                           reason=reason or "up to date"))
     return steps
