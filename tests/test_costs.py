@@ -147,7 +147,8 @@ def test_a_tiny_split_cycles_its_loader_up_to_the_budget_and_validates_once_per_
     cfg = TrainConfig(epochs=3, lr=1e-2, min_steps_per_epoch=4, patience=None)
     result = fit(model, [{"params": list(model.parameters())}], train, None, cfg, eval_fn=validate,
                  progress=False, echo=None)
-    assert result.steps == 12 and [h["steps"] for h in result.history] == [4, 4, 4] and len(seen) == 3
+    assert result.history[0]["epoch"] == 0 and "steps" not in result.history[0]      # the untrained start: no steps
+    assert result.steps == 12 and [h["steps"] for h in result.history[1:]] == [4, 4, 4] and len(seen) == 1 + 3
     assert "raised to 3 × 4" in result.budget
 
 

@@ -69,14 +69,18 @@ def _row(clip: nn.Module, num_classes: int, method: str, overrides: dict[str, An
             "side": "text" if spec.text_apply is not None else "image", "trainable": trainable, "trainable_without_head": backbone, "total": total,
             "fraction_pct": 100 * trainable / total, "fraction_without_head_pct": 100 * backbone / total,
             "added": total - before, "clip_total": clip_total, "fraction_of_clip_pct": 100 * trainable / clip_total,
-            **deployed_counts(clf, method, clip_total)}
+            **deployed_counts(clf, method, clip_total, towers.facts(clip.visual).output_dim)}
 
 
-def deployed_counts(clf: nn.Module, method: str, clip_total: int) -> dict[str, Any]:
+def deployed_counts(clf: nn.Module, method: str, clip_total: int, width: int) -> dict[str, Any]:
     """What a model folder of the applied method stores (folded, head included), and its share of the whole CLIP:
-    prefix-tuning trains an MLP but deploys only the vectors it makes."""
+    prefix-tuning trains an MLP but deploys only the vectors it makes. ``width``: the image embedding's."""
     from ..costs import deployed_params
-    deployed = deployed_params(clf, method, head_only=get(method).trains is False)
+    if get(method).text_apply is not None:  # its folder: a head of the class features (C·D + C) + what trains in the
+        trained = clf.visual.parameters()    # image tower (CLIP-LoRA's image-side LoRA; nothing for CoOp)
+        deployed = clf.num_classes * (width + 1) + sum(p.numel() for p in trained if p.requires_grad)
+    else:
+        deployed = deployed_params(clf, method, head_only=get(method).trains is False)
     return {"deployed": deployed, "deployed_of_clip_pct": 100 * deployed / clip_total}
 
 
