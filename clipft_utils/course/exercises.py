@@ -53,16 +53,17 @@ class ShortRun:
 
 def short_train(course: Any, clf: Any, groups: list[dict], cfg: Any, *, steps: int = STEPS,
                 val_per_class: int = VAL_PER_CLASS) -> ShortRun:
-    """Train ``clf`` for ``steps`` optimizer steps of ``cfg``'s recipe (one epoch of them, no warm-up, no early stop;
-    fewer when the training split has fewer batches) and validate it before and after on the first ``val_per_class``
+    """Train ``clf`` for exactly ``steps`` optimizer steps of ``cfg``'s recipe (one epoch of them, no warm-up, no early
+    stop; a small training split's loader is cycled) and validate it before and after on the first ``val_per_class``
     validation images of each class."""
     from ..engine import fit
     from ..loader import CachedLoader
-    short = dataclasses.replace(cfg, epochs=1, max_steps_per_epoch=steps, warmup_epochs=0.0, patience=None,
+    short = dataclasses.replace(cfg, epochs=1, steps=steps, steps_per_shot=None, min_steps_per_epoch=None,
+                                budget_scale=1.0, max_steps_per_epoch=None, warmup_epochs=0.0, patience=None,
                                 checkpoint_every=1)
     val = first_per_class(course.splits["val"], val_per_class)
     loader = CachedLoader(val, course.eval_batch_size, shuffle=False, augment=False, seed=course.seed,
                           device=course.device)
     batches = course.loader("train", train=True)
     train = fit(clf, groups, batches, loader, short, device=course.device, seed=course.seed, progress=False, echo=None)
-    return ShortRun(train, min(steps, len(batches)), len(val))   # a small training split has fewer batches
+    return ShortRun(train, train.steps, len(val))
