@@ -174,12 +174,12 @@ def test_budget_check_and_step_time_order_say_what_the_numbers_support():
         {"method": "zero_shot", "status": "ok", "steps": 0, "budget": "trains nothing"}])
     lines = C.budget_check(table)
     assert "median 48 steps" in lines[0]
-    assert any(line.startswith("coop: 16 steps") and "1 epoch(s)" in line for line in lines)
-    assert not any(line.startswith(("bitfit", "lora")) for line in lines)
-    assert any("zero_shot (trains nothing)" in line for line in lines)
+    assert any(line.startswith("CoOp: 16 steps") and "1 epoch(s)" in line for line in lines)   # paper names
+    assert not any(line.startswith(("BitFit", "LoRA")) for line in lines)
+    assert any("Zero-shot (trains nothing)" in line for line in lines)
     order = C.step_time_order(table)
-    assert order[0].startswith("bitfit ≈ lora") and "overlap" in order[0]
-    assert order[1].startswith("lora < coop")
+    assert order[0].startswith("BitFit ≈ LoRA") and "overlap" in order[0]
+    assert order[1].startswith("LoRA < CoOp")
 
 
 def test_summary_files_carry_the_cost_columns_named_exactly_and_never_process_memory(tmp_path):

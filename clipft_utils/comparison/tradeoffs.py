@@ -41,9 +41,9 @@ def budget_check(table: pd.DataFrame, factor: float = BUDGET_FACTOR) -> list[str
 
 
 def _name(r: dict) -> str:
-    """``method`` or ``method [variant]``."""
-    variant = r.get("variant")
-    return str(r["method"]) + (f" [{variant}]" if isinstance(variant, str) and variant else "")
+    """The row's paper name, ``Title [variant]`` (as the tables show it)."""
+    from .report import display_name
+    return display_name(str(r["method"]), r.get("variant"))
 
 
 def step_time_order(table: pd.DataFrame) -> list[str]:
