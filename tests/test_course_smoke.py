@@ -28,7 +28,7 @@ REDUCED = {
     "prefix_tuning": {"variants": False, "vit_timing": False},  # no prompt tuning / VPT-deep, no ViT-B-32 timing
     "full_finetune": {"wise_alphas": [0.0, 0.5, 1.0], "memory_steps": 1},
 }
-FIGURES_07 = ("07_accuracy_vs_params", "07_accuracy_vs_time", "07_peak_memory", "07_learning_curves",
+FIGURES_07 = ("07_accuracy_vs_params", "07_accuracy_vs_compute", "07_step_time", "07_training_memory", "07_learning_curves",
               "07_per_class_heatmap", "07_combinations", "07_top5_one_image")  # + accuracy_vs_shots with several k
 
 

@@ -159,7 +159,11 @@ def test_model_folders_reload_to_the_same_logits_and_export_to_onnx(tmp_path, fa
         saved_folder = model_path(course.results_dir, course.run_name(method))
         reloaded, saved, _ = load_model(saved_folder)
         with torch.no_grad():
-            assert torch.allclose(clf.eval()(images), reloaded(images), atol=1e-5), (family, method)
+            mine, theirs = clf.eval()(images), reloaded(images)
+        if saved.manifest["dtype"] == "fp16":   # a large fine-tuned tower, kept in fp16 as no test prediction changed
+            assert torch.equal(mine.argmax(1), theirs.argmax(1)) and torch.allclose(mine, theirs, atol=1e-2), method
+        else:
+            assert torch.allclose(mine, theirs, atol=1e-5), (family, method)
         if method == methods[-1]:
             info = export.export_onnx(saved_folder, tmp_path / f"{method}.onnx", echo=lambda _: None)
             assert info["max_abs_diff"] <= export.ONNX_TOLERANCE
