@@ -153,8 +153,10 @@ def run_tflops(steps: int | None, flops_per_step: float | None, extra_flops: flo
 # ----------------------------------------------------------------------------- inference
 @torch.no_grad()
 def flops_per_image(model: nn.Module, images: torch.Tensor) -> float:
-    """FLOPs of one image through ``model`` in eval mode (counted on a copy over ``images``, divided by their number)."""
-    clone = copy.deepcopy(model).eval().to(images.device)
+    """FLOPs of one image through ``model`` in eval mode (counted on a copy over ``images``, divided by their number).
+    The copy needs no gradients: a parameter that still asked for them would reach the counter's module hooks as a
+    no-grad view without a gradient function (timm's attention-pool latent in SigLIP), which they refuse."""
+    clone = copy.deepcopy(model).eval().requires_grad_(False).to(images.device)
     return count_flops(lambda: clone(images)) / len(images)
 
 

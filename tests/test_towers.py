@@ -198,6 +198,9 @@ def test_siglip_image_side_runs_offline_and_its_tokenizer_is_an_offline_error_na
     from clipft_utils.course.bench import main as bench
     with pytest.raises(OfflineError):                          # before any work: CoOp needs the tokenizer
         bench(["--model", "ViT-B-16-SigLIP", "--variants", "coop", "--steps", "1", "--batch-size", "1"])
+    from clipft_utils import costs                             # its attention pool's latent (a parameter) is
+    images = torch.zeros(1, 3, *loaded.model.visual.image_size)  # counted without gradients (bench died here)
+    assert costs.flops_per_image(loaded.model.visual, images) > 3e10
 
 
 def test_a_hugging_face_text_tower_refuses_the_text_side_methods() -> None:
