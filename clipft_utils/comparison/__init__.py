@@ -16,13 +16,13 @@ from .predictions import (aligned_runs, consensus, live_frontend, main_runs, mos
                           run_titles, test_image, top5)
 from .recommend import (GOOD_ENOUGH_POINTS, NEEDS, SHARED_BACKBONE_PERCENT, SMALL_GPU_MB, Recommendation, curve_point,
                         memory_budgets, memory_str, recommend, recommendation_grid)
-from .report import (COLUMN_NOTES, DISPLAY_COLUMNS, SAME_AS, SEVERAL_MODELS, column_notes, display_name, format_table,
+from .report import (COLUMN_NOTES, DISPLAY_COLUMNS, SEVERAL_MODELS, column_notes, format_table,
                      memory_note, run_command, table_notes, to_markdown, with_dashes, write_summary)
-from .tables import (COMBINATION_METHODS, COST_COLUMNS, TABLE_COLUMNS, TOP_K, check_one_dataset, combination_table,
-                     curve_shots, curve_starts, default_shots, hardest_classes, hardest_note, is_standin, label_of,
-                     learning_curves, load, main_rows, memory_kind, ordering, per_class_matrix, profile_warnings,
-                     result_files, results_folder, shots_curve_skipped, shots_display, shots_table, summary_table, top_k,
-                     zero_shot_val)
+from .tables import (COMBINATION_METHODS, COST_COLUMNS, SAME_AS, TABLE_COLUMNS, TOP_K, check_one_dataset,
+                     combination_table, curve_shots, curve_starts, default_shots, display_name, hardest_classes,
+                     hardest_note, is_standin, label_of, learning_curves, load, main_rows, memory_kind, ordering,
+                     per_class_matrix, profile_warnings, result_files, results_folder, shots_curve_skipped,
+                     shots_display, shots_table, summary_table, top_k, zero_shot_val)
 from .tradeoffs import BUDGET_FACTOR, budget_check, memory_parts, step_time_order
 
 __all__ = [

@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..methods import names as method_names
-from .report import display_name
-from .tables import (COMBINATION_METHODS, TOP_K, borrowed_histories, column, numeric, combination_table,
+from .tables import (COMBINATION_METHODS, TOP_K, borrowed_histories, display_name, column, numeric, combination_table,
                      learning_curves, main_rows, per_class_matrix, shots_table, summary_table, top_k,
                      zero_shot_val)
 

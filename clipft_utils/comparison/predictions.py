@@ -76,7 +76,7 @@ def live_frontend() -> bool:
 
 def run_titles(df: pd.DataFrame, runs: Iterable[str]) -> dict[str, str]:
     """Run name -> the method's paper name (with its variant), as every table of the course names it."""
-    from .report import display_name
+    from .tables import display_name
     rows = {r["run"]: r for r in df.to_dict("records")} if len(df) else {}
     return {run: display_name(rows[run]["method"], rows[run].get("variant")) if run in rows else run for run in runs}
 

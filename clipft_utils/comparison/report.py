@@ -10,9 +10,9 @@ import pandas as pd
 from ..methods import names as method_names
 from ..paths import atomic_write_text
 from ..results import load_results
-from .tables import (TOP_K, accuracy_text, column, count_text, is_main, kind_of, number_text, shots_of, check_one_dataset, combination_table,
-                     default_shots, label_of, main_rows, memory_kind, profile_warnings, shots_display, shots_table,
-                     summary_table)
+from .tables import (TOP_K, accuracy_text, check_one_dataset, column, combination_table, count_text, default_shots,
+                     display_name, is_main, kind_of, label_of, main_rows, memory_kind, number_text, profile_warnings,
+                     shots_display, shots_of, shots_table, summary_table)
 
 DISPLAY_COLUMNS = ("method", "type", "measured", "on images", "epochs", "steps", "shots", "trainable_params",
                    "trainable_percent", "deployed_params", "model_folder_mb", "train_tflops", "gflops_per_image",
@@ -50,30 +50,6 @@ COLUMN_NOTES = {
 SEVERAL_MODELS = ("ensemble",)
 """Rows made of several models: their trainable parameters are the sum over the members, a percentage of one model
 is not defined."""
-
-SAME_AS = {0.0: "equals the starting zero-shot model", 1.0: "equals full fine-tuning"}
-"""What a WiSE-FT row is when validation chose an end of the α line."""
-
-
-def _wise_alpha(method: str, variant: Any) -> float | None:
-    """The α of a ``wise_ft`` row's variant (``alpha0.5`` -> 0.5), else None."""
-    if method != "wise_ft" or not isinstance(variant, str) or not variant.startswith("alpha"):
-        return None
-    try:
-        return float(variant[len("alpha"):])
-    except ValueError:
-        return None
-
-
-def display_name(method: str, variant: Any = None) -> str:
-    """``Title [variant]`` (the method's paper name, ``Method.title``); a WiSE-FT row whose chosen α is 0 or 1 says
-    which model it equals."""
-    from ..plots import method_title
-    alpha = _wise_alpha(method, variant)
-    if alpha in SAME_AS:
-        return f"{method_title(method)} [α = {alpha:g} chosen: {SAME_AS[alpha]}]"
-    return method_title(method) + (f" [{variant}]" if isinstance(variant, str) and variant else "")
-
 
 def with_dashes(table: pd.DataFrame, mark: str = "—") -> pd.DataFrame:
     """The table with every missing value (NaN, None, <NA>) shown as one mark, the course's "nothing here"."""

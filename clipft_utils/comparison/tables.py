@@ -19,6 +19,30 @@ COMBINATION_METHODS = ("ensemble", "lp_ft", "wise_ft", "adapter_fusion")
 TOP_K = 5                        # top-k lists; with C < 5 classes they show the top C (a top-5 of 3 classes is a top-3)
 
 
+SAME_AS = {0.0: "equals the starting zero-shot model", 1.0: "equals full fine-tuning"}
+"""What a WiSE-FT row is when validation chose an end of the α line."""
+
+
+def _wise_alpha(method: str, variant: Any) -> float | None:
+    """The α of a ``wise_ft`` row's variant (``alpha0.5`` -> 0.5), else None."""
+    if method != "wise_ft" or not isinstance(variant, str) or not variant.startswith("alpha"):
+        return None
+    try:
+        return float(variant[len("alpha"):])
+    except ValueError:
+        return None
+
+
+def display_name(method: str, variant: Any = None) -> str:
+    """``Title [variant]`` (the method's paper name, ``Method.title``); a WiSE-FT row whose chosen α is 0 or 1 says
+    which model it equals."""
+    from ..plots import method_title
+    alpha = _wise_alpha(method, variant)
+    if alpha in SAME_AS:
+        return f"{method_title(method)} [α = {alpha:g} chosen: {SAME_AS[alpha]}]"
+    return method_title(method) + (f" [{variant}]" if isinstance(variant, str) and variant else "")
+
+
 def kind_of(method: str) -> str:
     """The tables' "type" of a method (its ``Method.kind``), or "combination"."""
     return next((m.kind for m in registry() if m.name == method), "combination")

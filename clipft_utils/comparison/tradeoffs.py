@@ -42,7 +42,7 @@ def budget_check(table: pd.DataFrame, factor: float = BUDGET_FACTOR) -> list[str
 
 def _name(r: dict) -> str:
     """The row's paper name, ``Title [variant]`` (as the tables show it)."""
-    from .report import display_name
+    from .tables import display_name
     return display_name(str(r["method"]), r.get("variant"))
 
 
